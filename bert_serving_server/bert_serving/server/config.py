@@ -1,0 +1,161 @@
+"""Typed, frozen configuration of the engine (model, tokenizer, graph).
+
+The command line only fills these in; every process receives the dataclass
+it needs rather than the whole argparse namespace.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Optional, Tuple
+
+__all__ = ['PoolingStrategy', 'EngineConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
+
+DEFAULT_MAX_SEQ_LEN = 25
+
+
+class PoolingStrategy(enum.Enum):
+    """How token vectors of the pooled layer(s) become one vector per input.
+
+    The integer values follow the original bert-as-service; FIRST_TOKEN and
+    LAST_TOKEN are aliases of CLS_TOKEN and SEP_TOKEN.
+    """
+    NONE = 0
+    REDUCE_MAX = 1
+    REDUCE_MEAN = 2
+    REDUCE_MEAN_MAX = 3
+    CLS_TOKEN = 4
+    FIRST_TOKEN = 4
+    SEP_TOKEN = 5
+    LAST_TOKEN = 5
+    CLS_POOLED = 6
+    CLASSIFICATION = 7
+    REGRESSION = 8
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def from_string(cls, name: str) -> 'PoolingStrategy':
+        """Parses a strategy name (case-insensitive), e.g. ``REDUCE_MEAN``.
+
+        Raises:
+            ValueError: the name is not a strategy; the message lists them all.
+        """
+        if isinstance(name, cls):
+            return name
+        try:
+            return cls[str(name).strip().upper()]
+        except KeyError:
+            names = ', '.join(cls.__members__)
+            raise ValueError(f'unknown pooling_strategy {name!r}; choose one of: {names}') from None
+
+    @property
+    def needs_pooler(self) -> bool:
+        return self in (PoolingStrategy.CLS_POOLED, PoolingStrategy.CLASSIFICATION,
+                        PoolingStrategy.REGRESSION)
+
+    @property
+    def needs_head(self) -> bool:
+        return self in (PoolingStrategy.CLASSIFICATION, PoolingStrategy.REGRESSION)
+
+
+def parse_max_seq_len(value) -> Optional[int]:
+    """Parses ``-max_seq_len``: an int greater than 3, or NONE for "longest input".
+
+    Raises:
+        ValueError: the value is neither NONE nor an int > 3.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().upper() in ('NONE', ''):
+        return None
+    try:
+        ivalue = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f'max_seq_len must be an integer greater than 3 or NONE, got {value!r}') from None
+    if ivalue <= 3:
+        raise ValueError(f'max_seq_len must be greater than 3 (room for [CLS], [SEP] and a token), '
+                         f'got {ivalue}; use NONE for "longest input in the request"')
+    return ivalue
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that decides which vectors come out for a given input.
+
+    Attributes:
+        model_dir: BERT directory (Google TF checkpoint or Hugging Face layout).
+            None means the bundled all-MiniLM-L6-v2.
+        tuned_model_dir: a fine-tuned checkpoint whose weights override model_dir's.
+        ckpt_name: checkpoint prefix of the Google layout.
+        config_name: JSON config file name of the Google layout.
+        graph_tmp_dir: where frozen graphs are cached; None is the user cache dir.
+        max_seq_len: tokens per input incl. [CLS]/[SEP]; None = longest input of
+            the request (capped at max_position_embeddings).
+        do_lower_case: lower-case and strip accents (False with -cased_tokenization).
+        pooling_layer: transformer blocks to pool; -1 is the last. Concatenated in order.
+        pooling_strategy: see PoolingStrategy.
+        mask_cls_sep: leave [CLS] and [SEP] out of the pooling mask.
+        no_special_token: pre-tokenized input gets no [CLS]/[SEP].
+        no_position_embeddings: do not add position embeddings.
+        num_labels: width of the CLASSIFICATION / REGRESSION head.
+        fp16: run the graph in float16 (outputs stay float32).
+        xla: compile the graph with XLA.
+        fixed_embed_length: with NONE pooling and max_seq_len NONE, pad the
+            token axis to max_position_embeddings.
+    """
+    model_dir: Optional[str] = None
+    tuned_model_dir: Optional[str] = None
+    ckpt_name: str = 'bert_model.ckpt'
+    config_name: str = 'bert_config.json'
+    graph_tmp_dir: Optional[str] = None
+    max_seq_len: Optional[int] = DEFAULT_MAX_SEQ_LEN
+    do_lower_case: bool = True
+    pooling_layer: Tuple[int, ...] = (-2,)
+    pooling_strategy: PoolingStrategy = PoolingStrategy.REDUCE_MEAN
+    mask_cls_sep: bool = False
+    no_special_token: bool = False
+    no_position_embeddings: bool = False
+    num_labels: int = 2
+    fp16: bool = False
+    xla: bool = False
+    fixed_embed_length: bool = False
+    verbose: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, 'max_seq_len', parse_max_seq_len(self.max_seq_len))
+        object.__setattr__(self, 'pooling_strategy', PoolingStrategy.from_string(self.pooling_strategy))
+        layers = self.pooling_layer
+        if isinstance(layers, int):
+            layers = (layers,)
+        try:
+            layers = tuple(int(x) for x in layers)
+        except (TypeError, ValueError):
+            raise ValueError(f'pooling_layer must be one or more integers, got {self.pooling_layer!r}') from None
+        if not layers:
+            raise ValueError('pooling_layer needs at least one layer, e.g. -2')
+        object.__setattr__(self, 'pooling_layer', layers)
+        if int(self.num_labels) < 1:
+            raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
+
+    @classmethod
+    def from_namespace(cls, args) -> 'EngineConfig':
+        """Builds the config from an argparse namespace, ignoring unrelated fields."""
+        values = {}
+        for f in fields(cls):
+            if hasattr(args, f.name):
+                values[f.name] = getattr(args, f.name)
+        return cls(**values)
+
+    def graph_key_fields(self) -> dict:
+        """The fields that shape the frozen graph (part of its cache key)."""
+        return {
+            'pooling_layer': list(self.pooling_layer),
+            'pooling_strategy': self.pooling_strategy.name,
+            'mask_cls_sep': self.mask_cls_sep,
+            'no_position_embeddings': self.no_position_embeddings,
+            'num_labels': self.num_labels if self.pooling_strategy.needs_head else None,
+            'fp16': self.fp16,
+            'xla': self.xla,
+        }

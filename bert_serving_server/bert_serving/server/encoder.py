@@ -1,0 +1,132 @@
+"""The in-process encoder: texts in, vectors out. Workers, tests and benchmarks share it.
+
+    enc = Encoder(EngineConfig(pooling_strategy='REDUCE_MEAN'))
+    vectors, tokens = enc.encode(['hello world', 'a ||| pair'])
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import EngineConfig, PoolingStrategy
+from .features import Feature, pad_batch, to_features
+from .graph import FrozenGraph, GraphRunner, prepare_graph
+from .modeling import output_width
+from .tokenization import BertTokenizer
+
+__all__ = ['Encoder']
+
+
+class Encoder:
+    """Encodes texts with a frozen BERT graph in this process.
+
+    Args:
+        config: the engine configuration.
+        logger: where progress goes.
+        intra_op_threads / inter_op_threads: TensorFlow thread pools (0 = TF's choice).
+        gpu_memory_fraction: GPU memory cap per process.
+        max_batch_size: most sequences per TensorFlow call.
+        max_batch_tokens: most padded tokens (B x T) per TensorFlow call.
+    """
+
+    def __init__(self, config: EngineConfig, *, logger: Optional[logging.Logger] = None,
+                 intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 gpu_memory_fraction: Optional[float] = None, max_batch_size: int = 256,
+                 max_batch_tokens: int = 16384):
+        self.config = config
+        self.logger = logger or logging.getLogger(__name__)
+        self.graph: FrozenGraph = prepare_graph(config, self.logger)
+        self.bert_config = self.graph.bert_config
+        self.tokenizer = BertTokenizer(self.graph.files.vocab_path, do_lower_case=config.do_lower_case)
+        self.runner = GraphRunner(self.graph, xla=config.xla, intra_op_threads=intra_op_threads,
+                                  inter_op_threads=inter_op_threads,
+                                  gpu_memory_fraction=gpu_memory_fraction)
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.max_batch_tokens = max(1, int(max_batch_tokens))
+        self.output_dim = output_width(config, self.bert_config)
+
+    @property
+    def is_token_level(self) -> bool:
+        """True for NONE pooling, where each input gives a [T, D] matrix."""
+        return self.config.pooling_strategy == PoolingStrategy.NONE
+
+    def featurize(self, texts: Sequence, is_tokenized: bool = False) -> List[Feature]:
+        """Tokenizes a request (pairs, truncation, special tokens) into features.
+
+        Raises:
+            TypeError: an element has the wrong type; the message names it.
+        """
+        return to_features(self.tokenizer, texts, is_tokenized=is_tokenized,
+                           max_seq_len=self.config.max_seq_len,
+                           no_special_token=self.config.no_special_token,
+                           max_position_embeddings=self.bert_config.max_position_embeddings)
+
+    def token_axis_length(self, features: Sequence[Feature]) -> int:
+        """T of a NONE-pooled request: max_seq_len, else the request's longest input
+        (or max_position_embeddings with fixed_embed_length)."""
+        if self.config.max_seq_len is not None:
+            return self.config.max_seq_len
+        if self.config.fixed_embed_length:
+            return self.bert_config.max_position_embeddings
+        return max((len(f.input_ids) for f in features), default=1)
+
+    def run(self, features: Sequence[Feature], token_axis: Optional[int] = None) -> np.ndarray:
+        """Encodes features, in length-sorted batches each padded to its longest input.
+
+        Args:
+            features: tokenized inputs.
+            token_axis: for NONE pooling, the T of the output (default: token_axis_length).
+
+        Returns:
+            float32 [B, W], or [B, T, W] for NONE pooling, rows in input order.
+        """
+        n = len(features)
+        if self.is_token_level:
+            t_out = token_axis or self.token_axis_length(features)
+            out = np.zeros((n, t_out, self.output_dim), dtype=np.float32)
+        else:
+            out = np.empty((n, self.output_dim), dtype=np.float32)
+        if n == 0:
+            return out
+        order = sorted(range(n), key=lambda i: len(features[i].input_ids))
+        for batch in self._batches(order, features):
+            length = len(features[batch[-1]].input_ids)
+            ids, mask, types = pad_batch([features[i] for i in batch], length)
+            result = self.runner(ids, mask, types)
+            if self.is_token_level:
+                out[batch, :min(length, out.shape[1])] = result[:, :out.shape[1]]
+            else:
+                out[batch] = result
+        return out
+
+    def _batches(self, order: List[int], features: Sequence[Feature]):
+        """Cuts a length-sorted order into batches within the size and token budgets."""
+        batch: List[int] = []
+        for i in order:
+            length = max(1, len(features[i].input_ids))
+            if batch and (len(batch) >= self.max_batch_size
+                          or (len(batch) + 1) * length > self.max_batch_tokens):
+                yield batch
+                batch = []
+            batch.append(i)
+        if batch:
+            yield batch
+
+    def encode(self, texts: Sequence, is_tokenized: bool = False) -> Tuple[np.ndarray, List[List[str]]]:
+        """Encodes a request.
+
+        Args:
+            texts: strings (``a ||| b`` is a pair), or lists of tokens if is_tokenized.
+            is_tokenized: inputs are pre-tokenized.
+
+        Returns:
+            (vectors, tokens): float32 [B, W] (or [B, T, W] for NONE pooling) and
+            the word pieces of each input as the model saw them.
+        """
+        features = self.featurize(texts, is_tokenized)
+        return self.run(features), [list(f.tokens) for f in features]
+
+    def close(self) -> None:
+        self.runner.close()

@@ -1,0 +1,187 @@
+"""The BERT forward pass and the pooling, built as a TensorFlow graph.
+
+Weights are folded in as constants, so the result is a frozen inference graph.
+Only the transformer blocks up to the deepest pooled layer are built.
+
+Dimension legend used in comments:
+    B batch, T tokens, D hidden width, N attention heads, S head width (D / N),
+    I intermediate width, L pooled layers, K labels of a classifier head.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import numpy as np
+
+from .checkpoint import BertConfig
+from .config import EngineConfig, PoolingStrategy
+from .errors import ConfigError
+
+__all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
+           'output_width']
+
+INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
+OUTPUT_NAME = 'final_encodes'
+
+
+def resolve_layers(cfg: EngineConfig, bc: BertConfig) -> List[int]:
+    """Turns -pooling_layer values into 0-based block indices.
+
+    -1 is the last block and -L or 0 the first (the embedding output is not a layer).
+
+    Raises:
+        ConfigError: a layer is out of range; the message gives the valid range.
+    """
+    n = bc.num_hidden_layers
+    out = []
+    for layer in cfg.pooling_layer:
+        if not -n <= layer < n:
+            raise ConfigError(f'pooling_layer {layer} is out of range for a model with {n} layers; '
+                              f'use -1 (last) to {-n} (first), or 0 to {n - 1}')
+        out.append(layer % n)
+    return out
+
+
+def layers_to_compute(cfg: EngineConfig, bc: BertConfig) -> int:
+    """How many transformer blocks the graph needs: up to the deepest pooled one."""
+    if cfg.pooling_strategy.needs_pooler:
+        return bc.num_hidden_layers
+    return max(resolve_layers(cfg, bc)) + 1
+
+
+def output_width(cfg: EngineConfig, bc: BertConfig) -> int:
+    """Width of one output vector (the last axis)."""
+    s = cfg.pooling_strategy
+    if s.needs_head:
+        return cfg.num_labels
+    if s == PoolingStrategy.CLS_POOLED:
+        return bc.hidden_size
+    width = bc.hidden_size * len(cfg.pooling_layer)
+    return width * 2 if s == PoolingStrategy.REDUCE_MEAN_MAX else width
+
+
+def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.ndarray],
+                    cls_id: int, sep_id: int):
+    """Builds the frozen inference graph.
+
+    Inputs (int32, [B, T]): ``input_ids``, ``input_mask``, ``input_type_ids``.
+    Output ``final_encodes`` (float32): [B, W], or [B, T, W] for NONE pooling,
+    with W = output_width(cfg, bc).
+
+    Returns:
+        A ``tf.compat.v1.GraphDef``.
+    """
+    import tensorflow as tf
+
+    dtype = tf.float16 if cfg.fp16 else tf.float32
+    np_dtype = np.float16 if cfg.fp16 else np.float32
+    num_layers = layers_to_compute(cfg, bc)
+    pooled_layers = resolve_layers(cfg, bc)
+    graph = tf.Graph()
+
+    def const(name: str) -> 'tf.Tensor':
+        return tf.constant(weights[name].astype(np_dtype), name=name.replace('/', '_'))
+
+    def dense(x, prefix: str):
+        return tf.matmul(x, const(prefix + '/kernel')) + const(prefix + '/bias')
+
+    def layer_norm(x, prefix: str):
+        # Statistics in float32 even in fp16 graphs: an eps of 1e-12 underflows in half precision.
+        x32 = tf.cast(x, tf.float32)
+        mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        gamma = tf.constant(weights[prefix + '/gamma'], name=prefix.replace('/', '_') + '_gamma')
+        beta = tf.constant(weights[prefix + '/beta'], name=prefix.replace('/', '_') + '_beta')
+        y = (x32 - mean) * tf.math.rsqrt(var + bc.layer_norm_eps) * gamma + beta
+        return tf.cast(y, dtype)
+
+    def activation(x):
+        act = bc.hidden_act.lower()
+        if act == 'gelu':
+            return 0.5 * x * (1.0 + tf.math.erf(x / tf.cast(math.sqrt(2.0), x.dtype)))
+        if act in ('gelu_new', 'gelu_fast', 'gelu_pytorch_tanh'):
+            return tf.nn.gelu(x, approximate=True)
+        if act == 'relu':
+            return tf.nn.relu(x)
+        raise ConfigError(f'hidden_act {bc.hidden_act!r} is not supported; use gelu, gelu_new or relu')
+
+    with graph.as_default():
+        input_ids = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[0])
+        input_mask = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[1])
+        type_ids = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[2])
+        b, t = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+        d, n_heads = bc.hidden_size, bc.num_attention_heads
+        s = d // n_heads
+
+        # Embeddings: [B, T, D].
+        x = tf.gather(const('embeddings/word_embeddings'), input_ids)
+        x += tf.gather(const('embeddings/token_type_embeddings'), type_ids)
+        if not cfg.no_position_embeddings:
+            x += const('embeddings/position_embeddings')[tf.newaxis, :t]
+        x = layer_norm(x, 'embeddings/LayerNorm')
+
+        # Additive attention bias: 0 for real tokens, -10000 for padding; [B, 1, 1, T].
+        mask_f = tf.cast(input_mask, dtype)
+        attn_bias = (1.0 - mask_f)[:, tf.newaxis, tf.newaxis, :] * tf.cast(-10000.0, dtype)
+
+        def split_heads(y):  # [B, T, D] -> [B, N, T, S]
+            return tf.transpose(tf.reshape(y, [b, t, n_heads, s]), [0, 2, 1, 3])
+
+        layer_outputs = []
+        for n in range(num_layers):
+            p = f'encoder/layer_{n}/'
+            q = split_heads(dense(x, p + 'attention/self/query'))
+            k = split_heads(dense(x, p + 'attention/self/key'))
+            v = split_heads(dense(x, p + 'attention/self/value'))
+            scores = tf.matmul(q, k, transpose_b=True) * tf.cast(1.0 / math.sqrt(s), dtype)  # [B, N, T, T]
+            probs = tf.cast(tf.nn.softmax(tf.cast(scores + attn_bias, tf.float32), axis=-1), dtype)
+            ctx = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [b, t, d])  # [B, T, D]
+            x = layer_norm(dense(ctx, p + 'attention/output/dense') + x, p + 'attention/output/LayerNorm')
+            hidden = activation(dense(x, p + 'intermediate/dense'))  # [B, T, I]
+            x = layer_norm(dense(hidden, p + 'output/dense') + x, p + 'output/LayerNorm')
+            layer_outputs.append(x)
+
+        pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask,
+                       cls_id, sep_id)
+        tf.identity(tf.cast(pooled, tf.float32), name=OUTPUT_NAME)
+    return graph.as_graph_def()
+
+
+def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask, cls_id, sep_id):
+    """Applies the pooling strategy; see the reference semantics in docs/models.md."""
+    strategy = cfg.pooling_strategy
+    if strategy.needs_pooler:
+        # BERT's pooler: tanh(W x[:, 0] + b) on the last block; [B, D].
+        first = tf.cast(layer_outputs[-1][:, 0], tf.float32)
+        pooler = tf.tanh(tf.matmul(first, tf.constant(weights['pooler/dense/kernel']))
+                         + tf.constant(weights['pooler/dense/bias']))
+        if strategy == PoolingStrategy.CLS_POOLED:
+            return pooler
+        # Fine-tuned head: logits = pooled W^T + b; [B, K].
+        logits = tf.matmul(pooler, tf.constant(weights['output_weights']), transpose_b=True) \
+            + tf.constant(weights['output_bias'])
+        return tf.nn.softmax(logits, axis=-1) if strategy == PoolingStrategy.CLASSIFICATION else logits
+
+    # Layers concatenated on the last axis in the order given; [B, T, D*L], float32 from here on.
+    chosen = [tf.cast(layer_outputs[i], tf.float32) for i in pooled_layers]
+    x = chosen[0] if len(chosen) == 1 else tf.concat(chosen, axis=-1)
+    mask = tf.cast(input_mask, tf.float32)  # [B, T]
+    if strategy == PoolingStrategy.CLS_TOKEN:
+        return x[:, 0]
+    if strategy == PoolingStrategy.SEP_TOKEN:
+        last = tf.reduce_sum(input_mask, axis=1) - 1  # index of the last real token; [B]
+        return tf.gather(x, last, batch_dims=1)
+    if cfg.mask_cls_sep:
+        special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
+        mask *= 1.0 - tf.cast(special, tf.float32)
+    m = mask[:, :, tf.newaxis]  # [B, T, 1]
+    if strategy == PoolingStrategy.NONE:
+        return x * m
+    mean = tf.reduce_sum(x * m, axis=1) / (tf.reduce_sum(m, axis=1) + 1e-10)  # [B, D*L]
+    if strategy == PoolingStrategy.REDUCE_MEAN:
+        return mean
+    mx = tf.reduce_max(x - (1.0 - m) * 1e30, axis=1)  # [B, D*L]
+    if strategy == PoolingStrategy.REDUCE_MAX:
+        return mx
+    return tf.concat([mean, mx], axis=-1)
+
