@@ -1,0 +1,215 @@
+"""Request texts in, model input arrays out.
+
+A request is a list of sentences, either raw strings or pre-tokenized lists of
+tokens. Each becomes a ``Feature`` laid out as BERT expects:
+
+    single:  [CLS] a [SEP]            type ids 0 ... 0
+    pair:    [CLS] a [SEP] b [SEP]    type ids 0 ... 0 1 ... 1
+
+Raw strings mark a pair with `` ||| ``; pre-tokenized input marks it with a
+token that is exactly ``|||``. ``pad_batch`` then stacks features into the
+zero-padded ``[B, T]`` int32 arrays the model consumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from bert_serving.server.tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
+
+__all__ = ["Feature", "pad_batch", "to_features"]
+
+_PAIR_MARK = " ||| "
+_PAIR_SPLIT = "|||"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Model inputs of one sentence or sentence pair, before padding.
+
+    Attributes:
+        tokens: Word pieces, special tokens included; unknown pre-tokenized
+            words appear as ``[UNK]``.
+        input_ids: Vocabulary id of each token, same length as ``tokens``.
+        type_ids: Segment of each token: 0 for the first sentence, 1 for the
+            second sentence of a pair and its closing ``[SEP]``.
+    """
+
+    tokens: tuple[str, ...]
+    input_ids: tuple[int, ...]
+    type_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def to_features(
+    tokenizer: BertTokenizer,
+    texts: Sequence[str] | Sequence[Sequence[str]],
+    *,
+    is_tokenized: bool,
+    max_seq_len: int | None,
+    no_special_token: bool = False,
+    max_position_embeddings: int = 512,
+) -> list[Feature]:
+    """Tokenizes, truncates and lays out a request.
+
+    Args:
+        tokenizer: The model's WordPiece tokenizer.
+        texts: A list of strings, or when ``is_tokenized`` a list of lists of
+            tokens. Empty or whitespace-only inputs give ``[CLS] [SEP]``.
+        is_tokenized: Inputs are already split into tokens. Each token is
+            looked up as is (no lower-casing, no WordPiece); unknown ones become
+            ``[UNK]``.
+        max_seq_len: Maximum length of a feature, special tokens included.
+            Longer inputs are cut on the right; in a pair the currently longer
+            side loses a token first, the second side on ties. None means the
+            length of the longest input of this request, capped at
+            ``max_position_embeddings``.
+        no_special_token: Omit ``[CLS]`` and ``[SEP]``. Only pre-tokenized
+            input honours it; raw text always gets special tokens.
+        max_position_embeddings: The model's position limit; caps the length
+            chosen when ``max_seq_len`` is None.
+
+    Returns:
+        One feature per input, in input order.
+
+    Raises:
+        TypeError: If ``texts`` is not a list of str (list of lists of str when
+            ``is_tokenized``); the message names the first bad element.
+        ValueError: If the length limit cannot hold the special tokens.
+    """
+    _check_texts(texts, is_tokenized)
+    specials = not (is_tokenized and no_special_token)
+    if is_tokenized:
+        parts = [_split_tokenized(tokenizer, tokens) for tokens in texts]
+    else:
+        parts = [_split_text(tokenizer, text) for text in texts]
+
+    if max_seq_len is None:
+        longest = max((_full_length(a, b, specials) for a, b in parts), default=0)
+        limit = min(longest, max_position_embeddings)
+    elif isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int):
+        raise TypeError(f"max_seq_len must be an int or None, got {type(max_seq_len).__name__}")
+    else:
+        limit = max_seq_len
+
+    return [_layout(tokenizer, a, b, limit, specials) for a, b in parts]
+
+
+def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stacks features into zero-padded arrays.
+
+    Args:
+        features: B features, none longer than ``length``.
+        length: T, the padded sequence length.
+
+    Returns:
+        ``(input_ids, input_mask, type_ids)``, each int32 of shape [B, T].
+        ``input_mask`` is 1 on real tokens and 0 on padding; padding positions
+        hold 0 in all three arrays.
+
+    Raises:
+        ValueError: If a feature is longer than ``length``.
+    """
+    batch = len(features)
+    input_ids = np.zeros((batch, length), dtype=np.int32)
+    input_mask = np.zeros((batch, length), dtype=np.int32)
+    type_ids = np.zeros((batch, length), dtype=np.int32)
+    for row, feature in enumerate(features):
+        n = len(feature.input_ids)
+        if n > length:
+            raise ValueError(
+                f"feature {row} has {n} tokens, more than the padded length {length}; "
+                "truncate with to_features() before padding"
+            )
+        input_ids[row, :n] = feature.input_ids
+        input_mask[row, :n] = 1
+        type_ids[row, :n] = feature.type_ids
+    return input_ids, input_mask, type_ids
+
+
+def _check_texts(texts, is_tokenized: bool) -> None:
+    expected = "a list of lists of str" if is_tokenized else "a list of str"
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"texts must be {expected}, got {type(texts).__name__}")
+    for index, item in enumerate(texts):
+        if is_tokenized:
+            if not isinstance(item, (list, tuple)):
+                raise TypeError(
+                    f"texts[{index}] is {type(item).__name__}, but is_tokenized=True "
+                    "needs every element to be a list of str"
+                )
+            for position, token in enumerate(item):
+                if not isinstance(token, str):
+                    raise TypeError(
+                        f"texts[{index}][{position}] is {type(token).__name__}, "
+                        "but tokens must be str"
+                    )
+        elif not isinstance(item, str):
+            hint = "; pass is_tokenized=True for lists of tokens" if isinstance(item, (list, tuple)) else ""
+            raise TypeError(f"texts[{index}] is {type(item).__name__}, but it must be str{hint}")
+
+
+def _split_text(tokenizer: BertTokenizer, text: str) -> tuple[list[str], list[str] | None]:
+    if _PAIR_MARK in text:
+        first, second = text.split(_PAIR_SPLIT, 1)
+        return tokenizer.tokenize(first.strip()), tokenizer.tokenize(second.strip())
+    return tokenizer.tokenize(text), None
+
+
+def _split_tokenized(tokenizer: BertTokenizer, tokens: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    vocab = tokenizer.vocab
+    known = [t if t in vocab else UNK_TOKEN for t in tokens]
+    try:
+        cut = list(tokens).index(_PAIR_SPLIT)
+    except ValueError:
+        return known, None
+    return known[:cut], known[cut + 1:]
+
+
+def _full_length(a: list[str], b: list[str] | None, specials: bool) -> int:
+    n_special = (2 if b is None else 3) if specials else 0
+    return len(a) + (0 if b is None else len(b)) + n_special
+
+
+def _pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Lengths left after popping from the longer side (b on ties) until they fit.
+
+    Equivalent to the pop loop, in constant time: the longer side shrinks to
+    the shorter one's length, then the two shrink alternately, b first.
+    """
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    shorter = min(len_a, len_b)
+    if budget - shorter >= shorter:
+        return (len_a, budget - len_a) if len_a == shorter else (budget - len_b, len_b)
+    return budget - budget // 2, budget // 2
+
+
+def _layout(
+    tokenizer: BertTokenizer, a: list[str], b: list[str] | None, limit: int, specials: bool
+) -> Feature:
+    if b is None:
+        budget = limit - (2 if specials else 0)
+        if budget < 0:
+            raise ValueError(f"max_seq_len={limit} is too short: a sentence needs 2 tokens for [CLS] and [SEP]")
+        a = a[:budget]
+        tokens = [CLS_TOKEN, *a, SEP_TOKEN] if specials else a
+        type_ids = [0] * len(tokens)
+    else:
+        budget = limit - (3 if specials else 0)
+        if budget < 0:
+            raise ValueError(f"max_seq_len={limit} is too short: a pair needs 3 tokens for [CLS] and two [SEP]")
+        len_a, len_b = _pair_lengths(len(a), len(b), budget)
+        a, b = a[:len_a], b[:len_b]
+        if specials:
+            tokens = [CLS_TOKEN, *a, SEP_TOKEN, *b, SEP_TOKEN]
+            type_ids = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        else:
+            tokens = a + b
+            type_ids = [0] * len(a) + [1] * len(b)
+    return Feature(tuple(tokens), tuple(tokenizer.convert_tokens_to_ids(tokens)), tuple(type_ids))
