@@ -6,10 +6,10 @@ it needs rather than the whole argparse namespace.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
-__all__ = ['PoolingStrategy', 'EngineConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
+__all__ = ['PoolingStrategy', 'EngineConfig', 'ServerConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
 
 DEFAULT_MAX_SEQ_LEN = 25
 
@@ -159,3 +159,66 @@ class EngineConfig:
             'fp16': self.fp16,
             'xla': self.xla,
         }
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the service is laid out: ports, workers, devices and batching.
+
+    Attributes:
+        port: clients push requests here (the ventilator's PULL).
+        port_out: results are published here (the sink's PUB).
+        http_port: if set, an HTTP proxy listens here.
+        http_max_connect: HTTP requests in flight before the proxy refuses more.
+        cors: Access-Control-Allow-Origin of the HTTP proxy.
+        num_worker: worker processes, each holding one copy of the graph.
+        max_batch_size: most sequences in one batch for a worker.
+        max_batch_tokens: most padded tokens (sequences x longest) in one batch.
+        priority_batch_size: requests with at most this many sequences jump the queue.
+        prefetch_size: batches a worker may hold beyond the one it computes (0 = none).
+        cpu: run on CPU even where a GPU exists.
+        device_map: GPU ids to place workers on, reused round-robin.
+        gpu_memory_fraction: share of a GPU's memory each worker may take.
+        show_tokens_to_client: send the word pieces back with every result.
+        max_request_bytes: largest request payload accepted.
+        verbose: debug logging.
+    """
+    port: int = 5555
+    port_out: int = 5556
+    http_port: Optional[int] = None
+    http_max_connect: int = 10
+    cors: str = '*'
+    num_worker: int = 1
+    max_batch_size: int = 256
+    max_batch_tokens: int = 16384
+    priority_batch_size: int = 16
+    prefetch_size: int = 10
+    cpu: bool = False
+    device_map: Tuple[int, ...] = ()
+    gpu_memory_fraction: float = 0.5
+    show_tokens_to_client: bool = False
+    max_request_bytes: int = 64 * 1024 * 1024
+    verbose: bool = False
+
+    def __post_init__(self):
+        checks = [('num_worker', self.num_worker >= 1), ('max_batch_size', self.max_batch_size >= 1),
+                  ('max_batch_tokens', self.max_batch_tokens >= 1),
+                  ('priority_batch_size', self.priority_batch_size >= 0),
+                  ('prefetch_size', self.prefetch_size >= 0),
+                  ('http_max_connect', self.http_max_connect >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f'gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}')
+        for name in ('port', 'port_out') + (('http_port',) if self.http_port is not None else ()):
+            value = getattr(self, name)
+            if not 0 < value < 65536:
+                raise ValueError(f'{name} must be a TCP port (1-65535), got {value}')
+        if self.port == self.port_out:
+            raise ValueError(f'port and port_out must differ, both are {self.port}')
+        object.__setattr__(self, 'device_map', tuple(int(d) for d in self.device_map))
+
+    @classmethod
+    def from_namespace(cls, args) -> 'ServerConfig':
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

@@ -29,15 +29,16 @@ class Encoder:
         gpu_memory_fraction: GPU memory cap per process.
         max_batch_size: most sequences per TensorFlow call.
         max_batch_tokens: most padded tokens (B x T) per TensorFlow call.
+        graph: a graph already prepared for ``config`` (skips the cache lookup).
     """
 
     def __init__(self, config: EngineConfig, *, logger: Optional[logging.Logger] = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  gpu_memory_fraction: Optional[float] = None, max_batch_size: int = 256,
-                 max_batch_tokens: int = 16384):
+                 max_batch_tokens: int = 16384, graph: Optional[FrozenGraph] = None):
         self.config = config
         self.logger = logger or logging.getLogger(__name__)
-        self.graph: FrozenGraph = prepare_graph(config, self.logger)
+        self.graph: FrozenGraph = graph or prepare_graph(config, self.logger)
         self.bert_config = self.graph.bert_config
         self.tokenizer = BertTokenizer(self.graph.files.vocab_path, do_lower_case=config.do_lower_case)
         self.runner = GraphRunner(self.graph, xla=config.xla, intra_op_threads=intra_op_threads,

@@ -7,6 +7,7 @@ An unchanged restart loads the cached file; any change builds a new one.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import numpy as np
 
 from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
 from .config import EngineConfig
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
@@ -61,11 +62,21 @@ def _file_digest(path: str) -> str:
         raise ModelError(f'{path} cannot be read ({e.strerror})') from e
 
 
+def _tf_version() -> str:
+    """TensorFlow's version, read from package metadata so that a cache hit never imports it."""
+    for dist in ('tensorflow', 'tensorflow-cpu', 'tensorflow-gpu', 'tf-nightly', 'tensorflow-intel'):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import tensorflow as tf
+    return tf.__version__
+
+
 def cache_key(cfg: EngineConfig, files: ModelFiles) -> str:
     """Hash of the model bytes and every flag that shapes the graph."""
-    import tensorflow as tf
     h = hashlib.sha256()
-    meta = {'format': GRAPH_FORMAT, 'tf': tf.__version__, 'flags': cfg.graph_key_fields(),
+    meta = {'format': GRAPH_FORMAT, 'tf': _tf_version(), 'flags': cfg.graph_key_fields(),
             'files': [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()
@@ -114,12 +125,16 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
     bc = load_bert_config(files)
     resolve_layers(cfg, bc)  # validate before any heavy work
     if cfg.max_seq_len is not None and cfg.max_seq_len > bc.max_position_embeddings:
-        from .errors import ConfigError
         raise ConfigError(f'max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings '
                           f'{bc.max_position_embeddings} of {files.config_path}; use at most '
                           f'{bc.max_position_embeddings} or NONE')
     cls_id, sep_id = _special_ids(files.vocab_path)
     directory = os.path.abspath(cfg.graph_tmp_dir or default_cache_dir())
+    try:
+        os.makedirs(directory, exist_ok=True)  # before the build: fail fast on a bad cache dir
+    except OSError as e:
+        raise ConfigError(f'the graph cache {directory} cannot be created ({e.strerror}); set '
+                          '-graph_tmp_dir or BERT_SERVING_CACHE_DIR to a writable directory') from e
     key = cache_key(cfg, files)
     path = os.path.join(directory, f'bert-graph-{key[:32]}.pb')
     if os.path.isfile(path):
@@ -135,14 +150,17 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
     logger.info('loaded %d tensors in %.1fs, freezing and optimising...', len(weights),
                 time.perf_counter() - t0)
     graph_def = _optimize(build_graph_def(cfg, bc, weights, cls_id, sep_id), logger)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.partial-', suffix='.pb')
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.partial-', suffix='.pb')
         with os.fdopen(fd, 'wb') as f:
             f.write(graph_def.SerializeToString())
         os.replace(tmp, path)  # atomic: concurrent builders never see half a file
+    except OSError as e:
+        raise ConfigError(f'the graph cannot be written to {directory} ({e.strerror}); set '
+                          '-graph_tmp_dir or BERT_SERVING_CACHE_DIR to a writable directory') from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     logger.info('graph built in %.1fs and cached at %s', time.perf_counter() - t0, path)
     return FrozenGraph(path, files, bc, False)
@@ -178,9 +196,12 @@ class GraphRunner:
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name='')
+        try:
+            feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
+            output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
+        except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
+            raise ModelError(f'{graph.path} is not a bert-serving graph (no {e}); delete it to rebuild') from e
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
-        feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
-        output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
         self._run: Callable = self._session.make_callable(output, feeds)
 
     def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:

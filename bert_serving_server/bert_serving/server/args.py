@@ -1,0 +1,153 @@
+"""Command-line flags of bert-serving-start, -terminate and -benchmark.
+
+The flags, aliases and defaults are those of bert-as-service 1.10.0; the help
+text says when to change each one. New flags are marked (new).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bert_serving.client._version import __version__
+
+from .config import PoolingStrategy, parse_max_seq_len
+
+__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'format_args']
+
+
+def _max_seq_len(value: str):
+    try:
+        return parse_max_seq_len(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _strategy(value: str) -> PoolingStrategy:
+    try:
+        return PoolingStrategy.from_string(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-start``."""
+    parser = argparse.ArgumentParser(
+        prog='bert-serving-start', description='Start a BertServer: sentences in, fixed-length vectors out.')
+
+    paths = parser.add_argument_group('File Paths', 'where the pretrained / fine-tuned BERT model lives')
+    paths.add_argument('-model_dir', type=str, default=None,
+                       help='directory of a pretrained BERT model (Google checkpoint or Hugging Face '
+                            'layout); omit it to use the bundled all-MiniLM-L6-v2')
+    paths.add_argument('-tuned_model_dir', type=str, default=None,
+                       help='directory of a fine-tuned checkpoint whose weights override -model_dir')
+    paths.add_argument('-ckpt_name', type=str, default='bert_model.ckpt',
+                       help='checkpoint prefix; change it for a fine-tuned model saved as e.g. model.ckpt-1000')
+    paths.add_argument('-config_name', type=str, default='bert_config.json',
+                       help='file name of the BERT JSON config (Google layout)')
+    paths.add_argument('-graph_tmp_dir', type=str, default=None,
+                       help='where frozen graphs are cached; default: the user cache dir '
+                            '(~/.cache/bert-serving)')
+
+    bert = parser.add_argument_group('BERT Parameters', 'how the model reads inputs and pools them')
+    bert.add_argument('-max_seq_len', type=_max_seq_len, default=25,
+                      help='longest input in tokens, [CLS]/[SEP] included; longer ones are cut on the '
+                           'right. NONE uses the longest input of each request')
+    bert.add_argument('-cased_tokenization', dest='do_lower_case', action='store_false', default=True,
+                      help='keep case and accents; use it with cased models')
+    bert.add_argument('-pooling_layer', type=int, nargs='+', default=[-2],
+                      help='encoder layer(s) to pool, -1 the last; several are concatenated')
+    bert.add_argument('-pooling_strategy', type=_strategy, default=PoolingStrategy.REDUCE_MEAN,
+                      choices=list(PoolingStrategy), metavar='{' + ','.join(PoolingStrategy.__members__) + '}',
+                      help='how token vectors become one vector (NONE keeps every token)')
+    bert.add_argument('-mask_cls_sep', action='store_true', default=False,
+                      help='leave [CLS] and [SEP] out of REDUCE_* pooling')
+    bert.add_argument('-no_special_token', action='store_true', default=False,
+                      help='do not add [CLS]/[SEP] to pre-tokenized input (is_tokenized=True)')
+    bert.add_argument('-show_tokens_to_client', action='store_true', default=False,
+                      help='send the word pieces back to the client with each result')
+    bert.add_argument('-no_position_embeddings', action='store_true', default=False,
+                      help='do not add position embeddings (for models trained without them)')
+    bert.add_argument('-num_labels', type=int, default=2,
+                      help='number of labels of the CLASSIFICATION / REGRESSION head')
+
+    serving = parser.add_argument_group('Serving Configs', 'ports, workers, devices and batching')
+    serving.add_argument('-port', '-port_in', '-port_data', type=int, default=5555,
+                         help='port on which clients push requests')
+    serving.add_argument('-port_out', '-port_result', type=int, default=5556,
+                         help='port on which results are published to clients')
+    serving.add_argument('-http_port', type=int, default=None,
+                         help='start an HTTP proxy on this port')
+    serving.add_argument('-http_max_connect', type=int, default=10,
+                         help='HTTP requests in flight before the proxy answers 429')
+    serving.add_argument('-cors', type=str, default='*',
+                         help='Access-Control-Allow-Origin of HTTP responses')
+    serving.add_argument('-num_worker', type=int, default=1,
+                         help='worker processes; each holds a copy of the model')
+    serving.add_argument('-max_batch_size', type=int, default=256,
+                         help='most sequences per batch; bigger requests are split')
+    serving.add_argument('-max_batch_tokens', type=int, default=16384,
+                         help='(new) most padded tokens per batch; lower it if memory runs short')
+    serving.add_argument('-priority_batch_size', type=int, default=16,
+                         help='requests with at most this many sequences jump the queue')
+    serving.add_argument('-cpu', action='store_true', default=False,
+                         help='run on CPU even where a GPU exists')
+    serving.add_argument('-xla', action='store_true', default=False,
+                         help='compile the graph with XLA (experimental)')
+    serving.add_argument('-fp16', action='store_true', default=False,
+                         help='run the graph in float16 (fast on recent GPUs)')
+    serving.add_argument('-gpu_memory_fraction', type=float, default=0.5,
+                         help='share of each GPU\'s memory a worker may take, in (0, 1]')
+    serving.add_argument('-device_map', type=int, nargs='+', default=[],
+                         help='GPU ids for the workers, reused round-robin when fewer than workers')
+    serving.add_argument('-prefetch_size', type=int, default=10,
+                         help='batches a worker may hold ahead of the one it computes '
+                              '(capped at 2 in practice; 0 disables prefetching)')
+    serving.add_argument('-fixed_embed_length', action='store_true', default=False,
+                         help='with NONE pooling and -max_seq_len NONE, pad the token axis to '
+                              'max_position_embeddings so every result has the same shape')
+
+    parser.add_argument('-verbose', action='store_true', default=False, help='debug logging')
+    parser.add_argument('-version', action='version', version='%(prog)s ' + __version__)
+    return parser
+
+
+def get_shutdown_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-terminate``."""
+    parser = argparse.ArgumentParser(prog='bert-serving-terminate',
+                                     description='Shut down a BertServer listening on a port.')
+    parser.add_argument('-ip', type=str, default='localhost', help='address of the server')
+    parser.add_argument('-port', '-port_in', '-port_data', type=int, required=True,
+                        help='the server\'s -port')
+    parser.add_argument('-timeout', type=int, default=5000,
+                        help='milliseconds to wait for the server to stop')
+    return parser
+
+
+def get_benchmark_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-benchmark``: the server flags plus the experiments."""
+    parser = get_args_parser()
+    parser.prog = 'bert-serving-benchmark'
+    parser.description = 'Benchmark a BertServer started locally.'
+    parser.set_defaults(num_client=1, client_batch_size=4096)
+    group = parser.add_argument_group('Benchmark parameters', 'the experiments to run')
+    group.add_argument('-test_client_batch_size', type=int, nargs='*', default=[1, 16, 256, 4096])
+    group.add_argument('-test_max_batch_size', type=int, nargs='*', default=[8, 32, 128, 512])
+    group.add_argument('-test_max_seq_len', type=int, nargs='*', default=[32, 64, 128, 256])
+    group.add_argument('-test_num_client', type=int, nargs='*', default=[1, 4, 16, 64])
+    group.add_argument('-test_pooling_layer', type=int, nargs='*', default=[[-j] for j in range(1, 13)])
+    group.add_argument('-num_client', type=int, default=1, help='clients in the baseline experiment')
+    group.add_argument('-client_batch_size', type=int, default=4096,
+                       help='sentences per request in the baseline experiment')
+    group.add_argument('-wait_till_ready', type=int, default=30,
+                       help='seconds to wait for the server to be ready')
+    group.add_argument('-client_vocab_file', type=str, default=None,
+                       help='text file whose lines are the client sentences (default: the bench corpus)')
+    group.add_argument('-num_repeat', type=int, default=10,
+                       help='repeats per experiment (>2); the first two are warm-up and dropped')
+    return parser
+
+
+def format_args(args) -> str:
+    """The table of arguments printed at start."""
+    rows = [f'{k:>24} = {v}' for k, v in sorted(vars(args).items())]
+    return '\n'.join([f'usage: {" ".join(sys.argv)}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)

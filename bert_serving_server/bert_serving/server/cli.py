@@ -1,0 +1,64 @@
+"""Entry points: bert-serving-start, bert-serving-terminate, bert-serving-benchmark."""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import List, Optional
+
+from bert_serving.client.errors import BertServingError
+
+from .args import format_args, get_args_parser, get_shutdown_parser
+from .log import get_logger
+
+__all__ = ['main', 'terminate', 'benchmark']
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``bert-serving-start``: runs until Ctrl-C, SIGTERM or bert-serving-terminate."""
+    from .service import BertServer
+    args = get_args_parser().parse_args(argv)
+    print(format_args(args), flush=True)
+    logger = get_logger('SERVER', args.verbose)
+    try:
+        server = BertServer(args)
+    except (BertServingError, ValueError) as e:
+        logger.error('%s', e)
+        return 2
+
+    def on_signal(signum, _frame):
+        logger.info('received %s, shutting down', signal.Signals(signum).name)
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.start()
+    while server.is_alive():
+        server.join(timeout=0.5)
+    server.close()
+    if server.failure:
+        logger.error('server stopped: %s', server.failure)
+        return 1
+    return 0
+
+
+def terminate(argv: Optional[List[str]] = None) -> int:
+    """``bert-serving-terminate -port N``: stops a server and waits until its port is free."""
+    from .service import BertServer
+    args = get_shutdown_parser().parse_args(argv)
+    logger = get_logger('TERMINATE')
+    if BertServer.shutdown(args):
+        logger.info('server on %s:%d stopped', args.ip, args.port)
+        return 0
+    logger.error('server on %s:%d did not stop within %d ms: is it running there? is -port right?',
+                 args.ip, args.port, args.timeout)
+    return 1
+
+
+def benchmark(argv: Optional[List[str]] = None) -> int:
+    """``bert-serving-benchmark``: the original's experiments against a local server."""
+    from .benchmark import run_benchmark
+    return run_benchmark(argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Which device each worker runs on, and how many CPU threads it gets."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List, Sequence, Tuple
+
+__all__ = ['plan_devices', 'cpu_threads']
+
+
+def _available_gpus(limit: int) -> Tuple[int, List[int]]:
+    """(number of GPUs, ids of the free ones), from nvidia-smi through GPUtil."""
+    import GPUtil
+    gpus = GPUtil.getGPUs()
+    free = GPUtil.getAvailable(order='memory', limit=max(limit, 1), maxLoad=0.9, maxMemory=0.9)
+    return len(gpus), list(free)
+
+
+def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int],
+                 logger: logging.Logger) -> List[int]:
+    """Returns one device id per worker, -1 meaning CPU.
+
+    GPUs come from ``device_map`` if given (reused round-robin), else from the
+    free GPUs GPUtil reports. Without nvidia-smi, or with no free GPU, every
+    worker falls back to the CPU with a warning.
+    """
+    if cpu:
+        return [-1] * num_worker
+    try:
+        total, free = _available_gpus(num_worker)
+    except Exception as e:  # GPUtil raises when nvidia-smi is absent or fails
+        logger.warning('no usable nvidia-smi (%s): no GPU on this machine? falling back to CPU', e)
+        return [-1] * num_worker
+    if total == 0 or (not free and not device_map):
+        logger.warning('no free GPU found, falling back to CPU')
+        return [-1] * num_worker
+    chosen = list(device_map) or free
+    if len(chosen) < num_worker:
+        logger.warning('%d workers share %d GPU(s) %s: this may not scale and may run out of memory',
+                       num_worker, len(chosen), chosen)
+    return [chosen[i % len(chosen)] for i in range(num_worker)]
+
+
+def cpu_threads(num_cpu_workers: int) -> Tuple[int, int]:
+    """(intra_op, inter_op) threads for each CPU worker: the cores split evenly."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // max(1, num_cpu_workers)), 1

@@ -1,0 +1,95 @@
+"""Messages between the server's own processes, frame by frame.
+
+The client-facing protocol is ``bert_serving.client.protocol``; this module is
+the internal one. Nothing here is pickled: headers are JSON, arrays raw bytes.
+
+Ventilator ROUTER (binds ``backend``) <-> worker DEALER (connects)::
+
+    worker -> ventilator   [READY, JSON {"credit": n}]   model loaded; may hold n batches
+                           [DONE, batch_id]              results of the batch were pushed to the sink
+                           [FATAL, message]              the worker cannot start
+    ventilator -> worker   [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
+                           piece = {"client", "req_id", "rows", "texts", "is_tokenized", "attempt"}
+
+Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
+
+    [REGISTER, client, req_id, JSON {"n": rows}]        a data request to reassemble
+    [RESULT, client, req_id, JSON {"rows", "dtype", "shape", "tokens"}, array bytes]
+    [JSON_REPLY, client, req_id, JSON]                   publish as is (config / status)
+    [FAIL, client, req_id, message]                      fail the request with this message
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ['READY', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
+           'Piece', 'pack_batch', 'unpack_batch', 'pack_result', 'unpack_result', 'RequestKey']
+
+READY, DONE, FATAL, BATCH = b'READY', b'DONE', b'FATAL', b'BATCH'
+REGISTER, RESULT, JSON_REPLY, FAIL = b'REGISTER', b'RESULT', b'JSON_REPLY', b'FAIL'
+
+RequestKey = Tuple[bytes, int]  # (client identity, req_id): one client request
+
+
+@dataclass
+class Piece:
+    """Some rows of one client request, to be encoded together.
+
+    Attributes:
+        client: the client identity.
+        req_id: the client's request id.
+        rows: positions of these inputs in the request.
+        texts: the inputs (strings, or token lists if is_tokenized).
+        is_tokenized: inputs are pre-tokenized.
+        attempt: how often a worker died while holding this piece.
+    """
+    client: bytes
+    req_id: int
+    rows: List[int]
+    texts: List[Any]
+    is_tokenized: bool = False
+    attempt: int = 0
+    priority: bool = field(default=False, compare=False)
+
+    @property
+    def key(self) -> RequestKey:
+        return self.client, self.req_id
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d['client'] = self.client.decode('latin-1')  # any bytes survive a latin-1 round trip
+        del d['priority']
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> 'Piece':
+        return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=list(d['rows']),
+                   texts=d['texts'], is_tokenized=bool(d['is_tokenized']), attempt=int(d['attempt']))
+
+
+def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:
+    body = json.dumps({'pieces': [p.to_json() for p in pieces]}, ensure_ascii=False)
+    return [BATCH, b'%d' % batch_id, body.encode()]
+
+
+def unpack_batch(frames: Sequence[bytes]) -> Tuple[int, List[Piece]]:
+    body = json.loads(bytes(frames[2]))
+    return int(frames[1]), [Piece.from_json(d) for d in body['pieces']]
+
+
+def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list]) -> List[Any]:
+    array = np.ascontiguousarray(array)
+    header = {'rows': piece.rows, 'dtype': str(array.dtype), 'shape': list(array.shape), 'tokens': tokens}
+    return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(),
+            memoryview(array).cast('B')]
+
+
+def unpack_result(frames: Sequence[bytes]):
+    """Returns (key, rows, array, tokens) of a RESULT message."""
+    header = json.loads(bytes(frames[3]))
+    array = np.frombuffer(frames[4], dtype=header['dtype']).reshape(header['shape'])
+    return (bytes(frames[1]), int(frames[2])), header['rows'], array, header['tokens']

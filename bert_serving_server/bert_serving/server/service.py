@@ -1,0 +1,237 @@
+"""BertServer: starts the sink and the workers, and runs the ventilator in its thread.
+
+    args = get_args_parser().parse_args(['-num_worker', '2'])
+    with BertServer(args) as server:   # start() ... close()
+        server.is_ready.wait()
+        ...
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime
+from typing import Optional
+
+import zmq
+
+from bert_serving.client._version import PROTOCOL_VERSION, __version__
+from bert_serving.client.protocol import Command, pack_request
+
+from .config import EngineConfig, ServerConfig
+from .devices import cpu_threads, plan_devices
+from .graph import prepare_graph
+from .log import get_logger
+from .sink import Sink, SinkSettings
+from .ventilator import Ventilator
+from .worker import Worker, WorkerSettings
+
+__all__ = ['BertServer']
+
+_SPAWN = multiprocessing.get_context('spawn')
+JOIN_SECONDS = 5.0
+
+
+def _json_safe(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return str(value)  # enums (pooling_strategy) go out by name
+
+
+class BertServer(threading.Thread):
+    """The whole service. A thread: ``start()``, ``join()``, ``close()``; also a context manager.
+
+    The graph is prepared (built or taken from the cache) in the constructor, so
+    model and flag errors are raised here, before any process starts.
+
+    Attributes:
+        is_ready: set once every worker has loaded the model.
+        failure: why the server stopped on its own, or None.
+    """
+
+    def __init__(self, args):
+        super().__init__(name='VENTILATOR', daemon=True)
+        self.args = args
+        self.engine_config = EngineConfig.from_namespace(args)
+        self.server_config = ServerConfig.from_namespace(args)
+        self.logger = get_logger('VENTILATOR', self.server_config.verbose)
+        self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', self.server_config.verbose))
+        self.devices = plan_devices(self.server_config.num_worker, self.server_config.cpu,
+                                    self.server_config.device_map, self.logger)
+        self.is_ready = threading.Event()
+        self.failure: Optional[str] = None
+        self._stopping = threading.Event()
+        self._children_stop = _SPAWN.Event()
+        self._ipc_dir = tempfile.mkdtemp(prefix='bert-serving-')
+        self.backend_addr = f'ipc://{self._ipc_dir}/backend'
+        self.sink_addr = f'ipc://{self._ipc_dir}/sink'
+        self.processes = []
+        self.start_time = datetime.now()
+        self.status_args = {k: _json_safe(v) for k, v in sorted(vars(args).items())}
+        self.status_static = {
+            'python_version': platform.python_version(), 'server_version': __version__,
+            'protocol_version': PROTOCOL_VERSION, 'pyzmq_version': zmq.pyzmq_version(),
+            'zmq_version': zmq.zmq_version(), 'server_start_time': str(self.start_time),
+            'model_dir': self.graph.files.model_dir, 'model_layout': self.graph.files.layout,
+            'num_hidden_layers': self.graph.bert_config.num_hidden_layers,
+            'hidden_size': self.graph.bert_config.hidden_size,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def mark_ready(self) -> None:
+        if not self.is_ready.is_set():
+            self.logger.info('all set, ready to serve requests!')
+        self.is_ready.set()
+
+    def fatal(self, reason: str) -> None:
+        self.logger.error('shutting down: %s', reason)
+        self.failure = reason
+        self._stopping.set()
+
+    def run(self) -> None:
+        try:
+            with zmq.Context() as ctx:
+                sink_ready = _SPAWN.Event()
+                sink = Sink(SinkSettings(self.sink_addr, self.server_config.port_out,
+                                         verbose=self.server_config.verbose, parent_pid=os.getpid()),
+                            self._children_stop, sink_ready)
+                sink.start()
+                self.processes.append(sink)
+                ventilator = Ventilator(self, self._spawn_worker, self.backend_addr, self.sink_addr)
+                self.ventilator = ventilator
+                self._start_http()
+                ventilator.run(ctx)
+        except Exception as e:  # e.g. a port already in use
+            self.fatal(f'{type(e).__name__}: {e}')
+        finally:
+            self._stop_children()
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self.logger.info('terminated')
+
+    def _spawn_worker(self, worker_id: int, generation: int):
+        device = self.devices[worker_id]
+        num_cpu = sum(1 for d in self.devices if d < 0)
+        intra, inter = cpu_threads(num_cpu) if device < 0 else (0, 0)
+        cfg = self.server_config
+        settings = WorkerSettings(
+            worker_id=worker_id, generation=generation, device_id=device,
+            backend_addr=self.backend_addr, sink_addr=self.sink_addr,
+            intra_op_threads=intra, inter_op_threads=inter,
+            gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
+            credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
+            max_batch_tokens=cfg.max_batch_tokens, show_tokens=cfg.show_tokens_to_client,
+            verbose=cfg.verbose, parent_pid=os.getpid())
+        proc = Worker(self.engine_config, settings, self.graph, self._children_stop)
+        proc.start()
+        self.processes.append(proc)
+        return proc, settings
+
+    def _start_http(self) -> None:
+        if self.server_config.http_port is None:
+            return
+        try:
+            from .http import HttpProxy
+        except ImportError as e:
+            self.logger.error('-http_port needs the http extra: pip install "bert-serving-server[http]" (%s)', e)
+            return
+        proxy = HttpProxy(self.args, self._children_stop)
+        proxy.start()
+        self.processes.append(proxy)
+
+    def _stop_children(self) -> None:
+        self._children_stop.set()
+        deadline = time.monotonic() + JOIN_SECONDS
+        for p in self.processes:
+            p.join(timeout=max(0.1, deadline - time.monotonic()))
+        for p in self.processes:
+            if p.is_alive():
+                self.logger.warning('%s did not stop in %.0fs; killing it', p.name, JOIN_SECONDS)
+                p.kill()
+                p.join(timeout=2)
+
+    def close(self) -> None:
+        """Stops every process and frees the ports. Safe to call more than once."""
+        self.logger.info('shutting down...')
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout=JOIN_SECONDS + 5)
+        elif self.processes:
+            self._stop_children()
+
+    def __enter__(self) -> 'BertServer':
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- introspection -----------------------------------------------------------------------
+    def describe(self, client: bytes, statistic: Optional[dict]) -> dict:
+        """The SHOW_CONFIG reply (and SHOW_STATUS, with ``statistic``)."""
+        info = {
+            'client': client.decode('latin-1'),
+            'num_process': len(self.processes),
+            'ventilator -> worker': [self.backend_addr],
+            'worker -> sink': self.sink_addr,
+            'ventilator <-> sink': self.sink_addr,
+            'server_current_time': str(datetime.now()),
+            'device_map': self.devices,
+            'num_concurrent_socket': 1,
+            'ready': self.is_ready.is_set(),
+            'output_dim': None,
+            **self.status_args,
+            **self.status_static,
+        }
+        from .modeling import output_width
+        info['output_dim'] = output_width(self.engine_config, self.graph.bert_config)
+        if statistic is not None:
+            info['statistic'] = statistic
+            info['num_ready_worker'] = self.ventilator.num_ready
+        return info
+
+    @staticmethod
+    def shutdown(args) -> bool:
+        """Asks the server on ``args.ip``:``args.port`` to stop; waits up to ``args.timeout`` ms.
+
+        Returns:
+            True if the port was freed in time.
+        """
+        ip = getattr(args, 'ip', 'localhost')
+        timeout_ms = getattr(args, 'timeout', 5000)
+        with zmq.Context() as ctx:
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, timeout_ms)
+            sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+            try:
+                sock.connect(f'tcp://{ip}:{args.port}')
+                sock.send_multipart(pack_request(b'terminator', Command.TERMINATE, 0, 0))
+            except zmq.Again:
+                return False
+            finally:
+                sock.close()
+        return _wait_port_free(ip, args.port, timeout_ms / 1000)
+
+
+def _wait_port_free(ip: str, port: int, seconds: float) -> bool:
+    import socket
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((ip, port)) != 0:
+                return True
+        time.sleep(0.1)
+    return False

@@ -1,0 +1,194 @@
+"""Sink process: puts the pieces of each request back in order and publishes them.
+
+Sockets (created in ``run``, inside the process):
+    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator,
+          RESULT / FAIL from the workers.
+    XPUB  binds tcp://*:port_out: replies to clients (SUB, topic = identity).
+
+XPUB rather than PUB: the sink sees each client's subscription, so a reply to a
+client whose subscription has not arrived yet is held back (for a bounded time)
+instead of being dropped. That closes the "slow joiner" race of a fresh client.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import zmq
+
+from bert_serving.client import protocol
+
+from . import messages as msg
+from .log import get_logger
+
+__all__ = ['Sink', 'SinkSettings']
+
+_SPAWN = multiprocessing.get_context('spawn')
+POLL_MS = 100
+HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
+FAILED_MEMORY = 10000  # failed requests remembered, to drop their late pieces
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    sink_addr: str
+    port_out: int
+    bind_host: str = '*'
+    verbose: bool = False
+    parent_pid: int = 0
+
+
+@dataclass
+class _Assembly:
+    """The pieces of one request received so far."""
+    n: Optional[int] = None  # rows expected; None until REGISTER arrives
+    received: int = 0
+    parts: List = field(default_factory=list)  # (rows, array, tokens)
+
+    def complete(self) -> bool:
+        return self.n is not None and self.received >= self.n
+
+    def assemble(self):
+        """Returns (array, tokens) with rows in request order.
+
+        Pieces of a NONE-pooled request may differ in their token axis; all are
+        zero-padded to the longest, i.e. the longest input of the request.
+        """
+        first = self.parts[0][1]
+        if first.ndim == 3:
+            t = max(a.shape[1] for _, a, _ in self.parts)
+            out = np.zeros((self.n, t, first.shape[2]), dtype=first.dtype)
+            for rows, a, _ in self.parts:
+                out[rows, :a.shape[1]] = a
+        else:
+            out = np.empty((self.n, first.shape[1]), dtype=first.dtype)
+            for rows, a, _ in self.parts:
+                out[rows] = a
+        tokens = None
+        if self.parts[0][2] is not None:
+            tokens = [None] * self.n
+            for rows, _, toks in self.parts:
+                for r, t in zip(rows, toks):
+                    tokens[r] = t
+        return out, tokens
+
+
+class Sink(_SPAWN.Process):
+    """Reassembles results and publishes every reply to clients."""
+
+    def __init__(self, settings: SinkSettings, stop_event, ready_event):
+        super().__init__(name='SINK', daemon=True)
+        self.settings = settings
+        self.stop_event = stop_event
+        self.ready_event = ready_event
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        s = self.settings
+        self.logger = get_logger('SINK', s.verbose)
+        self.pending: Dict[msg.RequestKey, _Assembly] = {}
+        self.failed: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
+        self.subscribed = set()
+        self.held: Dict[bytes, List] = {}
+        with zmq.Context() as ctx:
+            receiver = ctx.socket(zmq.PULL)
+            self.pub = ctx.socket(zmq.XPUB)
+            try:
+                for sock in (receiver, self.pub):
+                    sock.setsockopt(zmq.LINGER, 0)
+                self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+                self.pub.setsockopt(zmq.SNDHWM, 0)
+                receiver.bind(s.sink_addr)
+                self.pub.bind(f'tcp://{s.bind_host}:{s.port_out}')
+                self.ready_event.set()
+                self._loop(receiver)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.ETERM:
+                    self.logger.error('sink stopped: %s', e)
+            finally:
+                receiver.close()
+                self.pub.close()
+
+    def _loop(self, receiver) -> None:
+        poller = zmq.Poller()
+        poller.register(receiver, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
+        while not self.stop_event.is_set() and os.getppid() == self.settings.parent_pid:
+            events = dict(poller.poll(POLL_MS))
+            if self.pub in events:
+                self._on_subscription(self.pub.recv())
+            if receiver in events:
+                for _ in range(1000):  # drain, but keep subscriptions flowing
+                    try:
+                        frames = receiver.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)])
+            self._expire_held()
+
+    def _on_subscription(self, event: bytes) -> None:
+        topic = event[1:]
+        if event[:1] == b'\x01':
+            self.subscribed.add(topic)
+            for _, frames in self.held.pop(topic, []):
+                self.pub.send_multipart(frames, copy=False)
+        elif event[:1] == b'\x00':
+            self.subscribed.discard(topic)
+
+    def _publish(self, client: bytes, frames) -> None:
+        if client in self.subscribed:
+            self.pub.send_multipart(frames, copy=False)
+        else:
+            self.held.setdefault(client, []).append((time.monotonic() + HOLD_SECONDS, frames))
+
+    def _expire_held(self) -> None:
+        now = time.monotonic()
+        for client in [c for c, items in self.held.items() if items[0][0] < now]:
+            self.logger.warning('dropped %d replies to client %r: it never subscribed to port_out',
+                                len(self.held[client]), client[:40])
+            del self.held[client]
+
+    def _fail(self, key, message: str) -> None:
+        if key in self.failed:
+            return
+        self.pending.pop(key, None)
+        self.failed[key] = None
+        if len(self.failed) > FAILED_MEMORY:
+            self.failed.popitem(last=False)
+        self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], message)
+        self._publish(key[0], protocol.pack_error(key[0], key[1], message))
+
+    def _on_message(self, frames) -> None:
+        kind = frames[0]
+        try:
+            key = (frames[1], int(frames[2]))
+        except (IndexError, ValueError):
+            self.logger.error('malformed internal message %r', frames[:1])
+            return
+        if kind == msg.JSON_REPLY:
+            self._publish(key[0], [key[0], frames[3], frames[2]])
+            return
+        if kind == msg.FAIL:
+            self._fail(key, bytes(frames[3]).decode('utf-8', 'replace'))
+            return
+        if key in self.failed:
+            return  # a late piece of a request that already failed
+        job = self.pending.setdefault(key, _Assembly())
+        if kind == msg.REGISTER:
+            job.n = int(json.loads(frames[3])['n'])
+        elif kind == msg.RESULT:
+            _, rows, array, tokens = msg.unpack_result(frames)
+            job.parts.append((rows, array, tokens))
+            job.received += len(rows)
+        if job.complete():
+            del self.pending[key]
+            array, tokens = job.assemble()
+            self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
+            self._publish(key[0], protocol.pack_result(key[0], key[1], array, tokens))

@@ -1,0 +1,195 @@
+"""Worker process: encodes batches that the ventilator hands out.
+
+Sockets (created in ``run``, inside the process):
+    DEALER  connects to the ventilator's ROUTER (``backend``): READY/DONE out, BATCH in.
+    PUSH    connects to the sink's PULL (``sink``): RESULT / FAIL per piece.
+
+Two threads overlap work: the receiver thread tokenizes the next batch while
+the main thread runs TensorFlow on the current one (TF releases the GIL).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import zmq
+
+from . import messages as msg
+from .config import EngineConfig
+from .log import get_logger
+
+__all__ = ['WorkerSettings', 'Worker']
+
+_SPAWN = multiprocessing.get_context('spawn')
+POLL_MS = 100
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What one worker needs beyond the engine config."""
+    worker_id: int
+    generation: int
+    device_id: int  # -1 = CPU
+    backend_addr: str
+    sink_addr: str
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    gpu_memory_fraction: Optional[float] = None
+    credit: int = 2
+    max_batch_size: int = 256
+    max_batch_tokens: int = 16384
+    show_tokens: bool = False
+    verbose: bool = False
+    parent_pid: int = 0
+
+    @property
+    def identity(self) -> bytes:
+        return b'worker-%d-%d' % (self.worker_id, self.generation)
+
+
+class Worker(_SPAWN.Process):
+    """One encoding process. Started with the 'spawn' method so that no TensorFlow
+    or ZeroMQ state is inherited from the parent."""
+
+    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph, stop_event):
+        super().__init__(name=f'WORKER-{settings.worker_id}', daemon=True)
+        self.engine = engine
+        self.settings = settings
+        self.graph = graph
+        self.stop_event = stop_event
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+        s = self.settings
+        os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
+        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
+        logger = get_logger(f'WORKER-{s.worker_id}', s.verbose)
+        with zmq.Context() as ctx:
+            dealer = ctx.socket(zmq.DEALER)
+            sink = ctx.socket(zmq.PUSH)
+            try:
+                for sock in (dealer, sink):
+                    sock.setsockopt(zmq.LINGER, 0)
+                dealer.setsockopt(zmq.IDENTITY, s.identity)
+                dealer.connect(s.backend_addr)
+                sink.connect(s.sink_addr)
+                try:
+                    encoder = self._load(logger)
+                except Exception as e:  # report any start failure instead of dying silently
+                    logger.error('cannot start: %s', e, exc_info=s.verbose)
+                    dealer.send_multipart([msg.FATAL, f'{type(e).__name__}: {e}'.encode()])
+                    return
+                self._serve(ctx, dealer, sink, encoder, logger)
+            except zmq.ContextTerminated:
+                pass
+            finally:
+                dealer.close()
+                sink.close()
+
+    def _load(self, logger):
+        from .encoder import Encoder
+        s = self.settings
+        device = 'cpu' if s.device_id < 0 else f'gpu {s.device_id}'
+        logger.info('loading the graph on %s...', device)
+        encoder = Encoder(self.engine, logger=logger, graph=self.graph,
+                          intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
+                          gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
+                          max_batch_tokens=s.max_batch_tokens)
+        encoder.encode(['warm up'])  # the first session run is slow; do it before READY
+        logger.info('ready (%s)', device)
+        return encoder
+
+    def _alive(self) -> bool:
+        return not self.stop_event.is_set() and os.getppid() == self.settings.parent_pid
+
+    def _serve(self, ctx, dealer, sink, encoder, logger) -> None:
+        s = self.settings
+        work: 'queue.Queue' = queue.Queue(maxsize=max(1, s.credit))
+        done_addr = f'inproc://done-{s.identity.decode()}'
+        done_pull = ctx.socket(zmq.PULL)
+        done_pull.bind(done_addr)
+        receiver = threading.Thread(target=self._receive, name='receiver',
+                                    args=(dealer, done_pull, work, encoder, logger), daemon=True)
+        dealer.send_multipart([msg.READY, json.dumps({'credit': s.credit}).encode()])
+        receiver.start()
+        done_push = ctx.socket(zmq.PUSH)
+        done_push.setsockopt(zmq.LINGER, 0)
+        done_push.connect(done_addr)
+        try:
+            while self._alive():
+                try:
+                    batch_id, prepared = work.get(timeout=POLL_MS / 1000)
+                except queue.Empty:
+                    continue
+                self._compute(batch_id, prepared, sink, encoder, logger)
+                done_push.send(b'%d' % batch_id)
+        finally:
+            self.stop_event.set()
+            receiver.join(timeout=2)
+            done_push.close()
+            done_pull.close()
+
+    def _receive(self, dealer, done_pull, work, encoder, logger) -> None:
+        """Receiver thread: owns the DEALER; tokenizes batches and returns credit."""
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(done_pull, zmq.POLLIN)
+        while self._alive():
+            events = dict(poller.poll(POLL_MS))
+            if done_pull in events:
+                dealer.send_multipart([msg.DONE, done_pull.recv()])
+            if dealer in events:
+                frames = dealer.recv_multipart()
+                if frames[0] != msg.BATCH:
+                    logger.warning('unexpected message %r from the ventilator', frames[0][:16])
+                    continue
+                batch_id, pieces = msg.unpack_batch(frames)
+                prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
+                while self._alive():
+                    try:
+                        work.put((batch_id, prepared), timeout=POLL_MS / 1000)
+                        break
+                    except queue.Full:
+                        continue
+
+    @staticmethod
+    def _featurize(encoder, piece) -> Tuple[Optional[list], Optional[str]]:
+        try:
+            return encoder.featurize(piece.texts, piece.is_tokenized), None
+        except (TypeError, ValueError) as e:
+            return None, str(e)
+
+    def _compute(self, batch_id: int, prepared, sink, encoder, logger) -> None:
+        """Encodes every good piece of a batch in one go and sends each its rows."""
+        good = [(p, f) for p, f, err in prepared if err is None]
+        for p, _, err in prepared:
+            if err is not None:
+                sink.send_multipart([msg.FAIL, p.client, b'%d' % p.req_id, err.encode()])
+        if not good:
+            return
+        features: List = [f for _, feats in good for f in feats]
+        try:
+            vectors = encoder.run(features)
+        except Exception as e:  # a model failure fails this batch's requests, not the worker
+            logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
+            for p, _ in good:
+                sink.send_multipart([msg.FAIL, p.client, b'%d' % p.req_id,
+                                     f'the model failed on this request: {type(e).__name__}: {e}'.encode()])
+            return
+        logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
+        start = 0
+        trim = encoder.is_token_level and encoder.config.max_seq_len is None \
+            and not encoder.config.fixed_embed_length
+        for piece, feats in good:
+            rows = vectors[start:start + len(feats)]
+            start += len(feats)
+            if trim:  # the sink pads every piece to the longest input of its request
+                rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
+            tokens = [list(f.tokens) for f in feats] if self.settings.show_tokens else None
+            sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
