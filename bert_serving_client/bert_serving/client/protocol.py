@@ -1,0 +1,161 @@
+"""The client <-> server wire protocol, frame by frame. Compatible with bert-serving 1.10.0.
+
+Client -> ventilator (client PUSH connects to the server's PULL on ``port``)::
+
+    [identity, payload, req_id, msg_len]
+
+    identity  ascii bytes; also the SUB topic the client listens on
+    payload   JSON list of strings, or JSON list of token lists (is_tokenized),
+              or one of the commands SHOW_CONFIG, SHOW_STATUS, TERMINATION
+    req_id    ascii decimal integer, unique per client
+    msg_len   ascii decimal integer: number of inputs (0 for a command)
+
+Sink -> client (server PUB binds ``port_out``; the client SUB subscribes to its identity)::
+
+    result   [identity, header, array bytes, req_id]
+             header = JSON {"dtype": "float32", "shape": [...], "tokens": [[...]] or ""}
+    json     [identity, JSON object, req_id]              (SHOW_CONFIG / SHOW_STATUS)
+    error    [identity, header, b"", req_id]
+             header = JSON {"error": message, "dtype": "server error: " + message,
+                            "shape": [0], "tokens": ""}
+
+The error reply keeps the 4-frame shape of a result, so an unmodified 1.10.0 client
+raises (``data type 'server error: ...' not understood``) instead of waiting forever.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from ._version import PROTOCOL_VERSION
+from .errors import ProtocolError
+
+__all__ = ['Command', 'Request', 'Reply', 'PROTOCOL_VERSION', 'pack_request', 'unpack_request',
+           'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'array_header']
+
+
+class Command:
+    """Payloads that are commands rather than data."""
+    SHOW_CONFIG = b'SHOW_CONFIG'
+    SHOW_STATUS = b'SHOW_STATUS'
+    TERMINATE = b'TERMINATION'
+    ALL = frozenset((SHOW_CONFIG, SHOW_STATUS, TERMINATE))
+
+
+@dataclass(frozen=True)
+class Request:
+    """A client message as the ventilator receives it."""
+    identity: bytes
+    payload: bytes
+    req_id: int
+    msg_len: int
+
+    @property
+    def command(self) -> Optional[bytes]:
+        return self.payload if self.payload in Command.ALL else None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A message from the sink as the client receives it.
+
+    Attributes:
+        kind: 'result', 'json' or 'error'.
+        req_id: the request it answers.
+        array: for a result, the encodings (dtype and shape from the header).
+        tokens: for a result, the tokens if the server sends them, else None.
+        data: for a json reply, the decoded object.
+        error: for an error reply, the server's message.
+    """
+    kind: str
+    req_id: int
+    array: Optional[np.ndarray] = None
+    tokens: Any = None
+    data: Any = None
+    error: Optional[str] = None
+
+
+def _int_frame(frame: bytes, name: str) -> int:
+    try:
+        return int(frame)
+    except (TypeError, ValueError):
+        raise ProtocolError(f'{name} frame must be an ascii integer, got {bytes(frame)[:32]!r}') from None
+
+
+def pack_request(identity: bytes, payload: bytes, req_id: int, msg_len: int) -> List[bytes]:
+    return [identity, payload, b'%d' % req_id, b'%d' % msg_len]
+
+
+def unpack_request(frames: Sequence[bytes]) -> Request:
+    """Parses the frames of a client message.
+
+    Raises:
+        ProtocolError: wrong frame count or non-numeric ids. ``err.identity`` and
+            ``err.req_id`` hold whatever could be read, so the sender can be answered.
+    """
+    identity = bytes(frames[0]) if frames else None
+    if len(frames) != 4:
+        err = ProtocolError(f'a request has 4 frames [identity, payload, req_id, msg_len], got {len(frames)}')
+        err.identity, err.req_id = identity, None
+        raise err
+    try:
+        req_id = _int_frame(frames[2], 'req_id')
+    except ProtocolError as err:
+        err.identity, err.req_id = identity, None
+        raise
+    try:
+        msg_len = _int_frame(frames[3], 'msg_len')
+    except ProtocolError as err:
+        err.identity, err.req_id = identity, req_id
+        raise
+    return Request(identity, bytes(frames[1]), req_id, msg_len)
+
+
+def array_header(array: np.ndarray, tokens=None) -> bytes:
+    return json.dumps({'dtype': str(array.dtype), 'shape': list(array.shape),
+                       'tokens': tokens if tokens is not None else ''}).encode()
+
+
+def pack_result(identity: bytes, req_id: int, array: np.ndarray, tokens=None) -> List[Any]:
+    """Frames of an encoding result; the array buffer goes out without a copy."""
+    array = np.ascontiguousarray(array)
+    return [identity, array_header(array, tokens), memoryview(array).cast('B'), b'%d' % req_id]
+
+
+def pack_json_reply(identity: bytes, req_id: int, obj: Any) -> List[bytes]:
+    return [identity, json.dumps(obj, default=str).encode(), b'%d' % req_id]
+
+
+def pack_error(identity: bytes, req_id: int, message: str) -> List[bytes]:
+    header = {'error': message, 'dtype': 'server error: ' + message, 'shape': [0], 'tokens': ''}
+    return [identity, json.dumps(header).encode(), b'', b'%d' % req_id]
+
+
+def unpack_reply(frames: Sequence[bytes]) -> Reply:
+    """Parses a message from the sink.
+
+    Raises:
+        ProtocolError: the message fits none of the reply shapes.
+    """
+    if len(frames) not in (3, 4):
+        raise ProtocolError(f'a reply has 3 or 4 frames, got {len(frames)}')
+    req_id = _int_frame(frames[-1], 'req_id')
+    try:
+        header = json.loads(bytes(frames[1]))
+    except ValueError as e:
+        raise ProtocolError(f'reply {req_id} has a header that is not JSON ({e})') from e
+    if len(frames) == 3:
+        return Reply('json', req_id, data=header)
+    if not isinstance(header, dict):
+        raise ProtocolError(f'reply {req_id} header must be a JSON object')
+    if 'error' in header:
+        return Reply('error', req_id, error=str(header['error']))
+    try:
+        array = np.frombuffer(frames[2], dtype=header['dtype']).reshape(header['shape'])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ProtocolError(f'reply {req_id} array does not match its header ({e})') from e
+    tokens = header.get('tokens') or None
+    return Reply('result', req_id, array=array, tokens=tokens)
