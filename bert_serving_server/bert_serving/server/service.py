@@ -200,6 +200,10 @@ class BertServer(threading.Thread):
         if statistic is not None:
             info['statistic'] = statistic
             info['num_ready_worker'] = self.ventilator.num_ready
+            info['batches_per_worker'] = {str(k): v for k, v in sorted(self.ventilator.batches_per_worker.items())}
+            info['sequences_per_worker'] = {str(k): v for k, v in
+                                            sorted(self.ventilator.sequences_per_worker.items())}
+            info['num_queued_piece'] = len(self.ventilator.priority) + len(self.ventilator.normal)
         return info
 
     @staticmethod

@@ -104,6 +104,8 @@ class Ventilator:
         self.batch_ids = itertools.count(1)
         self.restarts: Deque[float] = deque()
         self.num_ready = 0
+        self.batches_per_worker: Dict[int, int] = {}
+        self.sequences_per_worker: Dict[int, int] = {}
 
     # -- sockets -----------------------------------------------------------------------------
     def run(self, ctx: zmq.Context) -> None:
@@ -248,6 +250,9 @@ class Ventilator:
                 continue
             w.credit -= 1
             w.inflight[batch_id] = pieces
+            wid = w.settings.worker_id
+            self.batches_per_worker[wid] = self.batches_per_worker.get(wid, 0) + 1
+            self.sequences_per_worker[wid] = self.sequences_per_worker.get(wid, 0) + sum(len(p.rows) for p in pieces)
 
     def _check_workers(self) -> None:
         for identity, w in list(self.workers.items()):
