@@ -1,0 +1,414 @@
+"""BertClient against the fake server of conftest.py: results, ordering, async calls, checks, and the
+1.10 fixes (bounded handshake, timeouts, error replies, input validation, empty strings)."""
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from bert_serving.client import (BertClient, BertServerError, BertServingError, BertTimeoutError, Response,
+                                 __version__)
+from bert_serving.client.client import ASYNC_MAX_IN_FLIGHT, HANDSHAKE_TIMEOUT_MS
+
+TEXTS = ['hello world', 'the quick brown fox', 'a', 'First do it ||| then do it right']
+
+
+@pytest.fixture
+def bc(fake):
+    with fake.client() as client:
+        yield client
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+def test_round_trip(fake, bc):
+    result = bc.encode(TEXTS)
+    assert isinstance(result, np.ndarray) and result.dtype == np.float32
+    assert result.shape == (len(TEXTS), fake.width)
+    np.testing.assert_array_equal(result, fake.encode(TEXTS))
+
+
+def test_result_is_a_read_only_zero_copy_view(bc):
+    result = bc.encode(TEXTS)
+    assert not result.flags.writeable and not result.flags.owndata
+    copy = np.array(result)
+    copy[0, 0] = -1  # the documented way to get a writable array
+
+
+def test_many_requests_each_get_their_own_rows_in_order(fake, bc):
+    batches = [[f'sentence {i} word {j}' for j in range(1 + i % 5)] for i in range(30)]
+    for batch in batches:
+        np.testing.assert_array_equal(bc.encode(batch), fake.encode(batch))
+    assert bc.status['num_request'] == 1 + len(batches)  # + the handshake's SHOW_CONFIG
+
+
+def test_list_output(fake):
+    with fake.client(output_fmt='list') as bc:
+        result = bc.encode(TEXTS)
+    assert isinstance(result, list) and isinstance(result[0], list)
+    assert result == fake.encode(TEXTS).tolist()
+
+
+def test_unknown_output_fmt_is_refused():
+    with pytest.raises(ValueError, match='output_fmt'):
+        BertClient(output_fmt='tensor', ignore_all_checks=True)
+
+
+def test_tuple_input_and_tokenized_input(fake, bc):
+    np.testing.assert_array_equal(bc.encode(tuple(TEXTS)), fake.encode(TEXTS))
+    tokenized = [['hello', 'world'], ['a'], []]
+    np.testing.assert_array_equal(bc.encode(tokenized, is_tokenized=True), fake.encode(tokenized))
+
+
+def test_empty_and_blank_strings_pass_through(fake, bc):
+    texts = ['', '   ', 'x', '\t\n']
+    np.testing.assert_array_equal(bc.encode(texts), fake.encode(texts))
+    (request,) = fake.data_requests()
+    assert request.msg_len == 4 and request.payload == b'["", "   ", "x", "\\t\\n"]'
+
+
+def test_show_tokens(fake_server):
+    fake = fake_server(show_tokens_to_client=True)
+    with fake.client() as bc:
+        vectors, tokens = bc.encode(TEXTS, show_tokens=True)
+        np.testing.assert_array_equal(vectors, fake.encode(TEXTS))
+        assert tokens == [fake.tokens(t) for t in TEXTS]
+        pieces = [['hello', 'world'], ['x']]
+        _, tokens = bc.encode(pieces, is_tokenized=True, show_tokens=True)
+        assert tokens == [['[CLS]', 'hello', 'world', '[SEP]'], ['[CLS]', 'x', '[SEP]']]
+        assert isinstance(bc.encode(TEXTS), np.ndarray)  # tokens only when asked for
+
+
+def test_show_tokens_without_server_support_warns_and_returns_the_array(fake, bc):
+    with pytest.warns(UserWarning, match='show_tokens_to_client'):
+        result = bc.encode(TEXTS, show_tokens=True)
+    np.testing.assert_array_equal(result, fake.encode(TEXTS))
+
+
+# -- non-blocking calls ---------------------------------------------------------------------------
+
+
+def _slow_single_sentences(texts):
+    """A fake delay that answers one-sentence requests last: replies arrive out of order."""
+    return 0.3 if len(texts) == 1 else 0.0
+
+
+def test_non_blocking_then_fetch_all_sorted_and_unsorted(fake, bc):
+    fake.delay = _slow_single_sentences
+    batches = [['only one'], ['two', 'sentences'], ['three', 'more', 'here']]
+    assert all(bc.encode(b, blocking=False) is None for b in batches)
+    assert bc.status['num_pending_request'] == 3
+    results = bc.fetch_all()
+    assert len(results) == 3
+    for result, batch in zip(results, batches):
+        np.testing.assert_array_equal(result, fake.encode(batch))
+    assert bc.status['num_pending_request'] == 0 and bc.fetch_all() is None
+
+    for batch in batches:
+        bc.encode(batch, blocking=False)
+    arrival = bc.fetch_all(sort=False)
+    assert [len(r) for r in arrival] == [2, 3, 1]  # the delayed one-sentence batch came last
+
+
+def test_fetch_all_concat(fake, bc):
+    fake.delay = _slow_single_sentences
+    batches = [['only one'], ['two', 'sentences'], ['three', 'more', 'here']]
+    for batch in batches:
+        bc.encode(batch, blocking=False)
+    joined = bc.fetch_all(concat=True)
+    np.testing.assert_array_equal(joined, fake.encode(sum(batches, [])))
+
+
+def test_fetch_all_concat_with_tokens(fake_server):
+    fake = fake_server(show_tokens_to_client=True)
+    with fake.client(output_fmt='list') as bc:
+        bc.encode(['a b', 'c'], blocking=False, show_tokens=True)
+        bc.encode(['d'], blocking=False, show_tokens=True)
+        vectors, tokens = bc.fetch_all(concat=True)
+        assert vectors == fake.encode(['a b', 'c', 'd']).tolist()
+        assert tokens == [fake.tokens(t) for t in ['a b', 'c', 'd']]
+        bc.encode(['e f'], blocking=False, show_tokens=True)
+        ((vectors, tokens),) = bc.fetch_all()
+        assert tokens == [fake.tokens('e f')]
+
+
+def test_fetch_yields_responses_as_they_arrive(fake, bc):
+    fake.delay = _slow_single_sentences
+    batches = {bc.request_id + 1: ['only one'], bc.request_id + 2: ['two', 'sentences']}
+    for batch in batches.values():
+        bc.encode(batch, blocking=False)
+    responses = list(bc.fetch())
+    assert [len(r.embedding) for r in responses] == [2, 1]
+    for response in responses:
+        assert isinstance(response, Response) and response.tokens is None
+        np.testing.assert_array_equal(response.embedding, fake.encode(batches[response.id]))
+    assert list(bc.fetch()) == []
+
+
+def test_blocking_call_keeps_replies_of_earlier_non_blocking_ones(fake, bc):
+    fake.delay = lambda texts: 0.0 if texts == ['late'] else 0.1
+    bc.encode(['early one'], blocking=False)
+    bc.encode(['early two'], blocking=False)
+    np.testing.assert_array_equal(bc.encode(['late']), fake.encode(['late']))
+    assert bc.server_config['max_seq_len'] == 25
+    early = bc.fetch_all()
+    np.testing.assert_array_equal(np.concatenate(early), fake.encode(['early one', 'early two']))
+
+
+def test_encode_async(fake, bc):
+    batches = [[f'batch {i} sentence {j}' for j in range(1 + i % 4)] for i in range(40)]
+    ids = {}
+    for response in bc.encode_async(iter(batches)):
+        ids[response.id] = response.embedding
+    assert len(ids) == len(batches)
+    for (_, embedding), batch in zip(sorted(ids.items()), batches):
+        np.testing.assert_array_equal(embedding, fake.encode(batch))
+    assert fake.max_outstanding <= ASYNC_MAX_IN_FLIGHT
+    assert bc.status['num_pending_request'] == 0
+
+
+def test_encode_async_stops_after_max_num_batch(fake, bc):
+    def endless():
+        i = 0
+        while True:
+            yield [f'sentence {i}']
+            i += 1
+
+    responses = list(bc.encode_async(endless(), max_num_batch=5, delay=0))
+    assert len(responses) == 5 and len(fake.data_requests()) == 5
+
+
+# -- server info and client status ----------------------------------------------------------------
+
+
+def test_server_config_and_status(fake, bc):
+    config = bc.server_config
+    assert config == fake.config
+    status = bc.server_status
+    assert status['server_version'] == '2.0.0' and 'num_request' in status
+
+
+def test_client_status(fake):
+    with fake.client(identity='my-client', timeout=5000) as bc:
+        bc.encode(['a'], blocking=False)
+        status = bc.status
+        assert status == {
+            'identity': b'my-client', 'num_request': 2, 'num_pending_request': 1, 'pending_request': {2},
+            'output_fmt': 'ndarray', 'port': fake.port, 'port_out': fake.port_out, 'server_ip': '127.0.0.1',
+            'client_version': __version__, 'timeout': 5000,
+        }
+        bc.fetch_all()
+
+
+def test_show_server_config_prints_it(fake, capsys):
+    with fake.client(show_server_config=True):
+        pass
+    out = capsys.readouterr().out
+    assert 'server config' in out and 'max_seq_len = 25' in out
+
+
+# -- construction checks --------------------------------------------------------------------------
+
+
+def test_version_check_refuses_another_protocol(fake_server):
+    fake = fake_server(protocol_version=2, server_version='3.0.0')
+    with pytest.raises(BertServingError, match=r'protocol 2.*protocol 1.*check_version=False') as info:
+        fake.client()
+    assert '3.0.0' in str(info.value) and __version__ in str(info.value)
+    with fake.client(check_version=False) as bc:
+        np.testing.assert_array_equal(bc.encode(['a']), fake.encode(['a']))
+
+
+def test_an_original_1x_server_without_protocol_version_is_accepted(fake_server):
+    fake = fake_server(omit=('protocol_version',), server_version='1.10.0')
+    with fake.client() as bc:
+        assert bc.encode(['a']).shape == (1, fake.width)
+
+
+def test_ignore_all_checks_asks_the_server_nothing(fake):
+    with fake.client(ignore_all_checks=True) as bc:
+        assert bc.length_limit == 0 and not bc.token_info_available
+        np.testing.assert_array_equal(bc.encode(['a b']), fake.encode(['a b']))
+    assert fake.commands(b'SHOW_CONFIG') == []
+
+
+def test_length_check_warns_about_long_sentences(fake_server):
+    fake = fake_server(max_seq_len=3)
+    with fake.client() as bc:
+        assert bc.length_limit == 3
+        with pytest.warns(UserWarning, match='more tokens than "max_seq_len=3"'):
+            bc.encode(['one two three four'])
+        with pytest.warns(UserWarning, match='max_seq_len=3'):
+            bc.encode([['one', 'two', 'three', 'four']], is_tokenized=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            bc.encode(['one two three', ''])
+    with fake.client(check_length=False) as bc, warnings.catch_warnings():
+        warnings.simplefilter('error')
+        bc.encode(['one two three four five'])
+
+
+def test_length_check_warns_when_the_server_sets_no_limit(fake_server):
+    fake = fake_server(max_seq_len=None)
+    with fake.client() as bc:
+        assert bc.length_limit is None
+        with pytest.warns(UserWarning, match='no "max_seq_len"'):
+            bc.encode(['a'])
+
+
+def test_identity_as_str_is_encoded(fake):
+    with fake.client(identity='abc') as bc:
+        assert bc.identity == b'abc'
+        np.testing.assert_array_equal(bc.encode(['a']), fake.encode(['a']))
+
+
+def test_clients_whose_identities_are_prefixes_of_each_other(fake):
+    with fake.client(identity='abc') as short, fake.client(identity='abcdef') as long:
+        short.encode(['for short'], blocking=False)
+        long.encode(['for long'], blocking=False)
+        np.testing.assert_array_equal(short.fetch_all(concat=True), fake.encode(['for short']))
+        np.testing.assert_array_equal(long.fetch_all(concat=True), fake.encode(['for long']))
+
+
+# -- the fixes: handshake, timeouts, errors, validation -------------------------------------------
+
+
+def test_handshake_gives_up_when_nothing_listens(free_port):
+    port, port_out = free_port(), free_port()
+    started = time.monotonic()
+    with pytest.raises(BertTimeoutError) as info:
+        BertClient(ip='127.0.0.1', port=port, port_out=port_out)  # timeout=-1 by default
+    elapsed = time.monotonic() - started
+    assert elapsed < HANDSHAKE_TIMEOUT_MS / 1000 + 4, 'the handshake must not hang'
+    message = str(info.value)
+    assert f'"port"={port}' in message and f'"port_out"={port_out}' in message
+    assert 'bert-serving-start' in message and 'firewall' in message
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_handshake_honours_a_smaller_timeout(free_port):
+    started = time.monotonic()
+    with pytest.raises(BertTimeoutError, match='within 300 ms'):
+        BertClient(ip='127.0.0.1', port=free_port(), port_out=free_port(), timeout=300)
+    assert time.monotonic() - started < HANDSHAKE_TIMEOUT_MS / 1000, 'the smaller timeout was ignored'
+
+
+def test_handshake_asks_again_when_the_first_reply_is_lost(fake):
+    fake.config_plan = ['drop']  # what a slow-joining SUB does to the first reply of an old server
+    with fake.client() as bc:
+        assert bc.length_limit == 25
+        np.testing.assert_array_equal(bc.encode(['a']), fake.encode(['a']))
+    assert len(fake.commands(b'SHOW_CONFIG')) == 2
+
+
+def test_handshake_ignores_a_late_duplicate_reply(fake):
+    fake.config_plan = [1.5]  # the first answer comes after the second ask was answered
+    with fake.client() as bc:
+        assert len(fake.commands(b'SHOW_CONFIG')) == 2
+        time.sleep(0.8)  # the duplicate arrives now, while nothing waits for it
+        np.testing.assert_array_equal(bc.encode(['after']), fake.encode(['after']))
+        assert bc.server_config == fake.config
+        assert bc.status['num_pending_request'] == 0
+
+
+def test_request_timeout_on_a_dropped_reply(fake):
+    with fake.client(timeout=300) as bc:
+        fake.drop_data = True
+        with pytest.raises(BertTimeoutError, match=r'"timeout"=300 ms') as info:
+            bc.encode(['never answered'])
+        assert f'"port_out"={fake.port_out}' in str(info.value)
+        assert bc.status['num_pending_request'] == 0
+        fake.drop_data = False
+        np.testing.assert_array_equal(bc.encode(['answered']), fake.encode(['answered']))
+
+
+def test_late_reply_after_a_timeout_is_dropped(fake):
+    with fake.client(timeout=200) as bc:
+        fake.delay = 0.5
+        with pytest.raises(BertTimeoutError):
+            bc.encode(['too slow'])
+        fake.delay = 0.0
+        time.sleep(0.5)  # the late reply is now on its way
+        np.testing.assert_array_equal(bc.encode(['next']), fake.encode(['next']))
+        np.testing.assert_array_equal(bc.encode(['and next']), fake.encode(['and next']))
+        assert bc.fetch_all() is None
+
+
+def test_fetch_timeout_leaves_requests_pending(fake):
+    with fake.client(timeout=200) as bc:
+        fake.delay = 0.6
+        bc.encode(['slow'], blocking=False)
+        with pytest.raises(BertTimeoutError):
+            list(bc.fetch())
+        assert bc.status['num_pending_request'] == 1
+        bc.timeout = 5000
+        np.testing.assert_array_equal(bc.fetch_all(concat=True), fake.encode(['slow']))
+
+
+def test_server_error_reply_raises_with_the_servers_message(fake, bc):
+    with pytest.raises(BertServerError, match=r'fake failure: texts\[1\] is RAISE') as info:
+        bc.encode(['fine', 'RAISE'])
+    assert isinstance(info.value, BertServingError) and info.value.req_id == 2
+    assert bc.status['num_pending_request'] == 0
+    np.testing.assert_array_equal(bc.encode(['fine']), fake.encode(['fine']))
+
+
+def test_fetch_all_collects_every_reply_before_raising(bc):
+    for batch in (['a'], ['RAISE'], ['b'], ['c', 'RAISE']):
+        bc.encode(batch, blocking=False)
+    with pytest.raises(BertServerError, match='texts\\[0\\] is RAISE') as info:
+        bc.fetch_all()
+    assert info.value.req_id == 3
+    assert any('request 5 failed too' in note for note in info.value.__notes__)
+    assert bc.status['num_pending_request'] == 0
+
+
+def test_fetch_raises_for_the_failed_request_and_can_go_on(bc):
+    bc.encode(['RAISE'], blocking=False)
+    bc.encode(['ok'], blocking=False)
+    fetched, failed = [], 0
+    while bc.status['num_pending_request']:
+        try:
+            fetched.extend(bc.fetch())
+        except BertServerError:
+            failed += 1
+    assert failed == 1 and len(fetched) == 1
+
+
+@pytest.mark.parametrize('texts, is_tokenized, error, match', [
+    (['a', 'b', 'c', 5], False, TypeError, r'^texts\[3\] is int \(5\), expected str$'),
+    (['a', None], False, TypeError, r'texts\[1\] is NoneType \(None\)'),
+    (['a', b'bytes'], False, TypeError, r"texts\[1\] is bytes \(b'bytes'\)"),
+    ([['a', 'b']], False, TypeError, r'texts\[0\] is list .*is_tokenized=True'),
+    ('a single sentence', False, TypeError, r"texts must be a list of str, got str.*\['a single sentence'\]"),
+    ({'a': 1}, False, TypeError, 'texts must be a list of str, got dict'),
+    ([], False, ValueError, 'texts is empty'),
+    ([['a'], 'b c'], True, TypeError, r"texts\[1\] is str \('b c'\), expected a list of str"),
+    ([['a', 3]], True, TypeError, r'texts\[0\]\[1\] is int \(3\), expected str'),
+    ([], True, ValueError, 'texts is empty'),
+])
+def test_bad_input_is_refused_before_sending(fake, bc, texts, is_tokenized, error, match):
+    with pytest.raises(error, match=match):
+        bc.encode(texts, is_tokenized=is_tokenized)
+    assert fake.data_requests() == [] and bc.status['num_pending_request'] == 0
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+def test_close_is_idempotent_and_a_closed_client_says_so(fake):
+    bc = fake.client()
+    bc.close()
+    bc.close()
+    with pytest.raises(BertServingError, match='closed'):
+        bc.encode(['a'])
+
+
+def test_client_package_imports_neither_tensorflow_nor_the_server():
+    code = ('import sys, bert_serving.client; '
+            'bad = [m for m in sys.modules if m.startswith(("tensorflow", "bert_serving.server"))]; '
+            'assert not bad, bad')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=60)

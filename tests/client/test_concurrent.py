@@ -1,0 +1,124 @@
+"""ConcurrentBertClient: many threads, each getting its own answer; slots always come back."""
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from bert_serving.client import BertServerError, BertServingError, ConcurrentBertClient
+
+
+def _pool(fake, **kwargs) -> ConcurrentBertClient:
+    return ConcurrentBertClient(ip='127.0.0.1', port=fake.port, port_out=fake.port_out, **kwargs)
+
+
+def test_many_threads_each_get_their_own_answer(fake):
+    def worker(seed):
+        rng = random.Random(seed)
+        for n in range(20):
+            texts = [f'thread {seed} request {n} sentence {i}' + ' word' * rng.randrange(5)
+                     for i in range(rng.randrange(1, 12))]
+            np.testing.assert_array_equal(pool.encode(texts), fake.encode(texts))
+        return seed
+
+    with _pool(fake, max_concurrency=5) as pool, ThreadPoolExecutor(20) as executor:
+        assert sorted(executor.map(worker, range(20))) == list(range(20))
+    assert len(fake.data_requests()) == 400
+    assert fake.max_outstanding <= 5
+
+
+def test_positional_arguments_and_tokens(fake_server):
+    fake = fake_server(show_tokens_to_client=True)
+    with _pool(fake, max_concurrency=2) as pool:
+        vectors, tokens = pool.encode([['a', 'b']], True, True, True)
+        np.testing.assert_array_equal(vectors, fake.encode([['a', 'b']]))
+        assert tokens == [['[CLS]', 'a', 'b', '[SEP]']]
+
+
+def test_slot_comes_back_after_an_exception(fake):
+    with _pool(fake, max_concurrency=1) as pool:
+        with pytest.raises(BertServerError, match='RAISE'):
+            pool.encode(['RAISE'])
+        with pytest.raises(TypeError, match=r'texts\[0\] is int'):
+            pool.encode([1])
+        np.testing.assert_array_equal(pool.encode(['fine']), fake.encode(['fine']))
+
+
+def test_callers_wait_for_a_free_slot(fake):
+    fake.delay = 0.2
+    with _pool(fake, max_concurrency=2) as pool, ThreadPoolExecutor(6) as executor:
+        batches = [[f'caller {i}'] * (i + 1) for i in range(6)]
+        results = list(executor.map(pool.encode, batches))
+    for result, batch in zip(results, batches):
+        np.testing.assert_array_equal(result, fake.encode(batch))
+    assert fake.max_outstanding == 2  # never more requests in flight than clients in the pool
+
+
+def test_server_info_through_the_pool(fake):
+    with _pool(fake, max_concurrency=3) as pool:
+        assert pool.server_config == fake.config
+        assert 'num_request' in pool.server_status
+        assert pool.status['port'] == fake.port
+
+
+def test_async_calls_are_refused(fake):
+    with _pool(fake, max_concurrency=1) as pool:
+        for call in (lambda: pool.encode(['a'], blocking=False), lambda: pool.encode_async(iter([['a']])),
+                     lambda: pool.fetch(), lambda: pool.fetch_all()):
+            with pytest.raises(NotImplementedError, match='one BertClient per thread'):
+                call()
+        np.testing.assert_array_equal(pool.encode(['a']), fake.encode(['a']))
+
+
+def test_a_given_identity_gets_a_distinct_suffix_per_client(fake):
+    with _pool(fake, max_concurrency=3, identity='svc') as pool, ThreadPoolExecutor(3) as executor:
+        assert all(executor.map(lambda i: pool.encode([f'x{i}'])[0, 1] == 1, range(9)))
+    identities = {r.identity for r in fake.requests}
+    assert identities == {b'svc-000000', b'svc-000001', b'svc-000002'}
+
+
+def test_close_wakes_waiting_callers_and_closes_busy_clients(fake):
+    fake.delay = 0.5
+    pool = _pool(fake, max_concurrency=1)
+    first_sent = threading.Event()
+    outcome = {}
+
+    def busy():
+        first_sent.set()
+        outcome['busy'] = pool.encode(['busy'])
+
+    def waiting():
+        first_sent.wait()
+        try:
+            pool.encode(['waiting'])
+        except BertServingError as err:
+            outcome['waiting'] = err
+
+    threads = [threading.Thread(target=busy), threading.Thread(target=waiting)]
+    for thread in threads:
+        thread.start()
+    first_sent.wait()
+    while not fake.data_requests():
+        threading.Event().wait(0.01)
+    pool.close()
+    for thread in threads:
+        thread.join(10)
+    np.testing.assert_array_equal(outcome['busy'], fake.encode(['busy']))
+    assert 'closed' in str(outcome['waiting'])
+    with pytest.raises(BertServingError, match='closed'):
+        pool.encode(['after close'])
+    pool.close()
+
+
+def test_bad_max_concurrency():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match='max_concurrency'):
+            ConcurrentBertClient(max_concurrency=bad, ignore_all_checks=True)
+
+
+def test_failed_construction_closes_the_clients_made_so_far(fake_server):
+    fake = fake_server(protocol_version=2)
+    with pytest.raises(BertServingError, match='protocol'):
+        _pool(fake, max_concurrency=3)
+    # the autouse guard in conftest.py fails this test if any client's sockets stayed open

@@ -1,0 +1,135 @@
+"""Every message of protocol.py survives pack -> unpack, and malformed ones raise ProtocolError."""
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from bert_serving.client import ProtocolError
+from bert_serving.client.protocol import (Command, Reply, Request, pack_error, pack_json_reply, pack_request,
+                                          pack_result, unpack_reply, unpack_request)
+
+
+def _as_bytes(frames):
+    """What a receiving socket hands over: every frame as bytes."""
+    return [bytes(f) for f in frames]
+
+
+def test_request_round_trip():
+    frames = pack_request(b'client-1', b'["a", "b"]', 7, 2)
+    assert frames == [b'client-1', b'["a", "b"]', b'7', b'2']
+    request = unpack_request(frames)
+    assert request == Request(b'client-1', b'["a", "b"]', 7, 2)
+    assert request.command is None
+
+
+@pytest.mark.parametrize('command', sorted(Command.ALL))
+def test_command_requests_are_recognised(command):
+    request = unpack_request(pack_request(b'me', command, 1, 0))
+    assert request.command == command and request.msg_len == 0
+
+
+def test_command_constants_match_the_original_wire_values():
+    assert (Command.SHOW_CONFIG, Command.SHOW_STATUS, Command.TERMINATE) == (
+        b'SHOW_CONFIG', b'SHOW_STATUS', b'TERMINATION')
+
+
+def test_request_with_wrong_frame_count_keeps_the_identity():
+    with pytest.raises(ProtocolError, match='4 frames') as info:
+        unpack_request([b'who', b'[]', b'1'])
+    assert info.value.identity == b'who' and info.value.req_id is None
+
+
+def test_request_with_a_non_numeric_req_id():
+    with pytest.raises(ProtocolError, match='req_id') as info:
+        unpack_request([b'who', b'[]', b'one', b'0'])
+    assert info.value.identity == b'who' and info.value.req_id is None
+
+
+def test_request_with_a_non_numeric_msg_len_keeps_the_req_id():
+    with pytest.raises(ProtocolError, match='msg_len') as info:
+        unpack_request([b'who', b'[]', b'3', b'x'])
+    assert (info.value.identity, info.value.req_id) == (b'who', 3)
+
+
+@pytest.mark.parametrize('shape', [
+    (3, 8), (2, 5, 4), (1, 1),
+    pytest.param((0, 8), marks=pytest.mark.xfail(
+        strict=True, raises=TypeError,
+        reason="protocol.pack_result: memoryview.cast('B') refuses a shape holding a zero")),
+])
+def test_result_round_trip(shape):
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    reply = unpack_reply(_as_bytes(pack_result(b'me', 12, array)))
+    assert (reply.kind, reply.req_id, reply.tokens) == ('result', 12, None)
+    assert reply.array.dtype == np.float32 and reply.array.shape == shape
+    np.testing.assert_array_equal(reply.array, array)
+
+
+def test_result_keeps_tokens_and_reads_a_non_contiguous_array():
+    array = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    tokens = [['[CLS]', 'a', '[SEP]']] * 4
+    reply = unpack_reply(_as_bytes(pack_result(b'me', 1, array, tokens)))
+    np.testing.assert_array_equal(reply.array, array)
+    assert reply.tokens == tokens
+
+
+def test_result_header_is_what_a_1_10_client_reads():
+    frames = pack_result(b'me', 5, np.zeros((2, 3), np.float32))
+    assert len(frames) == 4 and frames[0] == b'me' and frames[3] == b'5'
+    assert json.loads(frames[1]) == {'dtype': 'float32', 'shape': [2, 3], 'tokens': ''}
+
+
+def test_result_array_is_a_read_only_view_of_the_frame():
+    frame = bytearray(np.ones(4, np.float32).tobytes())
+    header = json.dumps({'dtype': 'float32', 'shape': [1, 4], 'tokens': ''}).encode()
+    reply = unpack_reply([b'me', header, bytes(frame), b'1'])
+    assert not reply.array.flags.writeable and not reply.array.flags.owndata
+
+
+def test_result_through_a_socket_pair():
+    with zmq.Context() as context, context.socket(zmq.PAIR) as a, context.socket(zmq.PAIR) as b:
+        a.linger = b.linger = 0
+        a.bind('inproc://protocol-test')
+        b.connect('inproc://protocol-test')
+        array = np.random.default_rng(0).standard_normal((64, 384)).astype(np.float32)
+        a.send_multipart(pack_result(b'me', 3, array))
+        reply = unpack_reply(b.recv_multipart())
+    np.testing.assert_array_equal(reply.array, array)
+
+
+def test_json_reply_round_trip():
+    config = {'max_seq_len': 25, 'show_tokens_to_client': False, 'nested': {'a': [1, 2]}}
+    frames = pack_json_reply(b'me', 9, config)
+    assert len(frames) == 3
+    assert unpack_reply(_as_bytes(frames)) == Reply('json', 9, data=config)
+
+
+def test_error_round_trip_and_its_header_fails_a_1_10_client_loudly():
+    frames = pack_error(b'me', 4, 'texts[2] is int')
+    reply = unpack_reply(_as_bytes(frames))
+    assert (reply.kind, reply.req_id, reply.error) == ('error', 4, 'texts[2] is int')
+    header = json.loads(frames[1])
+    with pytest.raises(TypeError):  # what np.frombuffer in an unmodified 1.10 client does with it
+        np.frombuffer(frames[2], dtype=header['dtype'])
+
+
+@pytest.mark.parametrize('frames, match', [
+    ([b'me', b'1'], '3 or 4 frames'),
+    ([b'me', b'{}', b'', b'', b'1'], '3 or 4 frames'),
+    ([b'me', b'{}', b'x'], 'req_id'),
+    ([b'me', b'not json', b'1'], 'not JSON'),
+    ([b'me', b'[1, 2]', b'', b'1'], 'JSON object'),
+    ([b'me', b'{"shape": [2]}', b'\0' * 8, b'1'], 'does not match'),
+    ([b'me', b'{"dtype": "float32", "shape": [3]}', b'\0' * 8, b'1'], 'does not match'),
+    ([b'me', b'{"dtype": "no-such-type", "shape": [2]}', b'\0' * 8, b'1'], 'does not match'),
+])
+def test_malformed_replies(frames, match):
+    with pytest.raises(ProtocolError, match=match):
+        unpack_reply(frames)
+
+
+def test_protocol_error_is_a_value_error_and_a_bert_serving_error():
+    from bert_serving.client import BertServingError
+
+    assert issubclass(ProtocolError, ValueError) and issubclass(ProtocolError, BertServingError)
