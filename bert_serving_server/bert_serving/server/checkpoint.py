@@ -103,8 +103,11 @@ class ModelFiles:
     tuned_weights: Optional[str] = None
 
     def content_files(self) -> List[str]:
-        """Every file whose bytes decide the graph (for the cache key)."""
-        files = [self.config_path]
+        """Every file whose bytes decide the graph (for the cache key).
+
+        The vocab is one: the ids of [CLS] and [SEP] are folded into the graph for -mask_cls_sep.
+        """
+        files = [self.config_path, self.vocab_path]
         for w in (self.weights, self.tuned_weights):
             if w is None:
                 continue

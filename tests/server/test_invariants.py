@@ -1,0 +1,198 @@
+"""Properties that hold whatever the model: batching and padding never change a vector, token-level
+output is zero past each input, and an empty input is [CLS] [SEP] in its own row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bert_serving.server.config import EngineConfig
+from bert_serving.server.encoder import Encoder
+from bert_serving.server.features import pad_batch
+
+ATOL = 1e-5
+
+TINY_CASES = [
+    dict(pooling_strategy='REDUCE_MEAN'),
+    dict(pooling_strategy='REDUCE_MAX', pooling_layer=(-1,)),
+    dict(pooling_strategy='SEP_TOKEN', pooling_layer=(-1,)),
+    dict(pooling_strategy='CLS_POOLED'),
+    dict(pooling_strategy='NONE'),
+]
+
+LONG_TEXT = ' '.join(['the quick brown fox jumps over the lazy dog'] * 6)
+
+
+def _case_id(case: dict) -> str:
+    return '-'.join(str(v) for v in case.values())
+
+
+class CountingRunner:
+    """Wraps an Encoder's graph runner to record the [B, T] shape of every TensorFlow call."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.shapes = []
+
+    def __call__(self, ids, mask, types):
+        self.shapes.append(ids.shape)
+        return self.runner(ids, mask, types)
+
+    def close(self):
+        self.runner.close()
+
+
+def _one_at_a_time(encoder, texts):
+    return np.concatenate([encoder.encode([text])[0] for text in texts])
+
+
+# --- batching --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('case', TINY_CASES, ids=_case_id)
+def test_batch_equals_one_at_a_time_tiny(case, tiny_google_dir, tiny_texts, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), **case)
+
+    batched, _ = encoder.encode(tiny_texts)
+
+    np.testing.assert_allclose(batched, _one_at_a_time(encoder, tiny_texts), atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_batch_equals_one_at_a_time_bundled(reference, encoders):
+    encoder = encoders.get()  # the default config: REDUCE_MEAN of layer -2, max_seq_len 25
+
+    batched, _ = encoder.encode(reference.texts)
+
+    np.testing.assert_allclose(batched, _one_at_a_time(encoder, reference.texts), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('case', [dict(pooling_strategy='REDUCE_MEAN'), dict(pooling_strategy='NONE')],
+                         ids=_case_id)
+def test_many_small_batches_equal_one_big_batch_tiny(case, tiny_google_dir, tiny_texts, graph_cache_dir):
+    config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), **case)
+    texts = tiny_texts * 3
+    big = Encoder(config)
+    small = Encoder(config, max_batch_size=2, max_batch_tokens=30)
+    try:
+        small.runner = counter = CountingRunner(small.runner)
+        expected, expected_tokens = big.encode(texts)
+        got, tokens = small.encode(texts)
+    finally:
+        big.close()
+        small.close()
+
+    assert len(counter.shapes) >= len(texts) // 2
+    assert all(b <= 2 and (b == 1 or b * t <= 30) for b, t in counter.shapes)
+    assert tokens == expected_tokens
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_many_small_batches_equal_one_big_batch_bundled(reference, encoders, graph_cache_dir):
+    expected, _ = encoders.get().encode(reference.texts)
+    small = Encoder(EngineConfig(graph_tmp_dir=str(graph_cache_dir)), max_batch_size=3, max_batch_tokens=40)
+    try:
+        small.runner = counter = CountingRunner(small.runner)
+        got, _ = small.encode(reference.texts)
+    finally:
+        small.close()
+
+    assert len(counter.shapes) >= len(reference.texts) // 3
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
+# --- padding ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('case', TINY_CASES, ids=_case_id)
+def test_a_longer_neighbour_does_not_change_a_vector_tiny(case, tiny_google_dir, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), **case)
+
+    alone, _ = encoder.encode(['hello world'])
+    together, tokens = encoder.encode(['hello world', LONG_TEXT])
+
+    assert len(tokens[1]) == 25 > len(tokens[0])  # the short one really was padded
+    np.testing.assert_allclose(together[:1], alone, atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_longer_neighbour_does_not_change_a_vector_bundled(reference, encoders):
+    encoder = encoders.get()
+    short = [text for text in reference.texts if len(text.split()) <= 4]
+
+    for text in short:
+        alone, _ = encoder.encode([text])
+        together, _ = encoder.encode([text, LONG_TEXT])
+        np.testing.assert_allclose(together[:1], alone, atol=ATOL, rtol=0, err_msg=text)
+
+
+@pytest.mark.parametrize('model', ['tiny', 'bundled'])
+def test_padding_length_does_not_change_a_vector(model, tiny_google_dir, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir)) if model == 'tiny' else encoders.get()
+    features = encoder.featurize(['hello world', 'how old are you? ||| what is your age?', ''])
+    longest = max(len(f.input_ids) for f in features)
+
+    results = [encoder.runner(*pad_batch(features, length))
+               for length in (longest, 25, encoder.bert_config.max_position_embeddings)]
+
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_max_seq_len_does_not_change_short_inputs(reference, encoders):
+    short = [text for text, tokens in zip(reference.texts, reference.tokens_128) if len(tokens) <= 25]
+    at_25, tokens_25 = encoders.get(max_seq_len=25).encode(short)
+    at_128, tokens_128 = encoders.get(max_seq_len=128).encode(short)
+
+    assert tokens_25 == tokens_128
+    np.testing.assert_allclose(at_128, at_25, atol=ATOL, rtol=0)
+
+
+# --- token-level output ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('fields, token_axis', [
+    (dict(max_seq_len=25), 25),
+    (dict(max_seq_len=None), 'longest'),
+    (dict(max_seq_len=None, fixed_embed_length=True), 64),  # the tiny model's max_position_embeddings
+    (dict(max_seq_len=25, mask_cls_sep=True), 25),
+])
+def test_none_pooling_is_exactly_zero_past_each_input(fields, token_axis, tiny_google_dir, tiny_texts, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), pooling_strategy='NONE', **fields)
+
+    vectors, tokens = encoder.encode(tiny_texts)
+
+    if token_axis == 'longest':
+        token_axis = max(len(t) for t in tokens)
+    assert vectors.shape == (len(tiny_texts), token_axis, 32)
+    for row, row_tokens in zip(vectors, tokens):
+        assert not row[len(row_tokens):].any()
+        real = row[:len(row_tokens)]
+        if fields.get('mask_cls_sep'):
+            # [CLS] and [SEP] leave the pooling mask, so their rows are zero too.
+            keep = np.array([t not in ('[CLS]', '[SEP]') for t in row_tokens])
+            assert not real[~keep].any()
+            real = real[keep]
+        assert np.all(np.abs(real).sum(-1) > 0)
+
+
+# --- empty inputs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('case', [dict(pooling_strategy='REDUCE_MEAN'), dict(pooling_strategy='NONE')],
+                         ids=_case_id)
+def test_empty_string_is_cls_sep_and_keeps_rows_in_place(case, tiny_google_dir, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), **case)
+
+    with_empty, tokens = encoder.encode(['hello world', '', '   ', 'a longer sentence here'])
+    without, _ = encoder.encode(['hello world', 'a longer sentence here'])
+    empty_alone, _ = encoder.encode([''])
+    empty_tokenized, tokenized_tokens = encoder.encode([[]], is_tokenized=True)
+
+    assert tokens[1] == tokens[2] == tokenized_tokens[0] == ['[CLS]', '[SEP]']
+    assert np.all(np.isfinite(with_empty))
+    np.testing.assert_allclose(with_empty[[0, 3]], without, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(with_empty[1:3], np.concatenate([empty_alone] * 2), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(empty_tokenized, empty_alone, atol=ATOL, rtol=0)
