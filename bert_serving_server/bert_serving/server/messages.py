@@ -73,7 +73,9 @@ class Piece:
 
 def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:
     body = json.dumps({'pieces': [p.to_json() for p in pieces]}, ensure_ascii=False)
-    return [BATCH, b'%d' % batch_id, body.encode()]
+    # surrogatepass: a lone surrogate is valid in JSON input (\ud800) and must not kill the ventilator;
+    # json.loads of bytes decodes with surrogatepass too.
+    return [BATCH, b'%d' % batch_id, body.encode('utf-8', 'surrogatepass')]
 
 
 def unpack_batch(frames: Sequence[bytes]) -> Tuple[int, List[Piece]]:

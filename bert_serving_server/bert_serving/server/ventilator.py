@@ -65,7 +65,7 @@ def parse_texts(req: Request, max_bytes: int):
                          'bytes; send fewer sentences per request')
     try:
         texts = json.loads(req.payload)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise BadRequest(f'payload is not valid JSON ({e}); send a JSON list of strings') from None
     if not isinstance(texts, list):
         raise BadRequest(f'payload must be a JSON list of strings (or of token lists), '

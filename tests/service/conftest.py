@@ -1,0 +1,122 @@
+"""Fixtures of the service tests: real BertServer instances on random free ports, expected vectors
+from the in-process Encoder, and raw protocol peers.
+
+Starting a server costs seconds (every spawned worker imports TensorFlow), so servers are shared:
+``shared_server`` lives for the whole session and serves every test that leaves it as it found it;
+a module that needs other flags starts its own through ``launch`` in a module-scoped fixture, and a
+test that breaks its server (kills a worker, shuts it down) gets one from ``server_factory``.
+
+A server started here::
+
+    test process ─ BertServer thread (ventilator)   PULL  binds tcp://*:port
+                 ├ SINK process                     XPUB  binds tcp://*:port_out
+                 └ WORKER-n processes (spawned)     connect to the ventilator and the sink (ipc)
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator, List, Sequence
+
+import pytest
+
+from bert_serving.server.config import EngineConfig
+from bert_serving.server.service import BertServer
+
+from service_support import Expected, RawPeer, RunningServer, assert_port_free, server_args
+
+READY_SECONDS = 120
+
+# The session-wide server: two workers and batches of at most 4 rows, so most requests are split
+# and batches mix pieces of several clients; tokens go back to clients.
+SHARED_FLAGS = ('-num_worker', '2', '-max_batch_size', '4', '-show_tokens_to_client')
+SHARED_MAX_REQUEST_BYTES = 1_000_000
+
+
+def _port_picker(config: pytest.Config) -> Callable[[], int]:
+    # tests/conftest.py's picker never hands out a port twice; its free_port fixture is
+    # function-scoped, so module- and session-scoped servers reach the function itself.
+    for plugin in config.pluginmanager.get_plugins():
+        picker = getattr(plugin, '_pick_free_port', None)
+        if callable(picker):
+            return picker
+    raise RuntimeError('tests/conftest.py (with _pick_free_port) is not loaded')
+
+
+@pytest.fixture(scope='session')
+def pick_port(request: pytest.FixtureRequest) -> Callable[[], int]:
+    """A function returning a fresh free TCP port of 127.0.0.1; usable from any fixture scope."""
+    return _port_picker(request.config)
+
+
+@contextlib.contextmanager
+def _serving(pick_port, model_dir: Path, flags: Sequence[str], fields: dict) -> Iterator[RunningServer]:
+    port, port_out = pick_port(), pick_port()
+    server = BertServer(server_args(model_dir, port, port_out, flags, **fields))
+    server.start()
+    try:
+        if not server.is_ready.wait(READY_SECONDS):
+            raise RuntimeError(f'server not ready within {READY_SECONDS}s (failure: {server.failure})')
+        yield RunningServer(server, port, port_out)
+    finally:
+        server.close()
+    assert not server.is_alive(), 'BertServer thread still running after close()'
+    assert all(not p.is_alive() for p in server.processes), 'a server process survived close()'
+    assert_port_free(port)
+    assert_port_free(port_out)
+
+
+@pytest.fixture(scope='session')
+def launch(pick_port):
+    """``with launch(model_dir, ['-num_worker', '2'], max_request_bytes=10000) as running: ...``
+
+    Starts a BertServer on two fresh ports and waits until it is ready; on exit closes it and
+    checks that its thread and processes ended and both ports are free.
+    """
+    def start(model_dir: Path, flags: Sequence[str] = (), **fields) -> contextlib.AbstractContextManager:
+        return _serving(pick_port, model_dir, flags, fields)
+
+    return start
+
+
+@pytest.fixture
+def server_factory(launch):
+    """``server_factory(model_dir, flags, **fields)`` -> RunningServer, closed after the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda model_dir, flags=(), **fields: stack.enter_context(launch(model_dir, flags, **fields))
+
+
+@pytest.fixture(scope='session')
+def shared_server(launch, tiny_hf_dir) -> Iterator[RunningServer]:
+    """The tiny model with ``SHARED_FLAGS``, requests limited to ``SHARED_MAX_REQUEST_BYTES``.
+
+    Tests must leave it as they found it: no killed workers, no shutdown, and no assertions on
+    its statistics (other tests' traffic shows there).
+    """
+    with launch(tiny_hf_dir, SHARED_FLAGS, max_request_bytes=SHARED_MAX_REQUEST_BYTES) as running:
+        yield running
+
+
+@pytest.fixture(scope='session')
+def tiny_expected(tiny_hf_dir, graph_cache_dir) -> Iterator[Expected]:
+    """Expected vectors of the tiny model under the default flags (REDUCE_MEAN, layer -2,
+    max_seq_len 25): float32 [32] per input."""
+    from bert_serving.server.encoder import Encoder
+
+    encoder = Encoder(EngineConfig(model_dir=str(tiny_hf_dir), graph_tmp_dir=str(graph_cache_dir)))
+    yield Expected(encoder)
+    encoder.close()
+
+
+@pytest.fixture
+def raw_peer():
+    """``raw_peer(running, identity)`` -> RawPeer; every peer is closed after the test."""
+    peers: List[RawPeer] = []
+
+    def make(running: RunningServer, identity: bytes) -> RawPeer:
+        peers.append(RawPeer(running, identity))
+        return peers[-1]
+
+    yield make
+    for peer in peers:
+        peer.close()
