@@ -3,7 +3,7 @@
 #   make install   build both wheels and install them (re-runs only when sources change)
 #   make test      run the test suite against the working tree
 #   make serve     start a server on the bundled default model (extra flags: ARGS='...')
-#   make bench     run the throughput comparison
+#   make bench     compare the service with sentence-transformers (extra flags: ARGS='...')
 #   make clean     remove build/, dist/ and .venv/
 
 PYTHON ?= python3
@@ -42,6 +42,10 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 	$(PIP) uninstall -y bert-serving-client bert-serving-server
 	$(PIP) install $(TORCH) $(CLIENT_WHEEL) '$(SERVER_WHEEL)[cpu,http,bench]' -r requirements-test.txt
 	$(PIP) install --no-deps --upgrade --target $(COMPAT110) bert-serving-client==1.10.0
+	# The dashboard test drives Debian's chromium through Playwright. Without root or apt, say so
+	# and go on: only that test needs it.
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+		|| echo 'WARNING: chromium is missing and apt-get could not install it; the dashboard test will fail. Install the Debian package "chromium".'
 	touch $@
 
 # PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
@@ -51,8 +55,10 @@ test: install
 serve: install
 	$(VENV)/bin/bert-serving-start $(ARGS)
 
+# Progress on stderr, the tables on stdout, the figures in benchmarks/results/compare-<date>.json.
+# ARGS: --output FILE, --clients N, ... and server flags such as -num_worker 2.
 bench: install
-	$(VPY) -m benchmarks.compare $(ARGS)
+	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m benchmarks.compare $(ARGS)
 
 clean:
 	rm -rf build dist $(VENV)

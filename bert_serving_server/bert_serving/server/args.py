@@ -12,7 +12,11 @@ from bert_serving.client._version import __version__
 
 from .config import PoolingStrategy, parse_max_seq_len
 
-__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'format_args']
+__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'format_args',
+           'BENCHMARK_EXPERIMENTS']
+
+# The variables bert-serving-benchmark varies, one experiment each, in the order they run.
+BENCHMARK_EXPERIMENTS = ('client_batch_size', 'max_batch_size', 'max_seq_len', 'num_client', 'pooling_layer')
 
 
 def _max_seq_len(value: str):
@@ -128,8 +132,12 @@ def get_benchmark_parser() -> argparse.ArgumentParser:
     parser = get_args_parser()
     parser.prog = 'bert-serving-benchmark'
     parser.description = 'Benchmark a BertServer started locally.'
-    parser.set_defaults(num_client=1, client_batch_size=4096)
+    # No fixed ports: each benchmark server takes free ones unless -port / -port_out are given.
+    parser.set_defaults(num_client=1, client_batch_size=4096, port=None, port_out=None)
     group = parser.add_argument_group('Benchmark parameters', 'the experiments to run')
+    group.add_argument('-experiments', type=str, nargs='+', default=list(BENCHMARK_EXPERIMENTS),
+                       choices=BENCHMARK_EXPERIMENTS, metavar='NAME',
+                       help='(new) experiments to run, any of: ' + ' '.join(BENCHMARK_EXPERIMENTS))
     group.add_argument('-test_client_batch_size', type=int, nargs='*', default=[1, 16, 256, 4096])
     group.add_argument('-test_max_batch_size', type=int, nargs='*', default=[8, 32, 128, 512])
     group.add_argument('-test_max_seq_len', type=int, nargs='*', default=[32, 64, 128, 256])
@@ -144,6 +152,11 @@ def get_benchmark_parser() -> argparse.ArgumentParser:
                        help='text file whose lines are the client sentences (default: the bench corpus)')
     group.add_argument('-num_repeat', type=int, default=10,
                        help='repeats per experiment (>2); the first two are warm-up and dropped')
+    group.add_argument('-output', type=str, default=None,
+                       help='(new) write the results to this .json or .csv file')
+    group.add_argument('-plot', type=str, default=None,
+                       help='(new) draw samples/s of every experiment into this PNG (needs matplotlib: '
+                            'pip install "bert-serving-server[bench]")')
     return parser
 
 

