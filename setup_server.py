@@ -47,6 +47,9 @@ setup(
     package_dir={'': SOURCE_ROOT},
     # bert_serving is a PEP 420 namespace shared with the client: ship only the server subtree.
     packages=find_namespace_packages(where=SOURCE_ROOT, include=['bert_serving.server', 'bert_serving.server.*']),
+    # The HTTP proxy serves its dashboard page from the package.
+    package_data={'bert_serving.server.http': ['*.html']},
+    include_package_data=True,
     install_requires=[
         f'bert-serving-client=={VERSION}',
         'pyzmq',
@@ -60,7 +63,8 @@ setup(
     extras_require={
         'cpu': [f'tensorflow-cpu=={TENSORFLOW}'],
         'gpu': [f'tensorflow[and-cuda]=={TENSORFLOW}'],
-        'http': [],
+        # The HTTP proxy (-http_port): an asyncio server and the Prometheus text format.
+        'http': ['aiohttp>=3.9', 'prometheus_client>=0.16'],
         'bench': ['sentence-transformers', 'matplotlib'],
     },
     entry_points={

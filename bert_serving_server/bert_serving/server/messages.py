@@ -9,7 +9,8 @@ Ventilator ROUTER (binds ``backend``) <-> worker DEALER (connects)::
                            [DONE, batch_id]              results of the batch were pushed to the sink
                            [FATAL, message]              the worker cannot start
     ventilator -> worker   [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
-                           piece = {"client", "req_id", "rows", "texts", "is_tokenized", "attempt"}
+                           piece = {"client", "req_id", "rows", "texts", "is_tokenized", "attempt",
+                                    "show_tokens"}
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
@@ -46,6 +47,7 @@ class Piece:
         texts: the inputs (strings, or token lists if is_tokenized).
         is_tokenized: inputs are pre-tokenized.
         attempt: how often a worker died while holding this piece.
+        show_tokens: return the tokens even if the server does not send them to every client.
     """
     client: bytes
     req_id: int
@@ -53,6 +55,7 @@ class Piece:
     texts: List[Any]
     is_tokenized: bool = False
     attempt: int = 0
+    show_tokens: bool = False
     priority: bool = field(default=False, compare=False)
 
     @property
@@ -68,7 +71,8 @@ class Piece:
     @classmethod
     def from_json(cls, d: dict) -> 'Piece':
         return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=list(d['rows']),
-                   texts=d['texts'], is_tokenized=bool(d['is_tokenized']), attempt=int(d['attempt']))
+                   texts=d['texts'], is_tokenized=bool(d['is_tokenized']), attempt=int(d['attempt']),
+                   show_tokens=bool(d.get('show_tokens', False)))
 
 
 def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:

@@ -54,8 +54,12 @@ class _WorkerState:
 def parse_texts(req: Request, max_bytes: int):
     """Validates a data request's payload.
 
+    The payload is a JSON list of inputs, as 1.10 clients send it, or (new) an object
+    ``{"texts": [...], "show_tokens": true}`` asking for the tokens of this request even when
+    the server runs without ``-show_tokens_to_client`` (the HTTP proxy needs them for usage).
+
     Returns:
-        (texts, is_tokenized).
+        (texts, is_tokenized, show_tokens).
 
     Raises:
         BadRequest: says what is wrong and where.
@@ -67,6 +71,12 @@ def parse_texts(req: Request, max_bytes: int):
         texts = json.loads(req.payload)
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
         raise BadRequest(f'payload is not valid JSON ({e}); send a JSON list of strings') from None
+    show_tokens = False
+    if isinstance(texts, dict):
+        show_tokens = texts.get('show_tokens', False)
+        if not isinstance(show_tokens, bool):
+            raise BadRequest(f'show_tokens is {type(show_tokens).__name__}, expected true or false')
+        texts = texts.get('texts')
     if not isinstance(texts, list):
         raise BadRequest(f'payload must be a JSON list of strings (or of token lists), '
                          f'got {type(texts).__name__}')
@@ -84,7 +94,7 @@ def parse_texts(req: Request, max_bytes: int):
             raise BadRequest(f'texts[{i}] is {type(t).__name__}, expected str')
     if req.msg_len != len(texts):
         raise BadRequest(f'msg_len frame says {req.msg_len} but the payload holds {len(texts)} inputs')
-    return texts, is_tokenized
+    return texts, is_tokenized, show_tokens
 
 
 class Ventilator:
@@ -174,16 +184,16 @@ class Ventilator:
                                          json.dumps(info, default=str).encode()])
         else:
             try:
-                texts, is_tokenized = parse_texts(req, self.cfg.max_request_bytes)
+                texts, is_tokenized, show_tokens = parse_texts(req, self.cfg.max_request_bytes)
             except BadRequest as e:
                 self.logger.warning('bad request %d from %r: %s', req.req_id, req.identity[:40], e)
                 self._fail(req.identity, req.req_id, str(e))
                 return
             self.to_sink.send_multipart([msg.REGISTER, req.identity, b'%d' % req.req_id,
                                          json.dumps({'n': len(texts)}).encode()])
-            self._enqueue(req, texts, is_tokenized)
+            self._enqueue(req, texts, is_tokenized, show_tokens)
 
-    def _enqueue(self, req: Request, texts: list, is_tokenized: bool) -> None:
+    def _enqueue(self, req: Request, texts: list, is_tokenized: bool, show_tokens: bool = False) -> None:
         """Splits a request into length-bucketed pieces and queues them."""
         n = len(texts)
         num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(self.cfg.num_worker, n // 32), 1)
@@ -196,7 +206,8 @@ class Ventilator:
             orders = [by_len[i:i + size] for i in range(0, n, size)]
         queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
         for rows in orders:
-            queue.append(msg.Piece(req.identity, req.req_id, rows, [texts[i] for i in rows], is_tokenized))
+            queue.append(msg.Piece(req.identity, req.req_id, rows, [texts[i] for i in rows], is_tokenized,
+                                   show_tokens=show_tokens))
         self.logger.debug('request %d from %r: %d inputs in %d pieces', req.req_id, req.identity[:40],
                           n, len(orders))
 

@@ -191,5 +191,6 @@ class Worker(_SPAWN.Process):
             start += len(feats)
             if trim:  # the sink pads every piece to the longest input of its request
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
-            tokens = [list(f.tokens) for f in feats] if self.settings.show_tokens else None
+            show_tokens = self.settings.show_tokens or piece.show_tokens
+            tokens = [list(f.tokens) for f in feats] if show_tokens else None
             sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)

@@ -1,0 +1,140 @@
+"""The proxy's routes. ``create_app`` wires them to a backend (normally a :class:`ZmqBackend`).
+
+    GET  /                 the dashboard (dashboard.html)
+    POST /encode           bert-as-service 1.10's HTTP encode
+    POST /v1/embeddings    OpenAI-compatible embeddings
+    GET  /v1/models        the one model, OpenAI-style
+    GET  /status/server    the server's SHOW_STATUS reply
+    GET  /status/client    the proxy's own connection
+    GET  /health           200 when every worker is ready, else 503
+    GET  /metrics          Prometheus text
+
+The backend only needs ``encode(texts, show_tokens)``, ``server_status()``, ``server_config()``
+and ``client_status()``, so tests can stand a fake in for the server.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import PurePath
+from typing import Optional
+
+from aiohttp import web
+
+from . import schemas
+from .errors import HttpError
+from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
+from .middleware import make_middlewares
+from .settings import ProxySettings
+
+__all__ = ['create_app', 'model_name', 'LIMITED_ENDPOINTS']
+
+# The endpoints that make the server encode; -http_max_connect bounds these. Status, health and
+# metrics stay outside the limit so that probes and dashboards keep answering under load.
+LIMITED_ENDPOINTS = frozenset({'/encode', '/v1/embeddings'})
+# Directory names that say nothing about the model; the name comes from the folder above them.
+_GENERIC_DIRS = {'', 'model', 'models', 'checkpoint', 'checkpoints', 'weights'}
+
+
+def model_name(model_dir: Optional[str]) -> str:
+    """The model's name for OpenAI replies: the last meaningful folder of its directory."""
+    path = PurePath(model_dir or 'bert')
+    for part in reversed(path.parts):
+        if part.lower() not in _GENERIC_DIRS and part not in ('/', '\\'):
+            return part
+    return 'bert'
+
+
+class _Routes:
+    """The handlers; they raise :mod:`.errors` exceptions and leave status codes to the middleware."""
+
+    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str):
+        self.backend = backend
+        self.metrics = metrics
+        self.dashboard = dashboard
+        self._model: Optional[str] = None
+
+    async def _body(self, request: web.Request) -> dict:
+        return schemas.parse_json(await request.read())  # read() raises 413 past client_max_size
+
+    async def _model_name(self) -> str:
+        if self._model is None:
+            self._model = model_name((await self.backend.server_config()).get('model_dir'))
+        return self._model
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.dashboard, content_type='text/html')
+
+    async def encode(self, request: web.Request) -> web.Response:
+        req = schemas.parse_encode(await self._body(request))
+        reply = await self.backend.encode(req.texts, show_tokens=req.show_tokens)
+        self.metrics.sequences.labels('/encode').inc(len(req.texts))
+        return web.json_response(schemas.encode_reply(req, reply.array, reply.tokens))
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        req = schemas.parse_embeddings(await self._body(request))
+        reply = await self.backend.encode(req.inputs, show_tokens=True)
+        self.metrics.sequences.labels('/v1/embeddings').inc(len(req.inputs))
+        model = req.model or await self._model_name()
+        return web.json_response(schemas.embeddings_reply(req, model, reply.array, reply.tokens))
+
+    async def models(self, request: web.Request) -> web.Response:
+        name = await self._model_name()
+        return web.json_response({'object': 'list', 'data': [
+            {'id': name, 'object': 'model', 'created': 0, 'owned_by': 'bert-serving'}]})
+
+    async def server_status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.backend.server_status())
+
+    async def client_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.backend.client_status())
+
+    async def health(self, request: web.Request) -> web.Response:
+        try:
+            status = await self.backend.server_status()
+        except HttpError as e:
+            return web.json_response({'status': 'unavailable', 'ready': False, 'error': e.message}, status=503)
+        num_worker, num_ready = status.get('num_worker'), status.get('num_ready_worker')
+        # 'ready' turns true once, at start; num_ready_worker also drops while a crashed worker restarts.
+        ready = bool(status.get('ready')) and num_ready == num_worker
+        body = {'status': 'ready' if ready else 'loading', 'ready': ready,
+                'num_worker': num_worker, 'num_ready_worker': num_ready}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        try:
+            status = await self.backend.server_status()
+        except HttpError:
+            status = None  # still expose the proxy's own metrics, with bert_server_up 0
+        return web.Response(body=self.metrics.render(status), headers={'Content-Type': CONTENT_TYPE_LATEST})
+
+
+def _dashboard_html() -> str:
+    return resources.files(__package__).joinpath('dashboard.html').read_text(encoding='utf-8')
+
+
+def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger] = None,
+               metrics: Optional[ProxyMetrics] = None) -> web.Application:
+    """The aiohttp application of the proxy.
+
+    Args:
+        backend: The connection to the server (see the module docstring for what it needs).
+        settings: Limits and CORS; the ports are the backend's business.
+        logger: Where unexpected errors go.
+        metrics: The metrics to count into; a new set by default.
+    """
+    logger = logger or logging.getLogger(__name__)
+    metrics = metrics or ProxyMetrics()
+    routes = _Routes(backend, metrics, _dashboard_html())
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
+        cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
+        max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger))
+    app.router.add_get('/', routes.index)
+    app.router.add_post('/encode', routes.encode)
+    app.router.add_post('/v1/embeddings', routes.embeddings)
+    app.router.add_get('/v1/models', routes.models)
+    app.router.add_get('/status/server', routes.server_status)
+    app.router.add_get('/status/client', routes.client_status)
+    app.router.add_get('/health', routes.health)
+    app.router.add_get('/metrics', routes.prometheus)
+    return app

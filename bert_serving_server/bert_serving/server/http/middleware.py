@@ -1,0 +1,130 @@
+"""The proxy's middlewares, outermost first: CORS, metrics, errors, concurrency limit.
+
+    cors     answers OPTIONS preflights; adds Access-Control-Allow-Origin to every reply
+    metrics  counts every reply by endpoint and status code, and times it
+    errors   the one place where exceptions become JSON error replies with a status code
+    limit    refuses an encoding request with 429 when -http_max_connect are already in flight
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable, Collection, List
+
+from aiohttp import web
+
+from bert_serving.client.errors import BertServerError, BertServingError, BertTimeoutError
+
+from .errors import HttpError, TooManyRequests
+from .metrics import ProxyMetrics
+
+__all__ = ['make_middlewares', 'error_response', 'endpoint_of']
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PREFLIGHT_MAX_AGE = '600'
+# Status of a request whose HTTP client went away before the reply (nginx's convention).
+CLIENT_CLOSED = 499
+
+_HTTP_TYPES = {400: 'invalid_request_error', 404: 'not_found_error', 405: 'invalid_request_error',
+               413: 'invalid_request_error', 422: 'invalid_request_error', 429: 'rate_limit_error'}
+
+
+def error_response(status: int, message: str, type_: str, headers=None) -> web.Response:
+    """A JSON error reply: ``{"error": {"message", "type", "code"}}``."""
+    return web.json_response({'error': {'message': message, 'type': type_, 'code': status}},
+                             status=status, headers=headers)
+
+
+def endpoint_of(request: web.Request) -> str:
+    """The route's path pattern, so that metrics labels stay few whatever the URL."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else 'unmatched'
+
+
+def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], max_body_bytes: int,
+                     metrics: ProxyMetrics, logger: logging.Logger) -> List:
+    """Builds the middleware chain.
+
+    Args:
+        cors: Access-Control-Allow-Origin value.
+        max_connect: Encoding requests allowed in flight at once.
+        limited: Endpoints (path patterns) that count against ``max_connect``.
+        max_body_bytes: The body limit, for the 413 message.
+        metrics: Where requests are counted.
+        logger: Where unexpected errors are logged.
+    """
+    in_flight = 0
+
+    @web.middleware
+    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == 'OPTIONS' and 'Access-Control-Request-Method' in request.headers:
+            return web.Response(status=204, headers={
+                'Access-Control-Allow-Origin': cors,
+                'Access-Control-Allow-Methods': 'GET, POST, OPTIONS',
+                'Access-Control-Allow-Headers': request.headers.get('Access-Control-Request-Headers',
+                                                                    'Content-Type, Authorization'),
+                'Access-Control-Max-Age': PREFLIGHT_MAX_AGE,
+            })
+        response = await handler(request)
+        response.headers['Access-Control-Allow-Origin'] = cors
+        return response
+
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        code = CLIENT_CLOSED
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        finally:
+            metrics.observe(endpoint_of(request), request.method, code, time.perf_counter() - start)
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except HttpError as e:
+            if e.status >= 500:
+                logger.warning('%s %s -> %d: %s', request.method, request.path, e.status, e.message)
+            return error_response(e.status, e.message, e.type, e.headers or None)
+        except web.HTTPException as e:  # raised by aiohttp itself: 404, 405, 413
+            if e.status < 400:
+                raise
+            if e.status == 413:
+                message = (f'the request body exceeds {max_body_bytes} bytes; '
+                           'send fewer texts per request')
+            elif e.status == 404:
+                message = f'no endpoint at {request.path}; see GET / for the dashboard and docs/http.md'
+            elif e.status == 405:
+                message = f'{request.method} is not allowed on {request.path} (allowed: {e.headers.get("Allow")})'
+            else:
+                message = e.reason
+            headers = {'Allow': e.headers['Allow']} if 'Allow' in e.headers else None
+            return error_response(e.status, message, _HTTP_TYPES.get(e.status, 'server_error'), headers)
+        except BertTimeoutError as e:
+            return error_response(504, str(e), 'timeout_error')
+        except (BertServerError, BertServingError) as e:
+            return error_response(502, str(e), 'backend_error')
+        except Exception as e:  # CancelledError (client gone) is a BaseException and passes
+            logger.exception('%s %s failed', request.method, request.path)
+            return error_response(500, f'internal error of the proxy: {type(e).__name__}: {e}', 'server_error')
+
+    @web.middleware
+    async def limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        if endpoint_of(request) not in limited:
+            return await handler(request)
+        if in_flight >= max_connect:
+            raise TooManyRequests(f'{max_connect} requests are already in flight (-http_max_connect); '
+                                  'retry shortly, or start the server with a higher -http_max_connect')
+        in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            return await handler(request)
+        finally:
+            in_flight -= 1
+            metrics.in_flight.dec()
+
+    return [cors_middleware, metrics_middleware, error_middleware, limit_middleware]

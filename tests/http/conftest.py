@@ -1,0 +1,90 @@
+"""Fixtures of the HTTP proxy tests: real BertServers started with ``-http_port`` on free ports.
+
+A server started here::
+
+    test process ─ BertServer thread (ventilator)   PULL  binds tcp://*:port
+                 ├ SINK process                     XPUB  binds tcp://*:port_out
+                 ├ WORKER-n processes (spawned)
+                 └ PROXY process (spawned)          HTTP  binds http_port; PUSH/SUB connect to port/port_out
+
+Starting one costs seconds (each worker imports TensorFlow), so each test module shares one server
+through a module-scoped fixture built on ``launch_http``.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pytest
+
+from bert_serving.server.args import get_args_parser
+from bert_serving.server.service import BertServer
+
+from http_support import HttpServer, assert_port_free
+
+READY_SECONDS = 120
+POLL_SECONDS = 0.05
+
+
+def _pick_port_function(config: pytest.Config) -> Callable[[], int]:
+    # tests/conftest.py's picker never hands out a port twice; its free_port fixture is
+    # function-scoped, so module-scoped servers reach the function itself.
+    for plugin in config.pluginmanager.get_plugins():
+        picker = getattr(plugin, '_pick_free_port', None)
+        if callable(picker):
+            return picker
+    raise RuntimeError('tests/conftest.py (with _pick_free_port) is not loaded')
+
+
+def _wait_ready(running: HttpServer, started: float) -> None:
+    """Polls /health from the moment the proxy answers until it says 200; logs every answer."""
+    deadline = started + READY_SECONDS
+    while time.monotonic() < deadline:
+        if running.server.failure is not None:
+            raise RuntimeError(f'server failed while starting: {running.server.failure}')
+        try:
+            with urllib.request.urlopen(running.url + '/health', timeout=5) as response:
+                running.health_log.append((time.monotonic() - started, response.status))
+                return
+        except urllib.error.HTTPError as e:
+            running.health_log.append((time.monotonic() - started, e.code))
+            e.close()
+        except OSError:  # the proxy is not listening yet
+            pass
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f'the HTTP proxy did not report ready within {READY_SECONDS}s')
+
+
+@pytest.fixture(scope='session')
+def launch_http(request: pytest.FixtureRequest):
+    """``with launch_http(model_dir, ['-num_worker', '2']) as running: ...`` -> HttpServer.
+
+    Starts a CPU BertServer with an HTTP proxy on fresh ports, waits until /health says 200, and
+    on exit closes it and checks that every process ended and every port is free.
+    """
+    pick = _pick_port_function(request.config)
+
+    @contextlib.contextmanager
+    def start(model_dir: Path, flags: Sequence[str] = ()) -> Iterator[HttpServer]:
+        port, port_out, http_port = pick(), pick(), pick()
+        args = get_args_parser().parse_args(
+            ['-model_dir', str(model_dir), '-port', str(port), '-port_out', str(port_out),
+             '-http_port', str(http_port), '-cpu', *flags])
+        server = BertServer(args)
+        started = time.monotonic()
+        server.start()
+        running = HttpServer(server, port, port_out, http_port)
+        try:
+            _wait_ready(running, started)
+            yield running
+        finally:
+            server.close()
+        assert all(not p.is_alive() for p in server.processes), 'a server process survived close()'
+        for p in (port, port_out, http_port):
+            assert_port_free(p)
+
+    return start

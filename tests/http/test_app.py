@@ -1,0 +1,318 @@
+"""The proxy's routes, middlewares and metrics against a fake backend: no server, milliseconds each.
+
+The fake stands in for ZmqBackend: its "model" maps text i of a request to
+float32 [len(text), number of words, i, -1] and its tokens are [CLS] + words + [SEP].
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Awaitable, Callable
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bert_serving.client.protocol import Reply
+from bert_serving.server.http.app import create_app, model_name
+from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
+from bert_serving.server.http.settings import ProxySettings
+
+from http_support import metric_sample
+
+READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queued_piece': 0,
+                'statistic': {'num_data_request': 7, 'num_total_seq': 21},
+                'batches_per_worker': {'0': 3, '1': 4}, 'sequences_per_worker': {'0': 10, '1': 11},
+                'model_dir': '/models/fake-bert/model'}
+
+
+class FakeBackend:
+    """Steer it through attributes: ``delay`` (seconds per encode), ``error`` (raised by encode),
+    ``status`` (SHOW_STATUS reply, or an exception to raise), ``token_level`` (3-D results)."""
+
+    def __init__(self):
+        self.delay = 0.0
+        self.error = None
+        self.status = dict(READY_STATUS)
+        self.token_level = False
+        self.calls = []
+
+    async def encode(self, texts, show_tokens=False):
+        self.calls.append((list(texts), show_tokens))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        words = [t.split() if isinstance(t, str) else t for t in texts]
+        array = np.array([[len(t), len(w), i, -1] for i, (t, w) in enumerate(zip(texts, words))], dtype=np.float32)
+        if self.token_level:
+            array = array[:, None, :].repeat(3, axis=1)
+        tokens = [['[CLS]', *w, '[SEP]'] for w in words]
+        return Reply('result', 1, array=array, tokens=tokens)
+
+    async def server_status(self):
+        if isinstance(self.status, Exception):
+            raise self.status
+        return dict(self.status)
+
+    async def server_config(self):
+        return {'model_dir': self.status['model_dir'] if isinstance(self.status, dict) else None}
+
+    def client_status(self):
+        return {'identity': 'fake', 'num_pending_request': 0}
+
+
+def serve(backend: FakeBackend, check: Callable[[TestClient], Awaitable[None]], **settings) -> None:
+    """Runs ``check(client)`` against the app on a random port of 127.0.0.1."""
+    async def main():
+        app = create_app(backend, ProxySettings(http_port=0, port=1, port_out=2, **settings))
+        async with TestClient(TestServer(app, host='127.0.0.1')) as client:
+            await check(client)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend()
+
+
+def test_encode_returns_the_id_and_one_float_list_per_text(fake):
+    async def check(client):
+        r = await client.post('/encode', json={'id': 'abc', 'texts': ['hello world', 'a']})
+        assert r.status == 200
+        assert await r.json() == {'id': 'abc', 'result': [[11.0, 2.0, 0.0, -1.0], [1.0, 1.0, 1.0, -1.0]]}
+        r = await client.post('/encode', json={'id': 2, 'texts': [['hello', 'world']], 'is_tokenized': True,
+                                               'show_tokens': True})
+        body = await r.json()
+        assert r.status == 200 and body['tokens'] == [['[CLS]', 'hello', 'world', '[SEP]']]
+
+    serve(fake, check)
+    assert fake.calls == [(['hello world', 'a'], False), ([['hello', 'world']], True)]
+
+
+@pytest.mark.parametrize('encoding_format', ['float', 'base64', None])
+def test_embeddings_have_the_openai_shape_and_count_tokens(fake, encoding_format):
+    async def check(client):
+        body = {'input': ['hello world', 'a b c'], 'model': 'my-model'}
+        if encoding_format:
+            body['encoding_format'] = encoding_format
+        r = await client.post('/v1/embeddings', json=body)
+        reply = await r.json()
+        assert r.status == 200
+        assert reply['object'] == 'list' and reply['model'] == 'my-model'
+        assert reply['usage'] == {'prompt_tokens': 4 + 5, 'total_tokens': 4 + 5}
+        assert [d['index'] for d in reply['data']] == [0, 1]
+        assert all(d['object'] == 'embedding' for d in reply['data'])
+        vectors = [d['embedding'] for d in reply['data']]
+        if encoding_format == 'base64':
+            vectors = [np.frombuffer(base64.b64decode(v), dtype='<f4').tolist() for v in vectors]
+        assert vectors == [[11.0, 2.0, 0.0, -1.0], [5.0, 3.0, 1.0, -1.0]]
+
+    serve(fake, check)
+    assert fake.calls == [(['hello world', 'a b c'], True)]  # always asks the server for tokens
+
+
+def test_embeddings_default_model_is_the_server_model_and_a_string_input_is_one_text(fake):
+    async def check(client):
+        reply = await (await client.post('/v1/embeddings', json={'input': 'hello'})).json()
+        assert reply['model'] == 'fake-bert' and len(reply['data']) == 1
+        models = await (await client.get('/v1/models')).json()
+        assert models['data'][0]['id'] == 'fake-bert'
+
+    serve(fake, check)
+
+
+@pytest.mark.parametrize('model_dir, name', [
+    ('/models/fake-bert/model', 'fake-bert'), ('/x/uncased_L-12_H-768_A-12/', 'uncased_L-12_H-768_A-12'),
+    (None, 'bert'), ('model', 'bert')])
+def test_model_name(model_dir, name):
+    assert model_name(model_dir) == name
+
+
+def test_embeddings_refuse_token_level_results(fake):
+    fake.token_level = True
+
+    async def check(client):
+        r = await client.post('/v1/embeddings', json={'input': ['a']})
+        assert r.status == 400
+        assert 'NONE' in (await r.json())['error']['message']
+
+    serve(fake, check)
+
+
+@pytest.mark.parametrize('path', ['/encode', '/v1/embeddings'])
+@pytest.mark.parametrize('raw', [b'{"texts": [', b'not json', b'\xff\xfe'])
+def test_bad_json_is_400(fake, path, raw):
+    async def check(client):
+        r = await client.post(path, data=raw)
+        body = await r.json()
+        assert r.status == 400
+        assert body['error']['type'] == 'invalid_request_error' and 'not valid JSON' in body['error']['message']
+
+    serve(fake, check)
+
+
+@pytest.mark.parametrize('path, body, names', [
+    ('/encode', ['a', 'b'], 'request body is an array'),
+    ('/encode', {}, 'texts is missing'),
+    ('/encode', {'texts': 'hello'}, 'texts is a string'),
+    ('/encode', {'texts': []}, 'texts is empty'),
+    ('/encode', {'texts': ['a', 'b', 3]}, 'texts[2] is a number'),
+    ('/encode', {'texts': ['a', None]}, 'texts[1] is null'),
+    ('/encode', {'texts': ['a'], 'is_tokenized': 'yes'}, 'is_tokenized is a string'),
+    ('/encode', {'texts': [['a'], 'b'], 'is_tokenized': True}, 'texts[1] is a string'),
+    ('/encode', {'texts': [['a', 1]], 'is_tokenized': True}, 'texts[0][1] is a number'),
+    ('/encode', {'texts': [['a']]}, 'texts[0] is an array'),
+    ('/v1/embeddings', {}, 'input is missing'),
+    ('/v1/embeddings', {'input': 5}, 'input is a number'),
+    ('/v1/embeddings', {'input': ['a', {'b': 1}]}, 'input[1] is an object'),
+    ('/v1/embeddings', {'input': [1, 2, 3]}, 'token ids'),
+    ('/v1/embeddings', {'input': 'a', 'model': 3}, 'model is a number'),
+    ('/v1/embeddings', {'input': 'a', 'encoding_format': 'hex'}, 'encoding_format'),
+])
+def test_wrong_types_are_422_naming_the_element(fake, path, body, names):
+    async def check(client):
+        r = await client.post(path, json=body)
+        error = (await r.json())['error']
+        assert r.status == 422 and error['code'] == 422
+        assert names in error['message']
+
+    serve(fake, check)
+    assert fake.calls == []
+
+
+def test_a_body_over_the_limit_is_413(fake):
+    async def check(client):
+        r = await client.post('/encode', data=json.dumps({'texts': ['x' * 2000]}))
+        assert r.status == 413
+        assert '1000 bytes' in (await r.json())['error']['message']
+        assert (await client.post('/encode', json={'texts': ['x' * 500]})).status == 200
+
+    serve(fake, check, max_body_bytes=1000)
+
+
+def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):
+    async def check(client):
+        r = await client.get('/nope')
+        assert r.status == 404 and (await r.json())['error']['type'] == 'not_found_error'
+        r = await client.get('/encode')
+        assert r.status == 405 and 'POST' in r.headers['Allow']
+        assert 'GET is not allowed' in (await r.json())['error']['message']
+
+    serve(fake, check)
+
+
+@pytest.mark.parametrize('error, status', [
+    (BackendError('the server failed this request: boom'), 502),
+    (BackendUnavailable('closed'), 503),
+    (BackendTimeout('no reply'), 504),
+    (RuntimeError('a bug'), 500),
+])
+def test_backend_failures_map_to_status_codes(fake, error, status):
+    fake.error = error
+
+    async def check(client):
+        r = await client.post('/encode', json={'texts': ['a']})
+        body = await r.json()
+        assert r.status == status and body['error']['code'] == status
+        assert str(error) in body['error']['message']
+
+    serve(fake, check)
+
+
+def test_requests_beyond_max_connect_get_429_at_once_while_status_stays_open(fake):
+    fake.delay = 0.5
+
+    async def check(client):
+        async def encode():
+            r = await client.post('/encode', json={'texts': ['a']})
+            return r.status, r.headers.get('Retry-After')
+
+        tasks = [asyncio.ensure_future(encode()) for _ in range(5)]
+        await asyncio.sleep(0.2)  # the first ones are in flight now
+        health = await client.get('/health')
+        assert health.status == 200, 'probes are not limited'
+        statuses = await asyncio.gather(*tasks)
+        assert sorted(statuses) == [(200, None)] * 2 + [(429, '1')] * 3
+
+    serve(fake, check, max_connect=2)
+
+
+def test_health_is_503_until_every_worker_is_ready(fake):
+    async def check(client):
+        fake.status = {**READY_STATUS, 'ready': False, 'num_ready_worker': 0}
+        r = await client.get('/health')
+        assert r.status == 503 and (await r.json())['status'] == 'loading'
+        fake.status = {**READY_STATUS, 'ready': True, 'num_ready_worker': 1}  # a worker restarts
+        assert (await client.get('/health')).status == 503
+        fake.status = dict(READY_STATUS)
+        r = await client.get('/health')
+        assert r.status == 200
+        assert await r.json() == {'status': 'ready', 'ready': True, 'num_worker': 2, 'num_ready_worker': 2}
+        fake.status = BackendTimeout('no reply within 5s')
+        r = await client.get('/health')
+        assert r.status == 503 and (await r.json())['status'] == 'unavailable'
+
+    serve(fake, check)
+
+
+def test_cors_preflight_and_header(fake):
+    async def check(client):
+        r = await client.options('/v1/embeddings', headers={
+            'Origin': 'https://example.org', 'Access-Control-Request-Method': 'POST',
+            'Access-Control-Request-Headers': 'content-type, authorization'})
+        assert r.status == 204
+        assert r.headers['Access-Control-Allow-Origin'] == 'https://example.org'
+        assert 'POST' in r.headers['Access-Control-Allow-Methods']
+        assert r.headers['Access-Control-Allow-Headers'] == 'content-type, authorization'
+        for response in (await client.get('/status/client'), await client.post('/encode', data=b'{')):
+            assert response.headers['Access-Control-Allow-Origin'] == 'https://example.org'
+
+    serve(fake, check, cors='https://example.org')
+
+
+def test_metrics_count_requests_sequences_and_read_the_server_status(fake):
+    async def check(client):
+        before = await (await client.get('/metrics')).text()
+        await client.post('/encode', json={'texts': ['a', 'b', 'c']})
+        await client.post('/encode', json={'texts': 3})
+        after = await (await client.get('/metrics')).text()
+        ok = 'bert_http_requests_total{code="200",endpoint="/encode",method="POST"}'
+        bad = 'bert_http_requests_total{code="422",endpoint="/encode",method="POST"}'
+        assert metric_sample(after, ok) == metric_sample(before, ok) + 1
+        assert metric_sample(after, bad) == metric_sample(before, bad) + 1
+        assert metric_sample(after, 'bert_http_sequences_total{endpoint="/encode"}') == 3
+        assert 'bert_http_request_duration_seconds_bucket{endpoint="/encode",le="0.005"}' in after
+        assert metric_sample(after, 'bert_http_requests_in_flight') == 0
+        assert metric_sample(after, 'bert_server_up') == 1
+        assert metric_sample(after, 'bert_worker_batches_total{worker="1"}') == 4
+        assert metric_sample(after, 'bert_worker_sequences_total{worker="0"}') == 10
+        assert metric_sample(after, 'bert_server_data_requests_total') == 7
+        assert metric_sample(after, 'bert_server_ready_workers') == 2
+        fake.status = BackendTimeout('gone')
+        down = await (await client.get('/metrics')).text()
+        assert metric_sample(down, 'bert_server_up') == 0 and 'bert_http_requests_total' in down
+
+    serve(fake, check)
+
+
+def test_index_serves_the_self_contained_dashboard(fake):
+    async def check(client):
+        r = await client.get('/')
+        html = await r.text()
+        assert r.status == 200 and r.content_type == 'text/html'
+        for element in ('id="model"', 'id="num-worker"', 'id="num-requests"', 'id="num-seqs"', 'id="rps-chart"'):
+            assert element in html
+        assert 'http://' not in html and 'https://' not in html, 'no external resources: it must work offline'
+
+    serve(fake, check)
+
+
+def test_status_endpoints(fake):
+    async def check(client):
+        assert await (await client.get('/status/server')).json() == READY_STATUS
+        assert (await (await client.get('/status/client')).json())['identity'] == 'fake'
+
+    serve(fake, check)

