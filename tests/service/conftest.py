@@ -23,14 +23,11 @@ import pytest
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.service import BertServer
 
-from service_support import Expected, RawPeer, RunningServer, assert_port_free, server_args
+from service_support import (SHARED_FLAGS, SHARED_MAX_REQUEST_BYTES, Expected, RawPeer, RunningServer,
+                             assert_port_free, server_args)
 
 READY_SECONDS = 120
 
-# The session-wide server: two workers and batches of at most 4 rows, so most requests are split
-# and batches mix pieces of several clients; tokens go back to clients.
-SHARED_FLAGS = ('-num_worker', '2', '-max_batch_size', '4', '-show_tokens_to_client')
-SHARED_MAX_REQUEST_BYTES = 1_000_000
 
 
 def _port_picker(config: pytest.Config) -> Callable[[], int]:

@@ -20,10 +20,15 @@ import zmq
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.service import BertServer
 
-__all__ = ['REPLY_MS', 'RunningServer', 'server_args', 'Expected', 'sentence', 'assert_port_free',
-           'RawPeer', 'wait_until', 'children_of', 'alive']
+__all__ = ['REPLY_MS', 'SHARED_FLAGS', 'SHARED_MAX_REQUEST_BYTES', 'RunningServer', 'server_args', 'Expected',
+           'sentence', 'assert_port_free', 'RawPeer', 'wait_until', 'children_of', 'alive']
 
 REPLY_MS = 20000  # every client in these tests gives up after this; nothing may hang a test
+
+# The session-wide server (conftest ``shared_server``): two workers and batches of at most 4 rows,
+# so most requests are split and batches mix pieces of several clients; tokens go back to clients.
+SHARED_FLAGS = ('-num_worker', '2', '-max_batch_size', '4', '-show_tokens_to_client')
+SHARED_MAX_REQUEST_BYTES = 1_000_000
 
 
 @dataclass
