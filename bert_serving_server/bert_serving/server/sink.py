@@ -18,7 +18,7 @@ import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 import zmq
@@ -51,6 +51,7 @@ class _Assembly:
     n: Optional[int] = None  # rows expected; None until REGISTER arrives
     received: int = 0
     parts: List = field(default_factory=list)  # (rows, array, tokens)
+    seen: Set[int] = field(default_factory=set)  # rows received
 
     def complete(self) -> bool:
         return self.n is not None and self.received >= self.n
@@ -185,8 +186,12 @@ class Sink(_SPAWN.Process):
             job.n = int(json.loads(frames[3])['n'])
         elif kind == msg.RESULT:
             _, rows, array, tokens = msg.unpack_result(frames)
-            job.parts.append((rows, array, tokens))
-            job.received += len(rows)
+            # A worker that died after sending a piece but before its DONE reached the ventilator
+            # has that piece re-queued: the same rows may come twice. Count them once.
+            if job.seen.isdisjoint(rows):
+                job.parts.append((rows, array, tokens))
+                job.seen.update(rows)
+                job.received += len(rows)
         if job.complete():
             del self.pending[key]
             array, tokens = job.assemble()

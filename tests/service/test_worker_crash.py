@@ -1,0 +1,120 @@
+"""A worker killed with SIGKILL while requests flow: no request hangs or comes back wrong, a new
+worker takes its place, and the server goes on serving."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bert_serving.client import BertServerError
+from bert_serving.client.protocol import unpack_reply
+from bert_serving.server import messages as msg
+
+from service_support import sentence, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+RECOVERY_SECONDS = 90  # a new worker imports TensorFlow and loads the graph
+
+
+class Traffic(threading.Thread):
+    """Sends requests of 1 to 20 known inputs, one after another, until stopped.
+
+    Attributes:
+        outcomes: ('ok' | 'server error' | 'wrong' | 'other', detail), one per request.
+    """
+
+    def __init__(self, running, expected):
+        super().__init__(name='traffic', daemon=True)
+        self.running, self.expected = running, expected
+        self.outcomes = []
+        self.stop = threading.Event()
+
+    def run(self):
+        texts_pool = [sentence(i) for i in range(2000, 2060)]
+        with self.running.client() as bc:
+            i = 0
+            while not self.stop.is_set():
+                texts = texts_pool[i % 40:i % 40 + 1 + i % 20]
+                i += 1
+                try:
+                    vectors = bc.encode(texts)
+                except BertServerError as e:
+                    self.outcomes.append(('server error', str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001 - a timeout means a request was lost
+                    self.outcomes.append(('other', repr(e)))
+                    continue
+                ok = np.allclose(vectors, self.expected.many(texts), atol=1e-5)
+                self.outcomes.append(('ok' if ok else 'wrong', len(texts)))
+
+
+def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, tiny_hf_dir, tiny_expected):
+    running = server_factory(tiny_hf_dir, ['-num_worker', '2', '-max_batch_size', '4'])
+    before = running.workers()
+    assert sorted(p.name for p in before) == ['WORKER-0', 'WORKER-1']
+    traffic = Traffic(running, tiny_expected)
+    traffic.start()
+    try:
+        assert wait_until(lambda: len(traffic.outcomes) >= 20, 60, 0.05), 'no traffic before the kill'
+        victim = before[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        sent_before_kill = len(traffic.outcomes)
+
+        def replaced():
+            alive = running.workers()
+            return (victim.pid not in {p.pid for p in alive}
+                    and sorted(p.name for p in alive) == ['WORKER-0', 'WORKER-1'])
+
+        assert wait_until(replaced, RECOVERY_SECONDS), 'no new worker took the place of the killed one'
+        with running.client() as bc:
+            assert wait_until(lambda: bc.server_status['num_ready_worker'] == 2, RECOVERY_SECONDS), \
+                'the new worker never became ready'
+        done_after_recovery = len(traffic.outcomes)
+        assert wait_until(lambda: len(traffic.outcomes) >= done_after_recovery + 20, 60, 0.05)
+    finally:
+        traffic.stop.set()
+        traffic.join(timeout=60)
+    assert not traffic.is_alive(), 'a request hangs'
+    kinds = [kind for kind, _ in traffic.outcomes]
+    assert 'wrong' not in kinds, 'a request came back with wrong vectors'
+    assert 'other' not in kinds, [detail for kind, detail in traffic.outcomes if kind == 'other']
+    assert kinds.count('ok') > sent_before_kill
+    new = next(p for p in running.workers() if p.name == victim.name)
+    assert new.pid != victim.pid
+    texts = [sentence(i) for i in range(3000, 3010)]
+    with running.client() as bc:
+        np.testing.assert_allclose(bc.encode(texts), tiny_expected.many(texts), atol=1e-5)
+
+
+def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
+    """A worker that dies after sending a piece's result, but before the ventilator hears DONE,
+    has that piece re-queued and computed again: the sink gets the same rows twice and must
+    neither finish the request early (a row still missing) nor count rows twice."""
+    client, req_id = b'sink-duplicate-test', 9
+    peer = raw_peer(shared_server, client)
+    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'])
+    second = msg.Piece(client, req_id, [1], ['b'])
+    ones, twos = np.ones((2, 4), np.float32), np.full((1, 4), 2, np.float32)
+    with zmq.Context() as ctx:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 2000)
+        push.connect(shared_server.server.sink_addr)
+        push.send_multipart([msg.REGISTER, client, b'%d' % req_id, json.dumps({'n': 3}).encode()])
+        push.send_multipart(msg.pack_result(first, ones, None))
+        push.send_multipart(msg.pack_result(first, ones, None))  # the re-queued copy
+        time.sleep(0.2)  # let the sink handle the duplicate before the missing row arrives
+        push.send_multipart(msg.pack_result(second, twos, None))
+        push.close()
+    reply = peer.recv()
+    assert reply is not None, 'no reply'
+    parsed = unpack_reply(reply)
+    assert parsed.kind == 'result' and parsed.req_id == req_id
+    np.testing.assert_array_equal(parsed.array, [[1] * 4, [2] * 4, [1] * 4])
+    assert peer.recv(timeout_ms=500) is None, 'a second reply for the same request'
