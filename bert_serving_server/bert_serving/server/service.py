@@ -219,6 +219,9 @@ class BertServer(threading.Thread):
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, timeout_ms)
             sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+            # Queue only on a completed connection: with nothing listening, send times out
+            # instead of "succeeding" into a queue while the free port reads as a stopped server.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
             try:
                 sock.connect(f'tcp://{ip}:{args.port}')
                 sock.send_multipart(pack_request(b'terminator', Command.TERMINATE, 0, 0))

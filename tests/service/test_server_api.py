@@ -1,0 +1,95 @@
+"""The Python API of the server: BertServer as a context manager, BertServer.shutdown(args), the
+1.x helper import, and flag errors raised by the constructor before any process starts."""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from bert_serving.client import BertServingError
+from bert_serving.server.args import get_args_parser as parser_in_args
+from bert_serving.server.service import BertServer
+
+from service_support import assert_port_free, children_of, server_args
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _no_children() -> set:
+    multiprocessing.active_children()  # reaps what has ended
+    return children_of(os.getpid())
+
+
+def test_helper_import_of_1x_still_works():
+    from bert_serving.server.helper import get_args_parser
+
+    assert get_args_parser is parser_in_args
+    args = get_args_parser().parse_args(['-model_dir', '/some/model', '-num_worker', '3'])
+    assert args.model_dir == '/some/model' and args.num_worker == 3
+    assert args.port == 5555 and args.port_out == 5556 and args.max_seq_len == 25
+
+
+def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected):
+    port, port_out = free_port(), free_port()
+    with BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1'])) as server:
+        assert server.is_ready.wait(120), server.failure
+        from bert_serving.client import BertClient
+
+        with BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=20000) as bc:
+            np.testing.assert_allclose(bc.encode(['hello world']), tiny_expected.many(['hello world']), atol=1e-5)
+        processes = list(server.processes)
+    assert not server.is_alive()
+    assert not any(p.is_alive() for p in processes)
+    assert server.failure is None
+    assert_port_free(port)
+    assert_port_free(port_out)
+
+
+def test_shutdown_with_a_namespace(tiny_hf_dir, free_port):
+    port, port_out = free_port(), free_port()
+    server = BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1']))
+    server.start()
+    try:
+        assert server.is_ready.wait(120), server.failure
+        assert BertServer.shutdown(argparse.Namespace(ip='127.0.0.1', port=port, timeout=5000)) is True
+        server.join(timeout=30)  # the server stops on its own
+        assert not server.is_alive()
+        assert server.failure is None
+        assert not any(p.is_alive() for p in server.processes)
+    finally:
+        server.close()
+    server.close()  # safe to call again
+    assert_port_free(port)
+    assert_port_free(port_out)
+
+
+@pytest.mark.parametrize('flags, error, words', [
+    (['-pooling_layer', '-3'], BertServingError, 'pooling_layer -3 is out of range for a model with 2 layers'),
+    (['-pooling_layer', '-1', '5'], BertServingError, 'pooling_layer 5 is out of range'),
+    (['-max_seq_len', '100'], BertServingError, 'max_seq_len 100 exceeds max_position_embeddings'),
+    (['-num_worker', '0'], ValueError, 'num_worker must be positive'),
+], ids=['layer too deep', 'one of two layers out of range', 'max_seq_len too long', 'no worker'])
+def test_bad_flags_raise_from_the_constructor(tiny_hf_dir, free_port, flags, error, words):
+    before = _no_children()
+    port, port_out = free_port(), free_port()
+    with pytest.raises(error, match=words):
+        BertServer(server_args(tiny_hf_dir, port, port_out, flags))
+    assert _no_children() == before, 'a process was started for a server that cannot run'
+    assert_port_free(port)
+
+
+def test_missing_model_dir_raises_from_the_constructor(tmp_path, free_port):
+    before = _no_children()
+    missing = tmp_path / 'no-such-model'
+    with pytest.raises(BertServingError, match='no-such-model'):
+        BertServer(server_args(missing, free_port(), free_port()))
+    assert _no_children() == before
+
+
+def test_same_port_twice_raises_from_the_constructor(tiny_hf_dir, free_port):
+    port = free_port()
+    with pytest.raises(ValueError, match='port and port_out must differ'):
+        BertServer(server_args(tiny_hf_dir, port, port))
