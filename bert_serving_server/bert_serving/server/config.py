@@ -101,6 +101,7 @@ class EngineConfig:
         no_position_embeddings: do not add position embeddings.
         num_labels: width of the CLASSIFICATION / REGRESSION head.
         fp16: run the graph in float16 (outputs stay float32).
+        bf16: run the graph's matrix products in bfloat16 (fast on CPUs with AVX512-BF16 / AMX).
         xla: compile the graph with XLA.
         fixed_embed_length: with NONE pooling and max_seq_len NONE, pad the
             token axis to max_position_embeddings.
@@ -119,6 +120,7 @@ class EngineConfig:
     no_position_embeddings: bool = False
     num_labels: int = 2
     fp16: bool = False
+    bf16: bool = False
     xla: bool = False
     fixed_embed_length: bool = False
     verbose: bool = False
@@ -136,6 +138,8 @@ class EngineConfig:
         if not layers:
             raise ValueError('pooling_layer needs at least one layer, e.g. -2')
         object.__setattr__(self, 'pooling_layer', layers)
+        if self.fp16 and self.bf16:
+            raise ValueError('choose one of fp16 and bf16')
         if int(self.num_labels) < 1:
             raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
 
@@ -157,6 +161,7 @@ class EngineConfig:
             'no_position_embeddings': self.no_position_embeddings,
             'num_labels': self.num_labels if self.pooling_strategy.needs_head else None,
             'fp16': self.fp16,
+            'bf16': self.bf16,
             'xla': self.xla,
         }
 

@@ -74,8 +74,8 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     """
     import tensorflow as tf
 
-    dtype = tf.float16 if cfg.fp16 else tf.float32
-    np_dtype = np.float16 if cfg.fp16 else np.float32
+    dtype = tf.float16 if cfg.fp16 else tf.bfloat16 if cfg.bf16 else tf.float32
+    np_dtype = dtype.as_numpy_dtype
     num_layers = layers_to_compute(cfg, bc)
     pooled_layers = resolve_layers(cfg, bc)
     graph = tf.Graph()
@@ -83,8 +83,8 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     def const(name: str) -> 'tf.Tensor':
         return tf.constant(weights[name].astype(np_dtype), name=name.replace('/', '_'))
 
-    def dense(x, prefix: str):
-        return tf.matmul(x, const(prefix + '/kernel')) + const(prefix + '/bias')
+    def dense(x, prefix: str):  # x: [B*T, in] -> [B*T, out]
+        return tf.nn.bias_add(tf.matmul(x, const(prefix + '/kernel')), const(prefix + '/bias'))
 
     def layer_norm(x, prefix: str):
         # Statistics in float32 even in fp16 graphs: an eps of 1e-12 underflows in half precision.
@@ -98,7 +98,7 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     def activation(x):
         act = bc.hidden_act.lower()
         if act == 'gelu':
-            return 0.5 * x * (1.0 + tf.math.erf(x / tf.cast(math.sqrt(2.0), x.dtype)))
+            return tf.nn.gelu(x, approximate=False)  # the exact erf form, as Hugging Face's "gelu"
         if act in ('gelu_new', 'gelu_fast', 'gelu_pytorch_tanh'):
             return tf.nn.gelu(x, approximate=True)
         if act == 'relu':
@@ -113,33 +113,34 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
         d, n_heads = bc.hidden_size, bc.num_attention_heads
         s = d // n_heads
 
-        # Embeddings: [B, T, D].
+        # Embeddings: [B, T, D], then kept as a [B*T, D] matrix so every dense layer is one
+        # plain MatMul + BiasAdd (which Grappler fuses) rather than a broadcast batched matmul.
         x = tf.gather(const('embeddings/word_embeddings'), input_ids)
         x += tf.gather(const('embeddings/token_type_embeddings'), type_ids)
         if not cfg.no_position_embeddings:
             x += const('embeddings/position_embeddings')[tf.newaxis, :t]
-        x = layer_norm(x, 'embeddings/LayerNorm')
+        x = layer_norm(tf.reshape(x, [b * t, d]), 'embeddings/LayerNorm')  # [B*T, D]
 
         # Additive attention bias: 0 for real tokens, -10000 for padding; [B, 1, 1, T].
         mask_f = tf.cast(input_mask, dtype)
         attn_bias = (1.0 - mask_f)[:, tf.newaxis, tf.newaxis, :] * tf.cast(-10000.0, dtype)
 
-        def split_heads(y):  # [B, T, D] -> [B, N, T, S]
-            return tf.transpose(tf.reshape(y, [b, t, n_heads, s]), [0, 2, 1, 3])
-
         layer_outputs = []
         for n in range(num_layers):
             p = f'encoder/layer_{n}/'
-            q = split_heads(dense(x, p + 'attention/self/query'))
-            k = split_heads(dense(x, p + 'attention/self/key'))
-            v = split_heads(dense(x, p + 'attention/self/value'))
-            scores = tf.matmul(q, k, transpose_b=True) * tf.cast(1.0 / math.sqrt(s), dtype)  # [B, N, T, T]
+            # Q, K and V in one matmul; the 1/sqrt(S) score scale is folded into Q's weights.
+            qkv_w, qkv_b = _fused_qkv(weights, p, 1.0 / math.sqrt(s))
+            qkv = tf.nn.bias_add(tf.matmul(x, tf.constant(qkv_w.astype(np_dtype))),
+                                 tf.constant(qkv_b.astype(np_dtype)))  # [B*T, 3D]
+            qkv = tf.transpose(tf.reshape(qkv, [b, t, 3, n_heads, s]), [2, 0, 3, 1, 4])  # [3, B, N, T, S]
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scores = tf.matmul(q, k, transpose_b=True)  # [B, N, T, T]
             probs = tf.cast(tf.nn.softmax(tf.cast(scores + attn_bias, tf.float32), axis=-1), dtype)
-            ctx = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [b, t, d])  # [B, T, D]
+            ctx = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [b * t, d])  # [B*T, D]
             x = layer_norm(dense(ctx, p + 'attention/output/dense') + x, p + 'attention/output/LayerNorm')
-            hidden = activation(dense(x, p + 'intermediate/dense'))  # [B, T, I]
+            hidden = activation(dense(x, p + 'intermediate/dense'))  # [B*T, I]
             x = layer_norm(dense(hidden, p + 'output/dense') + x, p + 'output/LayerNorm')
-            layer_outputs.append(x)
+            layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
 
         pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask,
                        cls_id, sep_id)
@@ -185,3 +186,14 @@ def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask,
         return mx
     return tf.concat([mean, mx], axis=-1)
 
+
+
+def _fused_qkv(weights: Dict[str, np.ndarray], prefix: str, q_scale: float):
+    """Query, key and value kernels side by side ([D, 3D]) and biases ([3D]),
+    with the attention score scale folded into the query part."""
+    part = prefix + 'attention/self/'
+    kernel = np.concatenate([weights[part + 'query/kernel'] * q_scale, weights[part + 'key/kernel'],
+                             weights[part + 'value/kernel']], axis=1)
+    bias = np.concatenate([weights[part + 'query/bias'] * q_scale, weights[part + 'key/bias'],
+                           weights[part + 'value/bias']])
+    return kernel.astype(np.float32), bias.astype(np.float32)
