@@ -53,10 +53,7 @@ def test_request_with_a_non_numeric_msg_len_keeps_the_req_id():
 
 
 @pytest.mark.parametrize('shape', [
-    (3, 8), (2, 5, 4), (1, 1),
-    pytest.param((0, 8), marks=pytest.mark.xfail(
-        strict=True, raises=TypeError,
-        reason="protocol.pack_result: memoryview.cast('B') refuses a shape holding a zero")),
+    (3, 8), (2, 5, 4), (1, 1), (0, 8),
 ])
 def test_result_round_trip(shape):
     array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)

@@ -34,7 +34,8 @@ from ._version import PROTOCOL_VERSION
 from .errors import ProtocolError
 
 __all__ = ['Command', 'Request', 'Reply', 'PROTOCOL_VERSION', 'pack_request', 'unpack_request',
-           'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'array_header']
+           'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'array_header',
+           'raw_bytes']
 
 
 class Command:
@@ -80,7 +81,7 @@ class Reply:
 
 def _int_frame(frame: bytes, name: str) -> int:
     try:
-        return int(frame)
+        return int(bytes(frame))
     except (TypeError, ValueError):
         raise ProtocolError(f'{name} frame must be an ascii integer, got {bytes(frame)[:32]!r}') from None
 
@@ -122,7 +123,12 @@ def array_header(array: np.ndarray, tokens=None) -> bytes:
 def pack_result(identity: bytes, req_id: int, array: np.ndarray, tokens=None) -> List[Any]:
     """Frames of an encoding result; the array buffer goes out without a copy."""
     array = np.ascontiguousarray(array)
-    return [identity, array_header(array, tokens), memoryview(array).cast('B'), b'%d' % req_id]
+    return [identity, array_header(array, tokens), raw_bytes(array), b'%d' % req_id]
+
+
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """A flat byte view of a contiguous array (also for empty arrays, which memoryview.cast refuses)."""
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def pack_json_reply(identity: bytes, req_id: int, obj: Any) -> List[bytes]:

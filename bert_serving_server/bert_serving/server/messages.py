@@ -27,6 +27,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bert_serving.client.protocol import raw_bytes
+
 __all__ = ['READY', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
            'Piece', 'pack_batch', 'unpack_batch', 'pack_result', 'unpack_result', 'RequestKey']
 
@@ -91,7 +93,7 @@ def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list]) -> List
     array = np.ascontiguousarray(array)
     header = {'rows': piece.rows, 'dtype': str(array.dtype), 'shape': list(array.shape), 'tokens': tokens}
     return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(),
-            memoryview(array).cast('B')]
+            raw_bytes(array)]
 
 
 def unpack_result(frames: Sequence[bytes]):
