@@ -15,6 +15,7 @@ A server started here::
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Sequence
 
@@ -52,8 +53,10 @@ def _serving(pick_port, model_dir: Path, flags: Sequence[str], fields: dict) -> 
     server = BertServer(server_args(model_dir, port, port_out, flags, **fields))
     server.start()
     try:
-        if not server.is_ready.wait(READY_SECONDS):
-            raise RuntimeError(f'server not ready within {READY_SECONDS}s (failure: {server.failure})')
+        deadline = time.monotonic() + READY_SECONDS
+        while not server.is_ready.wait(0.2):
+            if not server.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f'the server did not become ready (failure: {server.failure})')
         yield RunningServer(server, port, port_out)
     finally:
         server.close()

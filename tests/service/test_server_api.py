@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -93,3 +94,25 @@ def test_same_port_twice_raises_from_the_constructor(tiny_hf_dir, free_port):
     port = free_port()
     with pytest.raises(ValueError, match='port and port_out must differ'):
         BertServer(server_args(tiny_hf_dir, port, port))
+
+
+@pytest.mark.parametrize('taken', ['port', 'port_out'])
+def test_a_port_in_use_stops_the_server_with_a_reason(tiny_hf_dir, free_port, taken):
+    """Binding happens in the started thread (port) and in the sink process (port_out): either way
+    the server stops by itself, says why, and is never reported ready."""
+    port, port_out = free_port(), free_port()
+    with socket.socket() as squatter:
+        squatter.bind(('0.0.0.0', port if taken == 'port' else port_out))
+        squatter.listen()
+        server = BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1']))
+        server.start()
+        try:
+            server.join(timeout=60)
+            assert not server.is_alive(), 'the server runs on without one of its ports'
+        finally:
+            server.close()
+    assert not server.is_ready.is_set()
+    assert server.failure is not None and ('in use' in server.failure)
+    if taken == 'port_out':
+        assert 'port_out' in server.failure
+    assert not any(p.is_alive() for p in server.processes)

@@ -110,6 +110,12 @@ class BertServer(threading.Thread):
                             self._children_stop, sink_ready)
                 sink.start()
                 self.processes.append(sink)
+                # The sink binds port_out; if it cannot, it exits, and without this wait the server
+                # would still report ready and never answer anyone.
+                while not sink_ready.wait(0.1):
+                    if not sink.is_alive():
+                        raise RuntimeError(f'the sink stopped while starting: is port_out '
+                                           f'{self.server_config.port_out} already in use? (see the SINK log)')
                 ventilator = Ventilator(self, self._spawn_worker, self.backend_addr, self.sink_addr)
                 self.ventilator = ventilator
                 self._start_http()
