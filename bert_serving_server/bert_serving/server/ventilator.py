@@ -256,6 +256,8 @@ class Ventilator:
                 backend.send_multipart([w.settings.identity] + msg.pack_batch(batch_id, pieces))
             except zmq.ZMQError as e:  # the worker vanished between its READY and now
                 self.logger.warning('cannot reach WORKER-%d (%s)', w.settings.worker_id, e)
+                if w.ready:  # _check_workers only uncounts workers still marked ready
+                    self.num_ready -= 1
                 w.ready = False
                 self.priority.extendleft(reversed(pieces))
                 continue
