@@ -136,3 +136,14 @@ def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
     assert parsed.kind == 'result' and parsed.req_id == req_id
     np.testing.assert_array_equal(parsed.array, [[1] * 4, [2] * 4, [1] * 4])
     assert peer.recv(timeout_ms=500) is None, 'a second reply for the same request'
+
+
+def test_dead_sink_stops_the_server(server_factory, tiny_hf_dir):
+    """Without its sink a server could take requests but answer none: it stops and says why."""
+    running = server_factory(tiny_hf_dir, ['-num_worker', '1'])
+    sink = next(p for p in running.server.processes if p.name == 'SINK')
+    os.kill(sink.pid, signal.SIGKILL)
+    running.server.join(timeout=30)
+    assert not running.server.is_alive(), 'the server runs on without its sink'
+    assert 'SINK' in (running.server.failure or '')
+    assert not any(p.is_alive() for p in running.server.processes)

@@ -110,6 +110,7 @@ class BertServer(threading.Thread):
                             self._children_stop, sink_ready)
                 sink.start()
                 self.processes.append(sink)
+                self.sink = sink  # the ventilator watches it
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
                 # would still report ready and never answer anyone.
                 while not sink_ready.wait(0.1):

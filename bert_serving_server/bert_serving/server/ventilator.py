@@ -268,6 +268,11 @@ class Ventilator:
             self.sequences_per_worker[wid] = self.sequences_per_worker.get(wid, 0) + sum(len(p.rows) for p in pieces)
 
     def _check_workers(self) -> None:
+        sink = getattr(self.server, 'sink', None)
+        if sink is not None and sink.exitcode is not None and not self.server.stopping:
+            # Without the sink no reply reaches anyone: stop rather than take requests forever.
+            self.server.fatal(f'the SINK process died (exit code {sink.exitcode})')
+            return
         for identity, w in list(self.workers.items()):
             if w.proc.exitcode is None or self.server.stopping:
                 continue
