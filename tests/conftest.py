@@ -70,8 +70,13 @@ def bundled_model_dir() -> Path:
 
 @pytest.fixture(scope='session')
 def shared_dir() -> Path:
-    """The project's shared folder: ``$BERT_SERVING_SHARED``, or ``../shared`` beside the repo."""
-    path = Path(os.environ.get('BERT_SERVING_SHARED', REPO.parent / 'shared'))
+    """The project's shared folder: ``$BERT_SERVING_SHARED``, or ``../shared`` beside the repo,
+    or the workplace's ``/work/shared`` (for a scratch clone such as /tmp/x)."""
+    if os.environ.get('BERT_SERVING_SHARED'):
+        candidates = [Path(os.environ['BERT_SERVING_SHARED'])]
+    else:
+        candidates = [REPO.parent / 'shared', Path('/work/shared')]
+    path = next((c for c in candidates if (c / 'reference').is_dir()), candidates[0])
     if not (path / 'reference').is_dir():
         pytest.fail(
             f'shared folder not found at {path} (no reference/ inside): set BERT_SERVING_SHARED to the '
