@@ -106,10 +106,12 @@ class Worker(_SPAWN.Process):
         return encoder
 
     def _alive(self) -> bool:
-        return not self.stop_event.is_set() and os.getppid() == self.settings.parent_pid
+        return (not self.stop_event.is_set() and not self._leaving.is_set()
+                and os.getppid() == self.settings.parent_pid)
 
     def _serve(self, ctx, dealer, sink, encoder, logger) -> None:
         s = self.settings
+        self._leaving = threading.Event()
         work: 'queue.Queue' = queue.Queue(maxsize=max(1, s.credit))
         done_addr = f'inproc://done-{s.identity.decode()}'
         done_pull = ctx.socket(zmq.PULL)
@@ -130,7 +132,8 @@ class Worker(_SPAWN.Process):
                 self._compute(batch_id, prepared, sink, encoder, logger)
                 done_push.send(b'%d' % batch_id)
         finally:
-            self.stop_event.set()
+            # Stop only this worker's receiver: stop_event is shared by every process of the server.
+            self._leaving.set()
             receiver.join(timeout=2)
             done_push.close()
             done_pull.close()
