@@ -30,7 +30,6 @@ from service_support import (SHARED_FLAGS, SHARED_MAX_REQUEST_BYTES, Expected, R
 READY_SECONDS = 120
 
 
-
 def _port_picker(config: pytest.Config) -> Callable[[], int]:
     # tests/conftest.py's picker never hands out a port twice; its free_port fixture is
     # function-scoped, so module- and session-scoped servers reach the function itself.

@@ -41,7 +41,7 @@ def test_pre_tokenized_reference_inputs(minilm_server, reference):
     assert tokens == reference.tokens_tokenized_default
 
 
-def test_server_config_describes_the_model(minilm_server, bundled_model_dir):
+def test_server_config_describes_the_model(minilm_server):
     with minilm_server.client() as bc:
         config = bc.server_config
     assert config['hidden_size'] == 384 and config['output_dim'] == 384
