@@ -117,14 +117,14 @@ def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
     neither finish the request early (a row still missing) nor count rows twice."""
     client, req_id = b'sink-duplicate-test', 9
     peer = raw_peer(shared_server, client)
-    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'])
-    second = msg.Piece(client, req_id, [1], ['b'])
+    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'], serial=7)
+    second = msg.Piece(client, req_id, [1], ['b'], serial=7)
     ones, twos = np.ones((2, 4), np.float32), np.full((1, 4), 2, np.float32)
     with zmq.Context() as ctx:
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 2000)
         push.connect(shared_server.server.sink_addr)
-        push.send_multipart([msg.REGISTER, client, b'%d' % req_id, json.dumps({'n': 3}).encode()])
+        push.send_multipart([msg.REGISTER, client, b'%d' % req_id, json.dumps({'n': 3, 'serial': 7}).encode()])
         push.send_multipart(msg.pack_result(first, ones, None))
         push.send_multipart(msg.pack_result(first, ones, None))  # the re-queued copy
         time.sleep(0.2)  # let the sink handle the duplicate before the missing row arrives
@@ -136,6 +136,29 @@ def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
     assert parsed.kind == 'result' and parsed.req_id == req_id
     np.testing.assert_array_equal(parsed.array, [[1] * 4, [2] * 4, [1] * 4])
     assert peer.recv(timeout_ms=500) is None, 'a second reply for the same request'
+
+
+def test_sink_serves_a_reused_identity_and_request_id(shared_server, raw_peer):
+    """A client restarted with a fixed identity sends req_id 1 again: a new request (new serial),
+    answered even though the old request with the same identity and id was answered already,
+    while a late duplicate of the old one is still dropped."""
+    client, req_id = b'fixed-identity-test', 1
+    peer = raw_peer(shared_server, client)
+    with zmq.Context() as ctx:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 2000)
+        push.connect(shared_server.server.sink_addr)
+        for serial, value in ((11, 1.0), (12, 2.0)):
+            piece = msg.Piece(client, req_id, [0], ['a'], serial=serial)
+            push.send_multipart([msg.REGISTER, client, b'1', json.dumps({'n': 1, 'serial': serial}).encode()])
+            push.send_multipart(msg.pack_result(piece, np.full((1, 4), value, np.float32), None))
+            reply = peer.recv()
+            assert reply is not None, f'no reply for serial {serial}'
+            np.testing.assert_array_equal(unpack_reply(reply).array, [[value] * 4])
+        late = msg.Piece(client, req_id, [0], ['a'], serial=11)
+        push.send_multipart(msg.pack_result(late, np.full((1, 4), 9.0, np.float32), None))
+        push.close()
+    assert peer.recv(timeout_ms=500) is None, 'a late piece of a finished request was published'
 
 
 def test_dead_sink_stops_the_server(server_factory, tiny_hf_dir):

@@ -33,7 +33,7 @@ __all__ = ['Sink', 'SinkSettings']
 _SPAWN = multiprocessing.get_context('spawn')
 POLL_MS = 100
 HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
-FAILED_MEMORY = 10000  # failed requests remembered, to drop their late pieces
+FINISHED_MEMORY = 10000  # finished (failed or answered) requests remembered, to drop late pieces
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Sink(_SPAWN.Process):
         s = self.settings
         self.logger = get_logger('SINK', s.verbose)
         self.pending: Dict[msg.RequestKey, _Assembly] = {}
-        self.failed: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
+        self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
         self.subscribed = set()
         self.held: Dict[bytes, List] = {}
         with zmq.Context() as ctx:
@@ -156,36 +156,44 @@ class Sink(_SPAWN.Process):
                                 len(self.held[client]), client[:40])
             del self.held[client]
 
-    def _fail(self, key, message: str) -> None:
-        if key in self.failed:
-            return
+    def _finish(self, key) -> None:
         self.pending.pop(key, None)
-        self.failed[key] = None
-        if len(self.failed) > FAILED_MEMORY:
-            self.failed.popitem(last=False)
+        self.finished[key] = None
+        if len(self.finished) > FINISHED_MEMORY:
+            self.finished.popitem(last=False)
+
+    def _fail(self, key, message: str) -> None:
+        if key in self.finished:
+            return
+        self._finish(key)
         self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], message)
         self._publish(key[0], protocol.pack_error(key[0], key[1], message))
 
     def _on_message(self, frames) -> None:
-        kind = frames[0]
-        try:
-            key = (frames[1], int(frames[2]))
-        except (IndexError, ValueError):
-            self.logger.error('malformed internal message %r', frames[:1])
-            return
+        kind, client = frames[0], frames[1]
         if kind == msg.JSON_REPLY:
-            self._publish(key[0], [key[0], frames[3], frames[2]])
+            self._publish(client, [client, frames[3], frames[2]])
             return
+        req_id = int(frames[2])
         if kind == msg.FAIL:
-            self._fail(key, bytes(frames[3]).decode('utf-8', 'replace'))
+            message = bytes(frames[3]).decode('utf-8', 'replace')
+            if len(frames) == 5:
+                self._fail((client, req_id, int(frames[4])), message)
+            else:  # refused before it was registered: nothing to clean up
+                self.logger.warning('request %d of client %r refused: %s', req_id, client[:40], message)
+                self._publish(client, protocol.pack_error(client, req_id, message))
             return
-        if key in self.failed:
-            return  # a late piece of a request that already failed
+        if kind == msg.REGISTER:
+            info = json.loads(frames[3])
+            key = (client, req_id, int(info['serial']))
+        else:
+            key, rows, array, tokens = msg.unpack_result(frames)
+        if key in self.finished:
+            return  # a late or repeated piece of a request already answered
         job = self.pending.setdefault(key, _Assembly())
         if kind == msg.REGISTER:
-            job.n = int(json.loads(frames[3])['n'])
-        elif kind == msg.RESULT:
-            _, rows, array, tokens = msg.unpack_result(frames)
+            job.n = int(info['n'])
+        else:
             # A worker that died after sending a piece but before its DONE reached the ventilator
             # has that piece re-queued: the same rows may come twice. Count them once.
             if job.seen.isdisjoint(rows):
@@ -193,7 +201,7 @@ class Sink(_SPAWN.Process):
                 job.seen.update(rows)
                 job.received += len(rows)
         if job.complete():
-            del self.pending[key]
+            self._finish(key)
             array, tokens = job.assemble()
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
             self._publish(key[0], protocol.pack_result(key[0], key[1], array, tokens))

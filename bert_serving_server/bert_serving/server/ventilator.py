@@ -112,6 +112,7 @@ class Ventilator:
         self.normal: Deque[msg.Piece] = deque()
         self.workers: Dict[bytes, _WorkerState] = {}
         self.batch_ids = itertools.count(1)
+        self.serials = itertools.count(1)
         self.restarts: Deque[float] = deque()
         self.num_ready = 0
         self.batches_per_worker: Dict[int, int] = {}
@@ -160,8 +161,8 @@ class Ventilator:
                 next_check = time.monotonic() + WORKER_CHECK_SECONDS
 
     # -- clients -----------------------------------------------------------------------------
-    def _fail(self, client: bytes, req_id: int, message: str) -> None:
-        self.to_sink.send_multipart([msg.FAIL, client, b'%d' % req_id, message.encode()])
+    def _fail(self, client: bytes, req_id: int, message: str, serial=None) -> None:
+        self.to_sink.send_multipart(msg.pack_fail(client, req_id, message, serial))
 
     def _on_client(self, frames) -> None:
         try:
@@ -189,11 +190,13 @@ class Ventilator:
                 self.logger.warning('bad request %d from %r: %s', req.req_id, req.identity[:40], e)
                 self._fail(req.identity, req.req_id, str(e))
                 return
+            serial = next(self.serials)
             self.to_sink.send_multipart([msg.REGISTER, req.identity, b'%d' % req.req_id,
-                                         json.dumps({'n': len(texts)}).encode()])
-            self._enqueue(req, texts, is_tokenized, show_tokens)
+                                         json.dumps({'n': len(texts), 'serial': serial}).encode()])
+            self._enqueue(req, serial, texts, is_tokenized, show_tokens)
 
-    def _enqueue(self, req: Request, texts: list, is_tokenized: bool, show_tokens: bool = False) -> None:
+    def _enqueue(self, req: Request, serial: int, texts: list, is_tokenized: bool,
+                 show_tokens: bool = False) -> None:
         """Splits a request into length-bucketed pieces and queues them."""
         n = len(texts)
         num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(self.cfg.num_worker, n // 32), 1)
@@ -207,7 +210,7 @@ class Ventilator:
         queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
         for rows in orders:
             queue.append(msg.Piece(req.identity, req.req_id, rows, [texts[i] for i in rows], is_tokenized,
-                                   show_tokens=show_tokens))
+                                   serial=serial, show_tokens=show_tokens))
         self.logger.debug('request %d from %r: %d inputs in %d pieces', req.req_id, req.identity[:40],
                           n, len(orders))
 
@@ -288,7 +291,7 @@ class Ventilator:
                     if piece.attempt >= 2:
                         self._fail(piece.client, piece.req_id,
                                    'a worker crashed twice while encoding this request; '
-                                   'check the server log (out of memory?)')
+                                   'check the server log (out of memory?)', piece.serial)
                     else:
                         self.priority.appendleft(piece)
             now = time.monotonic()

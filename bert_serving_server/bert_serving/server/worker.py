@@ -10,6 +10,7 @@ the main thread runs TensorFlow on the current one (TF releases the GIL).
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -91,6 +92,10 @@ class Worker(_SPAWN.Process):
             finally:
                 dealer.close()
                 sink.close()
+        # Sockets are closed and results delivered; TensorFlow's own teardown of its thread pools
+        # can take seconds, which would only delay the server's shutdown, so leave at once.
+        logging.shutdown()
+        os._exit(0)
 
     def _load(self, logger):
         from .encoder import Encoder
@@ -173,7 +178,7 @@ class Worker(_SPAWN.Process):
         good = [(p, f) for p, f, err in prepared if err is None]
         for p, _, err in prepared:
             if err is not None:
-                sink.send_multipart([msg.FAIL, p.client, b'%d' % p.req_id, err.encode()])
+                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, p.serial))
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
@@ -182,8 +187,9 @@ class Worker(_SPAWN.Process):
         except Exception as e:  # a model failure fails this batch's requests, not the worker
             logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
             for p, _ in good:
-                sink.send_multipart([msg.FAIL, p.client, b'%d' % p.req_id,
-                                     f'the model failed on this request: {type(e).__name__}: {e}'.encode()])
+                sink.send_multipart(msg.pack_fail(p.client, p.req_id,
+                                                  f'the model failed on this request: {type(e).__name__}: {e}',
+                                                  p.serial))
             return
         logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
         start = 0
