@@ -89,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='worker processes; each holds a copy of the model')
     serving.add_argument('-max_batch_size', type=int, default=256,
                          help='most sequences per batch; bigger requests are split')
-    serving.add_argument('-max_batch_tokens', type=int, default=16384,
+    serving.add_argument('-max_batch_tokens', type=int, default=4096,
                          help='(new) most padded tokens per batch; lower it if memory runs short')
     serving.add_argument('-priority_batch_size', type=int, default=16,
                          help='requests with at most this many sequences jump the queue')

@@ -195,7 +195,7 @@ class ServerConfig:
     cors: str = '*'
     num_worker: int = 1
     max_batch_size: int = 256
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 4096
     priority_batch_size: int = 16
     prefetch_size: int = 10
     cpu: bool = False

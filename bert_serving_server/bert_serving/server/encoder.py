@@ -35,7 +35,7 @@ class Encoder:
     def __init__(self, config: EngineConfig, *, logger: Optional[logging.Logger] = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
                  gpu_memory_fraction: Optional[float] = None, max_batch_size: int = 256,
-                 max_batch_tokens: int = 16384, graph: Optional[FrozenGraph] = None):
+                 max_batch_tokens: int = 4096, graph: Optional[FrozenGraph] = None):
         self.config = config
         self.logger = logger or logging.getLogger(__name__)
         self.graph: FrozenGraph = graph or prepare_graph(config, self.logger)

@@ -44,7 +44,7 @@ class WorkerSettings:
     gpu_memory_fraction: Optional[float] = None
     credit: int = 2
     max_batch_size: int = 256
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 4096
     show_tokens: bool = False
     verbose: bool = False
     parent_pid: int = 0
