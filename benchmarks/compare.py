@@ -82,21 +82,18 @@ def percentiles_ms(seconds: Sequence[float]) -> Dict[str, float]:
 
 def worker_memory_mb(server) -> Dict[str, Dict[str, float]]:
     """VmRSS and VmHWM (peak) of each live worker process of ``server``, in MiB."""
-    from bert_serving.server.worker import Worker
     out = {}
-    for proc in server.processes:
-        if not isinstance(proc, Worker) or not proc.is_alive():
-            continue
+    for name, pid in server.workers:
         status = {}
         try:
-            with open(f'/proc/{proc.pid}/status', encoding='ascii') as f:
+            with open(f'/proc/{pid}/status', encoding='ascii') as f:
                 for line in f:
                     key, _, rest = line.partition(':')
                     if key in ('VmRSS', 'VmHWM'):
                         status[key] = int(rest.split()[0]) / 1024  # kB -> MiB
         except OSError:
             continue
-        out[f'{proc.name} (pid {proc.pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM')}
+        out[f'{name} (pid {pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM')}
     return out
 
 
@@ -148,25 +145,64 @@ def measure_sentence_transformers(lines: List[str], latency_requests: int, repea
 
 
 # -- (b), (c), (d): the service -------------------------------------------------------------
-def start_server(flags: List[str]):
-    """Starts a BertServer; returns (server, seconds from construction to is_ready)."""
+def _serve(flags: List[str], replies, stop) -> None:
+    """Body of the server process: a BertServer that runs until ``stop`` is set."""
     from bert_serving.server.args import get_args_parser
     from bert_serving.server.service import BertServer
 
-    args = get_args_parser().parse_args(flags)
-    if '-port' not in flags and '-port_in' not in flags and '-port_data' not in flags:
-        args.port = _free_port()
-    if '-port_out' not in flags and '-port_result' not in flags:
-        args.port_out = _free_port()
-    t0 = time.perf_counter()
-    server = BertServer(args)
+    server = BertServer(get_args_parser().parse_args(flags))
     server.start()
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not server.is_ready.wait(0.05):
         if server.failure or not server.is_alive() or time.monotonic() > deadline:
+            replies.put({'failure': server.failure or 'timed out'})
             server.close()
-            raise RuntimeError(f'the server did not become ready: {server.failure or "timed out"}')
-    return server, time.perf_counter() - t0
+            return
+    replies.put({'workers': [(p.name, p.pid) for p in server.processes if p.name.startswith('WORKER')]})
+    stop.wait()
+    server.close()
+
+
+class ServerProcess:
+    """A BertServer in its own process, as ``bert-serving-start`` runs it, so that the
+    benchmark's client threads never share a GIL with the ventilator."""
+
+    def __init__(self, flags: List[str]):
+        import multiprocessing
+        ctx = multiprocessing.get_context('spawn')
+        self.port = _free_port() if not {'-port', '-port_in', '-port_data'} & set(flags) else None
+        self.port_out = _free_port() if not {'-port_out', '-port_result'} & set(flags) else None
+        extra = (['-port', str(self.port)] if self.port else []) + \
+                (['-port_out', str(self.port_out)] if self.port_out else [])
+        from bert_serving.server.args import get_args_parser
+        self.args = get_args_parser().parse_args(flags + extra)
+        self._replies, self._stop = ctx.Queue(), ctx.Event()
+        self._proc = ctx.Process(target=_serve, args=(flags + extra, self._replies, self._stop), daemon=False)
+        self.workers: List = []
+
+    def start(self) -> float:
+        """Starts the server; returns the seconds until every worker is ready."""
+        t0 = time.perf_counter()
+        self._proc.start()
+        reply = self._replies.get(timeout=READY_TIMEOUT_S + 30)
+        if 'failure' in reply:
+            self.close()
+            raise RuntimeError(f'the server did not become ready: {reply["failure"]}')
+        self.workers = reply['workers']
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+
+
+def start_server(flags: List[str]):
+    """Starts a server process; returns (server, seconds from launch to ready)."""
+    server = ServerProcess(flags)
+    return server, server.start()
 
 
 def _client(server):
