@@ -151,7 +151,7 @@ def test_status_endpoints(tiny):
     status, _, server = http('GET', tiny.url + '/status/server')
     assert status == 200
     for key in ('statistic', 'ready', 'num_ready_worker', 'num_worker', 'batches_per_worker', 'device_map',
-                'model_dir', 'pooling_strategy', 'max_seq_len', 'output_dim'):
+                'worker_devices', 'model_dir', 'pooling_strategy', 'max_seq_len', 'output_dim'):
         assert key in server
     assert server['output_dim'] == 32 and server['pooling_strategy'] == 'REDUCE_MEAN'
     status, _, client = http('GET', tiny.url + '/status/client')

@@ -195,7 +195,7 @@ class BertServer(threading.Thread):
             'worker -> sink': self.sink_addr,
             'ventilator <-> sink': self.sink_addr,
             'server_current_time': str(datetime.now()),
-            'device_map': self.devices,
+            'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
             'num_concurrent_socket': 1,
             'ready': self.is_ready.is_set(),
             'output_dim': None,
