@@ -96,23 +96,25 @@ def test_same_port_twice_raises_from_the_constructor(tiny_hf_dir, free_port):
         BertServer(server_args(tiny_hf_dir, port, port))
 
 
-@pytest.mark.parametrize('taken', ['port', 'port_out'])
+@pytest.mark.parametrize('taken', ['port', 'port_out', 'http_port'])
 def test_a_port_in_use_stops_the_server_with_a_reason(tiny_hf_dir, free_port, taken):
-    """Binding happens in the started thread (port) and in the sink process (port_out): either way
-    the server stops by itself, says why, and is never reported ready."""
-    port, port_out = free_port(), free_port()
+    """Binding happens in the started thread (port), in the sink process (port_out) and in the
+    HTTP proxy process (http_port): either way the server stops by itself and says why."""
+    port, port_out, http_port = free_port(), free_port(), free_port()
     with socket.socket() as squatter:
-        squatter.bind(('0.0.0.0', port if taken == 'port' else port_out))
+        squatter.bind(('0.0.0.0', {'port': port, 'port_out': port_out, 'http_port': http_port}[taken]))
         squatter.listen()
-        server = BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1']))
+        server = BertServer(server_args(tiny_hf_dir, port, port_out,
+                                        ['-num_worker', '1', '-http_port', str(http_port)]))
         server.start()
         try:
             server.join(timeout=60)
             assert not server.is_alive(), 'the server runs on without one of its ports'
         finally:
             server.close()
-    assert not server.is_ready.is_set()
+    if taken != 'http_port':  # the proxy binds in parallel with the workers' start
+        assert not server.is_ready.is_set()
     assert server.failure is not None and ('in use' in server.failure)
-    if taken == 'port_out':
-        assert 'port_out' in server.failure
+    if taken != 'port':
+        assert taken in server.failure
     assert not any(p.is_alive() for p in server.processes)

@@ -152,11 +152,12 @@ class BertServer(threading.Thread):
         try:
             from .http import HttpProxy
         except ImportError as e:
-            self.logger.error('-http_port needs the http extra: pip install "bert-serving-server[http]" (%s)', e)
-            return
+            raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
+                               f'({e})') from e
         proxy = HttpProxy(self.args, self._children_stop)
         proxy.start()
         self.processes.append(proxy)
+        self.proxy = proxy  # the ventilator watches it, as it watches the sink
 
     def _stop_children(self) -> None:
         self._children_stop.set()

@@ -276,6 +276,12 @@ class Ventilator:
             # Without the sink no reply reaches anyone: stop rather than take requests forever.
             self.server.fatal(f'the SINK process died (exit code {sink.exitcode})')
             return
+        proxy = getattr(self.server, 'proxy', None)
+        if proxy is not None and proxy.exitcode is not None and not self.server.stopping:
+            # Users who asked for -http_port would otherwise get a server that half works.
+            self.server.fatal(f'the PROXY process died (exit code {proxy.exitcode}): is -http_port '
+                              f'{self.cfg.http_port} already in use? (see the PROXY log)')
+            return
         for identity, w in list(self.workers.items()):
             if w.proc.exitcode is None or self.server.stopping:
                 continue
