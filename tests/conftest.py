@@ -149,6 +149,12 @@ def free_port():
     return _pick_free_port
 
 
+@pytest.fixture(scope='session')
+def pick_port():
+    """The same port function as ``free_port``, for module- and session-scoped fixtures."""
+    return _pick_free_port
+
+
 def _descendants() -> dict[tuple[int, int], str]:
     """Return the live (not zombie) descendants of this process as ``(pid, start time) -> command``.
 

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -28,16 +28,6 @@ from http_support import HttpServer, assert_port_free
 
 READY_SECONDS = 120
 POLL_SECONDS = 0.05
-
-
-def _pick_port_function(config: pytest.Config) -> Callable[[], int]:
-    # tests/conftest.py's picker never hands out a port twice; its free_port fixture is
-    # function-scoped, so module-scoped servers reach the function itself.
-    for plugin in config.pluginmanager.get_plugins():
-        picker = getattr(plugin, '_pick_free_port', None)
-        if callable(picker):
-            return picker
-    raise RuntimeError('tests/conftest.py (with _pick_free_port) is not loaded')
 
 
 def _wait_ready(running: HttpServer, started: float) -> None:
@@ -60,17 +50,15 @@ def _wait_ready(running: HttpServer, started: float) -> None:
 
 
 @pytest.fixture(scope='session')
-def launch_http(request: pytest.FixtureRequest):
+def launch_http(pick_port):
     """``with launch_http(model_dir, ['-num_worker', '2']) as running: ...`` -> HttpServer.
 
     Starts a CPU BertServer with an HTTP proxy on fresh ports, waits until /health says 200, and
     on exit closes it and checks that every process ended and every port is free.
     """
-    pick = _pick_port_function(request.config)
-
     @contextlib.contextmanager
     def start(model_dir: Path, flags: Sequence[str] = ()) -> Iterator[HttpServer]:
-        port, port_out, http_port = pick(), pick(), pick()
+        port, port_out, http_port = pick_port(), pick_port(), pick_port()
         args = get_args_parser().parse_args(
             ['-model_dir', str(model_dir), '-port', str(port), '-port_out', str(port_out),
              '-http_port', str(http_port), '-cpu', *flags])

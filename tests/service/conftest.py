@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence
+from typing import Iterator, List, Sequence
 
 import pytest
 
@@ -28,22 +28,6 @@ from service_support import (SHARED_FLAGS, SHARED_MAX_REQUEST_BYTES, Expected, R
                              assert_port_free, server_args)
 
 READY_SECONDS = 120
-
-
-def _port_picker(config: pytest.Config) -> Callable[[], int]:
-    # tests/conftest.py's picker never hands out a port twice; its free_port fixture is
-    # function-scoped, so module- and session-scoped servers reach the function itself.
-    for plugin in config.pluginmanager.get_plugins():
-        picker = getattr(plugin, '_pick_free_port', None)
-        if callable(picker):
-            return picker
-    raise RuntimeError('tests/conftest.py (with _pick_free_port) is not loaded')
-
-
-@pytest.fixture(scope='session')
-def pick_port(request: pytest.FixtureRequest) -> Callable[[], int]:
-    """A function returning a fresh free TCP port of 127.0.0.1; usable from any fixture scope."""
-    return _port_picker(request.config)
 
 
 @contextlib.contextmanager
