@@ -24,7 +24,7 @@ import pytest
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.service import BertServer
 
-from http_support import HttpServer, assert_port_free
+from http_support import FakeBackend, HttpServer, assert_port_free
 
 READY_SECONDS = 120
 POLL_SECONDS = 0.05
@@ -76,3 +76,9 @@ def launch_http(pick_port):
             assert_port_free(p)
 
     return start
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    """A fake backend for ``http_support.serve``; steer it through its attributes."""
+    return FakeBackend()

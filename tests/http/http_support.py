@@ -1,21 +1,31 @@
 """What the HTTP proxy tests share besides fixtures: a handle on a running server with its proxy,
-and a standard-library HTTP call. Test modules import it by name (pytest puts this folder on
-``sys.path``); the fixtures that start servers live in ``conftest.py``.
+a standard-library HTTP call, and a fake backend that stands in for the server. Test modules import
+it by name (pytest puts this folder on ``sys.path``); the fixtures live in ``conftest.py``.
+
+The fake stands in for ZmqBackend: its "model" maps text i of a request to
+float32 [len(text), number of words, i, -1] and its tokens are [CLS] + words + [SEP].
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Awaitable, Callable, List, Optional, Tuple
 
+import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from bert_serving.client.protocol import Reply
+from bert_serving.server.http.app import create_app
+from bert_serving.server.http.settings import ProxySettings
 from bert_serving.server.service import BertServer
 
-__all__ = ['HTTP_TIMEOUT', 'HttpServer', 'http', 'metric_sample', 'assert_port_free']
+__all__ = ['HTTP_TIMEOUT', 'HttpServer', 'http', 'metric_sample', 'assert_port_free',
+           'READY_STATUS', 'FakeBackend', 'serve']
 
 HTTP_TIMEOUT = 30  # seconds any test HTTP call may take; nothing may hang a test
 
@@ -80,3 +90,63 @@ def assert_port_free(port: int) -> None:
             s.bind(('0.0.0.0', port))
         except OSError as e:
             pytest.fail(f'port {port} is still in use after the server stopped: {e}')
+
+
+READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queued_piece': 0,
+                'statistic': {'num_data_request': 7, 'num_total_seq': 21},
+                'batches_per_worker': {'0': 3, '1': 4}, 'sequences_per_worker': {'0': 10, '1': 11},
+                'model_dir': '/models/fake-bert/model'}
+
+
+class FakeBackend:
+    """Steer it through attributes: ``delay`` (seconds per encode), ``error`` (raised by encode),
+    ``status`` (SHOW_STATUS reply, or an exception to raise), ``token_level`` (3-D results)."""
+
+    def __init__(self):
+        self.delay = 0.0
+        self.error = None
+        self.status = dict(READY_STATUS)
+        self.token_level = False
+        self.calls = []
+
+    async def encode(self, texts, show_tokens=False):
+        self.calls.append((list(texts), show_tokens))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        words = [t.split() if isinstance(t, str) else t for t in texts]
+        array = np.array([[len(t), len(w), i, -1] for i, (t, w) in enumerate(zip(texts, words))], dtype=np.float32)
+        if self.token_level:
+            array = array[:, None, :].repeat(3, axis=1)
+        tokens = [['[CLS]', *w, '[SEP]'] for w in words]
+        return Reply('result', 1, array=array, tokens=tokens)
+
+    async def server_status(self):
+        if isinstance(self.status, Exception):
+            raise self.status
+        return dict(self.status)
+
+    async def server_config(self):
+        return {'model_dir': self.status['model_dir'] if isinstance(self.status, dict) else None}
+
+    def client_status(self):
+        return {'identity': 'fake', 'num_pending_request': 0}
+
+
+def serve(backend: FakeBackend, check: Callable[[TestClient], Awaitable[None]], *,
+          auto_decompress: bool = True, **settings) -> None:
+    """Runs ``check(client)`` against the app on a random port of 127.0.0.1.
+
+    Args:
+        backend: What the app calls instead of the server.
+        check: The test's requests and assertions.
+        auto_decompress: False to see replies as sent, e.g. gzipped.
+        **settings: ProxySettings fields (max_connect, cors, max_body_bytes, ...).
+    """
+    async def main():
+        app = create_app(backend, ProxySettings(http_port=0, port=1, port_out=2, **settings))
+        async with TestClient(TestServer(app, host='127.0.0.1'), auto_decompress=auto_decompress) as client:
+            await check(client)
+
+    asyncio.run(main())

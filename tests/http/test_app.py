@@ -1,88 +1,26 @@
-"""The proxy's routes, middlewares and metrics against a fake backend: no server, milliseconds each.
-
-The fake stands in for ZmqBackend: its "model" maps text i of a request to
-float32 [len(text), number of words, i, -1] and its tokens are [CLS] + words + [SEP].
+"""The proxy's routes, middlewares and metrics against a fake backend (``http_support.FakeBackend``):
+no server, milliseconds each.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-from typing import Awaitable, Callable
 
 import numpy as np
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from bert_serving.client.protocol import Reply
-from bert_serving.server.http.app import create_app, model_name
+from bert_serving.server.http.app import model_name
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
-from bert_serving.server.http.settings import ProxySettings
 
-from http_support import metric_sample
-
-READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queued_piece': 0,
-                'statistic': {'num_data_request': 7, 'num_total_seq': 21},
-                'batches_per_worker': {'0': 3, '1': 4}, 'sequences_per_worker': {'0': 10, '1': 11},
-                'model_dir': '/models/fake-bert/model'}
-
-
-class FakeBackend:
-    """Steer it through attributes: ``delay`` (seconds per encode), ``error`` (raised by encode),
-    ``status`` (SHOW_STATUS reply, or an exception to raise), ``token_level`` (3-D results)."""
-
-    def __init__(self):
-        self.delay = 0.0
-        self.error = None
-        self.status = dict(READY_STATUS)
-        self.token_level = False
-        self.calls = []
-
-    async def encode(self, texts, show_tokens=False):
-        self.calls.append((list(texts), show_tokens))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.error is not None:
-            raise self.error
-        words = [t.split() if isinstance(t, str) else t for t in texts]
-        array = np.array([[len(t), len(w), i, -1] for i, (t, w) in enumerate(zip(texts, words))], dtype=np.float32)
-        if self.token_level:
-            array = array[:, None, :].repeat(3, axis=1)
-        tokens = [['[CLS]', *w, '[SEP]'] for w in words]
-        return Reply('result', 1, array=array, tokens=tokens)
-
-    async def server_status(self):
-        if isinstance(self.status, Exception):
-            raise self.status
-        return dict(self.status)
-
-    async def server_config(self):
-        return {'model_dir': self.status['model_dir'] if isinstance(self.status, dict) else None}
-
-    def client_status(self):
-        return {'identity': 'fake', 'num_pending_request': 0}
-
-
-def serve(backend: FakeBackend, check: Callable[[TestClient], Awaitable[None]], **settings) -> None:
-    """Runs ``check(client)`` against the app on a random port of 127.0.0.1."""
-    async def main():
-        app = create_app(backend, ProxySettings(http_port=0, port=1, port_out=2, **settings))
-        async with TestClient(TestServer(app, host='127.0.0.1')) as client:
-            await check(client)
-
-    asyncio.run(main())
-
-
-@pytest.fixture
-def fake() -> FakeBackend:
-    return FakeBackend()
-
+from http_support import READY_STATUS, metric_sample, serve
 
 def test_encode_returns_the_id_and_one_float_list_per_text(fake):
     async def check(client):
         r = await client.post('/encode', json={'id': 'abc', 'texts': ['hello world', 'a']})
         assert r.status == 200
-        assert await r.json() == {'id': 'abc', 'result': [[11.0, 2.0, 0.0, -1.0], [1.0, 1.0, 1.0, -1.0]]}
+        assert await r.json() == {'id': 'abc', 'result': [[11.0, 2.0, 0.0, -1.0], [1.0, 1.0, 1.0, -1.0]],
+                                  'status': 200}
         r = await client.post('/encode', json={'id': 2, 'texts': [['hello', 'world']], 'is_tokenized': True,
                                                'show_tokens': True})
         body = await r.json()
@@ -312,7 +250,8 @@ def test_index_serves_the_self_contained_dashboard(fake):
 
 def test_status_endpoints(fake):
     async def check(client):
-        assert await (await client.get('/status/server')).json() == READY_STATUS
-        assert (await (await client.get('/status/client')).json())['identity'] == 'fake'
+        assert await (await client.get('/status/server')).json() == {**READY_STATUS, 'status': 200}
+        assert await (await client.get('/status/client')).json() == {
+            'identity': 'fake', 'num_pending_request': 0, 'status': 200}
 
     serve(fake, check)

@@ -5,8 +5,8 @@ Modules, one role each:
     settings    its frozen configuration
     zmq_client  one async ZeroMQ connection that multiplexes every HTTP request
     app         the routes
-    schemas     request parsing and reply shapes
-    middleware  CORS, metrics, error mapping, concurrency limit
+    schemas     request parsing and reply shapes, with their JSON Schemas
+    middleware  CORS, gzip, metrics, error mapping, concurrency limit
     metrics     Prometheus metrics
     errors      the proxy's exceptions and their status codes
 """

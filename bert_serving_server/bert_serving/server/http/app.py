@@ -1,13 +1,15 @@
 """The proxy's routes. ``create_app`` wires them to a backend (normally a :class:`ZmqBackend`).
 
     GET  /                 the dashboard (dashboard.html)
-    POST /encode           bert-as-service 1.10's HTTP encode
+    POST /encode           bert-as-service 1.10's HTTP encode (JSON, or a form as 1.10 took too)
     POST /v1/embeddings    OpenAI-compatible embeddings
     GET  /v1/models        the one model, OpenAI-style
     GET  /status/server    the server's SHOW_STATUS reply
     GET  /status/client    the proxy's own connection
     GET  /health           200 when every worker is ready, else 503
     GET  /metrics          Prometheus text
+
+The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
 The backend only needs ``encode(texts, show_tokens)``, ``server_status()``, ``server_config()``
 and ``client_status()``, so tests can stand a fake in for the server.
@@ -22,7 +24,7 @@ from typing import Optional
 from aiohttp import web
 
 from . import schemas
-from .errors import HttpError
+from .errors import BadForm, HttpError
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
 from .settings import ProxySettings
@@ -57,6 +59,13 @@ class _Routes:
     async def _body(self, request: web.Request) -> dict:
         return schemas.parse_json(await request.read())  # read() raises 413 past client_max_size
 
+    async def _form(self, request: web.Request):
+        try:
+            return await request.post()  # raises 413 past client_max_size too
+        except ValueError as e:  # e.g. multipart without a boundary, or a broken part
+            raise BadForm(f'the {request.content_type} body cannot be read ({e}); '
+                          'send a well-formed form, or JSON') from e
+
     async def _model_name(self) -> str:
         if self._model is None:
             self._model = model_name((await self.backend.server_config()).get('model_dir'))
@@ -66,7 +75,10 @@ class _Routes:
         return web.Response(text=self.dashboard, content_type='text/html')
 
     async def encode(self, request: web.Request) -> web.Response:
-        req = schemas.parse_encode(await self._body(request))
+        if request.content_type in schemas.FORM_TYPES:
+            req = schemas.parse_encode_form(await self._form(request))
+        else:
+            req = schemas.parse_encode(await self._body(request))
         reply = await self.backend.encode(req.texts, show_tokens=req.show_tokens)
         self.metrics.sequences.labels('/encode').inc(len(req.texts))
         return web.json_response(schemas.encode_reply(req, reply.array, reply.tokens))
@@ -84,10 +96,10 @@ class _Routes:
             {'id': name, 'object': 'model', 'created': 0, 'owned_by': 'bert-serving'}]})
 
     async def server_status(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.backend.server_status())
+        return web.json_response({**await self.backend.server_status(), 'status': 200})
 
     async def client_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.backend.client_status())
+        return web.json_response({**self.backend.client_status(), 'status': 200})
 
     async def health(self, request: web.Request) -> web.Response:
         try:

@@ -2,15 +2,16 @@
 
 The one place that turns exceptions into HTTP replies is ``middleware.error_middleware``;
 everything below the routes raises one of these (or a client-library error, which the
-middleware maps too). The body is OpenAI-shaped::
+middleware maps too). The body is OpenAI-shaped, plus the top-level ``status`` that 1.10's
+Flask proxy put in every reply::
 
-    {"error": {"message": "...", "type": "...", "code": <status>}}
+    {"error": {"message": "...", "type": "...", "code": <status>}, "status": <status>}
 """
 from __future__ import annotations
 
 from bert_serving.client.errors import BertServingError
 
-__all__ = ['HttpError', 'BadJson', 'InvalidField', 'NotSupported', 'TooManyRequests',
+__all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyRequests',
            'BackendError', 'BackendUnavailable', 'BackendTimeout']
 
 
@@ -24,12 +25,15 @@ class HttpError(BertServingError):
         super().__init__(message)
         self.message = message
 
-    def body(self) -> dict:
-        return {'error': {'message': self.message, 'type': self.type, 'code': self.status}}
-
 
 class BadJson(HttpError):
     """The body is not JSON at all."""
+    status = 400
+    type = 'invalid_request_error'
+
+
+class BadForm(HttpError):
+    """The body claims to be a form (urlencoded or multipart) but cannot be read as one."""
     status = 400
     type = 'invalid_request_error'
 

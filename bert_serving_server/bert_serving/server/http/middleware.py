@@ -1,6 +1,7 @@
-"""The proxy's middlewares, outermost first: CORS, metrics, errors, concurrency limit.
+"""The proxy's middlewares, outermost first: CORS, compression, metrics, errors, concurrency limit.
 
     cors     answers OPTIONS preflights; adds Access-Control-Allow-Origin to every reply
+    gzip     gzips JSON and text replies of COMPRESS_MIN_BYTES or more for clients that accept it
     metrics  counts every reply by endpoint and status code, and times it
     errors   the one place where exceptions become JSON error replies with a status code
     limit    refuses an encoding request with 429 when -http_max_connect are already in flight
@@ -11,14 +12,15 @@ import logging
 import time
 from typing import Awaitable, Callable, Collection, List
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web import ContentCoding
 
 from bert_serving.client.errors import BertServerError, BertServingError, BertTimeoutError
 
 from .errors import HttpError, TooManyRequests
 from .metrics import ProxyMetrics
 
-__all__ = ['make_middlewares', 'error_response', 'endpoint_of']
+__all__ = ['make_middlewares', 'error_response', 'endpoint_of', 'accepts_gzip', 'COMPRESS_MIN_BYTES']
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -26,14 +28,31 @@ PREFLIGHT_MAX_AGE = '600'
 # Status of a request whose HTTP client went away before the reply (nginx's convention).
 CLIENT_CLOSED = 499
 
+# As flask-compress (which 1.10's proxy used): below this, gzip's framing costs more than it saves.
+COMPRESS_MIN_BYTES = 500
+_COMPRESSIBLE_TYPES = ('application/json', 'text/')
+
 _HTTP_TYPES = {400: 'invalid_request_error', 404: 'not_found_error', 405: 'invalid_request_error',
                413: 'invalid_request_error', 422: 'invalid_request_error', 429: 'rate_limit_error'}
 
 
 def error_response(status: int, message: str, type_: str, headers=None) -> web.Response:
-    """A JSON error reply: ``{"error": {"message", "type", "code"}}``."""
-    return web.json_response({'error': {'message': message, 'type': type_, 'code': status}},
+    """A JSON error reply: ``{"error": {"message", "type", "code"}, "status"}``."""
+    return web.json_response({'error': {'message': message, 'type': type_, 'code': status}, 'status': status},
                              status=status, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip, by name or as ``*``; ``gzip;q=0`` refuses it."""
+    weights = {}
+    for item in accept_encoding.lower().split(','):
+        coding, _, params = item.partition(';')
+        name, _, value = params.partition('=')
+        try:
+            weights[coding.strip()] = float(value) if name.strip() == 'q' else 1.0
+        except ValueError:
+            weights[coding.strip()] = 0.0
+    return weights.get('gzip', weights.get('*', 0.0)) > 0
 
 
 def endpoint_of(request: web.Request) -> str:
@@ -68,6 +87,17 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
             })
         response = await handler(request)
         response.headers['Access-Control-Allow-Origin'] = cors
+        return response
+
+    @web.middleware
+    async def gzip_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if (isinstance(response, web.Response) and isinstance(response.body, bytes)
+                and len(response.body) >= COMPRESS_MIN_BYTES
+                and response.content_type.startswith(_COMPRESSIBLE_TYPES)):
+            response.headers.add(hdrs.VARY, hdrs.ACCEPT_ENCODING)  # caches must key on it
+            if accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, '')):
+                response.enable_compression(ContentCoding.gzip)
         return response
 
     @web.middleware
@@ -127,4 +157,4 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
             in_flight -= 1
             metrics.in_flight.dec()
 
-    return [cors_middleware, metrics_middleware, error_middleware, limit_middleware]
+    return [cors_middleware, gzip_middleware, metrics_middleware, error_middleware, limit_middleware]
