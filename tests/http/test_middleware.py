@@ -17,7 +17,7 @@ BIG_ENCODE = {'id': 1, 'texts': [f'sentence number {i}' for i in range(200)]}
 
 
 @pytest.mark.parametrize('method, path, body', [
-    ('POST', '/encode', BIG_ENCODE), ('GET', '/metrics', None), ('GET', '/', None)])
+    ('POST', '/encode', BIG_ENCODE), ('GET', '/metrics', None), ('GET', '/', None), ('GET', '/openapi.json', None)])
 def test_a_big_reply_is_gzipped_when_the_client_accepts_it_and_plain_otherwise(fake, method, path, body):
     async def check(client):
         r = await client.request(method, path, json=body, headers={'Accept-Encoding': 'gzip'})

@@ -6,6 +6,7 @@ Modules, one role each:
     zmq_client  one async ZeroMQ connection that multiplexes every HTTP request
     app         the routes
     schemas     request parsing and reply shapes, with their JSON Schemas
+    openapi     the OpenAPI document of the routes, built from those schemas
     middleware  CORS, gzip, metrics, error mapping, concurrency limit
     metrics     Prometheus metrics
     errors      the proxy's exceptions and their status codes

@@ -8,6 +8,7 @@
     GET  /status/client    the proxy's own connection
     GET  /health           200 when every worker is ready, else 503
     GET  /metrics          Prometheus text
+    GET  /openapi.json     the OpenAPI description of all of the above (openapi.py)
 
 The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
@@ -23,7 +24,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from . import schemas
+from . import openapi, schemas
 from .errors import BadForm, HttpError
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
@@ -55,6 +56,7 @@ class _Routes:
         self.metrics = metrics
         self.dashboard = dashboard
         self._model: Optional[str] = None
+        self.openapi: dict = {}  # filled in once every route is registered
 
     async def _body(self, request: web.Request) -> dict:
         return schemas.parse_json(await request.read())  # read() raises 413 past client_max_size
@@ -120,6 +122,9 @@ class _Routes:
             status = None  # still expose the proxy's own metrics, with bert_server_up 0
         return web.Response(body=self.metrics.render(status), headers={'Content-Type': CONTENT_TYPE_LATEST})
 
+    async def openapi_document(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
 
 def _dashboard_html() -> str:
     return resources.files(__package__).joinpath('dashboard.html').read_text(encoding='utf-8')
@@ -149,4 +154,6 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     app.router.add_get('/status/client', routes.client_status)
     app.router.add_get('/health', routes.health)
     app.router.add_get('/metrics', routes.prometheus)
+    app.router.add_get('/openapi.json', routes.openapi_document)
+    routes.openapi = openapi.describe(app.router.routes())
     return app
