@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ['tiny_weights', 'write_tiny_model', 'bundled_vocab_file', 'hf_name']
+__all__ = ['tiny_weights', 'write_tiny_model', 'write_finetuned_checkpoint', 'bundled_vocab_file', 'hf_name']
 
 _LAYER_DENSE = {
     # Google sub-scope -> Hugging Face module path, for every kernel/bias pair of one layer.
@@ -245,4 +245,39 @@ def write_tiny_model(
         }
         _save_tf_checkpoint(dst / 'bert_model.ckpt', weights)
         (dst / 'bert_config.json').write_text(json.dumps(config, indent=2, sort_keys=True) + '\n')
+    return dst
+
+
+def write_finetuned_checkpoint(
+    dst_dir: str | Path,
+    weights: dict[str, np.ndarray],
+    *,
+    ckpt_name: str = 'model.ckpt-343',
+    global_step: int = 343,
+) -> Path:
+    """Write what google-research/bert's run_classifier.py leaves in its ``-output_dir``.
+
+    Only the checkpoint ``<ckpt_name>.{index,data-00000-of-00001}``, with no config and no vocab: as
+    in a real fine-tuning run, every variable gets the Adam slots ``<name>/adam_m`` and
+    ``<name>/adam_v`` (noise, so that reading one by mistake changes the vectors) and there is an
+    int64 ``global_step``.
+
+    Args:
+        dst_dir: Directory to write into; created if missing.
+        weights: Google-named tensors, e.g. ``tiny_weights(1, with_head=3)``.
+        ckpt_name: The checkpoint prefix, as passed to ``-ckpt_name``.
+        global_step: The value of ``global_step``.
+
+    Returns:
+        The directory, to pass as ``-tuned_model_dir``.
+    """
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(global_step)
+    tensors: dict[str, np.ndarray] = dict(weights)
+    for name, value in weights.items():
+        tensors[f'{name}/adam_m'] = rng.standard_normal(value.shape).astype(np.float32)
+        tensors[f'{name}/adam_v'] = rng.random(value.shape).astype(np.float32)
+    tensors['global_step'] = np.array(global_step, dtype=np.int64)
+    _save_tf_checkpoint(dst / ckpt_name, tensors)
     return dst

@@ -127,9 +127,14 @@ def test_a_longer_neighbour_does_not_change_a_vector_bundled(reference, encoders
         np.testing.assert_allclose(together[:1], alone, atol=ATOL, rtol=0, err_msg=text)
 
 
-@pytest.mark.parametrize('model', ['tiny', 'bundled'])
-def test_padding_length_does_not_change_a_vector(model, tiny_google_dir, encoders):
-    encoder = encoders.get(model_dir=str(tiny_google_dir)) if model == 'tiny' else encoders.get()
+@pytest.mark.parametrize('model, fields', [
+    ('tiny', {}),
+    # '' is [CLS] [SEP], both masked: its tokens attend among themselves, never to the padding.
+    ('tiny', dict(mask_cls_sep=True, pooling_strategy='CLS_TOKEN', pooling_layer=(-1,))),
+    ('bundled', {}),
+], ids=['tiny', 'tiny-mask_cls_sep-CLS_TOKEN', 'bundled'])
+def test_padding_length_does_not_change_a_vector(model, fields, tiny_google_dir, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), **fields) if model == 'tiny' else encoders.get()
     features = encoder.featurize(['hello world', 'how old are you? ||| what is your age?', ''])
     longest = max(len(f.input_ids) for f in features)
 

@@ -15,7 +15,8 @@ ATOL, RTOL = 1e-4, 1e-3
 
 CONFIG_NAMES = [
     'default', 'mean_last_nolimit', 'max', 'mean_max', 'cls', 'sep', 'cls_pooled', 'concat4',
-    'first_layer', 'mask_cls_sep', 'none', 'none_nolimit', 'mean_128',
+    'first_layer', 'mask_cls_sep', 'mask_cls_sep_max_128', 'mask_cls_sep_cls', 'mask_cls_sep_none',
+    'none', 'none_nolimit', 'mean_128',
 ]
 
 
@@ -93,14 +94,15 @@ def test_xla_graph_matches_reference(reference, encoders):
     np.testing.assert_allclose(vectors, reference.arrays['default'], atol=ATOL, rtol=RTOL)
 
 
-def test_fp16_graph_is_close_to_reference(reference, encoders):
-    encoder = encoders.get(**_engine_fields(reference.configs['default']), fp16=True)
+@pytest.mark.parametrize('name', ['default', 'mask_cls_sep_cls'])
+def test_fp16_graph_returns_float16_close_to_reference(name, reference, encoders):
+    encoder = encoders.get(**_engine_fields(reference.configs[name]), fp16=True)
 
     vectors, _ = encoder.encode(reference.texts)
 
-    assert vectors.dtype == np.float32
-    assert vectors.shape == reference.arrays['default'].shape
-    cosine = _cosine_rows(vectors, reference.arrays['default'])
+    assert vectors.dtype == np.float16
+    assert vectors.shape == reference.arrays[name].shape
+    cosine = _cosine_rows(vectors, reference.arrays[name])
     assert cosine.min() >= 0.999, f'row {cosine.argmin()} has cosine {cosine.min():.6f}'
 
 

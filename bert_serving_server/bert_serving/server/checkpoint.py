@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -87,35 +87,29 @@ class ModelFiles:
     """Where the parts of one model live.
 
     Attributes:
-        layout: 'google' or 'hf'.
-        model_dir: the base model directory.
+        layout: 'google' or 'hf': the format of ``weights``.
+        model_dir: the base model directory; the config and the vocab always come from here.
         config_path: the BERT JSON config.
         vocab_path: WordPiece vocabulary.
-        weights: the base weights: a checkpoint prefix (google) or a safetensors file (hf).
-        tuned_weights: optional fine-tuned weights that override the base ones
-            (a checkpoint prefix or a safetensors file).
+        weights: the one source of every tensor: a checkpoint prefix (google) or a safetensors
+            file (hf), in -tuned_model_dir when one is given, else in model_dir.
     """
     layout: str
     model_dir: str
     config_path: str
     vocab_path: str
     weights: str
-    tuned_weights: Optional[str] = None
 
     def content_files(self) -> List[str]:
         """Every file whose bytes decide the graph (for the cache key).
 
         The vocab is one: the ids of [CLS] and [SEP] are folded into the graph for -mask_cls_sep.
         """
-        files = [self.config_path, self.vocab_path]
-        for w in (self.weights, self.tuned_weights):
-            if w is None:
-                continue
-            if w.endswith('.safetensors'):
-                files.append(w)
-            else:
-                files.extend(sorted(glob.glob(w + '.index') + glob.glob(w + '.data-*')))
-        return files
+        if self.weights.endswith('.safetensors'):
+            weights = [self.weights]
+        else:
+            weights = sorted(glob.glob(self.weights + '.index') + glob.glob(self.weights + '.data-*'))
+        return [self.config_path, self.vocab_path] + weights
 
 
 def bundled_model_dir() -> str:
@@ -155,6 +149,7 @@ def _find_weights(directory: str, ckpt_name: str) -> Optional[str]:
     """A checkpoint prefix or safetensors file in ``directory``, or None."""
     prefix = os.path.join(directory, ckpt_name)
     if os.path.isfile(prefix + '.index'):
+        _require_data_file(prefix)
         return prefix
     st = os.path.join(directory, HF_WEIGHTS)
     if os.path.isfile(st):
@@ -162,8 +157,18 @@ def _find_weights(directory: str, ckpt_name: str) -> Optional[str]:
     return None
 
 
+def _require_data_file(prefix: str) -> None:
+    if not glob.glob(prefix + '.data-*'):
+        raise ModelError(f'{prefix}.data-00000-of-00001 does not exist; the checkpoint index '
+                         f'{prefix}.index has no data file beside it')
+
+
 def locate_model(cfg: EngineConfig, logger: Optional[logging.Logger] = None) -> ModelFiles:
     """Detects the layout of ``cfg.model_dir`` and checks every needed file exists.
+
+    With ``cfg.tuned_model_dir``, as in the original bert-as-service, the config and the vocab
+    come from model_dir and every tensor from the tuned checkpoint alone: model_dir need not
+    hold weights named by -ckpt_name (a fine-tuning run names its checkpoint model.ckpt-N).
 
     Raises:
         ModelError: the directory or a file is missing; the message names it and
@@ -179,46 +184,59 @@ def locate_model(cfg: EngineConfig, logger: Optional[logging.Logger] = None) -> 
         raise ModelError(f'-model_dir {model_dir} is not a directory; expected a BERT model directory '
                          f'with {cfg.config_name} + {cfg.ckpt_name}.* + {VOCAB} (Google layout) or '
                          f'{HF_CONFIG} + {HF_WEIGHTS} + {VOCAB} (Hugging Face layout)')
+    if cfg.tuned_model_dir:
+        layout, config_path, weights = _locate_tuned(cfg, model_dir)
+    else:
+        layout, config_path, weights = _locate_base(cfg, model_dir)
+    vocab_path = _require_file(os.path.join(model_dir, VOCAB), 'the WordPiece vocabulary of the model')
+    return ModelFiles(layout=layout, model_dir=model_dir, config_path=config_path,
+                      vocab_path=vocab_path, weights=weights)
 
+
+def _locate_base(cfg: EngineConfig, model_dir: str) -> Tuple[str, str, str]:
+    """(layout, config path, weights) of a model directory that holds its own weights."""
     google_cfg = os.path.join(model_dir, cfg.config_name)
     ckpt = os.path.join(model_dir, cfg.ckpt_name)
     if os.path.isfile(google_cfg) and os.path.isfile(ckpt + '.index'):
-        layout, config_path, weights = 'google', google_cfg, ckpt
-        if not glob.glob(ckpt + '.data-*'):
-            raise ModelError(f'{ckpt}.data-00000-of-00001 does not exist; the checkpoint index '
-                             f'{ckpt}.index has no data file beside it')
-    elif os.path.isfile(os.path.join(model_dir, HF_WEIGHTS)):
-        layout = 'hf'
+        _require_data_file(ckpt)
+        return 'google', google_cfg, ckpt
+    if os.path.isfile(os.path.join(model_dir, HF_WEIGHTS)):
         name = cfg.config_name if cfg.config_name != 'bert_config.json' else HF_CONFIG
         config_path = _require_file(os.path.join(model_dir, name), 'the Hugging Face BERT config')
-        weights = os.path.join(model_dir, HF_WEIGHTS)
-    elif os.path.isfile(google_cfg) or os.path.isfile(ckpt + '.index') or glob.glob(ckpt + '.data-*'):
+        return 'hf', config_path, os.path.join(model_dir, HF_WEIGHTS)
+    if os.path.isfile(google_cfg) or os.path.isfile(ckpt + '.index') or glob.glob(ckpt + '.data-*'):
         missing = google_cfg if not os.path.isfile(google_cfg) else ckpt + '.index'
         raise ModelError(f'{missing} does not exist; a Google BERT checkpoint needs '
                          f'{cfg.config_name} and {cfg.ckpt_name}.index/.data-* in {model_dir} '
-                         '(check -config_name and -ckpt_name)')
-    elif os.path.isfile(os.path.join(model_dir, HF_CONFIG)):
+                         '(check -config_name and -ckpt_name; a fine-tuned checkpoint goes in '
+                         '-tuned_model_dir)')
+    if os.path.isfile(os.path.join(model_dir, HF_CONFIG)):
         raise ModelError(f'{os.path.join(model_dir, HF_WEIGHTS)} does not exist; a Hugging Face BERT '
                          f'directory needs {HF_CONFIG}, {HF_WEIGHTS} and {VOCAB}')
-    else:
-        found = ', '.join(sorted(os.listdir(model_dir))[:10]) or 'nothing'
-        raise ModelError(f'{model_dir} holds no BERT model (found: {found}); expected '
-                         f'{cfg.config_name} + {cfg.ckpt_name}.index (Google layout) or '
-                         f'{HF_CONFIG} + {HF_WEIGHTS} (Hugging Face layout)')
-    vocab_path = _require_file(os.path.join(model_dir, VOCAB), 'the WordPiece vocabulary of the model')
+    found = ', '.join(sorted(os.listdir(model_dir))[:10]) or 'nothing'
+    raise ModelError(f'{model_dir} holds no BERT model (found: {found}); expected '
+                     f'{cfg.config_name} + {cfg.ckpt_name}.index (Google layout) or '
+                     f'{HF_CONFIG} + {HF_WEIGHTS} (Hugging Face layout)')
 
-    tuned = None
-    if cfg.tuned_model_dir:
-        tuned_dir = os.path.abspath(os.path.expanduser(cfg.tuned_model_dir))
-        if not os.path.isdir(tuned_dir):
-            raise ModelError(f'-tuned_model_dir {tuned_dir} is not a directory')
-        tuned = _find_weights(tuned_dir, cfg.ckpt_name)
-        if tuned is None:
-            raise ModelError(f'{os.path.join(tuned_dir, cfg.ckpt_name)}.index does not exist; '
-                             f'-tuned_model_dir needs a checkpoint named by -ckpt_name '
-                             f'or a {HF_WEIGHTS}')
-    return ModelFiles(layout=layout, model_dir=model_dir, config_path=config_path,
-                      vocab_path=vocab_path, weights=weights, tuned_weights=tuned)
+
+def _locate_tuned(cfg: EngineConfig, model_dir: str) -> Tuple[str, str, str]:
+    """(layout, config path, weights): the config from model_dir, the weights from tuned_model_dir."""
+    tuned_dir = os.path.abspath(os.path.expanduser(cfg.tuned_model_dir))
+    if not os.path.isdir(tuned_dir):
+        raise ModelError(f'-tuned_model_dir {tuned_dir} is not a directory; expected the output '
+                         f'directory of a fine-tuning run, with {cfg.ckpt_name}.index/.data-* or {HF_WEIGHTS}')
+    weights = _find_weights(tuned_dir, cfg.ckpt_name)
+    if weights is None:
+        raise ModelError(f'{os.path.join(tuned_dir, cfg.ckpt_name)}.index does not exist; '
+                         f'-tuned_model_dir needs the checkpoint named by -ckpt_name '
+                         f'(e.g. model.ckpt-343) or a {HF_WEIGHTS}')
+    names = [cfg.config_name] + ([HF_CONFIG] if cfg.config_name != HF_CONFIG else [])
+    configs = [os.path.join(model_dir, name) for name in names if os.path.isfile(os.path.join(model_dir, name))]
+    if not configs:
+        raise ModelError(f'{os.path.join(model_dir, cfg.config_name)} does not exist; with '
+                         f'-tuned_model_dir the BERT config and {VOCAB} come from -model_dir '
+                         '(check -config_name)')
+    return ('hf' if weights.endswith('.safetensors') else 'google'), configs[0], weights
 
 
 def load_bert_config(files: ModelFiles) -> BertConfig:
@@ -332,16 +350,18 @@ def _expected_shapes(bc: BertConfig, num_layers: int, pooler: bool) -> Dict[str,
 
 
 def load_weights(files: ModelFiles, bc: BertConfig, *, num_layers: int, pooler: bool,
-                 head_labels: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Reads the weights the graph needs, tuned weights overriding base ones.
+                 head_labels: Optional[int] = None, head_hint: str = 'check -num_labels') -> Dict[str, np.ndarray]:
+    """Reads the tensors the graph needs from ``files.weights``; ignores every other one
+    (optimizer slots, ``global_step``, a head the pooling strategy does not use).
 
     Args:
         files: where the model lives.
         bc: its architecture.
         num_layers: how many transformer blocks the graph computes (deeper ones are skipped).
         pooler: whether the pooler dense layer is needed.
-        head_labels: if set, the classifier head ``output_weights`` [labels, H]
-            and ``output_bias`` [labels] must come from the tuned checkpoint.
+        head_labels: if set, the fine-tuned head ``output_weights`` [head_labels, H] and
+            ``output_bias`` [head_labels] must be there.
+        head_hint: what to change when the head has another shape.
 
     Returns:
         Canonical name -> float32 array.
@@ -350,29 +370,25 @@ def load_weights(files: ModelFiles, bc: BertConfig, *, num_layers: int, pooler: 
         ModelError: a tensor is missing or has the wrong shape; names the file.
     """
     weights = _read_weights(files.weights)
-    source = {name: files.weights for name in weights}
-    if files.tuned_weights:
-        tuned = _read_weights(files.tuned_weights)
-        weights.update(tuned)
-        source.update({name: files.tuned_weights for name in tuned})
     expected = _expected_shapes(bc, num_layers, pooler)
     for name, shape in expected.items():
         if name not in weights:
             raise ModelError(f'{files.weights}: tensor {name!r} is missing; expected a BERT model '
                              f'with {bc.num_hidden_layers} layers as {files.config_path} says')
         if tuple(weights[name].shape) != shape:
-            raise ModelError(f'{source[name]}: tensor {name!r} has shape {tuple(weights[name].shape)}, '
+            raise ModelError(f'{files.weights}: tensor {name!r} has shape {tuple(weights[name].shape)}, '
                              f'expected {shape} from {files.config_path}')
     if head_labels is not None:
-        where = files.tuned_weights or files.weights
         for name, shape in (('output_weights', (head_labels, bc.hidden_size)),
                             ('output_bias', (head_labels,))):
             if name not in weights:
-                raise ModelError(f'{where}: the classifier head tensor {name!r} is missing; '
-                                 'CLASSIFICATION/REGRESSION need a fine-tuned checkpoint '
-                                 '(-tuned_model_dir) with output_weights and output_bias')
+                # The original fell back to randomly initialised head weights here.
+                raise ModelError(f'{files.weights}: the classifier head tensor {name!r} is missing; '
+                                 'CLASSIFICATION/REGRESSION need the checkpoint of a fine-tuning run '
+                                 '(e.g. run_classifier.py output) with output_weights and output_bias: '
+                                 'pass its directory as -tuned_model_dir and its name as -ckpt_name')
             if tuple(weights[name].shape) != shape:
-                raise ModelError(f'{source[name]}: {name!r} has shape {tuple(weights[name].shape)}, '
-                                 f'expected {shape}; check -num_labels')
-        expected['output_weights'] = expected['output_bias'] = None
+                raise ModelError(f'{files.weights}: {name!r} has shape {tuple(weights[name].shape)}, '
+                                 f'expected {shape}; {head_hint}')
+            expected[name] = shape
     return {name: weights[name] for name in expected}

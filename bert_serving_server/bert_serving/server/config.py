@@ -87,7 +87,8 @@ class EngineConfig:
     Attributes:
         model_dir: BERT directory (Google TF checkpoint or Hugging Face layout).
             None means the bundled all-MiniLM-L6-v2.
-        tuned_model_dir: a fine-tuned checkpoint whose weights override model_dir's.
+        tuned_model_dir: the directory of a fine-tuned checkpoint; when set, every tensor comes
+            from ``tuned_model_dir/ckpt_name`` and only the config and vocab from model_dir.
         ckpt_name: checkpoint prefix of the Google layout.
         config_name: JSON config file name of the Google layout.
         graph_tmp_dir: where frozen graphs are cached; None is the user cache dir.
@@ -96,12 +97,16 @@ class EngineConfig:
         do_lower_case: lower-case and strip accents (False with -cased_tokenization).
         pooling_layer: transformer blocks to pool; -1 is the last. Concatenated in order.
         pooling_strategy: see PoolingStrategy.
-        mask_cls_sep: leave [CLS] and [SEP] out of the pooling mask.
+        mask_cls_sep: set the input mask to 0 at [CLS] and [SEP]: attention skips them as keys
+            and pooling skips them.
         no_special_token: pre-tokenized input gets no [CLS]/[SEP].
         no_position_embeddings: do not add position embeddings.
-        num_labels: width of the CLASSIFICATION / REGRESSION head.
-        fp16: run the graph in float16 (outputs stay float32).
-        bf16: run the graph's matrix products in bfloat16 (fast on CPUs with AVX512-BF16 / AMX).
+        num_labels: labels K of the CLASSIFICATION head (REGRESSION always has one unit).
+        fp16: return float16 vectors; the graph computes in the dtype ``compute_dtype`` picks.
+        bf16: compute in bfloat16 (fast on CPUs with AVX512-BF16 / AMX); float32 output.
+        on_gpu: the workers run on a GPU. Nobody sets it on the command line: BertServer sets it
+            from its device plan before it prepares the graph, since -cpu alone does not say
+            whether a GPU was found. It only matters with fp16 (see ``compute_dtype``).
         xla: compile the graph with XLA.
         fixed_embed_length: with NONE pooling and max_seq_len NONE, pad the
             token axis to max_position_embeddings.
@@ -121,6 +126,7 @@ class EngineConfig:
     num_labels: int = 2
     fp16: bool = False
     bf16: bool = False
+    on_gpu: bool = False
     xla: bool = False
     fixed_embed_length: bool = False
     verbose: bool = False
@@ -152,6 +158,38 @@ class EngineConfig:
                 values[f.name] = getattr(args, f.name)
         return cls(**values)
 
+    @property
+    def head_width(self) -> Optional[int]:
+        """Units of the fine-tuned head: K for CLASSIFICATION, 1 for REGRESSION, else None."""
+        if self.pooling_strategy == PoolingStrategy.CLASSIFICATION:
+            return int(self.num_labels)
+        if self.pooling_strategy == PoolingStrategy.REGRESSION:
+            return 1  # run_classifier's regression head has one output, whatever -num_labels says
+        return None
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of the graph's matrix products: 'float32', 'bfloat16' or 'float16'.
+
+        -bf16 is bfloat16 everywhere. -fp16 is float16 on a GPU; on a CPU float16 arithmetic
+        is emulated and slow, so there it is bfloat16 where the CPU has AVX512-BF16 or AMX and
+        float32 elsewhere. The answer depends on this machine's CPU, so it, not the flags, goes
+        into the graph cache key.
+        """
+        if self.bf16:
+            return 'bfloat16'
+        if not self.fp16:
+            return 'float32'
+        if self.on_gpu:
+            return 'float16'
+        from .devices import cpu_has_fast_bf16
+        return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
+
+    @property
+    def output_dtype(self) -> str:
+        """The dtype of the vectors clients get: 'float16' with -fp16 (as in the original), else 'float32'."""
+        return 'float16' if self.fp16 else 'float32'
+
     def graph_key_fields(self) -> dict:
         """The fields that shape the frozen graph (part of its cache key)."""
         return {
@@ -159,9 +197,9 @@ class EngineConfig:
             'pooling_strategy': self.pooling_strategy.name,
             'mask_cls_sep': self.mask_cls_sep,
             'no_position_embeddings': self.no_position_embeddings,
-            'num_labels': self.num_labels if self.pooling_strategy.needs_head else None,
-            'fp16': self.fp16,
-            'bf16': self.bf16,
+            'head_width': self.head_width,
+            'compute_dtype': self.compute_dtype,
+            'output_dtype': self.output_dtype,
             'xla': self.xla,
         }
 

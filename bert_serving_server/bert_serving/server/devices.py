@@ -1,11 +1,15 @@
-"""Which device each worker runs on, and how many CPU threads it gets."""
+"""Which device each worker runs on, how many CPU threads it gets, and what the CPU can do fast."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import List, Sequence, Tuple
 
-__all__ = ['plan_devices', 'cpu_threads']
+__all__ = ['plan_devices', 'cpu_threads', 'cpu_has_fast_bf16']
+
+# /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
+_BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
 def _available_gpus(limit: int) -> Tuple[int, List[int]]:
@@ -45,3 +49,17 @@ def cpu_threads(num_cpu_workers: int) -> Tuple[int, int]:
     """(intra_op, inter_op) threads for each CPU worker: the cores split evenly."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(1, cores // max(1, num_cpu_workers)), 1
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True if this CPU has AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo; False where that
+    file does not exist, e.g. on macOS)."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return not _BF16_FLAGS.isdisjoint(line.split(':', 1)[-1].split())
+    except OSError:
+        pass
+    return False

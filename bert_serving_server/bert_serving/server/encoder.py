@@ -81,14 +81,16 @@ class Encoder:
             token_axis: for NONE pooling, the T of the output (default: token_axis_length).
 
         Returns:
-            float32 [B, W], or [B, T, W] for NONE pooling, rows in input order.
+            [B, W], or [B, T, W] for NONE pooling, rows in input order; float16 with -fp16,
+            else float32 (``config.output_dtype``).
         """
         n = len(features)
+        dtype = np.dtype(self.config.output_dtype)
         if self.is_token_level:
             t_out = token_axis or self.token_axis_length(features)
-            out = np.zeros((n, t_out, self.output_dim), dtype=np.float32)
+            out = np.zeros((n, t_out, self.output_dim), dtype=dtype)
         else:
-            out = np.empty((n, self.output_dim), dtype=np.float32)
+            out = np.empty((n, self.output_dim), dtype=dtype)
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: len(features[i].input_ids))
@@ -123,8 +125,8 @@ class Encoder:
             is_tokenized: inputs are pre-tokenized.
 
         Returns:
-            (vectors, tokens): float32 [B, W] (or [B, T, W] for NONE pooling) and
-            the word pieces of each input as the model saw them.
+            (vectors, tokens): [B, W] (or [B, T, W] for NONE pooling), float16 with -fp16
+            else float32, and the word pieces of each input as the model saw them.
         """
         features = self.featurize(texts, is_tokenized)
         return self.run(features), [list(f.tokens) for f in features]

@@ -19,14 +19,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
-from .config import EngineConfig
+from .config import EngineConfig, PoolingStrategy
 from .errors import ConfigError, ModelError
 from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
 __all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner']
 
-GRAPH_FORMAT = 2  # bump when build_graph_def changes what it produces
+GRAPH_FORMAT = 3  # bump when build_graph_def changes what it produces
 
 
 def default_cache_dir() -> str:
@@ -90,6 +90,14 @@ def _special_ids(vocab_path: str):
     return vocab['[CLS]'], vocab['[SEP]']
 
 
+def _head_hint(cfg: EngineConfig) -> str:
+    """What to change when a fine-tuned head has the wrong shape."""
+    if cfg.pooling_strategy == PoolingStrategy.REGRESSION:
+        return ('REGRESSION reads a 1-unit head as run_classifier.py saves for regression, '
+                'whatever -num_labels says; use CLASSIFICATION for a head with several labels')
+    return 'check -num_labels, which must equal the number of labels the head was trained with'
+
+
 def _optimize(graph_def, logger: logging.Logger):
     """Runs Grappler's device-independent passes (constant folding, arithmetic)
     offline, so every worker start loads an already simplified graph."""
@@ -135,6 +143,11 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
     except OSError as e:
         raise ConfigError(f'the graph cache {directory} cannot be created ({e.strerror}); set '
                           '-graph_tmp_dir or BERT_SERVING_CACHE_DIR to a writable directory') from e
+    if cfg.fp16:
+        logger.info('-fp16: computing in %s on %s, returning float16%s', cfg.compute_dtype,
+                    'GPU' if cfg.on_gpu else 'CPU',
+                    ' (this CPU lacks AVX512-BF16/AMX, and float16 arithmetic is slow on a CPU)'
+                    if cfg.compute_dtype == 'float32' else '')
     key = cache_key(cfg, files)
     path = os.path.join(directory, f'bert-graph-{key[:32]}.pb')
     if os.path.isfile(path):
@@ -145,8 +158,8 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
     logger.info('building the graph (layout %s, %d of %d layers)...', files.layout,
                 layers_to_compute(cfg, bc), bc.num_hidden_layers)
     weights = load_weights(files, bc, num_layers=layers_to_compute(cfg, bc),
-                           pooler=cfg.pooling_strategy.needs_pooler,
-                           head_labels=cfg.num_labels if cfg.pooling_strategy.needs_head else None)
+                           pooler=cfg.pooling_strategy.needs_pooler, head_labels=cfg.head_width,
+                           head_hint=_head_hint(cfg))
     logger.info('loaded %d tensors in %.1fs, freezing and optimising...', len(weights),
                 time.perf_counter() - t0)
     graph_def = _optimize(build_graph_def(cfg, bc, weights, cls_id, sep_id), logger)
@@ -219,7 +232,7 @@ class GraphRunner:
             input_ids, input_mask, type_ids: int32 [B, T].
 
         Returns:
-            float32 [B, W] or [B, T, W] (NONE pooling).
+            [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
         """
         return self._run(input_ids, input_mask, type_ids)
 

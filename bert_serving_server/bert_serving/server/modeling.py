@@ -54,7 +54,7 @@ def output_width(cfg: EngineConfig, bc: BertConfig) -> int:
     """Width of one output vector (the last axis)."""
     s = cfg.pooling_strategy
     if s.needs_head:
-        return cfg.num_labels
+        return cfg.head_width
     if s == PoolingStrategy.CLS_POOLED:
         return bc.hidden_size
     width = bc.hidden_size * len(cfg.pooling_layer)
@@ -65,16 +65,20 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
                     cls_id: int, sep_id: int):
     """Builds the frozen inference graph.
 
-    Inputs (int32, [B, T]): ``input_ids``, ``input_mask``, ``input_type_ids``.
-    Output ``final_encodes`` (float32): [B, W], or [B, T, W] for NONE pooling,
-    with W = output_width(cfg, bc).
+    Inputs (int32, [B, T]): ``input_ids``, ``input_mask`` (1 on real tokens, 0 on padding),
+    ``input_type_ids``.
+    Output ``final_encodes`` (``cfg.output_dtype``): [B, W], or [B, T, W] for NONE pooling,
+    with W = output_width(cfg, bc). Matrix products run in ``cfg.compute_dtype``.
+
+    With ``cfg.mask_cls_sep`` the graph itself zeroes the mask at the ids of [CLS] and [SEP]
+    (``cls_id``, ``sep_id``), and that one mask feeds attention and pooling, as in the original.
 
     Returns:
         A ``tf.compat.v1.GraphDef``.
     """
     import tensorflow as tf
 
-    dtype = tf.float16 if cfg.fp16 else tf.bfloat16 if cfg.bf16 else tf.float32
+    dtype = tf.as_dtype(cfg.compute_dtype)
     np_dtype = dtype.as_numpy_dtype
     num_layers = layers_to_compute(cfg, bc)
     pooled_layers = resolve_layers(cfg, bc)
@@ -121,9 +125,17 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
             x += const('embeddings/position_embeddings')[tf.newaxis, :t]
         x = layer_norm(tf.reshape(x, [b * t, d]), 'embeddings/LayerNorm')  # [B*T, D]
 
-        # Additive attention bias: 0 for real tokens, -10000 for padding; [B, 1, 1, T].
-        mask_f = tf.cast(input_mask, dtype)
-        attn_bias = (1.0 - mask_f)[:, tf.newaxis, tf.newaxis, :] * tf.cast(-10000.0, dtype)
+        # The model's input mask: real tokens, without [CLS]/[SEP] under -mask_cls_sep; [B, T].
+        real = tf.cast(input_mask, tf.float32)
+        mask = real
+        if cfg.mask_cls_sep:
+            special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
+            mask = real * (1.0 - tf.cast(special, tf.float32))
+        # Additive float32 attention bias, [B, 1, 1, T]: 0 where mask is 1, -10000 on masked
+        # [CLS]/[SEP] (BERT's value), and far lower on padding, so that an input whose every
+        # key is masked ("[CLS] [SEP]" under -mask_cls_sep) attends to its own tokens, never to
+        # padding, and padding still cannot change a vector.
+        attn_bias = ((real - mask) * -10000.0 + (1.0 - real) * -1e9)[:, tf.newaxis, tf.newaxis, :]
 
         layer_outputs = []
         for n in range(num_layers):
@@ -135,21 +147,29 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
             qkv = tf.transpose(tf.reshape(qkv, [b, t, 3, n_heads, s]), [2, 0, 3, 1, 4])  # [3, B, N, T, S]
             q, k, v = qkv[0], qkv[1], qkv[2]
             scores = tf.matmul(q, k, transpose_b=True)  # [B, N, T, T]
-            probs = tf.cast(tf.nn.softmax(tf.cast(scores + attn_bias, tf.float32), axis=-1), dtype)
+            probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
             ctx = tf.reshape(tf.transpose(tf.matmul(probs, v), [0, 2, 1, 3]), [b * t, d])  # [B*T, D]
             x = layer_norm(dense(ctx, p + 'attention/output/dense') + x, p + 'attention/output/LayerNorm')
             hidden = activation(dense(x, p + 'intermediate/dense'))  # [B*T, I]
             x = layer_norm(dense(hidden, p + 'output/dense') + x, p + 'output/LayerNorm')
             layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
 
-        pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask,
-                       cls_id, sep_id)
-        tf.identity(tf.cast(pooled, tf.float32), name=OUTPUT_NAME)
+        pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask)
+        tf.identity(tf.cast(pooled, cfg.output_dtype), name=OUTPUT_NAME)
     return graph.as_graph_def()
 
 
-def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask, cls_id, sep_id):
-    """Applies the pooling strategy; see the reference semantics in docs/models.md."""
+def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask):
+    """Applies the pooling strategy; see the reference semantics in docs/models.md.
+
+    Args:
+        layer_outputs: every computed block's output, [B, T, D] each.
+        input_mask: int32 [B, T], 1 on real tokens.
+        mask: float32 [B, T], the model's input mask (without [CLS]/[SEP] under -mask_cls_sep).
+
+    Returns:
+        float32 [B, W] or [B, T, W].
+    """
     strategy = cfg.pooling_strategy
     if strategy.needs_pooler:
         # BERT's pooler: tanh(W x[:, 0] + b) on the last block; [B, D].
@@ -158,23 +178,23 @@ def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_ids, input_mask,
                          + tf.constant(weights['pooler/dense/bias']))
         if strategy == PoolingStrategy.CLS_POOLED:
             return pooler
-        # Fine-tuned head: logits = pooled W^T + b; [B, K].
+        # Fine-tuned head: logits = pooled W^T + b; [B, K] (K = 1 for REGRESSION).
         logits = tf.matmul(pooler, tf.constant(weights['output_weights']), transpose_b=True) \
             + tf.constant(weights['output_bias'])
-        return tf.nn.softmax(logits, axis=-1) if strategy == PoolingStrategy.CLASSIFICATION else logits
+        if strategy == PoolingStrategy.CLASSIFICATION:
+            return tf.nn.softmax(logits, axis=-1)
+        return tf.sigmoid(logits)
 
     # Layers concatenated on the last axis in the order given; [B, T, D*L], float32 from here on.
     chosen = [tf.cast(layer_outputs[i], tf.float32) for i in pooled_layers]
     x = chosen[0] if len(chosen) == 1 else tf.concat(chosen, axis=-1)
-    mask = tf.cast(input_mask, tf.float32)  # [B, T]
     if strategy == PoolingStrategy.CLS_TOKEN:
         return x[:, 0]
     if strategy == PoolingStrategy.SEP_TOKEN:
-        last = tf.reduce_sum(input_mask, axis=1) - 1  # index of the last real token; [B]
+        # The last real token, the final [SEP], even under -mask_cls_sep (where the original's
+        # sum(mask) - 1 lands on a word inside the input); [B].
+        last = tf.reduce_sum(input_mask, axis=1) - 1
         return tf.gather(x, last, batch_dims=1)
-    if cfg.mask_cls_sep:
-        special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
-        mask *= 1.0 - tf.cast(special, tf.float32)
     m = mask[:, :, tf.newaxis]  # [B, T, 1]
     if strategy == PoolingStrategy.NONE:
         return x * m
