@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -58,12 +59,14 @@ class BertServer(threading.Thread):
     def __init__(self, args):
         super().__init__(name='VENTILATOR', daemon=True)
         self.args = args
-        self.engine_config = EngineConfig.from_namespace(args)
         self.server_config = ServerConfig.from_namespace(args)
         self.logger = get_logger('VENTILATOR', self.server_config.verbose)
-        self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', self.server_config.verbose))
         self.devices = plan_devices(self.server_config.num_worker, self.server_config.cpu,
                                     self.server_config.device_map, self.logger)
+        # Devices first: where the workers run decides -fp16's compute dtype, part of the graph.
+        self.engine_config = dataclasses.replace(EngineConfig.from_namespace(args),
+                                                 on_gpu=any(d >= 0 for d in self.devices))
+        self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', self.server_config.verbose))
         self.is_ready = threading.Event()
         self.failure: Optional[str] = None
         self._stopping = threading.Event()
