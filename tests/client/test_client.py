@@ -143,7 +143,7 @@ def test_fetch_yields_responses_as_they_arrive(fake, bc):
     responses = list(bc.fetch())
     assert [len(r.embedding) for r in responses] == [2, 1]
     for response in responses:
-        assert isinstance(response, Response) and response.tokens is None
+        assert isinstance(response, Response) and response.tokens == ''  # what 1.10 gives
         np.testing.assert_array_equal(response.embedding, fake.encode(batches[response.id]))
     assert list(bc.fetch()) == []
 

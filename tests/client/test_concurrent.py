@@ -122,3 +122,12 @@ def test_failed_construction_closes_the_clients_made_so_far(fake_server):
     with pytest.raises(BertServingError, match='protocol'):
         _pool(fake, max_concurrency=3)
     # the autouse guard in conftest.py fails this test if any client's sockets stayed open
+
+
+def test_a_concurrent_client_is_a_bert_client(fake):
+    """1.10's ConcurrentBertClient subclassed BertClient; user code checks isinstance."""
+    from bert_serving.client import BertClient
+
+    with _pool(fake, max_concurrency=2) as cbc:
+        assert isinstance(cbc, BertClient)
+        np.testing.assert_allclose(cbc.encode(['a b', 'c']), fake.encode(['a b', 'c']))

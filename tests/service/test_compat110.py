@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service_support import SHARED_MAX_REQUEST_BYTES, sentence
+from bert_serving.client._version import __version__
+from bert_serving.server.service import BertServer
+
+from service_support import SHARED_MAX_REQUEST_BYTES, sentence, server_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,7 +43,9 @@ SCRIPT = textwrap.dedent('''
     port, port_out, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     job = json.loads((out / 'job.json').read_text())
     report = {'version': package.__version__, 'file': package.__file__}
-    bc = BertClient(ip='127.0.0.1', port=port, port_out=port_out, check_version=False, timeout=20000)
+    # As user code constructs it: only the address differs from the defaults (no check_version=False,
+    # no timeout); the subprocess itself is bounded by the test.
+    bc = BertClient(port=port, port_out=port_out)
     np.save(out / 'encode.npy', bc.encode(job['texts']))
     np.save(out / 'tokenized.npy', bc.encode(job['tokenized'], is_tokenized=True))
     vectors, tokens = bc.encode(job['texts'], show_tokens=True)
@@ -57,8 +63,7 @@ SCRIPT = textwrap.dedent('''
         report['error'] = '%s: %s' % (type(e).__name__, e)
     np.save(out / 'after_error.npy', bc.encode(job['texts'][:2]))
     bc.close()
-    cbc = ConcurrentBertClient(max_concurrency=2, ip='127.0.0.1', port=port, port_out=port_out,
-                               check_version=False, timeout=20000)
+    cbc = ConcurrentBertClient(max_concurrency=2, port=port, port_out=port_out)
     np.save(out / 'concurrent.npy', cbc.encode(texts=job['texts']))
     cbc.close()
     (out / 'report.json').write_text(json.dumps(report))
@@ -127,7 +132,11 @@ def test_server_config_and_status(compat_run):
     assert config['show_tokens_to_client'] is True
     assert config['num_worker'] == 2 and config['max_batch_size'] == 4
     assert config['pooling_strategy'] == 'REDUCE_MEAN'
-    assert 'server_version' in config and 'statistic' not in config
+    assert 'statistic' not in config
+    # 1.10.0 refuses any server_version but its own; ours goes under server_release.
+    assert config['server_version'] == '1.10.0'
+    assert config['server_release'] == __version__ and config['protocol_version'] == 1
+    assert config['tensorflow_version'].startswith('2.')
     assert status['statistic']['num_data_request'] >= 6
     assert status['num_ready_worker'] == 2
 
@@ -137,3 +146,28 @@ def test_server_error_reaches_the_old_client_and_it_goes_on(compat_run, ours):
     error = _report(compat_run)['error']  # TypeError: data type 'server error: ...' not understood
     assert error is not None and 'server error: request of' in error and 'exceeds the server limit' in error
     np.testing.assert_allclose(np.load(compat_run / 'after_error.npy'), ours['vectors'][:2], atol=1e-6)
+
+
+DEFAULT_PORTS_SCRIPT = textwrap.dedent('''
+    import sys
+    from bert_serving.client import BertClient
+    vec = BertClient().encode(['First do it', 'then do it right', 'then do it better'])
+    print(vec.shape, vec.dtype)
+''')
+
+
+def test_the_two_lines_users_write_on_the_default_ports(tiny_hf_dir, tmp_path):
+    """``BertClient()`` with no argument at all, against a server on the default ports 5555/5556."""
+    for port in (5555, 5556):
+        with socket.socket() as s:
+            if s.connect_ex(('127.0.0.1', port)) == 0:
+                pytest.fail(f'port {port} is taken (a server left running?); this test needs the default ports',
+                            pytrace=False)
+    (tmp_path / 'two_lines.py').write_text(DEFAULT_PORTS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    env['PYTHONPATH'] = str(COMPAT110)
+    with BertServer(server_args(tiny_hf_dir, 5555, 5556)):
+        done = subprocess.run([sys.executable, str(tmp_path / 'two_lines.py')], env=env, cwd=str(tmp_path),
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == '(3, 32) float32'

@@ -36,7 +36,7 @@ def test_helper_import_of_1x_still_works():
 def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected):
     port, port_out = free_port(), free_port()
     with BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1'])) as server:
-        assert server.is_ready.wait(120), server.failure
+        assert server.is_ready.is_set(), 'with BertServer(...) returned before the server was ready'
         from bert_serving.client import BertClient
 
         with BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=20000) as bc:
@@ -47,6 +47,26 @@ def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected
     assert server.failure is None
     assert_port_free(port)
     assert_port_free(port_out)
+
+
+def test_a_server_that_cannot_start_raises_from_with(tiny_hf_dir, free_port):
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(('0.0.0.0', port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match=r'stopped while starting.*port_out \d+ already in use'):
+            with BertServer(server_args(tiny_hf_dir, free_port(), port, ['-num_worker', '1'])):
+                pass
+
+
+def test_1x_imports_of_pooling_strategy_and_run_args():
+    from bert_serving.server.graph import PoolingStrategy
+    from bert_serving.server.helper import get_benchmark_parser, get_run_args, get_shutdown_parser
+
+    assert PoolingStrategy.REDUCE_MEAN.name == 'REDUCE_MEAN'
+    args = get_run_args(get_shutdown_parser, printed=False, argv=['-port', '7000'])
+    assert args.port == 7000 and args.timeout == 5000
+    assert get_run_args(get_benchmark_parser, printed=False, argv=[]).num_client == 1
 
 
 def test_shutdown_with_a_namespace(tiny_hf_dir, free_port):

@@ -14,7 +14,7 @@ import time
 import uuid
 import warnings
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Union
 
 import numpy as np
 import zmq
@@ -41,11 +41,12 @@ class Response(NamedTuple):
     Attributes:
         id: Request id; ids increase in sending order, so sorting on them restores it.
         embedding: Read-only float32 array [B, D] ([B, T, D] with pooling NONE), or a list.
-        tokens: B token lists if the server has ``-show_tokens_to_client``, else None.
+        tokens: B token lists if the server sent them (``-show_tokens_to_client`` or
+            ``show_tokens=True``), else ``''`` as in 1.10.
     """
     id: int
     embedding: Any
-    tokens: Optional[List[List[str]]]
+    tokens: Union[List[List[str]], str]
 
 
 class BertClient:
@@ -354,7 +355,7 @@ class BertClient:
         if kind == 'json':
             return reply.data
         embedding = reply.array if self.output_fmt == 'ndarray' else reply.array.tolist()
-        return Response(reply.req_id, embedding, reply.tokens)
+        return Response(reply.req_id, embedding, '' if reply.tokens is None else reply.tokens)
 
     def _check_length(self, texts, is_tokenized):
         if self.length_limit is None:

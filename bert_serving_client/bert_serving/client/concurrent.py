@@ -24,8 +24,11 @@ _NO_ASYNC = ('{} is not available on ConcurrentBertClient: each call borrows a c
              'encode(blocking=False), fetch(), fetch_all() and encode_async()')
 
 
-class ConcurrentBertClient:
+class ConcurrentBertClient(BertClient):
     """A thread-safe pool of ``max_concurrency`` BertClient.
+
+    It is a BertClient (``isinstance`` holds, as in 1.10), but it holds no socket of its own: every
+    public method is overridden to run on a client borrowed from the pool.
 
     A call borrows an idle client and returns it when done, even if the call raised. When every
     client is busy, the caller waits for one to come back. Only blocking calls make sense across a
@@ -44,6 +47,7 @@ class ConcurrentBertClient:
     def __init__(self, max_concurrency=10, **kwargs):
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
             raise ValueError(f'max_concurrency must be a positive int, got {max_concurrency!r}')
+        # No super().__init__(): the pool's clients connect; this object only lends them out.
         self.max_concurrency = max_concurrency
         self._idle: queue.Queue = queue.Queue(maxsize=max_concurrency)
         self._lock = threading.Lock()  # orders close() against give-backs

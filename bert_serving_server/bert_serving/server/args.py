@@ -12,7 +12,7 @@ from bert_serving.client._version import __version__
 
 from .config import PoolingStrategy, parse_max_seq_len
 
-__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'format_args',
+__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'get_run_args', 'format_args',
            'BENCHMARK_EXPERIMENTS']
 
 # The variables bert-serving-benchmark varies, one experiment each, in the order they run.
@@ -167,3 +167,17 @@ def format_args(args) -> str:
     """The table of arguments printed at start."""
     rows = [f'{k:>24} = {v}' for k, v in sorted(vars(args).items())]
     return '\n'.join([f'usage: {" ".join(sys.argv)}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)
+
+
+def get_run_args(parser_fn=get_args_parser, printed: bool = True, argv=None) -> argparse.Namespace:
+    """Parses the command line (``sys.argv`` by default) with ``parser_fn()``, as 1.x scripts do.
+
+    Args:
+        parser_fn: returns the parser, e.g. get_args_parser or get_benchmark_parser.
+        printed: print the table of arguments.
+        argv: the arguments; None reads ``sys.argv[1:]``.
+    """
+    args = parser_fn().parse_args(argv)
+    if printed:
+        print(format_args(args), flush=True)
+    return args

@@ -19,12 +19,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
-from .config import EngineConfig, PoolingStrategy
+from .config import EngineConfig, PoolingStrategy  # PoolingStrategy: 1.x users import it from here
 from .errors import ConfigError, ModelError
 from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
-__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner']
+__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version',
+           'PoolingStrategy']
 
 GRAPH_FORMAT = 3  # bump when build_graph_def changes what it produces
 
@@ -62,7 +63,7 @@ def _file_digest(path: str) -> str:
         raise ModelError(f'{path} cannot be read ({e.strerror})') from e
 
 
-def _tf_version() -> str:
+def tensorflow_version() -> str:
     """TensorFlow's version, read from package metadata so that a cache hit never imports it."""
     for dist in ('tensorflow', 'tensorflow-cpu', 'tensorflow-gpu', 'tf-nightly', 'tensorflow-intel'):
         try:
@@ -76,7 +77,7 @@ def _tf_version() -> str:
 def cache_key(cfg: EngineConfig, files: ModelFiles) -> str:
     """Hash of the model bytes and every flag that shapes the graph."""
     h = hashlib.sha256()
-    meta = {'format': GRAPH_FORMAT, 'tf': _tf_version(), 'flags': cfg.graph_key_fields(),
+    meta = {'format': GRAPH_FORMAT, 'tf': tensorflow_version(), 'flags': cfg.graph_key_fields(),
             'files': [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()

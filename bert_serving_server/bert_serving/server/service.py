@@ -1,14 +1,20 @@
 """BertServer: starts the sink and the workers, and runs the ventilator in its thread.
 
     args = get_args_parser().parse_args(['-num_worker', '2'])
-    with BertServer(args) as server:   # start() ... close()
-        server.is_ready.wait()
+    with BertServer(args) as server:   # start(), wait until ready ... close()
         ...
+
+or, as the original's README has it, in a plain script (no ``__main__`` guard needed: the sink, the
+workers and the HTTP proxy run as their own commands, see launcher.py)::
+
+    server = BertServer(args)
+    server.start()                      # serves until shut down; the script then exits
+    ...
+    BertServer.shutdown(port=5555)      # from this or any other process
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import platform
 import shutil
@@ -20,21 +26,22 @@ from typing import Optional
 
 import zmq
 
-from bert_serving.client._version import PROTOCOL_VERSION, __version__
+from bert_serving.client._version import PROTOCOL_VERSION, WIRE_RELEASE, __version__
 from bert_serving.client.protocol import Command, pack_request
 
 from .config import EngineConfig, ServerConfig
 from .devices import cpu_threads, plan_devices
-from .graph import prepare_graph
+from .graph import prepare_graph, tensorflow_version
+from .launcher import ChildProcess
 from .log import get_logger
-from .sink import Sink, SinkSettings
+from .sink import SinkSettings
 from .ventilator import Ventilator
-from .worker import Worker, WorkerSettings
+from .worker import WorkerSettings, worker_spec
 
 __all__ = ['BertServer']
 
-_SPAWN = multiprocessing.get_context('spawn')
 JOIN_SECONDS = 5.0
+SINK_START_SECONDS = 60.0
 
 
 def _json_safe(value):
@@ -49,7 +56,8 @@ class BertServer(threading.Thread):
     """The whole service. A thread: ``start()``, ``join()``, ``close()``; also a context manager.
 
     The graph is prepared (built or taken from the cache) in the constructor, so
-    model and flag errors are raised here, before any process starts.
+    model and flag errors are raised here, before any process starts. The thread is not a
+    daemon: a script that calls ``start()`` and ends keeps serving until the server is shut down.
 
     Attributes:
         is_ready: set once every worker has loaded the model.
@@ -57,7 +65,7 @@ class BertServer(threading.Thread):
     """
 
     def __init__(self, args):
-        super().__init__(name='VENTILATOR', daemon=True)
+        super().__init__(name='VENTILATOR', daemon=False)
         self.args = args
         self.server_config = ServerConfig.from_namespace(args)
         self.logger = get_logger('VENTILATOR', self.server_config.verbose)
@@ -70,7 +78,6 @@ class BertServer(threading.Thread):
         self.is_ready = threading.Event()
         self.failure: Optional[str] = None
         self._stopping = threading.Event()
-        self._children_stop = _SPAWN.Event()
         self._ipc_dir = tempfile.mkdtemp(prefix='bert-serving-')
         self.backend_addr = f'ipc://{self._ipc_dir}/backend'
         self.sink_addr = f'ipc://{self._ipc_dir}/sink'
@@ -78,8 +85,10 @@ class BertServer(threading.Thread):
         self.start_time = datetime.now()
         self.status_args = {k: _json_safe(v) for k, v in sorted(vars(args).items())}
         self.status_static = {
-            'python_version': platform.python_version(), 'server_version': __version__,
-            'protocol_version': PROTOCOL_VERSION, 'pyzmq_version': zmq.pyzmq_version(),
+            # 1.10 clients refuse any server_version but their own: report the wire release we speak.
+            'python_version': platform.python_version(), 'server_version': WIRE_RELEASE,
+            'server_release': __version__, 'protocol_version': PROTOCOL_VERSION,
+            'tensorflow_version': tensorflow_version(), 'pyzmq_version': zmq.pyzmq_version(),
             'zmq_version': zmq.zmq_version(), 'server_start_time': str(self.start_time),
             'model_dir': self.graph.files.model_dir, 'model_layout': self.graph.files.layout,
             'num_hidden_layers': self.graph.bert_config.num_hidden_layers,
@@ -107,19 +116,17 @@ class BertServer(threading.Thread):
     def run(self) -> None:
         try:
             with zmq.Context() as ctx:
-                sink_ready = _SPAWN.Event()
-                sink = Sink(SinkSettings(self.sink_addr, self.server_config.port_out,
-                                         verbose=self.server_config.verbose, parent_pid=os.getpid()),
-                            self._children_stop, sink_ready)
+                cfg = self.server_config
+                sink = ChildProcess('SINK', 'bert_serving.server.sink', dataclasses.asdict(
+                    SinkSettings(self.sink_addr, cfg.port_out, verbose=cfg.verbose)))
                 sink.start()
                 self.processes.append(sink)
                 self.sink = sink  # the ventilator watches it
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
                 # would still report ready and never answer anyone.
-                while not sink_ready.wait(0.1):
-                    if not sink.is_alive():
-                        raise RuntimeError(f'the sink stopped while starting: is port_out '
-                                           f'{self.server_config.port_out} already in use? (see the SINK log)')
+                if not sink.wait_ready(SINK_START_SECONDS):
+                    raise RuntimeError(f'the sink stopped while starting: is port_out {cfg.port_out} '
+                                       'already in use? (see the SINK log)')
                 ventilator = Ventilator(self, self._spawn_worker, self.backend_addr, self.sink_addr)
                 self.ventilator = ventilator
                 self._start_http()
@@ -143,8 +150,9 @@ class BertServer(threading.Thread):
             gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
             max_batch_tokens=cfg.max_batch_tokens, show_tokens=cfg.show_tokens_to_client,
-            verbose=cfg.verbose, parent_pid=os.getpid())
-        proc = Worker(self.engine_config, settings, self.graph, self._children_stop)
+            verbose=cfg.verbose)
+        proc = ChildProcess(f'WORKER-{worker_id}', 'bert_serving.server.worker',
+                            worker_spec(self.engine_config, settings, self.graph))
         proc.start()
         self.processes.append(proc)
         return proc, settings
@@ -153,17 +161,19 @@ class BertServer(threading.Thread):
         if self.server_config.http_port is None:
             return
         try:
-            from .http import HttpProxy
+            from .http import ProxySettings
         except ImportError as e:
             raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
                                f'({e})') from e
-        proxy = HttpProxy(self.args, self._children_stop)
+        proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy',
+                             dataclasses.asdict(ProxySettings.from_namespace(self.args)))
         proxy.start()
         self.processes.append(proxy)
         self.proxy = proxy  # the ventilator watches it, as it watches the sink
 
     def _stop_children(self) -> None:
-        self._children_stop.set()
+        for p in self.processes:
+            p.terminate()
         deadline = time.monotonic() + JOIN_SECONDS
         for p in self.processes:
             p.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -183,7 +193,16 @@ class BertServer(threading.Thread):
             self._stop_children()
 
     def __enter__(self) -> 'BertServer':
+        """Starts the server and returns once every worker is ready.
+
+        Raises:
+            RuntimeError: the server stopped while starting (the message says why).
+        """
         self.start()
+        while not self.is_ready.wait(0.1):
+            if not self.is_alive():
+                self.join()
+                raise RuntimeError(f'the server stopped while starting: {self.failure or "see the log"}')
         return self
 
     def __exit__(self, *exc) -> None:
@@ -218,29 +237,48 @@ class BertServer(threading.Thread):
         return info
 
     @staticmethod
-    def shutdown(args) -> bool:
-        """Asks the server on ``args.ip``:``args.port`` to stop; waits up to ``args.timeout`` ms.
+    def shutdown(args=None, *, ip: str = 'localhost', port: Optional[int] = None, timeout: int = 5000) -> bool:
+        """Asks a running server to stop and waits until its port is free.
+
+        Both forms of the original work::
+
+            BertServer.shutdown(get_shutdown_parser().parse_args(['-port', '5555']))
+            BertServer.shutdown(port=5555)
+
+        Args:
+            args: parsed ``bert-serving-terminate`` flags (``ip``, ``port``, ``timeout``); or None
+                and the keywords instead.
+            ip: the server's address.
+            port: the server's ``-port``.
+            timeout: milliseconds to wait for the server to take the request and free its port.
 
         Returns:
             True if the port was freed in time.
+
+        Raises:
+            ValueError: no port given.
         """
-        ip = getattr(args, 'ip', 'localhost')
-        timeout_ms = getattr(args, 'timeout', 5000)
+        if args is not None:
+            ip = getattr(args, 'ip', ip)
+            port = getattr(args, 'port', port)
+            timeout = getattr(args, 'timeout', timeout)
+        if port is None:
+            raise ValueError('BertServer.shutdown needs the server\'s port, e.g. BertServer.shutdown(port=5555)')
         with zmq.Context() as ctx:
             sock = ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, timeout_ms)
-            sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+            sock.setsockopt(zmq.LINGER, timeout)
+            sock.setsockopt(zmq.SNDTIMEO, timeout)
             # Queue only on a completed connection: with nothing listening, send times out
             # instead of "succeeding" into a queue while the free port reads as a stopped server.
             sock.setsockopt(zmq.IMMEDIATE, 1)
             try:
-                sock.connect(f'tcp://{ip}:{args.port}')
+                sock.connect(f'tcp://{ip}:{port}')
                 sock.send_multipart(pack_request(b'terminator', Command.TERMINATE, 0, 0))
             except zmq.Again:
                 return False
             finally:
                 sock.close()
-        return _wait_port_free(ip, args.port, timeout_ms / 1000)
+        return _wait_port_free(ip, port, timeout / 1000)
 
 
 def _wait_port_free(ip: str, port: int, seconds: float) -> bool:

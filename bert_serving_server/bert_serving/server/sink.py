@@ -12,9 +12,6 @@ instead of being dropped. That closes the "slow joiner" race of a fresh client.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,11 +23,11 @@ import zmq
 from bert_serving.client import protocol
 
 from . import messages as msg
+from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from .log import get_logger
 
 __all__ = ['Sink', 'SinkSettings']
 
-_SPAWN = multiprocessing.get_context('spawn')
 POLL_MS = 100
 HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
 FINISHED_MEMORY = 10000  # finished (failed or answered) requests remembered, to drop late pieces
@@ -81,17 +78,21 @@ class _Assembly:
         return out, tokens
 
 
-class Sink(_SPAWN.Process):
-    """Reassembles results and publishes every reply to clients."""
+class Sink:
+    """Reassembles results and publishes every reply to clients.
 
-    def __init__(self, settings: SinkSettings, stop_event, ready_event):
-        super().__init__(name='SINK', daemon=True)
+    Args:
+        settings: addresses and flags.
+        stop_event: set means stop (SIGTERM from the parent).
+        on_ready: called once both sockets are bound.
+    """
+
+    def __init__(self, settings: SinkSettings, stop_event, on_ready=lambda: None):
         self.settings = settings
         self.stop_event = stop_event
-        self.ready_event = ready_event
+        self.on_ready = on_ready
 
     def run(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         s = self.settings
         self.logger = get_logger('SINK', s.verbose)
         self.pending: Dict[msg.RequestKey, _Assembly] = {}
@@ -108,7 +109,7 @@ class Sink(_SPAWN.Process):
                 self.pub.setsockopt(zmq.SNDHWM, 0)
                 receiver.bind(s.sink_addr)
                 self.pub.bind(f'tcp://{s.bind_host}:{s.port_out}')
-                self.ready_event.set()
+                self.on_ready()
                 self._loop(receiver)
             except zmq.ZMQError as e:
                 if e.errno != zmq.ETERM:
@@ -121,7 +122,7 @@ class Sink(_SPAWN.Process):
         poller = zmq.Poller()
         poller.register(receiver, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
-        while not self.stop_event.is_set() and os.getppid() == self.settings.parent_pid:
+        while not self.stop_event.is_set() and parent_alive(self.settings.parent_pid):
             events = dict(poller.poll(POLL_MS))
             if self.pub in events:
                 self._on_subscription(self.pub.recv())
@@ -205,3 +206,15 @@ class Sink(_SPAWN.Process):
             array, tokens = job.assemble()
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
             self._publish(key[0], protocol.pack_result(key[0], key[1], array, tokens))
+
+
+def main() -> None:
+    """``python -m bert_serving.server.sink``: the SinkSettings fields come as JSON on stdin."""
+    spec = read_spec()
+    stop = install_stop_handler()
+    fields = {k: v for k, v in spec.items() if k in SinkSettings.__dataclass_fields__}
+    Sink(SinkSettings(**fields), stop, on_ready=lambda: signal_ready(spec)).run()
+
+
+if __name__ == '__main__':
+    main()

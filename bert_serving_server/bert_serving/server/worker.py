@@ -9,12 +9,11 @@ the main thread runs TensorFlow on the current one (TF releases the GIL).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import queue
-import signal
 import threading
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -22,12 +21,14 @@ from typing import List, Optional, Tuple
 import zmq
 
 from . import messages as msg
+from .checkpoint import BertConfig, ModelFiles
 from .config import EngineConfig
+from .graph import FrozenGraph
+from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from .log import get_logger
 
-__all__ = ['WorkerSettings', 'Worker']
+__all__ = ['WorkerSettings', 'Worker', 'worker_spec']
 
-_SPAWN = multiprocessing.get_context('spawn')
 POLL_MS = 100
 
 
@@ -54,19 +55,36 @@ class WorkerSettings:
         return b'worker-%d-%d' % (self.worker_id, self.generation)
 
 
-class Worker(_SPAWN.Process):
-    """One encoding process. Started with the 'spawn' method so that no TensorFlow
-    or ZeroMQ state is inherited from the parent."""
+def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: FrozenGraph) -> dict:
+    """What ``python -m bert_serving.server.worker`` reads on stdin (JSON-safe)."""
+    return json.loads(json.dumps({'engine': dataclasses.asdict(engine), 'settings': dataclasses.asdict(settings),
+                                  'graph': dataclasses.asdict(graph)}, default=str))
 
-    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph, stop_event):
-        super().__init__(name=f'WORKER-{settings.worker_id}', daemon=True)
+
+def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerSettings, FrozenGraph]:
+    g = spec['graph']
+    graph = FrozenGraph(g['path'], ModelFiles(**g['files']), BertConfig(**g['bert_config']), g['from_cache'])
+    return EngineConfig(**spec['engine']), WorkerSettings(**spec['settings']), graph
+
+
+class Worker:
+    """One encoding process (run as its own command, so that no TensorFlow or ZeroMQ state and no
+    user ``__main__`` comes from the parent).
+
+    Args:
+        engine: the model and pooling flags.
+        settings: addresses, threads and batching of this worker.
+        graph: the frozen graph prepared by the server.
+        stop_event: set means stop (SIGTERM from the parent).
+    """
+
+    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph: FrozenGraph, stop_event):
         self.engine = engine
         self.settings = settings
         self.graph = graph
         self.stop_event = stop_event
 
     def run(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
         s = self.settings
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
@@ -112,7 +130,7 @@ class Worker(_SPAWN.Process):
 
     def _alive(self) -> bool:
         return (not self.stop_event.is_set() and not self._leaving.is_set()
-                and os.getppid() == self.settings.parent_pid)
+                and parent_alive(self.settings.parent_pid))
 
     def _serve(self, ctx, dealer, sink, encoder, logger) -> None:
         s = self.settings
@@ -203,3 +221,17 @@ class Worker(_SPAWN.Process):
             show_tokens = self.settings.show_tokens or piece.show_tokens
             tokens = [list(f.tokens) for f in feats] if show_tokens else None
             sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
+
+
+def main() -> None:
+    """``python -m bert_serving.server.worker``: the spec of :func:`worker_spec` comes on stdin."""
+    spec = read_spec()
+    stop = install_stop_handler()
+    engine, settings, graph = _from_spec(spec)
+    settings = dataclasses.replace(settings, parent_pid=spec.get('parent_pid', settings.parent_pid))
+    signal_ready(spec)  # started; READY over the DEALER says when the model is loaded
+    Worker(engine, settings, graph, stop).run()
+
+
+if __name__ == '__main__':
+    main()

@@ -5,17 +5,17 @@ Inside the process (everything is created in ``run``)::
     aiohttp server  binds http://host:http_port     HTTP clients
     ZmqBackend      connects to port and port_out    one PUSH + one SUB, one identity
 
-It stops when the server's stop event is set or its parent process changes.
+BertServer runs it as ``python -m bert_serving.server.http.proxy`` with the ProxySettings fields as
+JSON on stdin. It stops on SIGTERM or when its parent process changes.
 """
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-import signal
+import dataclasses
 
 from aiohttp import web
 
+from ..launcher import install_stop_handler, parent_alive, read_spec
 from ..log import get_logger
 from .app import create_app
 from .settings import ProxySettings
@@ -23,30 +23,27 @@ from .zmq_client import ZmqBackend
 
 __all__ = ['HttpProxy']
 
-_SPAWN = multiprocessing.get_context('spawn')
 POLL_SECONDS = 0.1
 # In-flight HTTP requests get this long to finish once the proxy is told to stop.
 SHUTDOWN_SECONDS = 1.0
 
 
-class HttpProxy(_SPAWN.Process):
-    """The HTTP proxy process, started by BertServer when ``-http_port`` is given.
+class HttpProxy:
+    """The HTTP proxy, run in its own process when BertServer gets ``-http_port``.
 
     Args:
-        args: The server's parsed flags; only the proxy's fields are kept (see ProxySettings).
-        stop_event: A multiprocessing Event; set means stop.
+        settings: the proxy's fields of the server's flags.
+        stop_event: set means stop.
     """
 
-    def __init__(self, args, stop_event):
-        super().__init__(name='PROXY', daemon=True)
-        self.settings = ProxySettings.from_namespace(args, parent_pid=os.getpid())
+    def __init__(self, settings: ProxySettings, stop_event):
+        self.settings = settings
         self.stop_event = stop_event
 
     def _alive(self) -> bool:
-        return not self.stop_event.is_set() and os.getppid() == self.settings.parent_pid
+        return not self.stop_event.is_set() and parent_alive(self.settings.parent_pid)
 
     def run(self) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
         logger = get_logger('PROXY', self.settings.verbose)
         try:
             asyncio.run(self._serve(logger))
@@ -72,3 +69,15 @@ class HttpProxy(_SPAWN.Process):
         finally:
             await runner.cleanup()
             await backend.close()
+
+
+def main() -> None:
+    """``python -m bert_serving.server.http.proxy``: the ProxySettings fields come as JSON on stdin."""
+    spec = read_spec()
+    stop = install_stop_handler()
+    names = {f.name for f in dataclasses.fields(ProxySettings)}
+    HttpProxy(ProxySettings(**{k: v for k, v in spec.items() if k in names}), stop).run()
+
+
+if __name__ == '__main__':
+    main()
