@@ -61,7 +61,8 @@ def main():
     parser.add_argument('--held_out', type=float, default=0.25,
                         help='share of each topic kept out of training, for the test (default: %(default)s)')
     parser.add_argument('--epochs', type=int, default=40, help='training epochs (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the split and of the weights (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the split and of the weights (default: %(default)s)')
     parser.add_argument('--report', metavar='FILE.json', help='save accuracy, chance and split sizes here')
     args = parser.parse_args()
     tf.keras.utils.set_random_seed(args.seed)

@@ -36,7 +36,8 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 def main():
     parser = example_parser(__doc__, num=0, num_help='use only the first NUM FAQ entries; 0 uses all')
-    parser.add_argument('--faq', default=str(DATA_DIR / 'faq.tsv'), help='question<TAB>answer file (default: %(default)s)')
+    parser.add_argument('--faq', default=str(DATA_DIR / 'faq.tsv'),
+                        help='question<TAB>answer file (default: %(default)s)')
     parser.add_argument('--topk', type=int, default=3, help='answers to show per query (default: %(default)s)')
     args = parser.parse_args()
     questions, answers = faq(args.faq)

@@ -41,9 +41,9 @@ def show_http(base: str, timeout: float) -> None:
     status, body = http_get(f'{base}/health', timeout)
     print(f'GET /health -> {status} {json.loads(body)}')
     status, body = http_get(f'{base}/metrics', timeout)
-    gauges = [line for line in body.splitlines() if line.startswith(('bert_server_', 'bert_worker_'))]
-    print(f'GET /metrics -> {status}, {len(body.splitlines())} lines; the server\'s own:')
-    for line in gauges:
+    server_lines = [line for line in body.splitlines() if line.startswith(('bert_server_', 'bert_worker_'))]
+    print(f'GET /metrics -> {status}, {len(body.splitlines())} lines, of which the server\'s:')
+    for line in server_lines:
         print(f'  {line}')
 
 

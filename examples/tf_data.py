@@ -29,7 +29,8 @@ from cli import client_kwargs, example_parser
 from corpus import sentences
 
 
-def vector_dataset(pool: ConcurrentBertClient, texts: list, batch_size: int, num_parallel_calls: int) -> tf.data.Dataset:
+def vector_dataset(pool: ConcurrentBertClient, texts: list, batch_size: int,
+                   num_parallel_calls: int) -> tf.data.Dataset:
     """A dataset of ``(text batch, vector batch)``: tf.string [B] and tf.float32 [B, D].
 
     tf.data hands ``encode_batch`` a numpy array of bytes; it returns the server's float32 [B, D].

@@ -48,7 +48,8 @@ def read_dataset(path: str, width: int) -> tf.data.Dataset:
 
 def main():
     parser = example_parser(__doc__, num=20, num_help='sentences per topic to write (topics.tsv has 20)')
-    parser.add_argument('--output', default='vectors.tfrecord', help='the TFRecord file to write (default: %(default)s)')
+    parser.add_argument('--output', default='vectors.tfrecord',
+                        help='the TFRecord file to write (default: %(default)s)')
     args = parser.parse_args()
     texts, labels = topics(args.num)
     classes = sorted(set(labels))
