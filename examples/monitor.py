@@ -55,7 +55,9 @@ def main():
 
     with BertClient(**client_kwargs(args)) as bc:
         config = bc.server_config
-        print(f'server {config["server_version"]} at {args.ip}:{args.port}, model {config["model_dir"]}, '
+        # server_version is the wire release a 1.10 client expects; newer servers add their own release.
+        release = config.get('server_release', config['server_version'])
+        print(f'server {release} at {args.ip}:{args.port}, model {config["model_dir"]}, '
               f'{config["pooling_strategy"]} of layers {config["pooling_layer"]}, max_seq_len {config["max_seq_len"]}, '
               f'{config["output_dim"]} values per sentence, workers on {config["worker_devices"]}')
         if args.http_port:

@@ -45,12 +45,17 @@ def own_server(args):
     if args.model_dir:
         flags += ['-model_dir', args.model_dir]
     print(f'starting a server: bert-serving-start {" ".join(flags)}', flush=True)
-    with BertServer(get_args_parser().parse_args(flags)) as server:
+    server = BertServer(get_args_parser().parse_args(flags))
+    # start() and a bounded wait, rather than `with BertServer(...)`, which waits for as long as it takes.
+    server.start()
+    try:
         deadline = time.monotonic() + READY_SECONDS
         while not server.is_ready.wait(0.5):
             if not server.is_alive() or time.monotonic() > deadline:
                 sys.exit(f'the server did not become ready: {server.failure or "timed out"}')
         yield
+    finally:
+        server.close()
 
 
 def per_layer(bc: BertClient, texts: list) -> dict:
