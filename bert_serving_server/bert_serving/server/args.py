@@ -64,7 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       choices=list(PoolingStrategy), metavar='{' + ','.join(PoolingStrategy.__members__) + '}',
                       help='how token vectors become one vector (NONE keeps every token)')
     bert.add_argument('-mask_cls_sep', action='store_true', default=False,
-                      help='leave [CLS] and [SEP] out of REDUCE_* pooling')
+                      help='pool only the words: the input mask is 0 at [CLS] and [SEP], as in the original, '
+                           'so no token attends to them and pooling skips them (CLS_TOKEN changes too)')
     bert.add_argument('-no_special_token', action='store_true', default=False,
                       help='do not add [CLS]/[SEP] to pre-tokenized input (is_tokenized=True)')
     bert.add_argument('-show_tokens_to_client', action='store_true', default=False,
@@ -72,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     bert.add_argument('-no_position_embeddings', action='store_true', default=False,
                       help='do not add position embeddings (for models trained without them)')
     bert.add_argument('-num_labels', type=int, default=2,
-                      help='number of labels of the CLASSIFICATION / REGRESSION head')
+                      help='labels of the fine-tuned CLASSIFICATION head (its output_weights [K, H]); '
+                           'REGRESSION always reads a 1-unit head')
 
     serving = parser.add_argument_group('Serving Configs', 'ports, workers, devices and batching')
     serving.add_argument('-port', '-port_in', '-port_data', type=int, default=5555,
@@ -98,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     serving.add_argument('-xla', action='store_true', default=False,
                          help='compile the graph with XLA (experimental)')
     serving.add_argument('-fp16', action='store_true', default=False,
-                         help='run the graph in float16 (fast on recent GPUs)')
+                         help='halve the result size: float16 vectors, as in the original; computed in float16 on '
+                              'a GPU, on a CPU in bfloat16 where it has AVX512-BF16/AMX, else in float32')
     serving.add_argument('-bf16', action='store_true', default=False,
                          help='(new) run matrix products in bfloat16: about 1.3x faster on CPUs with '
                               'AVX512-BF16, cosine >= 0.9999 to float32')
