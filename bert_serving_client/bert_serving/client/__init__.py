@@ -4,7 +4,7 @@ Needs only pyzmq and numpy. Quick start::
 
     from bert_serving.client import BertClient
     with BertClient(ip='localhost') as bc:
-        vectors = bc.encode(['First do it', 'then do it right'])   # float32 [2, D]
+        vectors = bc.encode(['First do it', 'then do it right'])   # float32 [2, D] (float16 with -fp16)
 
 ``BertClient`` is not thread-safe; threads share a ``ConcurrentBertClient`` instead.
 """

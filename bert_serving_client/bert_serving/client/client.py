@@ -40,7 +40,7 @@ class Response(NamedTuple):
 
     Attributes:
         id: Request id; ids increase in sending order, so sorting on them restores it.
-        embedding: Read-only float32 array [B, D] ([B, T, D] with pooling NONE), or a list.
+        embedding: Read-only float32 (float16 from a ``-fp16`` server) array [B, D] ([B, T, D] with pooling NONE), or a list.
         tokens: B token lists if the server sent them (``-show_tokens_to_client`` or
             ``show_tokens=True``), else ``''`` as in 1.10.
     """
@@ -150,7 +150,7 @@ class BertClient:
             show_tokens: Also return the server's tokens (needs ``-show_tokens_to_client``; else warns).
 
         Returns:
-            float32 array [B, D] ([B, T, D] with pooling NONE), row i for ``texts[i]`` (a list with
+            float32 array (float16 from a ``-fp16`` server) [B, D] ([B, T, D] with pooling NONE), row i for ``texts[i]`` (a list with
             ``output_fmt='list'``); ``(array, tokens)`` with ``show_tokens``. The array is a read-only,
             zero-copy view of the received message: ``np.array(result)`` makes a writable copy.
 

@@ -43,7 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help='directory of a pretrained BERT model (Google checkpoint or Hugging Face '
                             'layout); omit it to use the bundled all-MiniLM-L6-v2')
     paths.add_argument('-tuned_model_dir', type=str, default=None,
-                       help='directory of a fine-tuned checkpoint whose weights override -model_dir')
+                       help='directory of a fine-tuned checkpoint (e.g. run_classifier.py output): every '
+                            'weight comes from here (-ckpt_name), config and vocab from -model_dir')
     paths.add_argument('-ckpt_name', type=str, default='bert_model.ckpt',
                        help='checkpoint prefix; change it for a fine-tuned model saved as e.g. model.ckpt-1000')
     paths.add_argument('-config_name', type=str, default='bert_config.json',
