@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
+from bert_serving.server.engine.encoder import Encoder
 
 # Sessions hold the whole frozen graph (about 90 MB for the bundled model), so only a few stay open.
 _POOL_SIZE = 3

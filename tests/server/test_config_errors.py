@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from bert_serving.client.errors import BertServingError
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
+from bert_serving.server.engine.encoder import Encoder
 from bert_serving.server.errors import ConfigError, ModelError
 
 from tiny_model import write_tiny_model

@@ -1,12 +1,12 @@
-"""Tests for bert_serving.server.features."""
+"""Tests for bert_serving.server.engine.features."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from bert_serving.server.features import Feature, pad_batch, to_features
-from bert_serving.server.tokenization import BertTokenizer
+from bert_serving.server.engine.features import Feature, pad_batch, to_features
+from bert_serving.server.engine.tokenization import BertTokenizer
 
 # `reference`, `shared_dir` and `bundled_model_dir` come from tests/conftest.py.
 

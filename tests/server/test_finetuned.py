@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_serving.server import graph
+from bert_serving.server.engine import graph
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.errors import ModelError
 

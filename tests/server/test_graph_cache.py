@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from bert_serving.server import graph
+from bert_serving.server.engine import graph
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
+from bert_serving.server.engine.encoder import Encoder
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
-from bert_serving.server.features import pad_batch
+from bert_serving.server.engine.encoder import Encoder
+from bert_serving.server.engine.features import pad_batch
 
 ATOL = 1e-5
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bert_serving.server import devices, graph
-from bert_serving.server.checkpoint import locate_model
+from bert_serving.server.engine import devices, graph
+from bert_serving.server.engine.checkpoint import locate_model
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
+from bert_serving.server.engine.encoder import Encoder
 
 
 def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

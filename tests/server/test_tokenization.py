@@ -1,9 +1,9 @@
-"""Tests for bert_serving.server.tokenization."""
+"""Tests for bert_serving.server.engine.tokenization."""
 
 import pytest
 import tokenizers
 
-from bert_serving.server.tokenization import BertTokenizer, load_vocab
+from bert_serving.server.engine.tokenization import BertTokenizer, load_vocab
 
 # `shared_dir` and `bundled_model_dir` come from tests/conftest.py.
 

@@ -84,7 +84,7 @@ def shared_server(launch, tiny_hf_dir) -> Iterator[RunningServer]:
 def tiny_expected(tiny_hf_dir, graph_cache_dir) -> Iterator[Expected]:
     """Expected vectors of the tiny model under the default flags (REDUCE_MEAN, layer -2,
     max_seq_len 25): float32 [32] per input."""
-    from bert_serving.server.encoder import Encoder
+    from bert_serving.server.engine.encoder import Encoder
 
     encoder = Encoder(EngineConfig(model_dir=str(tiny_hf_dir), graph_tmp_dir=str(graph_cache_dir)))
     yield Expected(encoder)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.encoder import Encoder
+from bert_serving.server.engine.encoder import Encoder
 
 from service_support import Expected, sentence
 

@@ -14,7 +14,7 @@ import zmq
 
 from bert_serving.client import BertServerError
 from bert_serving.client.protocol import unpack_reply
-from bert_serving.server import messages as msg
+from bert_serving.server.pipeline import messages as msg
 
 from service_support import sentence, wait_until
 

@@ -12,6 +12,6 @@ def __getattr__(name):
         from .service import BertServer
         return BertServer
     if name == 'Encoder':
-        from .encoder import Encoder
+        from .engine.encoder import Encoder
         return Encoder
     raise AttributeError(name)

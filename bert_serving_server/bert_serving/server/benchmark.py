@@ -251,7 +251,7 @@ def _show(value) -> str:
 
 
 def _model_depth(args) -> int:
-    from .checkpoint import load_bert_config, locate_model
+    from .engine.checkpoint import load_bert_config, locate_model
     from .config import EngineConfig
     return load_bert_config(locate_model(EngineConfig.from_namespace(args))).num_hidden_layers
 

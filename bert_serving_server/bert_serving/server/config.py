@@ -182,7 +182,7 @@ class EngineConfig:
             return 'float32'
         if self.on_gpu:
             return 'float16'
-        from .devices import cpu_has_fast_bf16
+        from .engine.devices import cpu_has_fast_bf16
         return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
 
     @property

@@ -30,13 +30,13 @@ from bert_serving.client._version import PROTOCOL_VERSION, WIRE_RELEASE, __versi
 from bert_serving.client.protocol import Command, pack_request
 
 from .config import EngineConfig, ServerConfig
-from .devices import cpu_threads, plan_devices
-from .graph import prepare_graph, tensorflow_version
-from .launcher import ChildProcess
+from .engine.devices import cpu_threads, plan_devices
+from .engine.graph import prepare_graph, tensorflow_version
+from .pipeline.launcher import ChildProcess
 from .log import get_logger
-from .sink import SinkSettings
-from .ventilator import Ventilator
-from .worker import WorkerSettings, worker_spec
+from .pipeline.sink import SinkSettings
+from .pipeline.ventilator import Ventilator
+from .pipeline.worker import WorkerSettings, worker_spec
 
 __all__ = ['BertServer']
 
@@ -117,7 +117,7 @@ class BertServer(threading.Thread):
         try:
             with zmq.Context() as ctx:
                 cfg = self.server_config
-                sink = ChildProcess('SINK', 'bert_serving.server.sink', dataclasses.asdict(
+                sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
                     SinkSettings(self.sink_addr, cfg.port_out, verbose=cfg.verbose)))
                 sink.start()
                 self.processes.append(sink)
@@ -151,7 +151,7 @@ class BertServer(threading.Thread):
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
             max_batch_tokens=cfg.max_batch_tokens, show_tokens=cfg.show_tokens_to_client,
             verbose=cfg.verbose)
-        proc = ChildProcess(f'WORKER-{worker_id}', 'bert_serving.server.worker',
+        proc = ChildProcess(f'WORKER-{worker_id}', 'bert_serving.server.pipeline.worker',
                             worker_spec(self.engine_config, settings, self.graph))
         proc.start()
         self.processes.append(proc)
@@ -225,7 +225,7 @@ class BertServer(threading.Thread):
             **self.status_args,
             **self.status_static,
         }
-        from .modeling import output_width
+        from .engine.modeling import output_width
         info['output_dim'] = output_width(self.engine_config, self.graph.bert_config)
         if statistic is not None:
             info['statistic'] = statistic

@@ -24,7 +24,7 @@ from bert_serving.client import protocol
 
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
-from .log import get_logger
+from ..log import get_logger
 
 __all__ = ['Sink', 'SinkSettings']
 
@@ -209,7 +209,7 @@ class Sink:
 
 
 def main() -> None:
-    """``python -m bert_serving.server.sink``: the SinkSettings fields come as JSON on stdin."""
+    """``python -m bert_serving.server.pipeline.sink``: the SinkSettings fields come as JSON on stdin."""
     spec = read_spec()
     stop = install_stop_handler()
     fields = {k: v for k, v in spec.items() if k in SinkSettings.__dataclass_fields__}

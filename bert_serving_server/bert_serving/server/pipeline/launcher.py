@@ -1,6 +1,6 @@
 """Runs a pipeline role (sink, worker, HTTP proxy) as its own command.
 
-The parent starts the role's ``main()`` in a new Python (``python -m bert_serving.server.<role>``
+The parent starts the role's ``main()`` in a new Python (``python -m bert_serving.server.pipeline.<role>``
 does the same by hand) and writes the role's spec, a JSON object,
 to the child's stdin. Nothing depends on the parent's ``__main__``: a user's script that starts a
 BertServer with no ``if __name__ == '__main__':`` guard is never re-imported by a child, as it would
@@ -50,7 +50,7 @@ class ChildProcess:
 
     Args:
         name: the role's name in logs and status, e.g. ``WORKER-0``.
-        module: the module whose ``main()`` runs, e.g. ``bert_serving.server.worker``.
+        module: the module whose ``main()`` runs, e.g. ``bert_serving.server.pipeline.worker``.
         spec: JSON-serialisable settings of the role, sent on stdin.
     """
 

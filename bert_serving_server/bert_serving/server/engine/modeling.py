@@ -15,8 +15,8 @@ from typing import Dict, List
 import numpy as np
 
 from .checkpoint import BertConfig
-from .config import EngineConfig, PoolingStrategy
-from .errors import ConfigError
+from ..config import EngineConfig, PoolingStrategy
+from ..errors import ConfigError
 
 __all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
            'output_width']

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import EngineConfig
-from .errors import ModelError
+from ..config import EngineConfig
+from ..errors import ModelError
 
 __all__ = ['BertConfig', 'ModelFiles', 'locate_model', 'load_bert_config', 'load_weights',
            'bundled_model_dir']

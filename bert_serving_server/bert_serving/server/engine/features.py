@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bert_serving.server.tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
+from .tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
 
 __all__ = ["Feature", "pad_batch", "to_features"]
 

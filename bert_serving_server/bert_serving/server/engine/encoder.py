@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import EngineConfig, PoolingStrategy
+from ..config import EngineConfig, PoolingStrategy
 from .features import Feature, pad_batch, to_features
 from .graph import FrozenGraph, GraphRunner, prepare_graph
 from .modeling import output_width

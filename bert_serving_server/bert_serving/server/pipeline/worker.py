@@ -21,11 +21,11 @@ from typing import List, Optional, Tuple
 import zmq
 
 from . import messages as msg
-from .checkpoint import BertConfig, ModelFiles
-from .config import EngineConfig
-from .graph import FrozenGraph
+from ..engine.checkpoint import BertConfig, ModelFiles
+from ..config import EngineConfig
+from ..engine.graph import FrozenGraph
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
-from .log import get_logger
+from ..log import get_logger
 
 __all__ = ['WorkerSettings', 'Worker', 'worker_spec']
 
@@ -56,7 +56,7 @@ class WorkerSettings:
 
 
 def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: FrozenGraph) -> dict:
-    """What ``python -m bert_serving.server.worker`` reads on stdin (JSON-safe)."""
+    """What ``python -m bert_serving.server.pipeline.worker`` reads on stdin (JSON-safe)."""
     return json.loads(json.dumps({'engine': dataclasses.asdict(engine), 'settings': dataclasses.asdict(settings),
                                   'graph': dataclasses.asdict(graph)}, default=str))
 
@@ -116,7 +116,7 @@ class Worker:
         os._exit(0)
 
     def _load(self, logger):
-        from .encoder import Encoder
+        from ..engine.encoder import Encoder
         s = self.settings
         device = 'cpu' if s.device_id < 0 else f'gpu {s.device_id}'
         logger.info('loading the graph on %s...', device)
@@ -224,7 +224,7 @@ class Worker:
 
 
 def main() -> None:
-    """``python -m bert_serving.server.worker``: the spec of :func:`worker_spec` comes on stdin."""
+    """``python -m bert_serving.server.pipeline.worker``: the spec of :func:`worker_spec` comes on stdin."""
     spec = read_spec()
     stop = install_stop_handler()
     engine, settings, graph = _from_spec(spec)

@@ -1,0 +1,240 @@
+"""Freezes, optimises and caches the inference graph, and runs it.
+
+A graph is cached on disk under a key that hashes the model files' bytes, the
+graph-shaping flags, this module's format version and the TensorFlow version.
+An unchanged restart loads the cached file; any change builds a new one.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
+from ..config import EngineConfig, PoolingStrategy
+from ..errors import ConfigError, ModelError
+from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
+from .tokenization import load_vocab
+
+__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version']
+
+GRAPH_FORMAT = 3  # bump when build_graph_def changes what it produces
+
+
+def default_cache_dir() -> str:
+    """``$BERT_SERVING_CACHE_DIR``, else ``$XDG_CACHE_HOME/bert-serving``, else ``~/.cache/bert-serving``."""
+    env = os.environ.get('BERT_SERVING_CACHE_DIR')
+    if env:
+        return env
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'bert-serving')
+
+
+@dataclass(frozen=True)
+class FrozenGraph:
+    """A frozen graph file on disk and what it was built from.
+
+    Attributes:
+        path: the serialized GraphDef.
+        files: the model files.
+        bert_config: the model architecture.
+        from_cache: True if an earlier build was reused.
+    """
+    path: str
+    files: ModelFiles
+    bert_config: BertConfig
+    from_cache: bool
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, 'rb') as f:
+            return hashlib.file_digest(f, 'sha256').hexdigest()
+    except OSError as e:
+        raise ModelError(f'{path} cannot be read ({e.strerror})') from e
+
+
+def tensorflow_version() -> str:
+    """TensorFlow's version, read from package metadata so that a cache hit never imports it."""
+    for dist in ('tensorflow', 'tensorflow-cpu', 'tensorflow-gpu', 'tf-nightly', 'tensorflow-intel'):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    import tensorflow as tf
+    return tf.__version__
+
+
+def cache_key(cfg: EngineConfig, files: ModelFiles) -> str:
+    """Hash of the model bytes and every flag that shapes the graph."""
+    h = hashlib.sha256()
+    meta = {'format': GRAPH_FORMAT, 'tf': tensorflow_version(), 'flags': cfg.graph_key_fields(),
+            'files': [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _special_ids(vocab_path: str):
+    vocab = load_vocab(vocab_path)
+    missing = [t for t in ('[CLS]', '[SEP]', '[UNK]') if t not in vocab]
+    if missing:
+        raise ModelError(f'{vocab_path} lacks the special tokens {missing}; expected a BERT WordPiece vocab')
+    return vocab['[CLS]'], vocab['[SEP]']
+
+
+def _head_hint(cfg: EngineConfig) -> str:
+    """What to change when a fine-tuned head has the wrong shape."""
+    if cfg.pooling_strategy == PoolingStrategy.REGRESSION:
+        return ('REGRESSION reads a 1-unit head as run_classifier.py saves for regression, '
+                'whatever -num_labels says; use CLASSIFICATION for a head with several labels')
+    return 'check -num_labels, which must equal the number of labels the head was trained with'
+
+
+def _optimize(graph_def, logger: logging.Logger):
+    """Runs Grappler's device-independent passes (constant folding, arithmetic)
+    offline, so every worker start loads an already simplified graph."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    with tf.Graph().as_default() as g:
+        tf.graph_util.import_graph_def(graph_def, name='')
+        meta = tf.compat.v1.train.export_meta_graph(graph=g)
+    fetch = meta.collection_def['train_op'].node_list.value
+    fetch.append(OUTPUT_NAME)
+    config = config_pb2.ConfigProto()
+    rw = config.graph_options.rewrite_options
+    rw.optimizers.extend(['pruning', 'constfold', 'arithmetic', 'dependency'])
+    rw.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
+    try:
+        return tf_optimizer.OptimizeGraph(config, meta)
+    except Exception as e:  # an optimisation failure must not stop serving
+        logger.warning('graph optimisation skipped (%s); using the unoptimised graph', e)
+        return graph_def
+
+
+def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) -> FrozenGraph:
+    """Returns the frozen graph for ``cfg``, building and caching it if needed.
+
+    Raises:
+        ModelError: a model file is missing, unreadable or mismatched.
+        ConfigError: a flag does not fit the model (e.g. layer out of range).
+    """
+    logger = logger or logging.getLogger(__name__)
+    files = locate_model(cfg, logger)
+    bc = load_bert_config(files)
+    resolve_layers(cfg, bc)  # validate before any heavy work
+    if cfg.max_seq_len is not None and cfg.max_seq_len > bc.max_position_embeddings:
+        raise ConfigError(f'max_seq_len {cfg.max_seq_len} exceeds max_position_embeddings '
+                          f'{bc.max_position_embeddings} of {files.config_path}; use at most '
+                          f'{bc.max_position_embeddings} or NONE')
+    cls_id, sep_id = _special_ids(files.vocab_path)
+    directory = os.path.abspath(cfg.graph_tmp_dir or default_cache_dir())
+    try:
+        os.makedirs(directory, exist_ok=True)  # before the build: fail fast on a bad cache dir
+    except OSError as e:
+        raise ConfigError(f'the graph cache {directory} cannot be created ({e.strerror}); set '
+                          '-graph_tmp_dir or BERT_SERVING_CACHE_DIR to a writable directory') from e
+    if cfg.fp16:
+        logger.info('-fp16: computing in %s on %s, returning float16%s', cfg.compute_dtype,
+                    'GPU' if cfg.on_gpu else 'CPU',
+                    ' (this CPU lacks AVX512-BF16/AMX, and float16 arithmetic is slow on a CPU)'
+                    if cfg.compute_dtype == 'float32' else '')
+    key = cache_key(cfg, files)
+    path = os.path.join(directory, f'bert-graph-{key[:32]}.pb')
+    if os.path.isfile(path):
+        logger.info('reusing the cached graph %s', path)
+        return FrozenGraph(path, files, bc, True)
+
+    t0 = time.perf_counter()
+    logger.info('building the graph (layout %s, %d of %d layers)...', files.layout,
+                layers_to_compute(cfg, bc), bc.num_hidden_layers)
+    weights = load_weights(files, bc, num_layers=layers_to_compute(cfg, bc),
+                           pooler=cfg.pooling_strategy.needs_pooler, head_labels=cfg.head_width,
+                           head_hint=_head_hint(cfg))
+    logger.info('loaded %d tensors in %.1fs, freezing and optimising...', len(weights),
+                time.perf_counter() - t0)
+    graph_def = _optimize(build_graph_def(cfg, bc, weights, cls_id, sep_id), logger)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.partial-', suffix='.pb')
+        with os.fdopen(fd, 'wb') as f:
+            f.write(graph_def.SerializeToString())
+        os.replace(tmp, path)  # atomic: concurrent builders never see half a file
+    except OSError as e:
+        raise ConfigError(f'the graph cannot be written to {directory} ({e.strerror}); set '
+                          '-graph_tmp_dir or BERT_SERVING_CACHE_DIR to a writable directory') from e
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info('graph built in %.1fs and cached at %s', time.perf_counter() - t0, path)
+    return FrozenGraph(path, files, bc, False)
+
+
+class GraphRunner:
+    """Runs a frozen graph in a TensorFlow session.
+
+    Args:
+        graph: the frozen graph.
+        xla: compile with XLA (JIT).
+        intra_op_threads / inter_op_threads: TensorFlow thread pools; 0 lets TF decide.
+        gpu_memory_fraction: per-process GPU memory cap (ignored on CPU).
+    """
+
+    def __init__(self, graph: FrozenGraph, *, xla: bool = False, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, gpu_memory_fraction: Optional[float] = None):
+        import tensorflow as tf
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            with open(graph.path, 'rb') as f:
+                graph_def.ParseFromString(f.read())
+        except Exception as e:
+            raise ModelError(f'{graph.path} is not a valid frozen graph ({e}); delete it to rebuild') from e
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                          inter_op_parallelism_threads=inter_op_threads,
+                                          allow_soft_placement=True)
+        if gpu_memory_fraction is not None:
+            config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
+            config.gpu_options.allow_growth = False
+        if xla:
+            config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+        # The device-independent passes already ran when the graph was cached; skipping them here
+        # saves ~0.6 s of every worker's start. Device-specific ones (remapper fusions, layout) stay.
+        from tensorflow.core.protobuf import rewriter_config_pb2
+        off = rewriter_config_pb2.RewriterConfig.OFF
+        rw = config.graph_options.rewrite_options
+        for name in ('constant_folding', 'arithmetic_optimization', 'dependency_optimization',
+                     'shape_optimization', 'loop_optimization', 'function_optimization', 'debug_stripper'):
+            setattr(rw, name, off)
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name='')
+        try:
+            feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
+            output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
+        except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
+            raise ModelError(f'{graph.path} is not a bert-serving graph (no {e}); delete it to rebuild') from e
+        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        self._run: Callable = self._session.make_callable(output, feeds)
+
+    def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        """Runs one padded batch.
+
+        Args:
+            input_ids, input_mask, type_ids: int32 [B, T].
+
+        Returns:
+            [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
+        """
+        return self._run(input_ids, input_mask, type_ids)
+
+    def close(self) -> None:
+        self._session.close()

@@ -1,0 +1,11 @@
+"""The service pipeline: client -> ventilator -> worker(s) -> sink -> client.
+
+Modules, one role each:
+    messages    every internal message, packed and unpacked into named fields
+    launcher    runs a role (sink, worker, HTTP proxy) as its own command
+    ventilator  receives requests, queues them, hands batches to workers
+    worker      encodes batches with the engine
+    sink        reassembles results in order and publishes them
+    statistics  the SHOW_STATUS counters
+"""
+__all__ = []
