@@ -135,8 +135,14 @@ def pack_json_reply(identity: bytes, req_id: int, obj: Any) -> List[bytes]:
     return [identity, json.dumps(obj, default=str).encode(), b'%d' % req_id]
 
 
-def pack_error(identity: bytes, req_id: int, message: str) -> List[bytes]:
+def pack_error(identity: bytes, req_id: int, message: str, code: Optional[str] = None,
+               retry_after: Optional[float] = None) -> List[bytes]:
+    """Frames of an error reply; ``code`` (e.g. ``"busy"``) and ``retry_after`` (seconds) are optional."""
     header = {'error': message, 'dtype': 'server error: ' + message, 'shape': [0], 'tokens': ''}
+    if code is not None:
+        header['code'] = code
+    if retry_after is not None:
+        header['retry_after'] = retry_after
     return [identity, json.dumps(header).encode(), b'', b'%d' % req_id]
 
 
