@@ -7,7 +7,8 @@ The fake runs in a thread of the test process. It binds, on random free ports of
 
 Like the real server, it holds a client's requests until that client's subscription has arrived
 (the ``\\x01<identity>`` message on the XPUB), so no reply is lost to a slow-joining SUB socket.
-Its "model" is deterministic: see :func:`fake_vector`.
+Its "model" is deterministic: see :func:`fake_vector`. A few magic texts make it fail a request
+instead (see ``FAILURES``).
 """
 from __future__ import annotations
 
@@ -23,10 +24,16 @@ import pytest
 import zmq
 
 from bert_serving.client import BertClient
-from bert_serving.client.protocol import Command, pack_error, pack_json_reply, pack_result, unpack_request
+from bert_serving.client.protocol import (Command, ErrorCode, pack_error, pack_json_reply, pack_result,
+                                         unpack_request)
 
 FAKE_WIDTH = 8
 LEAK_GRACE_SECONDS = 3.0
+WAIT_SECONDS = 10.0  # the most a test waits for the fake to reach a state; reached in milliseconds
+
+# A request holding one of these texts fails with (error code, retry_after); 'RAISE' sends no code, as 1.10.
+FAILURES = {'RAISE': (None, None), 'BUSY': (ErrorCode.BUSY, 2.5), 'BUSY-NO-HINT': (ErrorCode.BUSY, None),
+            'STOPPING': (ErrorCode.SHUTTING_DOWN, None), 'DEADLINE': (ErrorCode.TIMEOUT, None)}
 
 
 def fake_vector(item) -> np.ndarray:
@@ -57,10 +64,14 @@ class FakeServer:
 
     Attributes:
         config: What SHOW_CONFIG returns.
-        delay: Seconds before a data reply goes out; a float, or a function of the texts.
+        delay: When a data reply goes out: seconds (a float, or a function of the texts), or a
+            ``threading.Event`` that holds every reply until the test sets it.
         drop_data: Never answer data requests.
-        config_plan: One entry per coming SHOW_CONFIG, consumed in order: 'drop', or a delay in seconds.
+        config_plan: One entry per coming SHOW_CONFIG, consumed in order: 'drop', a delay in seconds,
+            or a ``threading.Event`` that holds the reply until set.
         requests: Every request received (``protocol.Request``), in arrival order.
+        sent: (identity, req_id) of every reply sent, in sending order (a client receives its
+            replies in this order too: one XPUB to one SUB keeps it).
         max_outstanding: Most data requests that were ever received and not yet answered at once.
     """
 
@@ -75,7 +86,10 @@ class FakeServer:
         self.drop_data = False
         self.config_plan: list = []
         self.requests: list = []
+        self.sent: list = []
         self.max_outstanding = 0
+        self._changed = threading.Condition()
+        self._gated: list = []  # (event, frames, is data) held until their event is set
         self.port = self.port_out = None
         self._outstanding = 0
         self._scheduled: list = []  # heap of (due time, sequence number, frames, is data)
@@ -110,6 +124,26 @@ class FakeServer:
     def data_requests(self) -> list:
         return [r for r in self.requests if r.command is None]
 
+    def wait_sent(self, req_id: int, identity=None) -> int:
+        """Waits until the reply to ``req_id`` (of ``identity`` if given) has gone out; returns its
+        position in ``sent``. Fails the test if it does not go out within WAIT_SECONDS."""
+        def position():
+            for i, (who, sent_id) in enumerate(self.sent):
+                if sent_id == req_id and identity in (None, who):
+                    return i
+            return None
+        with self._changed:
+            assert self._changed.wait_for(lambda: position() is not None, WAIT_SECONDS), \
+                f'the fake never sent the reply to request {req_id}'
+            return position()
+
+    def _send(self, xpub, frames, is_data):
+        xpub.send_multipart(frames)
+        self._outstanding -= is_data
+        with self._changed:
+            self.sent.append((bytes(frames[0]), int(frames[-1])))
+            self._changed.notify_all()
+
     def _run(self):
         context = zmq.Context()
         pull, xpub = context.socket(zmq.PULL), context.socket(zmq.XPUB)
@@ -137,8 +171,10 @@ class FakeServer:
             now = time.monotonic()
             while self._scheduled and self._scheduled[0][0] <= now:
                 _, _, frames, is_data = heapq.heappop(self._scheduled)
-                xpub.send_multipart(frames)
-                self._outstanding -= is_data
+                self._send(xpub, frames, is_data)
+            for gated in [g for g in self._gated if g[0].is_set()]:
+                self._gated.remove(gated)
+                self._send(xpub, *gated[1:])
             wait = 0.05 if not self._scheduled else min(0.05, self._scheduled[0][0] - now)
             for sock, _ in poller.poll(max(1, int(wait * 1000))):
                 if sock is xpub:
@@ -158,6 +194,9 @@ class FakeServer:
                         held.setdefault(request.identity, []).append(request)
 
     def _schedule(self, frames, delay, is_data=False):
+        if isinstance(delay, threading.Event):
+            self._gated.append((delay, frames, is_data))
+            return
         self._sequence += 1
         heapq.heappush(self._scheduled, (time.monotonic() + delay, self._sequence, frames, is_data))
 
@@ -178,12 +217,14 @@ class FakeServer:
         texts = json.loads(request.payload)
         if len(texts) != request.msg_len:
             frames = pack_error(who, req_id, f'msg_len is {request.msg_len} but {len(texts)} texts came')
-        elif 'RAISE' in texts:
-            frames = pack_error(who, req_id, f'fake failure: texts[{texts.index("RAISE")}] is RAISE')
+        elif any(t in FAILURES for t in texts if isinstance(t, str)):
+            i, word = next((i, t) for i, t in enumerate(texts) if isinstance(t, str) and t in FAILURES)
+            code, retry_after = FAILURES[word]
+            frames = pack_error(who, req_id, f'fake failure: texts[{i}] is {word}', code, retry_after)
         else:
             tokens = [fake_tokens(t) for t in texts] if self.config.get('show_tokens_to_client') else None
             frames = pack_result(who, req_id, fake_encode(texts), tokens)
-        delay = self.delay(texts) if callable(self.delay) else self.delay
+        delay = self.delay(texts) if callable(self.delay) else self.delay  # an Event is not callable
         self._outstanding += 1
         self.max_outstanding = max(self.max_outstanding, self._outstanding)
         self._schedule(frames, delay, is_data=True)

@@ -2,14 +2,17 @@
 1.10 fixes (bounded handshake, timeouts, error replies, input validation, empty strings)."""
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
 import numpy as np
 import pytest
 
-from bert_serving.client import (BertClient, BertServerError, BertServingError, BertTimeoutError, Response,
+from bert_serving.client import (BadRequest, BertClient, BertServerBusyError, BertServerError,
+                                 BertServerShuttingDownError, BertServingError, BertTimeoutError, Response,
                                  __version__)
+from bert_serving.client.protocol import ErrorCode
 from bert_serving.client.client import ASYNC_MAX_IN_FLIGHT, HANDSHAKE_TIMEOUT_MS
 
 TEXTS = ['hello world', 'the quick brown fox', 'a', 'First do it ||| then do it right']
@@ -305,17 +308,29 @@ def test_handshake_asks_again_when_the_first_reply_is_lost(fake):
 
 
 def test_handshake_ignores_a_late_duplicate_reply(fake):
-    fake.config_plan = [1.5]  # the first answer comes after the second ask was answered
+    release = threading.Event()
+    fake.config_plan = [release]  # the first answer is held until the second ask was answered
     with fake.client() as bc:
-        assert len(fake.commands(b'SHOW_CONFIG')) == 2
-        time.sleep(0.8)  # the duplicate arrives now, while nothing waits for it
+        first_ask, second_ask = fake.commands(b'SHOW_CONFIG')
+        assert fake.sent == [(bc.identity, second_ask.req_id)]
+        release.set()
+        duplicate_at = fake.wait_sent(first_ask.req_id)
+        # The duplicate went out before this request's reply, so the client reads it first and must drop it.
         np.testing.assert_array_equal(bc.encode(['after']), fake.encode(['after']))
+        assert duplicate_at < fake.wait_sent(bc.request_id)
         assert bc.server_config == fake.config
         assert bc.status['num_pending_request'] == 0
 
 
+def _connected(fake, timeout_ms):
+    """A client whose handshake may take its time, then waits ``timeout_ms`` for each reply."""
+    bc = fake.client(timeout=HANDSHAKE_TIMEOUT_MS)
+    bc.timeout = timeout_ms
+    return bc
+
+
 def test_request_timeout_on_a_dropped_reply(fake):
-    with fake.client(timeout=300) as bc:
+    with _connected(fake, 300) as bc:
         fake.drop_data = True
         with pytest.raises(BertTimeoutError, match=r'"timeout"=300 ms') as info:
             bc.encode(['never answered'])
@@ -326,25 +341,30 @@ def test_request_timeout_on_a_dropped_reply(fake):
 
 
 def test_late_reply_after_a_timeout_is_dropped(fake):
-    with fake.client(timeout=200) as bc:
-        fake.delay = 0.5
+    with _connected(fake, 200) as bc:
+        fake.delay = release = threading.Event()  # no reply before the client gave up
         with pytest.raises(BertTimeoutError):
             bc.encode(['too slow'])
+        late = bc.request_id
         fake.delay = 0.0
-        time.sleep(0.5)  # the late reply is now on its way
+        release.set()
+        late_at = fake.wait_sent(late)
+        # The late reply goes out before the next one, so the client reads it first and must drop it.
         np.testing.assert_array_equal(bc.encode(['next']), fake.encode(['next']))
+        assert late_at < fake.wait_sent(bc.request_id)
         np.testing.assert_array_equal(bc.encode(['and next']), fake.encode(['and next']))
         assert bc.fetch_all() is None
 
 
 def test_fetch_timeout_leaves_requests_pending(fake):
-    with fake.client(timeout=200) as bc:
-        fake.delay = 0.6
+    with _connected(fake, 200) as bc:
+        fake.delay = release = threading.Event()
         bc.encode(['slow'], blocking=False)
         with pytest.raises(BertTimeoutError):
             list(bc.fetch())
         assert bc.status['num_pending_request'] == 1
-        bc.timeout = 5000
+        release.set()
+        bc.timeout = HANDSHAKE_TIMEOUT_MS
         np.testing.assert_array_equal(bc.fetch_all(concat=True), fake.encode(['slow']))
 
 
@@ -354,6 +374,43 @@ def test_server_error_reply_raises_with_the_servers_message(fake, bc):
     assert isinstance(info.value, BertServingError) and info.value.req_id == 2
     assert bc.status['num_pending_request'] == 0
     np.testing.assert_array_equal(bc.encode(['fine']), fake.encode(['fine']))
+
+
+def test_an_error_reply_without_a_code_is_a_plain_server_error(bc):
+    with pytest.raises(BertServerError) as info:
+        bc.encode(['RAISE'])
+    assert type(info.value) is BertServerError and info.value.code is None  # what a 1.10 server sends
+
+
+def test_a_busy_server_raises_busy_with_its_retry_hint(fake, bc):
+    with pytest.raises(BertServerBusyError, match=r'texts\[0\] is BUSY') as info:
+        bc.encode(['BUSY'])
+    assert info.value.retry_after == 2.5 and info.value.code == ErrorCode.BUSY
+    assert isinstance(info.value, BertServerError) and info.value.req_id == bc.request_id
+    with pytest.raises(BertServerBusyError) as info:
+        bc.encode(['BUSY-NO-HINT'])
+    assert info.value.retry_after is None
+    np.testing.assert_array_equal(bc.encode(['fine']), fake.encode(['fine']))
+
+
+def test_a_stopping_server_raises_shutting_down(bc):
+    with pytest.raises(BertServerShuttingDownError, match='STOPPING') as info:
+        bc.encode(['fine', 'STOPPING'])
+    assert isinstance(info.value, BertServerError) and info.value.code == ErrorCode.SHUTTING_DOWN
+
+
+def test_other_codes_raise_a_server_error_carrying_the_code(bc):
+    with pytest.raises(BertServerError) as info:
+        bc.encode(['DEADLINE'])
+    assert type(info.value) is BertServerError and info.value.code == ErrorCode.TIMEOUT
+
+
+def test_fetch_all_raises_the_busy_error_of_a_failed_request(bc):
+    bc.encode(['a'], blocking=False)
+    bc.encode(['BUSY'], blocking=False)
+    with pytest.raises(BertServerBusyError) as info:
+        bc.fetch_all()
+    assert info.value.req_id == bc.request_id and bc.status['num_pending_request'] == 0
 
 
 def test_fetch_all_collects_every_reply_before_raising(bc):
@@ -378,21 +435,25 @@ def test_fetch_raises_for_the_failed_request_and_can_go_on(bc):
     assert failed == 1 and len(fetched) == 1
 
 
-@pytest.mark.parametrize('texts, is_tokenized, error, match', [
-    (['a', 'b', 'c', 5], False, TypeError, r'^texts\[3\] is int \(5\), expected str$'),
-    (['a', None], False, TypeError, r'texts\[1\] is NoneType \(None\)'),
-    (['a', b'bytes'], False, TypeError, r"texts\[1\] is bytes \(b'bytes'\)"),
-    ([['a', 'b']], False, TypeError, r'texts\[0\] is list .*is_tokenized=True'),
-    ('a single sentence', False, TypeError, r"texts must be a list of str, got str.*\['a single sentence'\]"),
-    ({'a': 1}, False, TypeError, 'texts must be a list of str, got dict'),
-    ([], False, ValueError, 'texts is empty'),
-    ([['a'], 'b c'], True, TypeError, r"texts\[1\] is str \('b c'\), expected a list of str"),
-    ([['a', 3]], True, TypeError, r'texts\[0\]\[1\] is int \(3\), expected str'),
-    ([], True, ValueError, 'texts is empty'),
+@pytest.mark.parametrize('texts, is_tokenized, match', [
+    (['a', 'b', 'c', 5], False, r'^texts\[3\] is int \(5\), expected str$'),
+    (['a', None], False, r'texts\[1\] is NoneType \(None\)'),
+    (['a', b'bytes'], False, r"texts\[1\] is bytes \(b'bytes'\)"),
+    ([['a', 'b']], False, r'texts\[0\] is list .*is_tokenized=True'),
+    ('a single sentence', False, r"texts is str .*expected a list of str.*\['a single sentence'\]"),
+    ({'a': 1}, False, r'texts is dict .*expected a list of str'),
+    ([], False, 'texts is empty'),
+    (['fine', 'half a pair \ud800'], False, r"texts\[1\] holds a lone surrogate '\\ud800' at character 12"),
+    ([['a'], 'b c'], True, r"texts\[1\] is str \('b c'\), expected a list of str"),
+    ([['a', 3]], True, r'texts\[0\]\[1\] is int \(3\), expected str'),
+    ([['a', '\udc00']], True, r'texts\[0\]\[1\] holds a lone surrogate'),
+    ([], True, 'texts is empty'),
 ])
-def test_bad_input_is_refused_before_sending(fake, bc, texts, is_tokenized, error, match):
-    with pytest.raises(error, match=match):
+def test_bad_input_is_refused_before_sending(fake, bc, texts, is_tokenized, match):
+    with pytest.raises(BadRequest, match=match) as info:
         bc.encode(texts, is_tokenized=is_tokenized)
+    # What 1.10 raised (TypeError for a wrong type, ValueError for an empty list) still catches it.
+    assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
     assert fake.data_requests() == [] and bc.status['num_pending_request'] == 0
 
 

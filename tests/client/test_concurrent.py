@@ -6,7 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from bert_serving.client import BertServerError, BertServingError, ConcurrentBertClient
+from bert_serving.client import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError,
+                                 BertServingError, ConcurrentBertClient)
 
 
 def _pool(fake, **kwargs) -> ConcurrentBertClient:
@@ -40,8 +41,18 @@ def test_slot_comes_back_after_an_exception(fake):
     with _pool(fake, max_concurrency=1) as pool:
         with pytest.raises(BertServerError, match='RAISE'):
             pool.encode(['RAISE'])
-        with pytest.raises(TypeError, match=r'texts\[0\] is int'):
+        with pytest.raises(BadRequest, match=r'texts\[0\] is int'):
             pool.encode([1])
+        np.testing.assert_array_equal(pool.encode(['fine']), fake.encode(['fine']))
+
+
+def test_busy_and_shutting_down_errors_pass_through_the_pool(fake):
+    with _pool(fake, max_concurrency=1) as pool:
+        with pytest.raises(BertServerBusyError) as info:
+            pool.encode(['BUSY'])
+        assert info.value.retry_after == 2.5
+        with pytest.raises(BertServerShuttingDownError):
+            pool.encode(['STOPPING'])
         np.testing.assert_array_equal(pool.encode(['fine']), fake.encode(['fine']))
 
 

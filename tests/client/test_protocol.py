@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import zmq
 
-from bert_serving.client import ProtocolError
-from bert_serving.client.protocol import (Command, Reply, Request, pack_error, pack_json_reply, pack_request,
-                                          pack_result, unpack_reply, unpack_request)
+from bert_serving.client import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError,
+                                 BertServingError, BertTimeoutError, ProtocolError)
+from bert_serving.client.protocol import (Command, ErrorCode, Reply, Request, pack_error, pack_json_reply,
+                                          pack_request, pack_result, reply_error, unpack_reply, unpack_request)
 
 
 def _as_bytes(frames):
@@ -109,6 +110,70 @@ def test_error_round_trip_and_its_header_fails_a_1_10_client_loudly():
     header = json.loads(frames[1])
     with pytest.raises(TypeError):  # what np.frombuffer in an unmodified 1.10 client does with it
         np.frombuffer(frames[2], dtype=header['dtype'])
+    assert 'code' not in header and reply.code is None
+
+
+@pytest.mark.parametrize('code', sorted(ErrorCode.ALL))
+def test_error_codes_keep_the_shape_a_1_10_client_fails_on(code):
+    frames = pack_error(b'me', 4, 'server busy, retry', code)
+    assert len(frames) == 4 and frames[2] == b''
+    header = json.loads(frames[1])
+    assert header['code'] == code and header['shape'] == [0]
+    with pytest.raises((TypeError, ValueError)):  # a comma in the message makes numpy raise ValueError
+        np.frombuffer(frames[2], dtype=header['dtype'])
+    reply = unpack_reply(_as_bytes(frames))
+    assert (reply.kind, reply.code, reply.retry_after, reply.error) == ('error', code, None, 'server busy, retry')
+
+
+def test_busy_error_carries_retry_after():
+    reply = unpack_reply(_as_bytes(pack_error(b'me', 4, 'queue full', ErrorCode.BUSY, retry_after=1.5)))
+    assert (reply.code, reply.retry_after) == (ErrorCode.BUSY, 1.5)
+    assert unpack_reply(_as_bytes(pack_error(b'me', 4, 'queue full', ErrorCode.BUSY, 0))).retry_after == 0.0
+
+
+@pytest.mark.parametrize('code, retry_after', [('no-such-code', None), ('BUSY', None),
+                                                (ErrorCode.FAILED, 1.0), (None, 1.0), (ErrorCode.BUSY, -1)])
+def test_pack_error_refuses_unknown_codes_and_misplaced_retry_after(code, retry_after):
+    with pytest.raises(ValueError):
+        pack_error(b'me', 4, 'message', code, retry_after)
+
+
+@pytest.mark.parametrize('extra, code, retry_after', [
+    ({'code': 'from-a-newer-server'}, 'from-a-newer-server', None),
+    ({'code': 7}, None, None),
+    ({'code': 'busy', 'retry_after': 'soon'}, 'busy', None),
+    ({'code': 'busy', 'retry_after': -3}, 'busy', None),
+    ({'code': 'busy', 'retry_after': True}, 'busy', None),
+    ({'code': 'busy', 'retry_after': 2}, 'busy', 2),
+])
+def test_odd_optional_fields_never_hide_the_message(extra, code, retry_after):
+    header = json.dumps({'error': 'the message', 'dtype': 'x', 'shape': [0], 'tokens': '', **extra}).encode()
+    reply = unpack_reply([b'me', header, b'', b'4'])
+    assert (reply.error, reply.code, reply.retry_after) == ('the message', code, retry_after)
+
+
+@pytest.mark.parametrize('code, retry_after, error_type', [
+    (ErrorCode.BUSY, 0.5, BertServerBusyError),
+    (ErrorCode.SHUTTING_DOWN, None, BertServerShuttingDownError),
+    (ErrorCode.BAD_REQUEST, None, BertServerError),
+    (ErrorCode.TIMEOUT, None, BertServerError),
+    (ErrorCode.FAILED, None, BertServerError),
+    (None, None, BertServerError),
+    ('from-a-newer-server', None, BertServerError),
+])
+def test_reply_error_raises_what_the_code_stands_for(code, retry_after, error_type):
+    err = reply_error(Reply('error', 9, error='why', code=code, retry_after=retry_after))
+    assert type(err) is error_type and str(err) == 'why'
+    assert (err.code, err.req_id) == (code, 9)
+    assert getattr(err, 'retry_after', None) == retry_after
+
+
+def test_one_error_hierarchy():
+    for error in (BertServerError, BertServerBusyError, BertServerShuttingDownError, BertTimeoutError,
+                  ProtocolError, BadRequest):
+        assert issubclass(error, BertServingError), error
+    assert issubclass(BertServerBusyError, BertServerError) and issubclass(BertServerShuttingDownError, BertServerError)
+    assert issubclass(BadRequest, ValueError) and issubclass(BadRequest, TypeError)
 
 
 @pytest.mark.parametrize('frames, match', [

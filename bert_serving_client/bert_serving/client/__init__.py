@@ -11,7 +11,8 @@ Needs only pyzmq and numpy. Quick start::
 from ._version import PROTOCOL_VERSION, __version__
 from .client import BertClient, Response
 from .concurrent import ConcurrentBertClient
-from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
+from .errors import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError, BertServingError,
+                     BertTimeoutError, ProtocolError)
 
 __all__ = [
     'BertClient',
@@ -19,8 +20,11 @@ __all__ = [
     'Response',
     'BertServingError',
     'BertServerError',
+    'BertServerBusyError',
+    'BertServerShuttingDownError',
     'BertTimeoutError',
     'ProtocolError',
+    'BadRequest',
     '__version__',
     'PROTOCOL_VERSION',
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import reprlib
 import time
 import uuid
 import warnings
@@ -21,7 +20,8 @@ import zmq
 
 from ._version import PROTOCOL_VERSION, __version__
 from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
-from .protocol import Command, Reply, pack_request, unpack_reply
+from .protocol import Command, Reply, pack_request, reply_error, unpack_reply
+from .validation import validate_texts
 
 __all__ = ['BertClient', 'Response', 'HANDSHAKE_TIMEOUT_MS', 'HANDSHAKE_RESEND_MS', 'ASYNC_MAX_IN_FLIGHT']
 
@@ -155,11 +155,14 @@ class BertClient:
             zero-copy view of the received message: ``np.array(result)`` makes a writable copy.
 
         Raises:
-            TypeError, ValueError: ``texts`` is malformed; the message names the element.
-            BertServerError: The server failed on this request.
+            BadRequest: ``texts`` is malformed (also a TypeError and a ValueError, as 1.10 raised);
+                the message names the element.
+            BertServerBusyError: The server's queue is full; retry after ``err.retry_after`` seconds.
+            BertServerShuttingDownError: The server is stopping and did not serve the request.
+            BertServerError: The server failed on this request (``err.code`` says why, if it did).
             BertTimeoutError: No reply within ``timeout``.
         """
-        _check_texts(texts, is_tokenized)
+        texts, _ = validate_texts(texts, bool(is_tokenized))
         self._check_length(texts, is_tokenized)
         if show_tokens and not self.token_info_available:
             warnings.warn('show_tokens=True, but the server does not send tokens to clients; start it with `bert-'
@@ -347,9 +350,7 @@ class BertClient:
         """Settles the request: a Response for kind 'result', the object for 'json', or the server's error."""
         self._pending.pop(reply.req_id, None)
         if reply.kind == 'error':
-            err = BertServerError(reply.error)
-            err.req_id = reply.req_id
-            raise err
+            raise reply_error(reply)
         if reply.kind != kind:
             raise ProtocolError(f'request {reply.req_id} was answered with a {reply.kind} reply, not {kind}')
         if kind == 'json':
@@ -374,26 +375,3 @@ class BertClient:
                 f'"port_out"={self.port_out} correct? are you encoding a huge amount of data whereas the '
                 'timeout is too small for that?')
 
-
-def _describe(value) -> str:
-    return f'{type(value).__name__} ({reprlib.repr(value)})'
-
-
-def _check_texts(texts, is_tokenized: bool):
-    """Raises TypeError/ValueError naming the first element that is not what the server takes."""
-    expected = 'a list of token lists (list of str)' if is_tokenized else 'a list of str'
-    if not isinstance(texts, (list, tuple)):
-        hint = f'; wrap a single sentence in a list: [{reprlib.repr(texts)}]' if isinstance(texts, str) else ''
-        raise TypeError(f'texts must be {expected}, got {_describe(texts)}{hint}')
-    if not texts:
-        raise ValueError(f'texts is empty; pass {expected} with at least one element')
-    for i, item in enumerate(texts):
-        if is_tokenized:
-            if not isinstance(item, (list, tuple)):
-                raise TypeError(f'texts[{i}] is {_describe(item)}, expected a list of str (is_tokenized=True)')
-            for j, token in enumerate(item):
-                if not isinstance(token, str):
-                    raise TypeError(f'texts[{i}][{j}] is {_describe(token)}, expected str')
-        elif not isinstance(item, str):
-            hint = '; pass is_tokenized=True for lists of tokens' if isinstance(item, (list, tuple)) else ''
-            raise TypeError(f'texts[{i}] is {_describe(item)}, expected str{hint}')

@@ -1,9 +1,25 @@
-"""The exception hierarchy shared by the client and the server.
+"""The exception hierarchy shared by the client, the server and the HTTP proxy.
 
-Every error this project raises derives from :class:`BertServingError`.
+Every error this project raises derives from :class:`BertServingError`::
+
+    BertServingError
+    ├── BertServerError                the server's own message, from an error reply
+    │   ├── BertServerBusyError        the server's queue is full: retry after ``retry_after`` seconds
+    │   └── BertServerShuttingDownError  the server stops and will not serve this request
+    ├── BertTimeoutError               no reply in time (also a TimeoutError)
+    ├── ProtocolError                  a malformed message on the wire (also a ValueError)
+    └── BadRequest                     invalid input, named element by element (also a ValueError)
+
+The server adds ``ConfigError`` and ``ModelError`` (``bert_serving.server.errors``) and the HTTP
+proxy its ``HttpError`` family under the same root, so one ``except BertServingError`` catches
+anything this project raises.
 """
+from __future__ import annotations
 
-__all__ = ['BertServingError', 'BertServerError', 'BertTimeoutError', 'ProtocolError']
+from typing import Optional
+
+__all__ = ['BertServingError', 'BertServerError', 'BertServerBusyError', 'BertServerShuttingDownError',
+           'BertTimeoutError', 'ProtocolError', 'BadRequest']
 
 
 class BertServingError(Exception):
@@ -11,7 +27,39 @@ class BertServingError(Exception):
 
 
 class BertServerError(BertServingError, RuntimeError):
-    """The server could not serve a request; the message is the server's own."""
+    """The server could not serve a request; the message is the server's own.
+
+    Attributes:
+        code: The reason the server gave (one of ``protocol.ErrorCode``), or None if it gave none
+            (a 1.10 server, or a server older than error codes).
+        req_id: The request it answers, once the client knows it.
+    """
+
+    def __init__(self, message: str, *, code: Optional[str] = None, req_id: Optional[int] = None):
+        super().__init__(message)
+        self.code = code
+        self.req_id = req_id
+
+
+class BertServerBusyError(BertServerError):
+    """The server refused the request at once because its queue is full; sending it again later
+    may succeed.
+
+    Attributes:
+        retry_after: Seconds the server suggests waiting before a retry (float), or None.
+    """
+
+    def __init__(self, message: str, *, retry_after: Optional[float] = None, req_id: Optional[int] = None):
+        super().__init__(message, code='busy', req_id=req_id)  # protocol.ErrorCode.BUSY
+        self.retry_after = retry_after
+
+
+class BertServerShuttingDownError(BertServerError):
+    """The server is stopping and failed this request instead of serving it; send it to another
+    server, or again once this one is back."""
+
+    def __init__(self, message: str, *, req_id: Optional[int] = None):
+        super().__init__(message, code='shutting_down', req_id=req_id)  # protocol.ErrorCode.SHUTTING_DOWN
 
 
 class BertTimeoutError(BertServingError, TimeoutError):
@@ -20,3 +68,13 @@ class BertTimeoutError(BertServingError, TimeoutError):
 
 class ProtocolError(BertServingError, ValueError):
     """A message on the wire is malformed."""
+
+
+class BadRequest(BertServingError, ValueError, TypeError):
+    """Input that no server can encode; the message names the offending element, e.g.
+    ``texts[3] is int (5), expected str``.
+
+    Raised by ``bert_serving.client.validation`` wherever input is checked: in the client before
+    sending, in the server's ventilator, in the HTTP proxy. It is a ValueError, and a TypeError too
+    because 1.10's client raised TypeError for an element of the wrong type.
+    """

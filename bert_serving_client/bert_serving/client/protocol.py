@@ -17,10 +17,12 @@ Sink -> client (server PUB binds ``port_out``; the client SUB subscribes to its 
     json     [identity, JSON object, req_id]              (SHOW_CONFIG / SHOW_STATUS)
     error    [identity, header, b"", req_id]
              header = JSON {"error": message, "dtype": "server error: " + message,
-                            "shape": [0], "tokens": ""}
+                            "shape": [0], "tokens": "",
+                            "code": ErrorCode (optional), "retry_after": seconds (optional, busy only)}
 
 The error reply keeps the 4-frame shape of a result, so an unmodified 1.10.0 client
 raises (``data type 'server error: ...' not understood``) instead of waiting forever.
+Our client raises the error its ``code`` stands for (see :func:`reply_error`).
 """
 from __future__ import annotations
 
@@ -31,10 +33,10 @@ from typing import Any, List, Optional, Sequence
 import numpy as np
 
 from ._version import PROTOCOL_VERSION
-from .errors import ProtocolError
+from .errors import BertServerBusyError, BertServerError, BertServerShuttingDownError, ProtocolError
 
-__all__ = ['Command', 'Request', 'Reply', 'PROTOCOL_VERSION', 'pack_request', 'unpack_request',
-           'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'array_header',
+__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'PROTOCOL_VERSION', 'pack_request', 'unpack_request',
+           'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'reply_error', 'array_header',
            'raw_bytes']
 
 
@@ -44,6 +46,16 @@ class Command:
     SHOW_STATUS = b'SHOW_STATUS'
     TERMINATE = b'TERMINATION'
     ALL = frozenset((SHOW_CONFIG, SHOW_STATUS, TERMINATE))
+
+
+class ErrorCode:
+    """Why the server failed a request: the ``code`` of an error reply's header."""
+    BUSY = 'busy'  # the queue is full; retrying after ``retry_after`` seconds may succeed
+    SHUTTING_DOWN = 'shutting_down'  # the server stops; this request will not be served
+    BAD_REQUEST = 'bad_request'  # the input is invalid; sending it again fails again
+    TIMEOUT = 'timeout'  # the server gave up on the request past its deadline
+    FAILED = 'failed'  # anything else: a worker error, a lost worker, ...
+    ALL = frozenset((BUSY, SHUTTING_DOWN, BAD_REQUEST, TIMEOUT, FAILED))
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class Reply:
         tokens: for a result, the tokens if the server sends them, else None.
         data: for a json reply, the decoded object.
         error: for an error reply, the server's message.
+        code: for an error reply, its ``ErrorCode``; None from a server that sends none (1.10).
+        retry_after: for a busy error, the seconds to wait before retrying, if the server said.
     """
     kind: str
     req_id: int
@@ -77,6 +91,8 @@ class Reply:
     tokens: Any = None
     data: Any = None
     error: Optional[str] = None
+    code: Optional[str] = None
+    retry_after: Optional[float] = None
 
 
 def _int_frame(frame: bytes, name: str) -> int:
@@ -137,12 +153,26 @@ def pack_json_reply(identity: bytes, req_id: int, obj: Any) -> List[bytes]:
 
 def pack_error(identity: bytes, req_id: int, message: str, code: Optional[str] = None,
                retry_after: Optional[float] = None) -> List[bytes]:
-    """Frames of an error reply; ``code`` (e.g. ``"busy"``) and ``retry_after`` (seconds) are optional."""
+    """Frames of an error reply.
+
+    Args:
+        identity, req_id: The request it answers.
+        message: What went wrong and what to change; the client raises it as is.
+        code: One of ``ErrorCode``; None sends no code (the client then raises BertServerError).
+        retry_after: Seconds to wait before retrying, only with ``ErrorCode.BUSY``.
+
+    Raises:
+        ValueError: ``code`` is no ErrorCode, or ``retry_after`` comes without BUSY or is negative.
+    """
     header = {'error': message, 'dtype': 'server error: ' + message, 'shape': [0], 'tokens': ''}
     if code is not None:
+        if code not in ErrorCode.ALL:
+            raise ValueError(f'error code {code!r} is none of {sorted(ErrorCode.ALL)}')
         header['code'] = code
     if retry_after is not None:
-        header['retry_after'] = retry_after
+        if code != ErrorCode.BUSY or not retry_after >= 0:
+            raise ValueError(f'retry_after={retry_after!r} needs code=ErrorCode.BUSY and a value >= 0')
+        header['retry_after'] = float(retry_after)
     return [identity, json.dumps(header).encode(), b'', b'%d' % req_id]
 
 
@@ -164,10 +194,30 @@ def unpack_reply(frames: Sequence[bytes]) -> Reply:
     if not isinstance(header, dict):
         raise ProtocolError(f'reply {req_id} header must be a JSON object')
     if 'error' in header:
-        return Reply('error', req_id, error=str(header['error']))
+        return _error_reply(req_id, header)
     try:
         array = np.frombuffer(frames[2], dtype=header['dtype']).reshape(header['shape'])
     except (KeyError, TypeError, ValueError) as e:
         raise ProtocolError(f'reply {req_id} array does not match its header ({e})') from e
     tokens = header.get('tokens') or None
     return Reply('result', req_id, array=array, tokens=tokens)
+
+
+def _error_reply(req_id: int, header: dict) -> Reply:
+    # Lenient on the optional fields: an unknown code or a bad retry_after must not hide the message.
+    code = header.get('code')
+    retry_after = header.get('retry_after')
+    if not isinstance(retry_after, (int, float)) or isinstance(retry_after, bool) or not retry_after >= 0:
+        retry_after = None
+    return Reply('error', req_id, error=str(header['error']),
+                 code=code if isinstance(code, str) else None, retry_after=retry_after)
+
+
+def reply_error(reply: Reply) -> BertServerError:
+    """The exception an error reply stands for: BertServerBusyError for ``busy``,
+    BertServerShuttingDownError for ``shutting_down``, else BertServerError carrying the code."""
+    if reply.code == ErrorCode.BUSY:
+        return BertServerBusyError(reply.error, retry_after=reply.retry_after, req_id=reply.req_id)
+    if reply.code == ErrorCode.SHUTTING_DOWN:
+        return BertServerShuttingDownError(reply.error, req_id=reply.req_id)
+    return BertServerError(reply.error, code=reply.code, req_id=reply.req_id)
