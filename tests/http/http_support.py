@@ -99,11 +99,13 @@ READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queu
 
 
 class FakeBackend:
-    """Steer it through attributes: ``delay`` (seconds per encode), ``error`` (raised by encode),
-    ``status`` (SHOW_STATUS reply, or an exception to raise), ``token_level`` (3-D results)."""
+    """Steer it through attributes: ``delay`` (seconds per encode), ``hold`` (an asyncio.Event every
+    encode waits for, if set to one), ``error`` (raised by encode), ``status`` (SHOW_STATUS reply, or
+    an exception to raise), ``token_level`` (3-D results). ``calls`` lists every encode as it starts."""
 
     def __init__(self):
         self.delay = 0.0
+        self.hold: Optional[asyncio.Event] = None
         self.error = None
         self.status = dict(READY_STATUS)
         self.token_level = False
@@ -113,6 +115,8 @@ class FakeBackend:
         self.calls.append((list(texts), show_tokens))
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.error is not None:
             raise self.error
         words = [t.split() if isinstance(t, str) else t for t in texts]
@@ -121,6 +125,16 @@ class FakeBackend:
             array = array[:, None, :].repeat(3, axis=1)
         tokens = [['[CLS]', *w, '[SEP]'] for w in words]
         return Reply('result', 1, array=array, tokens=tokens)
+
+    async def wait_calls(self, n: int) -> None:
+        """Waits until ``n`` encodes have started; fails the test after HTTP_TIMEOUT seconds."""
+        async def started():
+            while len(self.calls) < n:
+                await asyncio.sleep(0.01)
+        try:
+            await asyncio.wait_for(started(), HTTP_TIMEOUT)
+        except asyncio.TimeoutError:
+            pytest.fail(f'{len(self.calls)} encodes started, not {n}')
 
     async def server_status(self):
         if isinstance(self.status, Exception):

@@ -10,6 +10,9 @@ import json
 import numpy as np
 import pytest
 
+from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertServerError,
+                                        BertServerShuttingDownError, BertTimeoutError)
+from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.http.app import model_name
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
 
@@ -109,6 +112,8 @@ def test_bad_json_is_400(fake, path, raw):
     ('/v1/embeddings', {'input': [1, 2, 3]}, 'token ids'),
     ('/v1/embeddings', {'input': 'a', 'model': 3}, 'model is a number'),
     ('/v1/embeddings', {'input': 'a', 'encoding_format': 'hex'}, 'encoding_format'),
+    ('/encode', {'texts': ['fine', 'half \ud800']}, "texts[1] holds a lone surrogate '\\ud800' at character 5"),
+    ('/v1/embeddings', {'input': ['\udfff']}, "input[0] holds a lone surrogate"),
 ])
 def test_wrong_types_are_422_naming_the_element(fake, path, body, names):
     async def check(client):
@@ -161,21 +166,49 @@ def test_backend_failures_map_to_status_codes(fake, error, status):
 
 
 def test_requests_beyond_max_connect_get_429_at_once_while_status_stays_open(fake):
-    fake.delay = 0.5
-
     async def check(client):
+        fake.hold = asyncio.Event()
+
         async def encode():
             r = await client.post('/encode', json={'texts': ['a']})
             return r.status, r.headers.get('Retry-After')
 
-        tasks = [asyncio.ensure_future(encode()) for _ in range(5)]
-        await asyncio.sleep(0.2)  # the first ones are in flight now
+        admitted = [asyncio.ensure_future(encode()) for _ in range(2)]
+        await fake.wait_calls(2)  # both are in flight, held by the fake
+        refused = await asyncio.gather(*(encode() for _ in range(3)))
+        assert refused == [(429, '1')] * 3
         health = await client.get('/health')
         assert health.status == 200, 'probes are not limited'
-        statuses = await asyncio.gather(*tasks)
-        assert sorted(statuses) == [(200, None)] * 2 + [(429, '1')] * 3
+        fake.hold.set()
+        assert await asyncio.gather(*admitted) == [(200, None)] * 2
+        assert len(fake.calls) == 2
 
     serve(fake, check, max_connect=2)
+
+
+@pytest.mark.parametrize('error, status, retry_after', [
+    (BertServerBusyError('queue full', retry_after=2.1), 429, '3'),
+    (BertServerBusyError('queue full', retry_after=0.2), 429, '1'),
+    (BertServerBusyError('queue full'), 429, '1'),
+    (BertServerShuttingDownError('server shutting down'), 503, None),
+    (BertServerError('texts[0] is bad', code=ErrorCode.BAD_REQUEST), 422, None),
+    (BadRequest('texts[0] holds a lone surrogate'), 422, None),
+    (BertServerError('past its deadline', code=ErrorCode.TIMEOUT), 504, None),
+    (BertTimeoutError('no reply'), 504, None),
+    (BertServerError('worker died', code=ErrorCode.FAILED), 502, None),
+    (BertServerError('a 1.10 server failed'), 502, None),
+])
+def test_server_errors_map_to_status_codes_by_their_code(fake, error, status, retry_after):
+    fake.error = error
+
+    async def check(client):
+        r = await client.post('/v1/embeddings', json={'input': 'a'})
+        body = await r.json()
+        assert (r.status, body['status'], body['error']['code']) == (status, status, status)
+        assert r.headers.get('Retry-After') == retry_after
+        assert str(error) in body['error']['message']
+
+    serve(fake, check)
 
 
 def test_health_is_503_until_every_worker_is_ready(fake):

@@ -15,13 +15,21 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from bert_serving.client.protocol import Command, pack_error, pack_json_reply, pack_result, unpack_request
-from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
+from bert_serving.client.protocol import (Command, ErrorCode, pack_error, pack_json_reply, pack_result,
+                                          unpack_request)
+from bert_serving.server.http.errors import (BackendError, BackendTimeout, BackendUnavailable, InvalidField,
+                                             ServerBusy, ServerShuttingDown)
 from bert_serving.server.http.zmq_client import ZmqBackend
 
 
+CODED = {'BUSY': (ErrorCode.BUSY, 2.5), 'STOPPING': (ErrorCode.SHUTTING_DOWN, None),
+         'INVALID': (ErrorCode.BAD_REQUEST, None), 'DEADLINE': (ErrorCode.TIMEOUT, None),
+         'FAILED': (ErrorCode.FAILED, None)}
+
+
 class ScriptedPeer:
-    """Collects ``n`` requests, then answers them in reverse order (texts 'DROP' never, 'FAIL' with an error)."""
+    """Collects ``n`` requests, then answers them in reverse order (texts 'DROP' never, 'FAIL' with an
+    error without a code, one of ``CODED`` with that error code)."""
 
     def __init__(self, ctx: zmq.asyncio.Context):
         self.pull = ctx.socket(zmq.PULL)
@@ -46,6 +54,11 @@ class ScriptedPeer:
                 continue
             if texts == ['FAIL']:
                 await self.xpub.send_multipart(pack_error(req.identity, req.req_id, 'texts[0] is FAIL'))
+                continue
+            if texts[0] in CODED:
+                code, retry_after = CODED[texts[0]]
+                await self.xpub.send_multipart(pack_error(req.identity, req.req_id, f'coded {code}', code,
+                                                          retry_after))
                 continue
             array = np.array([[float(t)] for t in texts], dtype=np.float32)
             tokens = [[t] for t in texts] if isinstance(payload, dict) and payload['show_tokens'] else None
@@ -112,6 +125,22 @@ def test_a_missing_reply_times_out_and_an_error_reply_raises_without_disturbing_
         assert isinstance(failed, BackendError) and 'texts[0] is FAIL' in str(failed)
         np.testing.assert_array_equal(fine.array, [[7]])
         assert backend.client_status()['num_pending_request'] == 0
+
+    run(check)
+
+
+def test_error_codes_become_the_http_errors_they_stand_for():
+    async def check(backend, peer):
+        server = asyncio.ensure_future(peer.serve(len(CODED)))
+        outcomes = await asyncio.gather(*(backend.encode([word]) for word in CODED), return_exceptions=True)
+        await server
+        busy, stopping, invalid, deadline, failed = outcomes
+        assert type(busy) is ServerBusy and busy.headers == {'Retry-After': '3'} and 'coded busy' in busy.message
+        assert type(stopping) is ServerShuttingDown and stopping.status == 503
+        assert type(invalid) is InvalidField and invalid.message == 'coded bad_request'
+        assert type(deadline) is BackendTimeout and deadline.status == 504
+        assert type(failed) is BackendError and failed.status == 502
+        assert backend.client_status()['num_error'] == len(CODED)
 
     run(check)
 

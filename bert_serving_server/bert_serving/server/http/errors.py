@@ -1,18 +1,32 @@
 """Errors of the HTTP proxy, each carrying the status code it is answered with.
 
 The one place that turns exceptions into HTTP replies is ``middleware.error_middleware``;
-everything below the routes raises one of these (or a client-library error, which the
-middleware maps too). The body is OpenAI-shaped, plus the top-level ``status`` that 1.10's
-Flask proxy put in every reply::
+everything below the routes raises one of these, or a client-library error that
+:func:`from_client_error` translates. The body is OpenAI-shaped, plus the top-level ``status``
+that 1.10's Flask proxy put in every reply::
 
     {"error": {"message": "...", "type": "...", "code": <status>}, "status": <status>}
+
+What the server's error codes (``protocol.ErrorCode``) become::
+
+    busy           429  ServerBusy, with Retry-After (the server's retry_after rounded up, at least 1)
+    shutting_down  503  ServerShuttingDown
+    bad_request    422  InvalidField (the server's message names the element)
+    timeout        504  BackendTimeout
+    failed, none   502  BackendError
 """
 from __future__ import annotations
 
-from bert_serving.client.errors import BertServingError
+import math
+from typing import Optional
+
+from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertServerError,
+                                        BertServerShuttingDownError, BertServingError, BertTimeoutError)
+from bert_serving.client.protocol import ErrorCode
 
 __all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyRequests',
-           'BackendError', 'BackendUnavailable', 'BackendTimeout']
+           'ServerBusy', 'ServerShuttingDown', 'BackendError', 'BackendUnavailable', 'BackendTimeout',
+           'from_client_error', 'retry_after_header']
 
 
 class HttpError(BertServingError):
@@ -57,6 +71,29 @@ class TooManyRequests(HttpError):
     headers = {'Retry-After': '1'}
 
 
+def retry_after_header(seconds: Optional[float]) -> str:
+    """Retry-After takes whole seconds: round up, and never say 0 (clients would retry at once)."""
+    if seconds is None or not math.isfinite(seconds):
+        return '1'
+    return str(max(1, math.ceil(seconds)))
+
+
+class ServerBusy(HttpError):
+    """The server's queue is full: it refused the request at once."""
+    status = 429
+    type = 'rate_limit_error'
+
+    def __init__(self, message: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.headers = {'Retry-After': retry_after_header(retry_after)}
+
+
+class ServerShuttingDown(HttpError):
+    """The server is stopping and failed the request instead of serving it."""
+    status = 503
+    type = 'service_unavailable'
+
+
 class BackendError(HttpError):
     """The server answered with an error."""
     status = 502
@@ -73,3 +110,20 @@ class BackendTimeout(HttpError):
     """The server did not answer in time."""
     status = 504
     type = 'timeout_error'
+
+
+def from_client_error(err: BertServingError) -> HttpError:
+    """The HTTP error a client-library error stands for (see the table in the module docstring)."""
+    if isinstance(err, HttpError):
+        return err
+    if isinstance(err, BertServerBusyError):
+        return ServerBusy(f'the server is busy: {err}', err.retry_after)
+    if isinstance(err, BertServerShuttingDownError):
+        return ServerShuttingDown(f'the server is shutting down: {err}')
+    if isinstance(err, BadRequest) or (isinstance(err, BertServerError) and err.code == ErrorCode.BAD_REQUEST):
+        return InvalidField(str(err))
+    if isinstance(err, BertTimeoutError) or (isinstance(err, BertServerError) and err.code == ErrorCode.TIMEOUT):
+        return BackendTimeout(str(err))
+    if isinstance(err, BertServerError):
+        return BackendError(f'the server failed this request: {err}')
+    return BackendError(str(err))

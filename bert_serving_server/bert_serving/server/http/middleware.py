@@ -15,9 +15,9 @@ from typing import Awaitable, Callable, Collection, List
 from aiohttp import hdrs, web
 from aiohttp.web import ContentCoding
 
-from bert_serving.client.errors import BertServerError, BertServingError, BertTimeoutError
+from bert_serving.client.errors import BertServingError
 
-from .errors import HttpError, TooManyRequests
+from .errors import HttpError, TooManyRequests, from_client_error
 from .metrics import ProxyMetrics
 
 __all__ = ['make_middlewares', 'error_response', 'endpoint_of', 'accepts_gzip', 'COMPRESS_MIN_BYTES']
@@ -115,7 +115,8 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except HttpError as e:
+        except BertServingError as error:  # HttpError, or a client-library error to translate
+            e = from_client_error(error)
             if e.status >= 500:
                 logger.warning('%s %s -> %d: %s', request.method, request.path, e.status, e.message)
             return error_response(e.status, e.message, e.type, e.headers or None)
@@ -133,10 +134,6 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
                 message = e.reason
             headers = {'Allow': e.headers['Allow']} if 'Allow' in e.headers else None
             return error_response(e.status, message, _HTTP_TYPES.get(e.status, 'server_error'), headers)
-        except BertTimeoutError as e:
-            return error_response(504, str(e), 'timeout_error')
-        except (BertServerError, BertServingError) as e:
-            return error_response(502, str(e), 'backend_error')
         except Exception as e:  # CancelledError (client gone) is a BaseException and passes
             logger.exception('%s %s failed', request.method, request.path)
             return error_response(500, f'internal error of the proxy: {type(e).__name__}: {e}', 'server_error')

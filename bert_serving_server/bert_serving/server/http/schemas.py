@@ -14,7 +14,9 @@
               "data": [{"object": "embedding", "index": i, "embedding": [float, ...] or base64}],
               "usage": {"prompt_tokens": n, "total_tokens": n}}
 
-Validation errors name the offending field, e.g. ``texts[3] is a number, expected a string``.
+Validation errors name the offending field, e.g. ``texts[3] is a number, expected a string``: the
+texts go through ``bert_serving.client.validation``, the check the client and the server make too
+(which also refuses strings holding a lone surrogate such as ``"\ud800"``, no JSON Schema rule here).
 
 Each shape is also written down as a JSON Schema (``*_SCHEMA``), which ``openapi`` publishes at
 ``GET /openapi.json``. The tests hold every parser to its schema: a body passes one exactly when it
@@ -29,6 +31,9 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 from multidict import MultiMapping
+
+from bert_serving.client.errors import BadRequest
+from bert_serving.client.validation import JSON, json_type, validate_texts
 
 from .errors import BadJson, InvalidField, NotSupported
 
@@ -129,21 +134,6 @@ ERROR_SCHEMA = {
 }
 
 
-def json_type(value: Any) -> str:
-    """The JSON name of a decoded value's type, for error messages."""
-    if value is None:
-        return 'null'
-    if isinstance(value, bool):
-        return 'a boolean'
-    if isinstance(value, (int, float)):
-        return 'a number'
-    if isinstance(value, str):
-        return 'a string'
-    if isinstance(value, list):
-        return 'an array'
-    return 'an object'
-
-
 @dataclass(frozen=True)
 class EncodeRequest:
     id: Any
@@ -184,18 +174,12 @@ def _flag(obj: dict, name: str) -> bool:
     return value
 
 
-def _strings(items: Any, name: str) -> List[Any]:
-    """Checks that ``items`` is a non-empty list of strings; the error names the element."""
-    if items is None:
-        raise InvalidField(f'{name} is missing: send a list of strings')
-    if not isinstance(items, list):
-        raise InvalidField(f'{name} is {json_type(items)}, expected an array of strings')
-    if not items:
-        raise InvalidField(f'{name} is empty: send at least one string')
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise InvalidField(f'{name}[{i}] is {json_type(item)}, expected a string')
-    return items
+def _texts(items: Any, is_tokenized: bool, name: str) -> List[Any]:
+    """The shared validator's check of ``items``, its BadRequest answered as 422."""
+    try:
+        return validate_texts(items, is_tokenized, name=name, wording=JSON)[0]
+    except BadRequest as e:
+        raise InvalidField(str(e)) from e
 
 
 def parse_encode(obj: dict) -> EncodeRequest:
@@ -205,20 +189,7 @@ def parse_encode(obj: dict) -> EncodeRequest:
         InvalidField: a field is missing or has the wrong type; the message names it.
     """
     is_tokenized = _flag(obj, 'is_tokenized')
-    texts = obj.get('texts')
-    if not is_tokenized:
-        texts = _strings(texts, 'texts')
-    else:
-        if not isinstance(texts, list) or not texts:
-            raise InvalidField(f'texts is {"empty" if texts == [] else json_type(texts)}, expected a non-empty '
-                               'array of token arrays (is_tokenized is true)')
-        for i, tokens in enumerate(texts):
-            if not isinstance(tokens, list):
-                raise InvalidField(f'texts[{i}] is {json_type(tokens)}, expected an array of token strings '
-                                   '(is_tokenized is true)')
-            for j, token in enumerate(tokens):
-                if not isinstance(token, str):
-                    raise InvalidField(f'texts[{i}][{j}] is {json_type(token)}, expected a string')
+    texts = _texts(obj.get('texts'), is_tokenized, 'texts')
     return EncodeRequest(obj.get('id'), texts, is_tokenized, _flag(obj, 'show_tokens'))
 
 
@@ -266,7 +237,7 @@ def parse_embeddings(obj: dict) -> EmbeddingsRequest:
     elif isinstance(inputs, list) and inputs and not isinstance(inputs[0], str) and \
             isinstance(inputs[0], (int, list)) and not isinstance(inputs[0], bool):
         raise InvalidField('input holds token ids; this server only takes text: send strings')
-    inputs = _strings(inputs, 'input')
+    inputs = _texts(inputs, False, 'input')
     model = obj.get('model')
     if model is not None and not isinstance(model, str):
         raise InvalidField(f'model is {json_type(model)}, expected a string')

@@ -24,9 +24,9 @@ import zmq.asyncio
 
 from bert_serving.client._version import PROTOCOL_VERSION, __version__
 from bert_serving.client.errors import ProtocolError
-from bert_serving.client.protocol import Command, Reply, pack_request, unpack_reply
+from bert_serving.client.protocol import Command, Reply, pack_request, reply_error, unpack_reply
 
-from .errors import BackendError, BackendTimeout, BackendUnavailable
+from .errors import BackendError, BackendTimeout, BackendUnavailable, from_client_error
 
 __all__ = ['ZmqBackend']
 
@@ -104,6 +104,8 @@ class ZmqBackend:
 
         Raises:
             BackendError: the server failed the request.
+            ServerBusy, ServerShuttingDown, InvalidField, BackendTimeout: the server refused it as
+                busy, shutting down, invalid or past its deadline (``errors.from_client_error``).
             BackendTimeout: no reply within ``request_timeout``.
             BackendUnavailable: the connection is closed.
         """
@@ -147,7 +149,7 @@ class ZmqBackend:
             self._pending.pop(req_id, None)
         if reply.kind == 'error':
             self.counts['num_error'] += 1
-            raise BackendError(f'the server failed this request: {reply.error}')
+            raise from_client_error(reply_error(reply))
         return reply
 
     async def _send_and_wait(self, req_id: int, payload: bytes, msg_len: int, future: asyncio.Future) -> Reply:
