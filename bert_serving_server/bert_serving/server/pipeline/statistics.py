@@ -1,14 +1,20 @@
-"""Server statistics, with the keys of bert-as-service 1.10.0's ``statistic`` block."""
+"""Server statistics, with the keys of bert-as-service 1.10.0's ``statistic`` block.
+
+Memory and the cost of ``value`` are bounded whatever the history: request sizes are summed as
+they come (O(1)), and clients are kept in one LRU table of at most ``max_clients`` entries
+(O(max_clients) to summarise). A client forgotten from the table and coming back counts as new.
+"""
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, deque
-from typing import Dict, Iterable
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional
 
-__all__ = ['ServerStatistic']
+__all__ = ['ServerStatistic', 'MAX_CLIENTS', 'ACTIVE_SECONDS', 'INTERVALS']
 
 ACTIVE_SECONDS = 180  # a client is active if it sent data within this window
-MAX_CLIENTS = 500  # clients tracked individually (older ones are forgotten for the activity count)
+MAX_CLIENTS = 10000  # clients tracked individually; the least recently seen is forgotten beyond this
 INTERVALS = 200  # request intervals kept for the interval / per-second figures
 
 
@@ -21,50 +27,94 @@ def _summary(name: str, values: Iterable[float]) -> Dict[str, float]:
             f'num_min_{name}': sum(v == lo for v in values), f'num_max_{name}': sum(v == hi for v in values)}
 
 
-class ServerStatistic:
-    """Counts requests as the ventilator sees them. Owned by the ventilator only."""
+class _RunningSummary:
+    """avg / min / max / num_min / num_max of a stream of numbers, in O(1) memory and time."""
 
     def __init__(self):
+        self.count = 0
+        self.total = 0
+        self.lo = self.hi = None
+        self.num_lo = self.num_hi = 0
+
+    def add(self, value) -> None:
+        self.count += 1
+        self.total += value
+        if self.lo is None or value < self.lo:
+            self.lo, self.num_lo = value, 0
+        if self.hi is None or value > self.hi:
+            self.hi, self.num_hi = value, 0
+        self.num_lo += value == self.lo
+        self.num_hi += value == self.hi
+
+    def as_dict(self, name: str) -> Dict[str, float]:
+        if not self.count:
+            return {}
+        return {f'avg_{name}': self.total / self.count, f'min_{name}': self.lo, f'max_{name}': self.hi,
+                f'num_min_{name}': self.num_lo, f'num_max_{name}': self.num_hi}
+
+
+@dataclass
+class _Client:
+    requests: int = 0
+    last_data: Optional[float] = None  # time.perf_counter() of its last data request
+
+
+class ServerStatistic:
+    """Counts requests as the ventilator sees them. Owned by the ventilator only.
+
+    Args:
+        max_clients: Clients kept in the per-client table; the least recently seen goes first.
+    """
+
+    def __init__(self, max_clients: int = MAX_CLIENTS):
+        self.max_clients = max_clients
         self.num_data_request = 0
         self.num_sys_request = 0
         self.num_total_seq = 0
-        self.requests_per_client: Counter = Counter()
-        self.sizes: Counter = Counter()  # request size -> how many requests had it
-        self.last_active: 'OrderedDict[bytes, float]' = OrderedDict()
+        self.num_total_client = 0  # clients seen; one forgotten and back counts again
+        self.clients: 'OrderedDict[bytes, _Client]' = OrderedDict()  # least recently seen first
+        self.sizes = _RunningSummary()
         self.intervals: deque = deque(maxlen=INTERVALS)
         self._last_data_time = None
 
     def update(self, client: bytes, size: int, is_command: bool) -> None:
-        self.requests_per_client[client] += 1
+        entry = self.clients.get(client)
+        if entry is None:
+            entry = self.clients[client] = _Client()
+            self.num_total_client += 1
+            if len(self.clients) > self.max_clients:
+                self.clients.popitem(last=False)
+        else:
+            self.clients.move_to_end(client)
+        entry.requests += 1
         if is_command:
             self.num_sys_request += 1
             return
         now = time.perf_counter()
         self.num_data_request += 1
         self.num_total_seq += size
-        self.sizes[size] += 1
-        self.last_active[client] = now
-        self.last_active.move_to_end(client)
-        if len(self.last_active) > MAX_CLIENTS:
-            self.last_active.popitem(last=False)
+        self.sizes.add(size)
+        entry.last_data = now
         if self._last_data_time is not None:
             self.intervals.append(now - self._last_data_time)
         self._last_data_time = now
 
     @property
     def value(self) -> dict:
+        """The 1.10 ``statistic`` block; ``*_request_per_client`` and ``num_active_client`` cover
+        the clients still in the table. O(max_clients + INTERVALS), whatever was served before."""
         now = time.perf_counter()
         out = {
             'num_data_request': self.num_data_request,
             'num_total_seq': self.num_total_seq,
             'num_sys_request': self.num_sys_request,
             'num_total_request': self.num_data_request + self.num_sys_request,
-            'num_total_client': len(self.requests_per_client),
-            'num_active_client': sum(1 for t in self.last_active.values() if now - t < ACTIVE_SECONDS),
+            'num_total_client': self.num_total_client,
+            'num_active_client': sum(1 for c in self.clients.values()
+                                     if c.last_data is not None and now - c.last_data < ACTIVE_SECONDS),
         }
-        out.update(_summary('request_per_client', self.requests_per_client.values()))
-        sizes = list(self.sizes.elements())
-        out.update(_summary('size_per_request', sizes))
+        out.update(_summary('request_per_client', (c.requests for c in self.clients.values())))
+        out.update(self.sizes.as_dict('size_per_request'))
         out.update(_summary('last_two_interval', self.intervals))
         out.update(_summary('request_per_second', [1.0 / v for v in self.intervals if v > 0]))
         return out
