@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bert_serving.client import BertServerError
-from bert_serving.client.protocol import unpack_reply
+from bert_serving.client.protocol import ErrorCode, unpack_reply
 
 from service_support import sentence
 
@@ -41,7 +41,7 @@ ANSWERED = [
     ('json object', b'{"sentences": ["a"]}', b'7', b'1', 'must be a JSON list'),
     ('json number', b'42', b'7', b'1', 'must be a JSON list'),
     ('json string', b'"just a string"', b'7', b'1', 'must be a JSON list'),
-    ('empty list', b'[]', b'7', b'0', 'empty request'),
+    ('empty list', b'[]', b'7', b'0', 'texts is empty'),
     ('list of ints', b'[1, 2]', b'7', b'2', 'texts[0] is int'),
     ('list of nulls', b'[null]', b'7', b'1', 'texts[0] is NoneType'),
     ('text then tokens', b'["a", ["b"]]', b'7', b'2', 'texts[1] is list'),
@@ -52,7 +52,12 @@ ANSWERED = [
     ('msg_len too large', b'["a", "b"]', b'7', b'5', 'msg_len frame says 5'),
     ('negative msg_len', b'["a"]', b'7', b'-1', 'msg_len frame says -1'),
     ('oversized', _list_of_bytes(2 * MAX_REQUEST_BYTES), b'7', b'0', 'exceeds the server limit of 10000 bytes'),
-    ('deeply nested', b'[' * 5000 + b']' * 5000, b'7', b'1', ''),
+    ('deeply nested', b'[' * 5000 + b']' * 5000, b'7', b'1', 'payload is nested too deeply'),
+    ('nested', b'[' * 50 + b']' * 50, b'7', b'1', 'texts[0][0] is list'),
+    # Valid JSON but no valid text: refused, naming the element, rather than served as some replacement.
+    ('lone surrogate', b'["fine", "\\ud800 x"]', b'7', b'2',
+     "texts[1] holds a lone surrogate '\\ud800' at character 0"),
+    ('lone surrogate in a token', b'[["a", "\\udfff"]]', b'7', b'1', 'texts[0][1] holds a lone surrogate'),
 ]
 
 # (case, frames): nobody to answer, or no req_id to answer with.
@@ -85,6 +90,7 @@ def test_identifiable_sender_gets_an_error_reply(faults_server, raw_peer, case, 
     parsed = unpack_reply(reply)
     assert parsed.kind == 'error' and parsed.req_id == int(req_id), reply
     assert words in parsed.error
+    assert parsed.code == ErrorCode.BAD_REQUEST
     assert faults_server.server.is_alive()
     _probe(peer, 100)
 
@@ -95,17 +101,6 @@ def test_anonymous_garbage_is_dropped(faults_server, raw_peer, case, frames):
     peer.send(frames)
     _probe(peer, 101)  # nothing came for the garbage, and the server still answers
     assert faults_server.server.is_alive()
-
-
-def test_lone_surrogate_is_served_or_refused(faults_server, raw_peer):
-    """A JSON escape of half a UTF-16 pair is valid JSON but no valid text."""
-    peer = raw_peer(faults_server, b'faulty-surrogate')
-    peer.send([peer.identity, b'["\\ud800 x", "fine"]', b'5', b'2'])
-    reply = peer.recv()
-    assert reply is not None, 'no reply to a request holding a lone surrogate'
-    assert unpack_reply(reply).req_id == 5
-    assert faults_server.server.is_alive()
-    _probe(peer, 6)
 
 
 def test_far_oversized_frame_drops_only_that_connection(faults_server, raw_peer):

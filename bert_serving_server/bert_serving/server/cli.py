@@ -14,14 +14,19 @@ __all__ = ['main', 'terminate', 'benchmark']
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``bert-serving-start``: runs until Ctrl-C, SIGTERM or bert-serving-terminate."""
+    """``bert-serving-start``: runs until Ctrl-C, SIGTERM or bert-serving-terminate.
+
+    Returns:
+        0 after a clean stop; 1 if the server stopped on a failure; 2 if it could not start
+        (bad flag or model: one line saying what to change). argparse exits with 2 by itself.
+    """
     from .service import BertServer
     args = get_args_parser().parse_args(argv)
     print(format_args(args), flush=True)
     logger = get_logger('SERVER', args.verbose)
     try:
         server = BertServer(args)
-    except (BertServingError, ValueError) as e:
+    except BertServingError as e:  # ConfigError, ModelError, ...: the message says what to change
         logger.error('%s', e)
         return 2
 
