@@ -1,6 +1,7 @@
 """ConcurrentBertClient: many threads, each getting its own answer; slots always come back."""
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 
 from bert_serving.client import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError,
                                  BertServingError, ConcurrentBertClient)
+
+WAIT_SECONDS = 10.0  # the most a test waits for a thread or the fake server; reached in milliseconds
 
 
 def _pool(fake, **kwargs) -> ConcurrentBertClient:
@@ -90,36 +93,40 @@ def test_a_given_identity_gets_a_distinct_suffix_per_client(fake):
 
 
 def test_close_wakes_waiting_callers_and_closes_busy_clients(fake):
-    fake.delay = 0.5
+    fake.delay = release = threading.Event()  # the busy call's reply waits until after close()
     pool = _pool(fake, max_concurrency=1)
-    first_sent = threading.Event()
     outcome = {}
 
     def busy():
-        first_sent.set()
         outcome['busy'] = pool.encode(['busy'])
 
     def waiting():
-        first_sent.wait()
         try:
             pool.encode(['waiting'])
         except BertServingError as err:
             outcome['waiting'] = err
 
     threads = [threading.Thread(target=busy), threading.Thread(target=waiting)]
-    for thread in threads:
-        thread.start()
-    first_sent.wait()
-    while not fake.data_requests():
-        threading.Event().wait(0.01)
+    threads[0].start()
+    _wait_until(lambda: fake.data_requests())  # the one client is now busy: the next caller must wait
+    threads[1].start()
     pool.close()
+    release.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(WAIT_SECONDS)
     np.testing.assert_array_equal(outcome['busy'], fake.encode(['busy']))
     assert 'closed' in str(outcome['waiting'])
+    assert [r.payload for r in fake.data_requests()] == [b'["busy"]']
     with pytest.raises(BertServingError, match='closed'):
         pool.encode(['after close'])
     pool.close()
+
+
+def _wait_until(condition) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, 'the fake server never got the request'
+        threading.Event().wait(0.01)
 
 
 def test_bad_max_concurrency():
