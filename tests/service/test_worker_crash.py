@@ -2,7 +2,6 @@
 worker takes its place, and the server goes on serving."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -117,17 +116,17 @@ def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
     neither finish the request early (a row still missing) nor count rows twice."""
     client, req_id = b'sink-duplicate-test', 9
     peer = raw_peer(shared_server, client)
-    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'], serial=7)
-    second = msg.Piece(client, req_id, [1], ['b'], serial=7)
+    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'], serial=7, piece_id=1)
+    second = msg.Piece(client, req_id, [1], ['b'], serial=7, piece_id=2)
     ones, twos = np.ones((2, 4), np.float32), np.full((1, 4), 2, np.float32)
     with zmq.Context() as ctx:
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 2000)
-        push.connect(shared_server.server.sink_addr)
-        push.send_multipart([msg.REGISTER, client, b'%d' % req_id, json.dumps({'n': 3, 'serial': 7}).encode()])
+        push.connect(shared_server.server.addresses.sink)
+        push.send_multipart(msg.pack_register(client, req_id, 3, 7, None))
         push.send_multipart(msg.pack_result(first, ones, None))
-        push.send_multipart(msg.pack_result(first, ones, None))  # the re-queued copy
-        time.sleep(0.2)  # let the sink handle the duplicate before the missing row arrives
+        # The re-queued copy arrives before the missing row: one PUSH socket keeps the order.
+        push.send_multipart(msg.pack_result(first, ones, None))
         push.send_multipart(msg.pack_result(second, twos, None))
         push.close()
     reply = peer.recv()
@@ -147,15 +146,15 @@ def test_sink_serves_a_reused_identity_and_request_id(shared_server, raw_peer):
     with zmq.Context() as ctx:
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 2000)
-        push.connect(shared_server.server.sink_addr)
+        push.connect(shared_server.server.addresses.sink)
         for serial, value in ((11, 1.0), (12, 2.0)):
-            piece = msg.Piece(client, req_id, [0], ['a'], serial=serial)
-            push.send_multipart([msg.REGISTER, client, b'1', json.dumps({'n': 1, 'serial': serial}).encode()])
+            piece = msg.Piece(client, req_id, [0], ['a'], serial=serial, piece_id=serial)
+            push.send_multipart(msg.pack_register(client, req_id, 1, serial, None))
             push.send_multipart(msg.pack_result(piece, np.full((1, 4), value, np.float32), None))
             reply = peer.recv()
             assert reply is not None, f'no reply for serial {serial}'
             np.testing.assert_array_equal(unpack_reply(reply).array, [[value] * 4])
-        late = msg.Piece(client, req_id, [0], ['a'], serial=11)
+        late = msg.Piece(client, req_id, [0], ['a'], serial=11, piece_id=11)
         push.send_multipart(msg.pack_result(late, np.full((1, 4), 9.0, np.float32), None))
         push.close()
     assert peer.recv(timeout_ms=500) is None, 'a late piece of a finished request was published'

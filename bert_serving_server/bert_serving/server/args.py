@@ -117,6 +117,25 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='with NONE pooling and -max_seq_len NONE, pad the token axis to '
                               'max_position_embeddings so every result has the same shape')
 
+    life = parser.add_argument_group('Request lifecycle (new)', 'bounds on waiting, queueing and stopping')
+    life.add_argument('-request_timeout', type=float, default=300.0,
+                      help='seconds an accepted request may take; then it fails with a reason instead of '
+                           'hanging. Raise it for huge requests on slow hardware; 0 = no bound')
+    life.add_argument('-max_queue_rows', type=int, default=200_000,
+                      help='most inputs accepted and not yet answered; a request beyond it is refused at '
+                           'once with "server busy, retry". Lower it to bound memory and latency')
+    life.add_argument('-drain_timeout', type=float, default=10.0,
+                      help='on shutdown, seconds in-flight requests get to finish; the rest fail with '
+                           '"server shutting down"')
+    life.add_argument('-heartbeat_timeout', type=float, default=10.0,
+                      help='a worker silent this many seconds (frozen, dead host) is replaced and its '
+                           'batches go to others')
+    life.add_argument('-batch_timeout', type=float, default=60.0,
+                      help='a worker holding one batch this long (hung model call) is replaced; raise it '
+                           'for big batches on slow CPUs')
+    life.add_argument('-engine', choices=('tensorflow', 'fake'), default='tensorflow',
+                      help='fake: a numpy stand-in model for testing the pipeline without TensorFlow')
+
     parser.add_argument('-verbose', action='store_true', default=False, help='debug logging')
     parser.add_argument('-version', action='version', version='%(prog)s ' + __version__)
     return parser

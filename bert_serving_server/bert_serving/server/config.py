@@ -9,9 +9,12 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
+from .errors import ConfigError
+
 __all__ = ['PoolingStrategy', 'EngineConfig', 'ServerConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
 
 DEFAULT_MAX_SEQ_LEN = 25
+ENGINES = ('tensorflow', 'fake')
 
 
 class PoolingStrategy(enum.Enum):
@@ -48,7 +51,7 @@ class PoolingStrategy(enum.Enum):
             return cls[str(name).strip().upper()]
         except KeyError:
             names = ', '.join(cls.__members__)
-            raise ValueError(f'unknown pooling_strategy {name!r}; choose one of: {names}') from None
+            raise ConfigError(f'unknown pooling_strategy {name!r}; choose one of: {names}') from None
 
     @property
     def needs_pooler(self) -> bool:
@@ -73,9 +76,9 @@ def parse_max_seq_len(value) -> Optional[int]:
     try:
         ivalue = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f'max_seq_len must be an integer greater than 3 or NONE, got {value!r}') from None
+        raise ConfigError(f'max_seq_len must be an integer greater than 3 or NONE, got {value!r}') from None
     if ivalue <= 3:
-        raise ValueError(f'max_seq_len must be greater than 3 (room for [CLS], [SEP] and a token), '
+        raise ConfigError(f'max_seq_len must be greater than 3 (room for [CLS], [SEP] and a token), '
                          f'got {ivalue}; use NONE for "longest input in the request"')
     return ivalue
 
@@ -110,6 +113,8 @@ class EngineConfig:
         xla: compile the graph with XLA.
         fixed_embed_length: with NONE pooling and max_seq_len NONE, pad the
             token axis to max_position_embeddings.
+        engine: ``tensorflow`` (the model), or ``fake``, a numpy stand-in for testing the
+            pipeline without TensorFlow (see engine/fake.py).
     """
     model_dir: Optional[str] = None
     tuned_model_dir: Optional[str] = None
@@ -129,9 +134,12 @@ class EngineConfig:
     on_gpu: bool = False
     xla: bool = False
     fixed_embed_length: bool = False
+    engine: str = 'tensorflow'
     verbose: bool = False
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ConfigError(f'engine must be one of {", ".join(ENGINES)}, got {self.engine!r}')
         object.__setattr__(self, 'max_seq_len', parse_max_seq_len(self.max_seq_len))
         object.__setattr__(self, 'pooling_strategy', PoolingStrategy.from_string(self.pooling_strategy))
         layers = self.pooling_layer
@@ -140,14 +148,14 @@ class EngineConfig:
         try:
             layers = tuple(int(x) for x in layers)
         except (TypeError, ValueError):
-            raise ValueError(f'pooling_layer must be one or more integers, got {self.pooling_layer!r}') from None
+            raise ConfigError(f'pooling_layer must be one or more integers, got {self.pooling_layer!r}') from None
         if not layers:
-            raise ValueError('pooling_layer needs at least one layer, e.g. -2')
+            raise ConfigError('pooling_layer needs at least one layer, e.g. -2')
         object.__setattr__(self, 'pooling_layer', layers)
         if self.fp16 and self.bf16:
-            raise ValueError('choose one of fp16 and bf16')
+            raise ConfigError('choose one of fp16 and bf16')
         if int(self.num_labels) < 1:
-            raise ValueError(f'num_labels must be >= 1, got {self.num_labels}')
+            raise ConfigError(f'num_labels must be >= 1, got {self.num_labels}')
 
     @classmethod
     def from_namespace(cls, args) -> 'EngineConfig':
@@ -224,6 +232,11 @@ class ServerConfig:
         gpu_memory_fraction: share of a GPU's memory each worker may take.
         show_tokens_to_client: send the word pieces back with every result.
         max_request_bytes: largest request payload accepted.
+        request_timeout: seconds an accepted request may take before it fails (None: no bound).
+        max_queue_rows: most inputs of accepted, unfinished requests; more is refused as busy.
+        drain_timeout: seconds work in progress gets to finish when the server stops.
+        heartbeat_timeout: seconds of silence after which a worker is replaced.
+        batch_timeout: seconds a worker may hold one batch before it is replaced.
         verbose: debug logging.
     """
     port: int = 5555
@@ -241,26 +254,38 @@ class ServerConfig:
     gpu_memory_fraction: float = 0.5
     show_tokens_to_client: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    request_timeout: Optional[float] = 300.0
+    max_queue_rows: int = 200_000
+    drain_timeout: float = 10.0
+    heartbeat_timeout: float = 10.0
+    batch_timeout: float = 60.0
     verbose: bool = False
 
     def __post_init__(self):
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            object.__setattr__(self, 'request_timeout', None)  # 0: no bound, as -timeout -1 on a client
         checks = [('num_worker', self.num_worker >= 1), ('max_batch_size', self.max_batch_size >= 1),
+                  ('max_queue_rows', self.max_queue_rows >= 1), ('drain_timeout', self.drain_timeout >= 0),
+                  ('heartbeat_timeout', self.heartbeat_timeout > 0), ('batch_timeout', self.batch_timeout > 0),
                   ('max_batch_tokens', self.max_batch_tokens >= 1),
                   ('priority_batch_size', self.priority_batch_size >= 0),
                   ('prefetch_size', self.prefetch_size >= 0),
                   ('http_max_connect', self.http_max_connect >= 1)]
         for name, ok in checks:
             if not ok:
-                raise ValueError(f'{name} must be positive, got {getattr(self, name)}')
+                raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
-            raise ValueError(f'gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}')
+            raise ConfigError(f'gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}')
         for name in ('port', 'port_out') + (('http_port',) if self.http_port is not None else ()):
             value = getattr(self, name)
             if not 0 < value < 65536:
-                raise ValueError(f'{name} must be a TCP port (1-65535), got {value}')
+                raise ConfigError(f'{name} must be a TCP port (1-65535), got {value}')
         if self.port == self.port_out:
-            raise ValueError(f'port and port_out must differ, both are {self.port}')
-        object.__setattr__(self, 'device_map', tuple(int(d) for d in self.device_map))
+            raise ConfigError(f'port and port_out must differ, both are {self.port}')
+        try:
+            object.__setattr__(self, 'device_map', tuple(int(d) for d in self.device_map))
+        except (TypeError, ValueError):
+            raise ConfigError(f'device_map must be GPU ids (integers), got {self.device_map!r}') from None
 
     @classmethod
     def from_namespace(cls, args) -> 'ServerConfig':

@@ -15,7 +15,6 @@ workers and the HTTP proxy run as their own commands, see launcher.py)::
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import shutil
 import tempfile
@@ -32,16 +31,20 @@ from bert_serving.client.protocol import Command, pack_request
 from .config import EngineConfig, ServerConfig
 from .engine.devices import cpu_threads, plan_devices
 from .engine.graph import prepare_graph, tensorflow_version
-from .pipeline.launcher import ChildProcess
 from .log import get_logger
+from .pipeline.launcher import ChildProcess
+from .pipeline.scheduler import Scheduler, SchedulerConfig
 from .pipeline.sink import SinkSettings
-from .pipeline.ventilator import Ventilator
+from .pipeline.supervisor import Supervisor
+from .pipeline.ventilator import Addresses, Ventilator
 from .pipeline.worker import WorkerSettings, worker_spec
 
 __all__ = ['BertServer']
 
-JOIN_SECONDS = 5.0
 SINK_START_SECONDS = 60.0
+STOP_SECONDS = 5.0  # children get this long to stop after the drain, before SIGKILL
+MAX_RESTARTS = 5  # worker replacements within RESTART_WINDOW before the server gives up
+RESTART_WINDOW = 60.0
 
 
 def _json_safe(value):
@@ -62,26 +65,32 @@ class BertServer(threading.Thread):
     Attributes:
         is_ready: set once every worker has loaded the model.
         failure: why the server stopped on its own, or None.
+        processes: the child processes (sink, workers, proxy), each with name, pid, is_alive().
     """
 
     def __init__(self, args):
         super().__init__(name='VENTILATOR', daemon=False)
         self.args = args
-        self.server_config = ServerConfig.from_namespace(args)
-        self.logger = get_logger('VENTILATOR', self.server_config.verbose)
-        self.devices = plan_devices(self.server_config.num_worker, self.server_config.cpu,
-                                    self.server_config.device_map, self.logger)
+        self.server_config = cfg = ServerConfig.from_namespace(args)
+        self.logger = get_logger('VENTILATOR', cfg.verbose)
+        self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
         # Devices first: where the workers run decides -fp16's compute dtype, part of the graph.
         self.engine_config = dataclasses.replace(EngineConfig.from_namespace(args),
                                                  on_gpu=any(d >= 0 for d in self.devices))
-        self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', self.server_config.verbose))
+        self.graph = None
+        if self.engine_config.engine != 'fake':
+            self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose))
         self.is_ready = threading.Event()
         self.failure: Optional[str] = None
         self._stopping = threading.Event()
         self._ipc_dir = tempfile.mkdtemp(prefix='bert-serving-')
-        self.backend_addr = f'ipc://{self._ipc_dir}/backend'
-        self.sink_addr = f'ipc://{self._ipc_dir}/sink'
-        self.processes = []
+        self.addresses = Addresses(port=cfg.port, backend=f'ipc://{self._ipc_dir}/backend',
+                                   feedback=f'ipc://{self._ipc_dir}/feedback', sink=f'ipc://{self._ipc_dir}/sink')
+        self.scheduler = Scheduler(SchedulerConfig(
+            num_worker=cfg.num_worker, max_batch_size=cfg.max_batch_size,
+            priority_batch_size=cfg.priority_batch_size, max_queue_rows=cfg.max_queue_rows,
+            batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout))
+        self.supervisor = Supervisor(self._spawn_worker, self.logger, MAX_RESTARTS, RESTART_WINDOW)
         self.start_time = datetime.now()
         self.status_args = {k: _json_safe(v) for k, v in sorted(vars(args).items())}
         self.status_static = {
@@ -90,10 +99,26 @@ class BertServer(threading.Thread):
             'server_release': __version__, 'protocol_version': PROTOCOL_VERSION,
             'tensorflow_version': tensorflow_version(), 'pyzmq_version': zmq.pyzmq_version(),
             'zmq_version': zmq.zmq_version(), 'server_start_time': str(self.start_time),
-            'model_dir': self.graph.files.model_dir, 'model_layout': self.graph.files.layout,
-            'num_hidden_layers': self.graph.bert_config.num_hidden_layers,
-            'hidden_size': self.graph.bert_config.hidden_size,
+            'ventilator -> worker': [self.addresses.backend], 'worker -> sink': self.addresses.sink,
+            'ventilator <-> sink': self.addresses.sink, 'num_concurrent_socket': 1,
+            'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
+            **self._model_status(),
         }
+
+    def _model_status(self) -> dict:
+        if self.graph is None:
+            from .engine.fake import FAKE_WIDTH
+            return {'model_dir': 'fake', 'model_layout': 'fake', 'num_hidden_layers': 0,
+                    'hidden_size': FAKE_WIDTH, 'output_dim': FAKE_WIDTH}
+        from .engine.modeling import output_width
+        bc = self.graph.bert_config
+        return {'model_dir': self.graph.files.model_dir, 'model_layout': self.graph.files.layout,
+                'num_hidden_layers': bc.num_hidden_layers, 'hidden_size': bc.hidden_size,
+                'output_dim': output_width(self.engine_config, bc)}
+
+    @property
+    def processes(self) -> list:
+        return self.supervisor.processes
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -101,6 +126,7 @@ class BertServer(threading.Thread):
         return self._stopping.is_set()
 
     def request_stop(self) -> None:
+        """Starts a graceful stop: intake closes, work in progress gets ``-drain_timeout``."""
         self._stopping.set()
 
     def mark_ready(self) -> None:
@@ -109,32 +135,33 @@ class BertServer(threading.Thread):
         self.is_ready.set()
 
     def fatal(self, reason: str) -> None:
-        self.logger.error('shutting down: %s', reason)
-        self.failure = reason
+        if self.failure is None:
+            self.logger.error('shutting down: %s', reason)
+            self.failure = reason
         self._stopping.set()
 
     def run(self) -> None:
+        cfg = self.server_config
         try:
             with zmq.Context() as ctx:
-                cfg = self.server_config
                 sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
-                    SinkSettings(self.sink_addr, cfg.port_out, verbose=cfg.verbose)))
+                    SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
+                                 verbose=cfg.verbose)))
                 sink.start()
-                self.processes.append(sink)
-                self.sink = sink  # the ventilator watches it
+                self.supervisor.add_service(sink, 'see the SINK log')
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
                 # would still report ready and never answer anyone.
                 if not sink.wait_ready(SINK_START_SECONDS):
                     raise RuntimeError(f'the sink stopped while starting: is port_out {cfg.port_out} '
                                        'already in use? (see the SINK log)')
-                ventilator = Ventilator(self, self._spawn_worker, self.backend_addr, self.sink_addr)
-                self.ventilator = ventilator
                 self._start_http()
-                ventilator.run(ctx)
+                Ventilator(self, self.scheduler, self.supervisor, self.addresses, num_worker=cfg.num_worker,
+                           max_request_bytes=cfg.max_request_bytes, request_timeout=cfg.request_timeout,
+                           drain_timeout=cfg.drain_timeout).run(ctx)
         except Exception as e:  # e.g. a port already in use
             self.fatal(f'{type(e).__name__}: {e}')
         finally:
-            self._stop_children()
+            self.supervisor.stop_all(STOP_SECONDS)
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             self.logger.info('terminated')
 
@@ -145,7 +172,7 @@ class BertServer(threading.Thread):
         cfg = self.server_config
         settings = WorkerSettings(
             worker_id=worker_id, generation=generation, device_id=device,
-            backend_addr=self.backend_addr, sink_addr=self.sink_addr,
+            backend_addr=self.addresses.backend, sink_addr=self.addresses.sink,
             intra_op_threads=intra, inter_op_threads=inter,
             gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
@@ -154,8 +181,7 @@ class BertServer(threading.Thread):
         proc = ChildProcess(f'WORKER-{worker_id}', 'bert_serving.server.pipeline.worker',
                             worker_spec(self.engine_config, settings, self.graph))
         proc.start()
-        self.processes.append(proc)
-        return proc, settings
+        return settings.identity, proc
 
     def _start_http(self) -> None:
         if self.server_config.http_port is None:
@@ -168,29 +194,18 @@ class BertServer(threading.Thread):
         proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy',
                              dataclasses.asdict(ProxySettings.from_namespace(self.args)))
         proxy.start()
-        self.processes.append(proxy)
-        self.proxy = proxy  # the ventilator watches it, as it watches the sink
-
-    def _stop_children(self) -> None:
-        for p in self.processes:
-            p.terminate()
-        deadline = time.monotonic() + JOIN_SECONDS
-        for p in self.processes:
-            p.join(timeout=max(0.1, deadline - time.monotonic()))
-        for p in self.processes:
-            if p.is_alive():
-                self.logger.warning('%s did not stop in %.0fs; killing it', p.name, JOIN_SECONDS)
-                p.kill()
-                p.join(timeout=2)
+        self.supervisor.add_service(proxy, f'is -http_port {self.server_config.http_port} already in use? '
+                                           '(see the PROXY log)')
 
     def close(self) -> None:
-        """Stops every process and frees the ports. Safe to call more than once."""
+        """Stops the server gracefully (see ``-drain_timeout``) and frees the ports. Safe to call
+        more than once."""
         self.logger.info('shutting down...')
         self._stopping.set()
         if self.is_alive():
-            self.join(timeout=JOIN_SECONDS + 5)
+            self.join(timeout=self.server_config.drain_timeout + STOP_SECONDS + 15)
         elif self.processes:
-            self._stop_children()
+            self.supervisor.stop_all(STOP_SECONDS)
 
     def __enter__(self) -> 'BertServer':
         """Starts the server and returns once every worker is ready.
@@ -209,31 +224,19 @@ class BertServer(threading.Thread):
         self.close()
 
     # -- introspection -----------------------------------------------------------------------
-    def describe(self, client: bytes, statistic: Optional[dict]) -> dict:
-        """The SHOW_CONFIG reply (and SHOW_STATUS, with ``statistic``)."""
+    def describe(self, client: bytes, statistic: Optional[dict], snapshot: dict) -> dict:
+        """The SHOW_CONFIG reply (and SHOW_STATUS, with ``statistic``), from a scheduler snapshot."""
         info = {
             'client': client.decode('latin-1'),
             'num_process': len(self.processes),
-            'ventilator -> worker': [self.backend_addr],
-            'worker -> sink': self.sink_addr,
-            'ventilator <-> sink': self.sink_addr,
             'server_current_time': str(datetime.now()),
-            'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
-            'num_concurrent_socket': 1,
             'ready': self.is_ready.is_set(),
-            'output_dim': None,
             **self.status_args,
             **self.status_static,
         }
-        from .engine.modeling import output_width
-        info['output_dim'] = output_width(self.engine_config, self.graph.bert_config)
         if statistic is not None:
             info['statistic'] = statistic
-            info['num_ready_worker'] = self.ventilator.num_ready
-            info['batches_per_worker'] = {str(k): v for k, v in sorted(self.ventilator.batches_per_worker.items())}
-            info['sequences_per_worker'] = {str(k): v for k, v in
-                                            sorted(self.ventilator.sequences_per_worker.items())}
-            info['num_queued_piece'] = len(self.ventilator.priority) + len(self.ventilator.normal)
+            info.update(snapshot)
         return info
 
     @staticmethod

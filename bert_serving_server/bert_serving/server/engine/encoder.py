@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import EngineConfig, PoolingStrategy
+from .base import Engine
 from .features import Feature, pad_batch, to_features
 from .graph import FrozenGraph, GraphRunner, prepare_graph
 from .modeling import output_width
@@ -19,7 +20,7 @@ from .tokenization import BertTokenizer
 __all__ = ['Encoder']
 
 
-class Encoder:
+class Encoder(Engine):
     """Encodes texts with a frozen BERT graph in this process.
 
     Args:
@@ -52,6 +53,10 @@ class Encoder:
     def is_token_level(self) -> bool:
         """True for NONE pooling, where each input gives a [T, D] matrix."""
         return self.config.pooling_strategy == PoolingStrategy.NONE
+
+    def trims_token_axis(self) -> bool:
+        """NONE pooling with max_seq_len NONE: each piece may be cut to its longest input."""
+        return self.is_token_level and self.config.max_seq_len is None and not self.config.fixed_embed_length
 
     def featurize(self, texts: Sequence, is_tokenized: bool = False) -> List[Feature]:
         """Tokenizes a request (pairs, truncation, special tokens) into features.

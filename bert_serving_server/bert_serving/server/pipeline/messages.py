@@ -1,52 +1,82 @@
-"""Messages between the server's own processes, frame by frame.
+"""Messages between the server's own processes, frame by frame. Nothing else reads frames by index.
 
-The client-facing protocol is ``bert_serving.client.protocol``; this module is
-the internal one. Nothing here is pickled: headers are JSON, arrays raw bytes.
+The client-facing protocol is ``bert_serving.client.protocol``; this module is the internal one.
+Nothing is pickled: headers are JSON, arrays raw bytes. Every ``unpack_*`` raises
+:class:`BadMessage` on a malformed message, which the receiver logs and drops.
 
 Ventilator ROUTER (binds ``backend``) <-> worker DEALER (connects)::
 
-    worker -> ventilator   [READY, JSON {"credit": n}]   model loaded; may hold n batches
-                           [DONE, batch_id]              results of the batch were pushed to the sink
-                           [FATAL, message]              the worker cannot start
+    worker -> ventilator   [READY, JSON {"credit", "pid", "device"}]   model loaded
+                           [HEARTBEAT, JSON {"batch": id or null}]    every HEARTBEAT_SECONDS
+                           [DONE, batch_id]            results of the batch went to the sink; credit back
+                           [FATAL, message]            the worker cannot start
     ventilator -> worker   [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
-                           piece = {"client", "req_id", "rows", "texts", "is_tokenized", "attempt",
-                                    "show_tokens"}
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
-    [REGISTER, client, req_id, JSON {"n": rows, "serial": s}]   a data request to reassemble
-    [RESULT, client, req_id, JSON {"serial", "rows", "dtype", "shape", "tokens"}, array bytes]
-    [JSON_REPLY, client, req_id, JSON]                   publish as is (config / status)
-    [FAIL, client, req_id, message(, serial)]            fail the request with this message
+    [REGISTER, client, req_id, JSON {"n", "serial", "timeout"}]   a data request to reassemble
+    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens"}, bytes]
+    [JSON_REPLY, client, req_id, JSON]                            publish as is (config / status)
+    [FAIL, client, req_id, JSON {"message", "code", "serial", "piece"}]
+        fail a request; "serial" null = refused before it was registered; "piece" set when a
+        worker failed one piece (the sink confirms that piece)
 
-``serial`` numbers the data requests the ventilator accepted. Together with the client's
-identity and req_id it names one request for the sink, even when a client reuses its identity
-and request ids (e.g. a fixed ``identity`` across restarts). A FAIL without a serial answers a
-request that was never registered.
+Sink PUSH -> ventilator PULL (binds ``feedback``)::
+
+    [CONFIRM, JSON {"pieces": [piece ids]}]      the sink holds these pieces' rows (or their failure)
+    [FINISHED, JSON {"serials": [serials]}]      these requests were answered or failed
+
+``serial`` numbers the data requests the ventilator accepted; with the client's identity and req_id
+it names one request (clients may reuse identities and ids). ``piece`` numbers pieces.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, List, Optional, Sequence, Tuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from bert_serving.client.protocol import raw_bytes
 
-__all__ = ['READY', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
-           'Piece', 'pack_batch', 'unpack_batch', 'pack_result', 'unpack_result', 'pack_fail',
-           'RequestKey']
+__all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
+           'CONFIRM', 'FINISHED', 'HEARTBEAT_SECONDS', 'BadMessage', 'RequestKey', 'Piece',
+           'WorkerMessage', 'SinkMessage', 'Feedback',
+           'pack_ready', 'pack_heartbeat', 'pack_done', 'pack_fatal', 'unpack_worker',
+           'pack_batch', 'unpack_batch',
+           'pack_register', 'pack_result', 'pack_json_reply', 'pack_fail', 'unpack_sink',
+           'pack_confirm', 'pack_finished', 'unpack_feedback']
 
-READY, DONE, FATAL, BATCH = b'READY', b'DONE', b'FATAL', b'BATCH'
+READY, HEARTBEAT, DONE, FATAL, BATCH = b'READY', b'HEARTBEAT', b'DONE', b'FATAL', b'BATCH'
 REGISTER, RESULT, JSON_REPLY, FAIL = b'REGISTER', b'RESULT', b'JSON_REPLY', b'FAIL'
+CONFIRM, FINISHED = b'CONFIRM', b'FINISHED'
+
+HEARTBEAT_SECONDS = 1.0
 
 RequestKey = Tuple[bytes, int, int]  # (client identity, req_id, serial): one client request
 
 
+class BadMessage(ValueError):
+    """An internal message that does not parse; logged and dropped by its receiver."""
+
+
+def _json(frame) -> Any:
+    try:
+        return json.loads(bytes(frame))
+    except (ValueError, TypeError, RecursionError) as e:
+        raise BadMessage(f'a JSON frame does not parse ({e})') from None
+
+
+def _int(frame) -> int:
+    try:
+        return int(bytes(frame))
+    except (ValueError, TypeError):
+        raise BadMessage(f'an integer frame holds {bytes(frame)[:32]!r}') from None
+
+
 @dataclass
 class Piece:
-    """Some rows of one client request, to be encoded together.
+    """Some rows of one client request, encoded together by one worker.
 
     Attributes:
         client: the client identity.
@@ -54,18 +84,20 @@ class Piece:
         rows: positions of these inputs in the request.
         texts: the inputs (strings, or token lists if is_tokenized).
         is_tokenized: inputs are pre-tokenized.
-        attempt: how often a worker died while holding this piece.
         show_tokens: return the tokens even if the server does not send them to every client.
-        serial: the ventilator's number for the request (see the module docstring).
+        serial: the ventilator's number for the request.
+        piece_id: the ventilator's number for this piece.
+        attempt: how often a worker was lost while holding this piece.
     """
     client: bytes
     req_id: int
     rows: List[int]
     texts: List[Any]
     is_tokenized: bool = False
-    attempt: int = 0
     show_tokens: bool = False
     serial: int = 0
+    piece_id: int = 0
+    attempt: int = 0
 
     @property
     def key(self) -> RequestKey:
@@ -78,9 +110,64 @@ class Piece:
 
     @classmethod
     def from_json(cls, d: dict) -> 'Piece':
-        return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=list(d['rows']),
-                   texts=d['texts'], is_tokenized=bool(d['is_tokenized']), attempt=int(d['attempt']),
-                   serial=int(d['serial']), show_tokens=bool(d.get('show_tokens', False)))
+        try:
+            return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=[int(r) for r in d['rows']],
+                       texts=list(d['texts']), is_tokenized=bool(d['is_tokenized']),
+                       show_tokens=bool(d.get('show_tokens', False)), serial=int(d['serial']),
+                       piece_id=int(d['piece_id']), attempt=int(d.get('attempt', 0)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadMessage(f'a piece lacks or mistypes a field ({e!r})') from None
+
+
+# -- worker <-> ventilator -------------------------------------------------------------------------
+class WorkerMessage(NamedTuple):
+    """What a worker told the ventilator. ``kind`` is READY, HEARTBEAT, DONE or FATAL."""
+    identity: bytes
+    kind: bytes
+    batch_id: Optional[int] = None  # DONE; HEARTBEAT: the batch being computed, if any
+    credit: int = 0  # READY
+    info: Optional[dict] = None  # READY: pid, device
+    message: str = ''  # FATAL
+
+
+def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
+    return [READY, json.dumps({'credit': credit, 'pid': pid, 'device': device}).encode()]
+
+
+def pack_heartbeat(batch_id: Optional[int]) -> List[bytes]:
+    return [HEARTBEAT, json.dumps({'batch': batch_id}).encode()]
+
+
+def pack_done(batch_id: int) -> List[bytes]:
+    return [DONE, b'%d' % batch_id]
+
+
+def pack_fatal(message: str) -> List[bytes]:
+    return [FATAL, message.encode('utf-8', 'replace')]
+
+
+def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
+    """Parses what the ventilator's ROUTER received: [identity, kind, ...]."""
+    if len(frames) < 3:
+        raise BadMessage(f'a worker message has at least 3 frames, got {len(frames)}')
+    identity, kind = bytes(frames[0]), bytes(frames[1])
+    if kind == READY:
+        body = _json(frames[2])
+        if not isinstance(body, dict):
+            raise BadMessage('READY carries a JSON object')
+        try:
+            return WorkerMessage(identity, kind, credit=max(1, int(body['credit'])), info=body)
+        except (KeyError, TypeError, ValueError):
+            raise BadMessage('READY lacks an integer "credit"') from None
+    if kind == HEARTBEAT:
+        body = _json(frames[2])
+        batch = body.get('batch') if isinstance(body, dict) else None
+        return WorkerMessage(identity, kind, batch_id=batch if isinstance(batch, int) else None)
+    if kind == DONE:
+        return WorkerMessage(identity, kind, batch_id=_int(frames[2]))
+    if kind == FATAL:
+        return WorkerMessage(identity, kind, message=bytes(frames[2]).decode('utf-8', 'replace'))
+    raise BadMessage(f'unknown worker message kind {kind[:16]!r}')
 
 
 def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:
@@ -91,25 +178,130 @@ def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:
 
 
 def unpack_batch(frames: Sequence[bytes]) -> Tuple[int, List[Piece]]:
-    body = json.loads(bytes(frames[2]))
-    return int(frames[1]), [Piece.from_json(d) for d in body['pieces']]
+    if len(frames) != 3 or bytes(frames[0]) != BATCH:
+        raise BadMessage('a batch is [BATCH, batch_id, JSON]')
+    body = _json(frames[2])
+    if not isinstance(body, dict) or not isinstance(body.get('pieces'), list):
+        raise BadMessage('a batch carries {"pieces": [...]}')
+    return _int(frames[1]), [Piece.from_json(d) for d in body['pieces']]
+
+
+# -- ventilator and workers -> sink ----------------------------------------------------------------
+@dataclass
+class SinkMessage:
+    """What the sink received. ``kind`` is REGISTER, RESULT, JSON_REPLY or FAIL.
+
+    Attributes:
+        key: (client, req_id, serial); serial is None for a FAIL of an unregistered request and for
+            JSON_REPLY.
+        n: REGISTER: rows of the request.
+        timeout: REGISTER: seconds the request may take, None for no bound.
+        piece_id: RESULT, and FAIL of one piece.
+        rows: RESULT: positions of the rows in the request.
+        array: RESULT: [len(rows), W] or [len(rows), T, W].
+        tokens: RESULT: token lists, or None.
+        body: JSON_REPLY: the bytes to publish.
+        message, code: FAIL.
+    """
+    kind: bytes
+    client: bytes
+    req_id: int
+    serial: Optional[int] = None
+    n: int = 0
+    timeout: Optional[float] = None
+    piece_id: Optional[int] = None
+    rows: List[int] = field(default_factory=list)
+    array: Optional[np.ndarray] = None
+    tokens: Optional[list] = None
+    body: bytes = b''
+    message: str = ''
+    code: Optional[str] = None
+
+    @property
+    def key(self) -> RequestKey:
+        return self.client, self.req_id, self.serial
+
+
+def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float]) -> List[bytes]:
+    return [REGISTER, client, b'%d' % req_id, json.dumps({'n': n, 'serial': serial, 'timeout': timeout}).encode()]
 
 
 def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list]) -> List[Any]:
     array = np.ascontiguousarray(array)
-    header = {'serial': piece.serial, 'rows': piece.rows, 'dtype': str(array.dtype),
+    header = {'serial': piece.serial, 'piece': piece.piece_id, 'rows': piece.rows, 'dtype': str(array.dtype),
               'shape': list(array.shape), 'tokens': tokens}
-    return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(),
-            raw_bytes(array)]
+    return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(), raw_bytes(array)]
 
 
-def unpack_result(frames: Sequence[bytes]):
-    """Returns (key, rows, array, tokens) of a RESULT message."""
-    header = json.loads(bytes(frames[3]))
-    array = np.frombuffer(frames[4], dtype=header['dtype']).reshape(header['shape'])
-    return (bytes(frames[1]), int(frames[2]), int(header['serial'])), header['rows'], array, header['tokens']
+def pack_json_reply(client: bytes, req_id: int, body: bytes) -> List[bytes]:
+    return [JSON_REPLY, client, b'%d' % req_id, body]
 
 
-def pack_fail(client: bytes, req_id: int, message: str, serial: Optional[int] = None) -> List[bytes]:
-    frames = [FAIL, client, b'%d' % req_id, message.encode('utf-8', 'replace')]
-    return frames + ([b'%d' % serial] if serial is not None else [])
+def pack_fail(client: bytes, req_id: int, message: str, *, code: Optional[str] = None,
+              serial: Optional[int] = None, piece_id: Optional[int] = None) -> List[bytes]:
+    body = {'message': message, 'code': code, 'serial': serial, 'piece': piece_id}
+    return [FAIL, client, b'%d' % req_id, json.dumps(body).encode()]
+
+
+def unpack_sink(frames: Sequence) -> SinkMessage:
+    """Parses what the sink's PULL received. The array of a RESULT is a view of the last frame."""
+    if len(frames) < 4:
+        raise BadMessage(f'a sink message has at least 4 frames, got {len(frames)}')
+    kind, client, req_id = bytes(frames[0]), bytes(frames[1]), _int(frames[2])
+    if kind == JSON_REPLY:
+        return SinkMessage(kind, client, req_id, body=bytes(frames[3]))
+    body = _json(frames[3])
+    if not isinstance(body, dict):
+        raise BadMessage(f'{kind[:16]!r} carries a JSON object')
+    try:
+        if kind == REGISTER:
+            timeout = body.get('timeout')
+            return SinkMessage(kind, client, req_id, serial=int(body['serial']), n=int(body['n']),
+                               timeout=None if timeout is None else float(timeout))
+        if kind == FAIL:
+            serial, piece = body.get('serial'), body.get('piece')
+            return SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
+                               piece_id=None if piece is None else int(piece), message=str(body['message']),
+                               code=body.get('code'))
+        if kind == RESULT:
+            if len(frames) != 5:
+                raise BadMessage('a RESULT has 5 frames')
+            array = np.frombuffer(frames[4], dtype=np.dtype(body['dtype'])).reshape(body['shape'])
+            rows = [int(r) for r in body['rows']]
+            if len(rows) != (array.shape[0] if array.ndim else -1):
+                raise BadMessage(f'a RESULT has {len(rows)} rows but an array of shape {array.shape}')
+            return SinkMessage(kind, client, req_id, serial=int(body['serial']), piece_id=int(body['piece']),
+                               rows=rows, array=array, tokens=body.get('tokens'))
+    except BadMessage:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadMessage(f'{kind[:16]!r} lacks or mistypes a field ({e!r})') from None
+    raise BadMessage(f'unknown sink message kind {kind[:16]!r}')
+
+
+# -- sink -> ventilator ----------------------------------------------------------------------------
+class Feedback(NamedTuple):
+    """CONFIRM (``ids`` are piece ids) or FINISHED (``ids`` are request serials)."""
+    kind: bytes
+    ids: List[int]
+
+
+def pack_confirm(piece_ids: Sequence[int]) -> List[bytes]:
+    return [CONFIRM, json.dumps({'pieces': list(piece_ids)}).encode()]
+
+
+def pack_finished(serials: Sequence[int]) -> List[bytes]:
+    return [FINISHED, json.dumps({'serials': list(serials)}).encode()]
+
+
+def unpack_feedback(frames: Sequence[bytes]) -> Feedback:
+    if len(frames) != 2:
+        raise BadMessage(f'feedback has 2 frames, got {len(frames)}')
+    kind, body = bytes(frames[0]), _json(frames[1])
+    name = {CONFIRM: 'pieces', FINISHED: 'serials'}.get(kind)
+    if name is None or not isinstance(body, dict) or not isinstance(body.get(name), list):
+        raise BadMessage(f'malformed feedback {kind[:16]!r}')
+    try:
+        return Feedback(kind, [int(i) for i in body[name]])
+    except (TypeError, ValueError):
+        raise BadMessage(f'{kind[:16]!r} holds a non-integer id') from None

@@ -1,42 +1,56 @@
-"""Sink process: puts the pieces of each request back in order and publishes them.
+"""Sink process: owns each request's life. Puts its pieces back in order, publishes the reply, and
+fails it when its deadline passes.
 
 Sockets (created in ``run``, inside the process):
-    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator,
-          RESULT / FAIL from the workers.
+    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers.
+    PUSH  connects to ``feedback``: CONFIRM (pieces received) and FINISHED (requests answered or
+          failed) to the ventilator, which keeps a piece in flight until it is confirmed.
     XPUB  binds tcp://*:port_out: replies to clients (SUB, topic = identity).
 
-XPUB rather than PUB: the sink sees each client's subscription, so a reply to a
-client whose subscription has not arrived yet is held back (for a bounded time)
-instead of being dropped. That closes the "slow joiner" race of a fresh client.
+XPUB rather than PUB: the sink sees each client's subscription, so a reply to a client whose
+subscription has not arrived yet is held back (for a bounded time, and a bounded number of replies)
+instead of being dropped. That closes the "slow joiner" race of a fresh client. XPUB_NODROP makes a
+client that stops reading visible: its reply is dropped with a warning, never queued without bound.
 """
 from __future__ import annotations
 
-import json
+import heapq
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set
+from typing import Deque, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import zmq
 
 from bert_serving.client import protocol
+from bert_serving.client.protocol import ErrorCode
 
+from ..log import get_logger
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
-from ..log import get_logger
 
 __all__ = ['Sink', 'SinkSettings']
 
-POLL_MS = 100
+POLL_MS = 50
 HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
-FINISHED_MEMORY = 10000  # finished (failed or answered) requests remembered, to drop late pieces
+MAX_HELD = 10_000  # replies held for clients not subscribed yet, over all clients
+FINISHED_MEMORY = 100_000  # finished requests remembered, to drop their late or repeated pieces
+ORPHAN_SECONDS = 60.0  # pieces of a request that was never registered are dropped after this
+SNDHWM = 1000  # replies queued per client before a client that does not read loses one
+FLUSH_LINGER_MS = 2000  # on stop, time for published replies to leave
 
 
 @dataclass(frozen=True)
 class SinkSettings:
+    """Attributes:
+        sink_addr: where the PULL binds.
+        feedback_addr: the ventilator's feedback PULL.
+        port_out: the XPUB's TCP port.
+    """
     sink_addr: str
     port_out: int
+    feedback_addr: str = ''
     bind_host: str = '*'
     verbose: bool = False
     parent_pid: int = 0
@@ -46,6 +60,7 @@ class SinkSettings:
 class _Assembly:
     """The pieces of one request received so far."""
     n: Optional[int] = None  # rows expected; None until REGISTER arrives
+    created: float = field(default_factory=time.monotonic)
     received: int = 0
     parts: List = field(default_factory=list)  # (rows, array, tokens)
     seen: Set[int] = field(default_factory=set)  # rows received
@@ -79,44 +94,53 @@ class _Assembly:
 
 
 class Sink:
-    """Reassembles results and publishes every reply to clients.
+    """Reassembles results, enforces deadlines, and publishes every reply to clients.
 
     Args:
         settings: addresses and flags.
         stop_event: set means stop (SIGTERM from the parent).
-        on_ready: called once both sockets are bound.
+        on_ready: called once the sockets are bound.
     """
 
     def __init__(self, settings: SinkSettings, stop_event, on_ready=lambda: None):
         self.settings = settings
         self.stop_event = stop_event
         self.on_ready = on_ready
+        self.logger = get_logger('SINK', settings.verbose)
+        self.pending: Dict[msg.RequestKey, _Assembly] = {}
+        self.deadlines: List[Tuple[float, msg.RequestKey]] = []  # heap
+        self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
+        self.subscribed: Set[bytes] = set()
+        self.held: 'OrderedDict[bytes, Deque]' = OrderedDict()  # client -> (expiry, frames), oldest first
+        self.num_held = 0
+        self.confirmed: List[int] = []
+        self.done: List[int] = []
 
     def run(self) -> None:
         s = self.settings
-        self.logger = get_logger('SINK', s.verbose)
-        self.pending: Dict[msg.RequestKey, _Assembly] = {}
-        self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
-        self.subscribed = set()
-        self.held: Dict[bytes, List] = {}
         with zmq.Context() as ctx:
-            receiver = ctx.socket(zmq.PULL)
-            self.pub = ctx.socket(zmq.XPUB)
+            receiver, self.pub, self.feedback = ctx.socket(zmq.PULL), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
             try:
-                for sock in (receiver, self.pub):
+                for sock in (receiver, self.pub, self.feedback):
                     sock.setsockopt(zmq.LINGER, 0)
                 self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
-                self.pub.setsockopt(zmq.SNDHWM, 0)
+                self.pub.setsockopt(zmq.XPUB_NODROP, 1)
+                self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
                 receiver.bind(s.sink_addr)
                 self.pub.bind(f'tcp://{s.bind_host}:{s.port_out}')
+                if s.feedback_addr:
+                    self.feedback.connect(s.feedback_addr)
                 self.on_ready()
                 self._loop(receiver)
+                self.pub.setsockopt(zmq.LINGER, FLUSH_LINGER_MS)
+                self.feedback.setsockopt(zmq.LINGER, FLUSH_LINGER_MS)
             except zmq.ZMQError as e:
                 if e.errno != zmq.ETERM:
                     self.logger.error('sink stopped: %s', e)
             finally:
                 receiver.close()
                 self.pub.close()
+                self.feedback.close()
 
     def _loop(self, receiver) -> None:
         poller = zmq.Poller()
@@ -132,80 +156,138 @@ class Sink:
                         frames = receiver.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)])
-            self._expire_held()
+                    try:
+                        self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)])
+                    except msg.BadMessage as e:
+                        self.logger.warning('dropped a malformed internal message: %s', e)
+                    except Exception:  # noqa: BLE001 - one bad message must never stop the sink
+                        self.logger.exception('dropped a message that could not be handled')
+            self._expire()
+            self._send_feedback()
 
+    # -- publishing ----------------------------------------------------------------------------
     def _on_subscription(self, event: bytes) -> None:
         topic = event[1:]
         if event[:1] == b'\x01':
             self.subscribed.add(topic)
-            for _, frames in self.held.pop(topic, []):
-                self.pub.send_multipart(frames, copy=False)
+            for _, frames in self.held.pop(topic, ()):
+                self.num_held -= 1
+                self._send(topic, frames)
         elif event[:1] == b'\x00':
             self.subscribed.discard(topic)
 
+    def _send(self, client: bytes, frames) -> None:
+        try:
+            self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.logger.warning('dropped a reply to client %r: it has %d replies it does not read',
+                                client[:40], SNDHWM)
+
     def _publish(self, client: bytes, frames) -> None:
         if client in self.subscribed:
-            self.pub.send_multipart(frames, copy=False)
-        else:
-            self.held.setdefault(client, []).append((time.monotonic() + HOLD_SECONDS, frames))
+            self._send(client, frames)
+            return
+        if self.num_held >= MAX_HELD:
+            oldest = next(iter(self.held))
+            self.logger.warning('dropped a held reply to client %r: %d replies wait for clients that never '
+                                'subscribed to port_out', oldest[:40], MAX_HELD)
+            queue = self.held[oldest]
+            queue.popleft()
+            self.num_held -= 1
+            if not queue:
+                del self.held[oldest]
+        self.held.setdefault(client, deque()).append((time.monotonic() + HOLD_SECONDS, frames))
+        self.num_held += 1
 
-    def _expire_held(self) -> None:
-        now = time.monotonic()
-        for client in [c for c, items in self.held.items() if items[0][0] < now]:
-            self.logger.warning('dropped %d replies to client %r: it never subscribed to port_out',
-                                len(self.held[client]), client[:40])
-            del self.held[client]
-
+    # -- request lifecycle ---------------------------------------------------------------------
     def _finish(self, key) -> None:
         self.pending.pop(key, None)
         self.finished[key] = None
         if len(self.finished) > FINISHED_MEMORY:
             self.finished.popitem(last=False)
+        if key[2] is not None:
+            self.done.append(key[2])
 
-    def _fail(self, key, message: str) -> None:
+    def _fail(self, key, message: str, code: Optional[str]) -> None:
         if key in self.finished:
             return
         self._finish(key)
         self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], message)
-        self._publish(key[0], protocol.pack_error(key[0], key[1], message))
+        self._publish(key[0], protocol.pack_error(key[0], key[1], message, code=code))
 
     def _on_message(self, frames) -> None:
-        kind, client = frames[0], frames[1]
-        if kind == msg.JSON_REPLY:
-            self._publish(client, [client, frames[3], frames[2]])
+        m = msg.unpack_sink(frames)
+        if m.kind == msg.JSON_REPLY:
+            self._publish(m.client, [m.client, m.body, b'%d' % m.req_id])
             return
-        req_id = int(frames[2])
-        if kind == msg.FAIL:
-            message = bytes(frames[3]).decode('utf-8', 'replace')
-            if len(frames) == 5:
-                self._fail((client, req_id, int(frames[4])), message)
-            else:  # refused before it was registered: nothing to clean up
-                self.logger.warning('request %d of client %r refused: %s', req_id, client[:40], message)
-                self._publish(client, protocol.pack_error(client, req_id, message))
+        if m.kind == msg.FAIL:
+            m.code = m.code if m.code in ErrorCode.ALL else ErrorCode.FAILED
+            if m.piece_id is not None:
+                self.confirmed.append(m.piece_id)
+            if m.serial is None:  # refused before it was registered: nothing to clean up
+                self.logger.info('request %d of client %r refused: %s', m.req_id, m.client[:40], m.message)
+                retry = 1.0 if m.code == ErrorCode.BUSY else None
+                self._publish(m.client, protocol.pack_error(m.client, m.req_id, m.message, code=m.code,
+                                                            retry_after=retry))
+            else:
+                self._fail(m.key, m.message, m.code)
             return
-        if kind == msg.REGISTER:
-            info = json.loads(frames[3])
-            key = (client, req_id, int(info['serial']))
-        else:
-            key, rows, array, tokens = msg.unpack_result(frames)
+        key = m.key
+        if m.kind == msg.RESULT:
+            self.confirmed.append(m.piece_id)
         if key in self.finished:
             return  # a late or repeated piece of a request already answered
         job = self.pending.setdefault(key, _Assembly())
-        if kind == msg.REGISTER:
-            job.n = int(info['n'])
-        else:
-            # A worker that died after sending a piece but before its DONE reached the ventilator
-            # has that piece re-queued: the same rows may come twice. Count them once.
-            if job.seen.isdisjoint(rows):
-                job.parts.append((rows, array, tokens))
-                job.seen.update(rows)
-                job.received += len(rows)
+        if m.kind == msg.REGISTER:
+            job.n = m.n
+            if m.timeout is not None:
+                heapq.heappush(self.deadlines, (time.monotonic() + m.timeout, key, m.timeout))
+        elif job.seen.isdisjoint(m.rows):
+            # A piece computed twice (its worker was lost after sending it) counts once.
+            job.parts.append((m.rows, m.array, m.tokens))
+            job.seen.update(m.rows)
+            job.received += len(m.rows)
         if job.complete():
             self._finish(key)
             array, tokens = job.assemble()
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
             self._publish(key[0], protocol.pack_result(key[0], key[1], array, tokens))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, key, timeout = heapq.heappop(self.deadlines)
+            if key in self.pending:
+                self._fail(key, f'the request was not answered within -request_timeout {timeout:g}s; the '
+                                'server is overloaded or its workers are failing (see the server log)', ErrorCode.TIMEOUT)
+        for client in [c for c, items in self.held.items() if items[0][0] < now]:
+            queue = self.held[client]
+            while queue and queue[0][0] < now:
+                queue.popleft()
+                self.num_held -= 1
+                self.logger.warning('dropped a reply to client %r: it never subscribed to port_out', client[:40])
+            if not queue:
+                del self.held[client]
+        if len(self.pending) and now - next(iter(self.pending.values())).created > ORPHAN_SECONDS:
+            for key in [k for k, job in self.pending.items() if job.n is None and now - job.created > ORPHAN_SECONDS]:
+                self.logger.warning('dropped pieces of request %d of client %r: it was never registered',
+                                    key[1], key[0][:40])
+                del self.pending[key]
+
+    def _send_feedback(self) -> None:
+        if not self.settings.feedback_addr:
+            self.confirmed.clear()
+            self.done.clear()
+            return
+        try:  # NOBLOCK: a ventilator that is gone must not stall the replies
+            if self.confirmed:
+                self.feedback.send_multipart(msg.pack_confirm(self.confirmed), zmq.NOBLOCK)
+                self.confirmed = []
+            if self.done:
+                self.feedback.send_multipart(msg.pack_finished(self.done), zmq.NOBLOCK)
+                self.done = []
+        except zmq.Again:
+            self.logger.debug('the ventilator does not take feedback now; retrying')
 
 
 def main() -> None:

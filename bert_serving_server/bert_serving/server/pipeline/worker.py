@@ -15,10 +15,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import zmq
+
+from bert_serving.client.protocol import ErrorCode
 
 from . import messages as msg
 from ..engine.checkpoint import BertConfig, ModelFiles
@@ -55,15 +58,17 @@ class WorkerSettings:
         return b'worker-%d-%d' % (self.worker_id, self.generation)
 
 
-def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: FrozenGraph) -> dict:
-    """What ``python -m bert_serving.server.pipeline.worker`` reads on stdin (JSON-safe)."""
+def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph]) -> dict:
+    """What ``python -m bert_serving.server.pipeline.worker`` reads on stdin (JSON-safe). ``graph``
+    is None for an engine that needs none (the fake)."""
     return json.loads(json.dumps({'engine': dataclasses.asdict(engine), 'settings': dataclasses.asdict(settings),
-                                  'graph': dataclasses.asdict(graph)}, default=str))
+                                  'graph': None if graph is None else dataclasses.asdict(graph)}, default=str))
 
 
-def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerSettings, FrozenGraph]:
-    g = spec['graph']
-    graph = FrozenGraph(g['path'], ModelFiles(**g['files']), BertConfig(**g['bert_config']), g['from_cache'])
+def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerSettings, Optional[FrozenGraph]]:
+    g = spec.get('graph')
+    graph = None if g is None else FrozenGraph(g['path'], ModelFiles(**g['files']), BertConfig(**g['bert_config']),
+                                               g['from_cache'])
     return EngineConfig(**spec['engine']), WorkerSettings(**spec['settings']), graph
 
 
@@ -89,6 +94,8 @@ class Worker:
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
         logger = get_logger(f'WORKER-{s.worker_id}', s.verbose)
+        exit_code = 0
+        self._receiver_died = False
         with zmq.Context() as ctx:
             dealer = ctx.socket(zmq.DEALER)
             sink = ctx.socket(zmq.PUSH)
@@ -102,9 +109,11 @@ class Worker:
                     encoder = self._load(logger)
                 except Exception as e:  # report any start failure instead of dying silently
                     logger.error('cannot start: %s', e, exc_info=s.verbose)
-                    dealer.send_multipart([msg.FATAL, f'{type(e).__name__}: {e}'.encode()])
+                    dealer.send_multipart(msg.pack_fatal(f'{type(e).__name__}: {e}'))
                     return
                 self._serve(ctx, dealer, sink, encoder, logger)
+                if self._receiver_died:
+                    exit_code = 1
             except zmq.ContextTerminated:
                 pass
             finally:
@@ -113,17 +122,17 @@ class Worker:
         # Sockets are closed and results delivered; TensorFlow's own teardown of its thread pools
         # can take seconds, which would only delay the server's shutdown, so leave at once.
         logging.shutdown()
-        os._exit(0)
+        os._exit(exit_code)
 
     def _load(self, logger):
-        from ..engine.encoder import Encoder
+        from ..engine.base import create_engine
         s = self.settings
         device = 'cpu' if s.device_id < 0 else f'gpu {s.device_id}'
-        logger.info('loading the graph on %s...', device)
-        encoder = Encoder(self.engine, logger=logger, graph=self.graph,
-                          intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
-                          gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
-                          max_batch_tokens=s.max_batch_tokens)
+        logger.info('loading the %s engine on %s...', self.engine.engine, device)
+        encoder = create_engine(self.engine, logger=logger, graph=self.graph,
+                                intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
+                                gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
+                                max_batch_tokens=s.max_batch_tokens)
         encoder.encode(['warm up'])  # the first session run is slow; do it before READY
         logger.info('ready (%s)', device)
         return encoder
@@ -135,13 +144,15 @@ class Worker:
     def _serve(self, ctx, dealer, sink, encoder, logger) -> None:
         s = self.settings
         self._leaving = threading.Event()
+        self._computing: Optional[int] = None  # reported in heartbeats
         work: 'queue.Queue' = queue.Queue(maxsize=max(1, s.credit))
         done_addr = f'inproc://done-{s.identity.decode()}'
         done_pull = ctx.socket(zmq.PULL)
         done_pull.bind(done_addr)
         receiver = threading.Thread(target=self._receive, name='receiver',
                                     args=(dealer, done_pull, work, encoder, logger), daemon=True)
-        dealer.send_multipart([msg.READY, json.dumps({'credit': s.credit}).encode()])
+        device = 'cpu' if s.device_id < 0 else f'gpu:{s.device_id}'
+        dealer.send_multipart(msg.pack_ready(s.credit, os.getpid(), device))
         receiver.start()
         done_push = ctx.socket(zmq.PUSH)
         done_push.setsockopt(zmq.LINGER, 0)
@@ -152,7 +163,9 @@ class Worker:
                     batch_id, prepared = work.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     continue
+                self._computing = batch_id
                 self._compute(batch_id, prepared, sink, encoder, logger)
+                self._computing = None
                 done_push.send(b'%d' % batch_id)
         finally:
             # Stop only this worker's receiver: stop_event is shared by every process of the server.
@@ -162,20 +175,35 @@ class Worker:
             done_pull.close()
 
     def _receive(self, dealer, done_pull, work, encoder, logger) -> None:
-        """Receiver thread: owns the DEALER; tokenizes batches and returns credit."""
+        """Receiver thread. If it dies, the worker leaves (exit code 1) and is replaced, rather than
+        keep its credit and its batches forever."""
+        try:
+            self._receive_loop(dealer, done_pull, work, encoder, logger)
+        except Exception:  # noqa: BLE001 - anything here means this worker can no longer serve
+            logger.exception('the receiver thread died; this worker exits and is replaced')
+            self._receiver_died = True
+            self._leaving.set()
+
+    def _receive_loop(self, dealer, done_pull, work, encoder, logger) -> None:
+        """Owns the DEALER: heartbeats, tokenizes batches, returns credit."""
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(done_pull, zmq.POLLIN)
+        next_beat = 0.0
         while self._alive():
+            if time.monotonic() >= next_beat:
+                dealer.send_multipart(msg.pack_heartbeat(self._computing))
+                next_beat = time.monotonic() + msg.HEARTBEAT_SECONDS
             events = dict(poller.poll(POLL_MS))
             if done_pull in events:
-                dealer.send_multipart([msg.DONE, done_pull.recv()])
+                dealer.send_multipart(msg.pack_done(int(done_pull.recv())))
             if dealer in events:
                 frames = dealer.recv_multipart()
-                if frames[0] != msg.BATCH:
-                    logger.warning('unexpected message %r from the ventilator', frames[0][:16])
+                try:
+                    batch_id, pieces = msg.unpack_batch(frames)
+                except msg.BadMessage as e:
+                    logger.warning('dropped a malformed batch from the ventilator: %s', e)
                     continue
-                batch_id, pieces = msg.unpack_batch(frames)
                 prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
                 while self._alive():
                     try:
@@ -196,7 +224,8 @@ class Worker:
         good = [(p, f) for p, f, err in prepared if err is None]
         for p, _, err in prepared:
             if err is not None:
-                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, p.serial))
+                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, code=ErrorCode.BAD_REQUEST, serial=p.serial,
+                                                  piece_id=p.piece_id))
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
@@ -207,12 +236,11 @@ class Worker:
             for p, _ in good:
                 sink.send_multipart(msg.pack_fail(p.client, p.req_id,
                                                   f'the model failed on this request: {type(e).__name__}: {e}',
-                                                  p.serial))
+                                                  code=ErrorCode.FAILED, serial=p.serial, piece_id=p.piece_id))
             return
         logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
         start = 0
-        trim = encoder.is_token_level and encoder.config.max_seq_len is None \
-            and not encoder.config.fixed_embed_length
+        trim = encoder.trims_token_axis()
         for piece, feats in good:
             rows = vectors[start:start + len(feats)]
             start += len(feats)

@@ -1,0 +1,330 @@
+"""Scheduler: the ventilator's state, with no sockets. Queues, splitting, batching, credit, pieces in
+flight, deadlines. The ventilator feeds it events and sends what it returns; tests drive it directly.
+
+The life of a piece:
+    queued      accepted, split, waiting in the priority or the normal queue
+    dispatched  in a batch held by a worker (its credit taken)
+    confirmed   the sink holds its rows (or its failure): forgotten here
+
+A piece stays in flight until the sink confirms it, not until the worker says DONE: a worker that
+dies after DONE but before its rows reached the sink leaves unconfirmed pieces, which are queued
+again. A piece whose worker is lost twice fails its request. The sink drops rows it already has, so
+a piece computed twice is answered once.
+
+A request is open from ``accept`` until the sink says it FINISHED (answered or failed). Open requests
+count against ``max_queue_rows``: a request that does not fit is refused at once (server busy).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple
+
+from bert_serving.client.protocol import ErrorCode
+
+from .messages import Piece
+
+__all__ = ['SchedulerConfig', 'Scheduler', 'Refused', 'Failure', 'Batch']
+
+# A worker whose send failed is skipped this long, so a transient error does not spin the loop.
+SEND_BACKOFF_SECONDS = 0.5
+MAX_ATTEMPTS = 2  # a piece whose worker is lost this many times fails its request
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Attributes:
+        num_worker: workers the server runs; big requests are split at least this many ways.
+        max_batch_size: most rows per batch (and per piece).
+        priority_batch_size: requests with at most this many rows use the priority queue.
+        max_queue_rows: most rows of accepted, unfinished requests; more is refused as busy.
+        batch_timeout: seconds a worker may hold a batch before it is declared hung.
+        heartbeat_timeout: seconds of silence after which a ready worker is declared lost.
+    """
+    num_worker: int = 1
+    max_batch_size: int = 256
+    priority_batch_size: int = 16
+    max_queue_rows: int = 200_000
+    batch_timeout: float = 60.0
+    heartbeat_timeout: float = 10.0
+
+
+class Refused(Exception):
+    """A request the scheduler will not take. ``code`` is a wire error code (busy, shutting_down,
+    bad_request); ``retry_after`` is set for busy."""
+
+    def __init__(self, message: str, code: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Failure(NamedTuple):
+    """A request to fail: the ventilator tells the sink."""
+    client: bytes
+    req_id: int
+    serial: int
+    message: str
+
+
+class Batch(NamedTuple):
+    """A batch to send: the worker's identity, the batch id, its pieces."""
+    worker: bytes
+    batch_id: int
+    pieces: List[Piece]
+
+
+@dataclass
+class _Request:
+    client: bytes
+    req_id: int
+    rows: int
+    pieces: Set[int] = field(default_factory=set)  # unconfirmed piece ids
+    failed: bool = False
+
+
+@dataclass
+class _Worker:
+    label: str
+    credit: int
+    last_seen: float
+    batches: Dict[int, Tuple[List[int], float]] = field(default_factory=dict)  # id -> (piece ids, deadline)
+    pieces: Set[int] = field(default_factory=set)  # dispatched, unconfirmed
+    skip_until: float = 0.0
+
+
+class Scheduler:
+    """Owned by the ventilator; not thread-safe.
+
+    Args:
+        config: limits and timeouts.
+        clock: monotonic seconds (tests pass their own).
+    """
+
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+        self.cfg = config
+        self.clock = clock
+        self.requests: Dict[int, _Request] = {}
+        self.pieces: Dict[int, Piece] = {}
+        self.holder: Dict[int, bytes] = {}  # piece id -> worker identity, while dispatched
+        self.priority: Deque[int] = deque()
+        self.normal: Deque[int] = deque()
+        self.workers: Dict[bytes, _Worker] = {}
+        self.open_rows = 0
+        self.accepting = True
+        self._serials = itertools.count(1)
+        self._piece_ids = itertools.count(1)
+        self._batch_ids = itertools.count(1)
+        self.batches_per_worker: Dict[str, int] = {}
+        self.sequences_per_worker: Dict[str, int] = {}
+
+    # -- requests --------------------------------------------------------------------------------
+    def accept(self, client: bytes, req_id: int, texts: list, is_tokenized: bool,
+               show_tokens: bool = False) -> int:
+        """Splits a request into length-bucketed pieces and queues them.
+
+        Returns:
+            the request's serial.
+
+        Raises:
+            Refused: shutting down, bigger than the whole queue, or the queue is full right now.
+        """
+        n = len(texts)
+        if not self.accepting:
+            raise Refused('server shutting down: it takes no new requests', ErrorCode.SHUTTING_DOWN)
+        if n > self.cfg.max_queue_rows:
+            raise Refused(f'request of {n} inputs exceeds the server queue of {self.cfg.max_queue_rows} '
+                          'inputs (-max_queue_rows); send fewer inputs per request', ErrorCode.BAD_REQUEST)
+        if self.open_rows + n > self.cfg.max_queue_rows:
+            raise Refused(f'server busy: {self.open_rows} inputs are queued or in progress and '
+                          f'-max_queue_rows is {self.cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
+        serial = next(self._serials)
+        request = self.requests[serial] = _Request(client, req_id, n)
+        self.open_rows += n
+        num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(self.cfg.num_worker, n // 32), 1)
+        if num_pieces == 1:
+            orders = [list(range(n))]
+        else:
+            # Bucketing: neighbours in length share a piece, so little padding is computed.
+            by_len = sorted(range(n), key=lambda i: len(texts[i]) * (6 if is_tokenized else 1))
+            size = math.ceil(n / num_pieces)
+            orders = [by_len[i:i + size] for i in range(0, n, size)]
+        queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
+        for rows in orders:
+            piece = Piece(client, req_id, rows, [texts[i] for i in rows], is_tokenized,
+                          show_tokens=show_tokens, serial=serial, piece_id=next(self._piece_ids))
+            self.pieces[piece.piece_id] = piece
+            request.pieces.add(piece.piece_id)
+            queue.append(piece.piece_id)
+        return serial
+
+    def finished(self, serials) -> None:
+        """The sink answered or failed these requests: forget them and their pieces."""
+        for serial in serials:
+            request = self.requests.pop(serial, None)
+            if request is None:
+                continue
+            self.open_rows -= request.rows
+            for piece_id in request.pieces:
+                self._forget_piece(piece_id)
+
+    def confirm(self, piece_ids) -> None:
+        """The sink holds these pieces' rows."""
+        for piece_id in piece_ids:
+            piece = self.pieces.get(piece_id)
+            if piece is not None:
+                request = self.requests.get(piece.serial)
+                if request is not None:
+                    request.pieces.discard(piece_id)
+                self._forget_piece(piece_id)
+
+    def _forget_piece(self, piece_id: int) -> None:
+        self.pieces.pop(piece_id, None)
+        worker = self.holder.pop(piece_id, None)
+        if worker is not None and worker in self.workers:
+            self.workers[worker].pieces.discard(piece_id)
+        # Queued copies are skipped lazily in _take.
+
+    def stop_intake(self) -> None:
+        """Refuse new requests from now on (draining)."""
+        self.accepting = False
+
+    def open_requests(self) -> List[Tuple[bytes, int, int]]:
+        """(client, req_id, serial) of every request not finished yet."""
+        return [(r.client, r.req_id, s) for s, r in self.requests.items()]
+
+    # -- workers ---------------------------------------------------------------------------------
+    def add_worker(self, identity: bytes, credit: int, label: str) -> None:
+        """A worker said READY with ``credit`` batches of room."""
+        self.workers[identity] = _Worker(label, max(1, credit), self.clock())
+
+    def seen(self, identity: bytes) -> bool:
+        """Any message of a worker proves it alive. Returns False for an unknown worker."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return False
+        worker.last_seen = self.clock()
+        return True
+
+    def done(self, identity: bytes, batch_id: int) -> None:
+        """The worker pushed a batch's results to the sink; it has room for one more."""
+        worker = self.workers.get(identity)
+        if worker is not None and worker.batches.pop(batch_id, None) is not None:
+            worker.credit += 1
+
+    def remove_worker(self, identity: bytes, reason: str) -> List[Failure]:
+        """The worker is gone (dead, silent or hung). Its unconfirmed pieces are queued again at
+        the front, or, on their second loss, fail their request.
+
+        Returns:
+            the requests to fail.
+        """
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return []
+        failures: List[Failure] = []
+        for piece_id in sorted(worker.pieces, reverse=True):
+            self.holder.pop(piece_id, None)
+            piece = self.pieces.get(piece_id)
+            if piece is None:
+                continue
+            piece.attempt += 1
+            request = self.requests.get(piece.serial)
+            if request is None or request.failed:
+                continue
+            if piece.attempt >= MAX_ATTEMPTS:
+                request.failed = True
+                failures.append(Failure(piece.client, piece.req_id, piece.serial,
+                                        f'workers were lost twice while encoding this request (last: '
+                                        f'{worker.label} {reason}); check the server log'))
+            else:
+                self.priority.appendleft(piece_id)
+        return failures
+
+    def send_failed(self, batch: Batch) -> None:
+        """A batch could not be sent: its pieces go back to the front and the worker keeps its
+        credit; it is skipped briefly, not sidelined."""
+        worker = self.workers.get(batch.worker)
+        if worker is not None:
+            worker.batches.pop(batch.batch_id, None)
+            worker.credit += 1
+            worker.skip_until = self.clock() + SEND_BACKOFF_SECONDS
+        for piece in reversed(batch.pieces):
+            self.holder.pop(piece.piece_id, None)
+            if worker is not None:
+                worker.pieces.discard(piece.piece_id)
+            self.priority.appendleft(piece.piece_id)
+
+    def overdue(self) -> List[Tuple[bytes, str]]:
+        """Ready workers that went silent or hold a batch past its deadline, with the reason."""
+        now = self.clock()
+        found = []
+        for identity, w in self.workers.items():
+            if now - w.last_seen > self.cfg.heartbeat_timeout:
+                found.append((identity, f'was silent for {now - w.last_seen:.0f}s '
+                                        f'(-heartbeat_timeout {self.cfg.heartbeat_timeout:g}s)'))
+            elif any(deadline < now for _, deadline in w.batches.values()):
+                found.append((identity, f'held a batch for more than -batch_timeout '
+                                        f'{self.cfg.batch_timeout:g}s'))
+        return found
+
+    # -- batching --------------------------------------------------------------------------------
+    def take_batches(self) -> List[Batch]:
+        """Batches for every worker with credit, least busy first, while pieces are queued."""
+        batches: List[Batch] = []
+        now = self.clock()
+        while self.priority or self.normal:
+            ready = [(identity, w) for identity, w in self.workers.items() if w.credit > 0 and w.skip_until <= now]
+            if not ready:
+                break
+            identity, worker = max(ready, key=lambda item: item[1].credit)
+            pieces = self._take()
+            if not pieces:
+                break
+            batch_id = next(self._batch_ids)
+            worker.credit -= 1
+            worker.batches[batch_id] = ([p.piece_id for p in pieces], now + self.cfg.batch_timeout)
+            for p in pieces:
+                worker.pieces.add(p.piece_id)
+                self.holder[p.piece_id] = identity
+            self.batches_per_worker[worker.label] = self.batches_per_worker.get(worker.label, 0) + 1
+            self.sequences_per_worker[worker.label] = (self.sequences_per_worker.get(worker.label, 0)
+                                                       + sum(len(p.rows) for p in pieces))
+            batches.append(Batch(identity, batch_id, pieces))
+        return batches
+
+    def _take(self) -> List[Piece]:
+        """Queued pieces for one batch: priority first, up to max_batch_size rows."""
+        pieces: List[Piece] = []
+        rows = 0
+        for queue in (self.priority, self.normal):
+            while queue:
+                piece = self.pieces.get(queue[0])
+                request = self.requests.get(piece.serial) if piece is not None else None
+                if piece is None or request is None or request.failed or piece.piece_id in self.holder:
+                    queue.popleft()  # confirmed, finished, failed, or already dispatched again
+                    continue
+                if pieces and rows + len(piece.rows) > self.cfg.max_batch_size:
+                    return pieces
+                queue.popleft()
+                pieces.append(piece)
+                rows += len(piece.rows)
+        return pieces
+
+    # -- status ----------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Counters for SHOW_STATUS; O(workers), never O(history)."""
+        return {
+            'num_ready_worker': len(self.workers),
+            'num_queued_piece': len(self.priority) + len(self.normal),
+            'num_inflight_piece': len(self.holder),
+            'num_open_request': len(self.requests),
+            'num_open_rows': self.open_rows,
+            'max_queue_rows': self.cfg.max_queue_rows,
+            'accepting': self.accepting,
+            'batches_per_worker': dict(sorted(self.batches_per_worker.items())),
+            'sequences_per_worker': dict(sorted(self.sequences_per_worker.items())),
+        }
