@@ -4,6 +4,7 @@
 #   make test      run the test suite against the working tree
 #   make serve     start a server on the bundled default model (extra flags: ARGS='...')
 #   make bench     compare the service with sentence-transformers (extra flags: ARGS='...')
+#   make soak      10 minutes of mixed traffic and chaos; fails on any lost or wrong reply (SOAK_SECONDS=120 shortens it)
 #   make clean     remove build/, dist/ and .venv/
 
 PYTHON ?= python3
@@ -61,6 +62,13 @@ serve: install
 # ARGS: --output FILE, --clients N, ... and server flags such as -num_worker 2.
 bench: install
 	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m benchmarks.compare $(ARGS)
+
+# Chaos soak (docs/reliability.md): the table on stdout, the figures in benchmarks/results/soak-<time>.json.
+# SOAK_SECONDS shortens it; ARGS: --chaos kill,stop,..., --output FILE, --rss-limit-mb N, ...
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: install
+	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m benchmarks.soak --seconds $(SOAK_SECONDS) $(ARGS)
 
 clean:
 	rm -rf build dist $(VENV)

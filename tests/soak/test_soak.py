@@ -1,0 +1,73 @@
+"""A one-minute chaos soak (``make soak`` runs ten): mixed traffic against a real server while workers
+are killed and frozen, malformed frames arrive, clients drop out and the queue overflows.
+
+It runs ``python -m benchmarks.soak`` in a subprocess, in a session of its own, so that whatever
+happens every process it started can be stopped by the session's id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SOAK_SECONDS = 60
+# The harness has its own hard deadline (setup budget + run + drain); this one only catches a
+# harness that ignores it.
+OUTER_TIMEOUT_S = 1000
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(OUTER_TIMEOUT_S + 60)]
+
+
+@pytest.fixture(scope='module')
+def soak(tmp_path_factory):
+    """Runs the soak once; returns (exit status, its output, the JSON summary or None)."""
+    out = tmp_path_factory.mktemp('soak') / 'soak.json'
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'bert_serving_server'), str(REPO / 'bert_serving_client')]
+                                        + [p for p in [env.get('PYTHONPATH')] if p])
+    proc = subprocess.Popen([sys.executable, '-m', 'benchmarks.soak', '--seconds', str(SOAK_SECONDS),
+                             '--output', str(out)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=OUTER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        output = 'the soak did not finish within its outer timeout'
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session of the process this fixture started
+            proc.wait(timeout=30)
+    summary = json.loads(out.read_text()) if out.is_file() else None
+    return proc.returncode, output, summary
+
+
+def test_nothing_is_lost_wrong_or_hung(soak):
+    code, output, summary = soak
+    assert summary is not None, f'no summary was written (exit {code}):\n{output[-4000:]}'
+    requests = summary['requests']
+    assert requests['lost'] == 0, f"{requests['lost_by_reason']}\n{output[-4000:]}"
+    assert requests['wrong'] == 0, output[-4000:]
+    assert code == 0, f"exit {code}: {summary['problems']}\n{output[-4000:]}"
+
+
+def test_every_kind_of_traffic_and_chaos_ran(soak):
+    _, output, summary = soak
+    assert summary is not None, output[-4000:]
+    kinds = summary['requests']['by_kind']
+    for kind in ('zmq', 'concurrent', 'async-stream', 'async-fetch_all', 'http/encode', 'http/v1/embeddings',
+                 'compat110', 'none-pooling'):
+        assert kinds.get(kind, {}).get('correct', 0) > 0, f'no correct {kind} reply:\n{output[-4000:]}'
+    assert sum(summary['requests']['chaos'].values()) > 0
+    assert {'ventilator', 'sink', 'proxy'} <= set(summary['servers']['main']['rss'])
+
+
+def test_the_servers_stop_cleanly(soak):
+    _, output, summary = soak
+    assert summary is not None, output[-4000:]
+    for name, server in summary['servers'].items():
+        assert server['shutdown'].get('killed_after_grace') == [], (name, server['shutdown'])
