@@ -262,7 +262,7 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
             serial, piece = body.get('serial'), body.get('piece')
             return SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
                                piece_id=None if piece is None else int(piece), message=str(body['message']),
-                               code=body.get('code'))
+                               code=body['code'] if isinstance(body.get('code'), str) else None)
         if kind == RESULT:
             if len(frames) != 5:
                 raise BadMessage('a RESULT has 5 frames')

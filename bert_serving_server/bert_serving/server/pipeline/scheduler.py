@@ -110,8 +110,11 @@ class Scheduler:
         self.requests: Dict[int, _Request] = {}
         self.pieces: Dict[int, Piece] = {}
         self.holder: Dict[int, bytes] = {}  # piece id -> worker identity, while dispatched
+        # Piece ids wait in the two deques; a piece forgotten while queued is skipped when it comes up
+        # (or dropped by _compact), so ``queued`` holds the ids that are really waiting.
         self.priority: Deque[int] = deque()
         self.normal: Deque[int] = deque()
+        self.queued: Set[int] = set()
         self.workers: Dict[bytes, _Worker] = {}
         self.open_rows = 0
         self.accepting = True
@@ -159,6 +162,7 @@ class Scheduler:
             self.pieces[piece.piece_id] = piece
             request.pieces.add(piece.piece_id)
             queue.append(piece.piece_id)
+            self.queued.add(piece.piece_id)
         return serial
 
     def finished(self, serials) -> None:
@@ -170,6 +174,7 @@ class Scheduler:
             self.open_rows -= request.rows
             for piece_id in request.pieces:
                 self._forget_piece(piece_id)
+        self._compact()
 
     def confirm(self, piece_ids) -> None:
         """The sink holds these pieces' rows."""
@@ -180,13 +185,22 @@ class Scheduler:
                 if request is not None:
                     request.pieces.discard(piece_id)
                 self._forget_piece(piece_id)
+        self._compact()
 
     def _forget_piece(self, piece_id: int) -> None:
         self.pieces.pop(piece_id, None)
+        self.queued.discard(piece_id)
         worker = self.holder.pop(piece_id, None)
         if worker is not None and worker in self.workers:
             self.workers[worker].pieces.discard(piece_id)
-        # Queued copies are skipped lazily in _take.
+        # Its id, if queued, is skipped in _take or dropped by _compact.
+
+    def _compact(self) -> None:
+        """Drops forgotten ids from the queues once they outnumber the waiting ones: requests that
+        end while no worker takes anything (all hung, say) must not grow the queues without bound."""
+        if len(self.priority) + len(self.normal) > 2 * len(self.queued) + 64:
+            self.priority = deque(i for i in self.priority if i in self.queued)
+            self.normal = deque(i for i in self.normal if i in self.queued)
 
     def stop_intake(self) -> None:
         """Refuse new requests from now on (draining)."""
@@ -237,12 +251,21 @@ class Scheduler:
                 continue
             if piece.attempt >= MAX_ATTEMPTS:
                 request.failed = True
+                self.queued.difference_update(request.pieces)  # never dispatched now
                 failures.append(Failure(piece.client, piece.req_id, piece.serial,
                                         f'workers were lost twice while encoding this request (last: '
                                         f'{worker.label} {reason}); check the server log'))
             else:
-                self.priority.appendleft(piece_id)
+                self._requeue(piece_id)
         return failures
+
+    def _requeue(self, piece_id: int) -> None:
+        """Puts a piece back at the very front, unless it was confirmed or its request ended meanwhile."""
+        piece = self.pieces.get(piece_id)
+        request = self.requests.get(piece.serial) if piece is not None else None
+        if request is not None and not request.failed:
+            self.priority.appendleft(piece_id)
+            self.queued.add(piece_id)
 
     def send_failed(self, batch: Batch) -> None:
         """A batch could not be sent: its pieces go back to the front and the worker keeps its
@@ -256,7 +279,7 @@ class Scheduler:
             self.holder.pop(piece.piece_id, None)
             if worker is not None:
                 worker.pieces.discard(piece.piece_id)
-            self.priority.appendleft(piece.piece_id)
+            self._requeue(piece.piece_id)
 
     def overdue(self) -> List[Tuple[bytes, str]]:
         """Ready workers that went silent or hold a batch past its deadline, with the reason."""
@@ -305,11 +328,12 @@ class Scheduler:
                 piece = self.pieces.get(queue[0])
                 request = self.requests.get(piece.serial) if piece is not None else None
                 if piece is None or request is None or request.failed or piece.piece_id in self.holder:
-                    queue.popleft()  # confirmed, finished, failed, or already dispatched again
+                    self.queued.discard(queue.popleft())  # confirmed, finished, failed, or dispatched again
                     continue
                 if pieces and rows + len(piece.rows) > self.cfg.max_batch_size:
                     return pieces
                 queue.popleft()
+                self.queued.discard(piece.piece_id)
                 pieces.append(piece)
                 rows += len(piece.rows)
         return pieces
@@ -319,7 +343,7 @@ class Scheduler:
         """Counters for SHOW_STATUS; O(workers), never O(history)."""
         return {
             'num_ready_worker': len(self.workers),
-            'num_queued_piece': len(self.priority) + len(self.normal),
+            'num_queued_piece': len(self.queued),
             'num_inflight_piece': len(self.holder),
             'num_open_request': len(self.requests),
             'num_open_rows': self.open_rows,

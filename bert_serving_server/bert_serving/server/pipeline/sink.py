@@ -248,8 +248,13 @@ class Sink:
             job.seen.update(m.rows)
             job.received += len(m.rows)
         if job.complete():
+            try:
+                array, tokens = job.assemble()
+            except (ValueError, IndexError, TypeError) as e:  # pieces of different widths, rows out of range
+                self._fail(key, f'the server could not put the pieces of this request together ({e}); '
+                                'check the server log', ErrorCode.FAILED)
+                return
             self._finish(key)
-            array, tokens = job.assemble()
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
             self._publish(key[0], protocol.pack_result(key[0], key[1], array, tokens))
 

@@ -1,0 +1,252 @@
+"""messages: every pack_* / unpack_* pair round-trips into named fields, and every malformed message
+raises BadMessage, never another exception."""
+import json
+
+import numpy as np
+import pytest
+
+from bert_serving.server.pipeline import messages as msg
+from bert_serving.server.pipeline.messages import BadMessage, Piece
+
+ID = b'worker-0-1'
+
+
+def piece(**fields) -> Piece:
+    values = dict(client=b'client-\xff\x00', req_id=7, rows=[3, 0, 2], texts=['a b', 'c', 'd e f'],
+                  is_tokenized=False, show_tokens=True, serial=11, piece_id=42, attempt=1)
+    values.update(fields)
+    return Piece(**values)
+
+
+# -- worker -> ventilator --------------------------------------------------------------------------
+def test_ready_round_trips():
+    m = msg.unpack_worker([ID] + msg.pack_ready(credit=3, pid=1234, device='cpu'))
+    assert (m.identity, m.kind, m.credit) == (ID, msg.READY, 3)
+    assert m.info['pid'] == 1234 and m.info['device'] == 'cpu'
+
+
+def test_ready_credit_is_at_least_one():
+    assert msg.unpack_worker([ID] + msg.pack_ready(credit=0, pid=1, device='cpu')).credit == 1
+
+
+@pytest.mark.parametrize('batch_id', [None, 0, 17])
+def test_heartbeat_round_trips(batch_id):
+    m = msg.unpack_worker([ID] + msg.pack_heartbeat(batch_id))
+    assert (m.identity, m.kind, m.batch_id) == (ID, msg.HEARTBEAT, batch_id)
+
+
+def test_done_round_trips():
+    m = msg.unpack_worker([ID] + msg.pack_done(99))
+    assert (m.identity, m.kind, m.batch_id) == (ID, msg.DONE, 99)
+
+
+def test_fatal_round_trips_any_text():
+    text = 'cannot load the model: caf\u00e9 \udcff'
+    m = msg.unpack_worker([ID] + msg.pack_fatal(text))
+    assert (m.identity, m.kind) == (ID, msg.FATAL)
+    assert m.message.startswith('cannot load the model: caf\u00e9 ')
+
+
+@pytest.mark.parametrize('frames', [
+    [],
+    [ID],
+    [ID, msg.READY],
+    [ID, b'NONSENSE', b'{}'],
+    [ID, msg.READY, b'not json'],
+    [ID, msg.READY, b'[1, 2]'],
+    [ID, msg.READY, b'{"pid": 1}'],
+    [ID, msg.READY, b'{"credit": "many"}'],
+    [ID, msg.READY, b'{"credit": null}'],
+    [ID, msg.READY, b'{"credit": [1]}'],
+    [ID, msg.HEARTBEAT, b'{"batch": '],
+    [ID, msg.HEARTBEAT, b'\xff\xfe'],
+    [ID, msg.DONE, b'x12'],
+    [ID, msg.DONE, b''],
+    [ID, msg.READY, b'[' * 100_000 + b']' * 100_000],
+], ids=lambda f: repr(f)[:40])
+def test_malformed_worker_messages(frames):
+    with pytest.raises(BadMessage):
+        msg.unpack_worker(frames)
+
+
+def test_a_heartbeat_with_an_odd_batch_is_read_as_no_batch():
+    for body in (b'[]', b'{"batch": "3"}', b'{}', b'null'):
+        assert msg.unpack_worker([ID, msg.HEARTBEAT, body]).batch_id is None
+
+
+# -- ventilator -> worker --------------------------------------------------------------------------
+def test_batch_round_trips():
+    pieces = [piece(), piece(client=b'other', piece_id=43, rows=[0], texts=[['x', '|||', 'y']], is_tokenized=True,
+                             show_tokens=False, attempt=0)]
+    batch_id, back = msg.unpack_batch(msg.pack_batch(5, pieces))
+    assert batch_id == 5
+    assert back == pieces
+    assert back[0].key == (b'client-\xff\x00', 7, 11)
+
+
+def test_lone_surrogates_survive_a_batch():
+    texts = ['\ud800', 'a\udfffb', 'ok \udc80']
+    _, [back] = msg.unpack_batch(msg.pack_batch(1, [piece(rows=[0, 1, 2], texts=texts)]))
+    assert back.texts == texts
+    _, [back] = msg.unpack_batch(msg.pack_batch(1, [piece(rows=[0], texts=[['\ud83d', 'x']], is_tokenized=True)]))
+    assert back.texts == [['\ud83d', 'x']]
+
+
+def test_piece_defaults_for_optional_fields():
+    d = piece().to_json()
+    del d['show_tokens'], d['attempt']
+    back = Piece.from_json(d)
+    assert (back.show_tokens, back.attempt) == (False, 0)
+
+
+def _batch_body(**changes) -> bytes:
+    d = piece().to_json()
+    for k, v in changes.items():
+        if v is KeyError:
+            del d[k]
+        else:
+            d[k] = v
+    return json.dumps({'pieces': [d]}).encode()
+
+
+@pytest.mark.parametrize('frames', [
+    [],
+    [msg.BATCH, b'1'],
+    [msg.BATCH, b'1', b'{}', b'extra'],
+    [b'NOTBATCH', b'1', b'{"pieces": []}'],
+    [msg.BATCH, b'one', b'{"pieces": []}'],
+    [msg.BATCH, b'1', b'{"pieces": '],
+    [msg.BATCH, b'1', b'[]'],
+    [msg.BATCH, b'1', b'{"pieces": {}}'],
+    [msg.BATCH, b'1', b'{"pieces": [1]}'],
+    [msg.BATCH, b'1', _batch_body(client=KeyError)],
+    [msg.BATCH, b'1', _batch_body(rows=KeyError)],
+    [msg.BATCH, b'1', _batch_body(texts=KeyError)],
+    [msg.BATCH, b'1', _batch_body(serial=KeyError)],
+    [msg.BATCH, b'1', _batch_body(client=5)],
+    [msg.BATCH, b'1', _batch_body(client='\u20ac')],
+    [msg.BATCH, b'1', _batch_body(rows=['x'])],
+    [msg.BATCH, b'1', _batch_body(rows=7)],
+    [msg.BATCH, b'1', _batch_body(req_id=None)],
+    [msg.BATCH, b'1', _batch_body(texts=3)],
+    [msg.BATCH, b'1', _batch_body(piece_id='p')],
+], ids=lambda f: repr(f)[:40])
+def test_malformed_batches(frames):
+    with pytest.raises(BadMessage):
+        msg.unpack_batch(frames)
+
+
+# -- ventilator and workers -> sink ----------------------------------------------------------------
+@pytest.mark.parametrize('timeout', [None, 0.3, 30])
+def test_register_round_trips(timeout):
+    m = msg.unpack_sink(msg.pack_register(b'c', 4, n=12, serial=9, timeout=timeout))
+    assert (m.kind, m.client, m.req_id, m.serial, m.n, m.timeout) == (msg.REGISTER, b'c', 4, 9, 12, timeout)
+    assert m.key == (b'c', 4, 9)
+
+
+@pytest.mark.parametrize('shape, dtype', [((3, 8), np.float32), ((3, 5, 4), np.float16), ((3, 0), np.float32)])
+def test_result_round_trips(shape, dtype):
+    array = np.arange(np.prod(shape), dtype=dtype).reshape(shape)
+    p = piece()
+    tokens = [['[CLS]', 'a', '[SEP]'], ['[CLS]', '[SEP]'], ['[CLS]', 'd', '[SEP]']]
+    m = msg.unpack_sink(msg.pack_result(p, array, tokens))
+    assert (m.kind, m.client, m.req_id, m.serial, m.piece_id) == (msg.RESULT, p.client, 7, 11, 42)
+    assert m.rows == [3, 0, 2] and m.tokens == tokens
+    assert m.array.dtype == dtype
+    np.testing.assert_array_equal(m.array, array)
+
+
+def test_result_of_a_non_contiguous_array():
+    array = np.arange(24, dtype=np.float32).reshape(8, 3)[::2].T  # [3, 4], not contiguous
+    m = msg.unpack_sink(msg.pack_result(piece(), array, None))
+    np.testing.assert_array_equal(m.array, array)
+    assert m.tokens is None
+
+
+def test_json_reply_round_trips():
+    m = msg.unpack_sink(msg.pack_json_reply(b'c', 3, b'{"any": "bytes"}'))
+    assert (m.kind, m.client, m.req_id, m.body) == (msg.JSON_REPLY, b'c', 3, b'{"any": "bytes"}')
+    assert m.serial is None
+
+
+def test_fail_round_trips():
+    m = msg.unpack_sink(msg.pack_fail(b'c', 3, 'it broke', code='failed', serial=8, piece_id=21))
+    assert (m.kind, m.client, m.req_id, m.message, m.code, m.serial, m.piece_id) == (
+        msg.FAIL, b'c', 3, 'it broke', 'failed', 8, 21)
+    refused = msg.unpack_sink(msg.pack_fail(b'c', 4, 'busy', code='busy'))
+    assert (refused.serial, refused.piece_id, refused.code) == (None, None, 'busy')
+    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'no code')).code is None
+
+
+@pytest.mark.parametrize('code', [5, ['failed'], {'a': 1}, True])
+def test_a_fail_code_that_is_no_string_reads_as_none(code):
+    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'odd', code=code, serial=1)).code is None
+
+
+def _result(header_changes=None, buffer=None, rows=2) -> list:
+    array = np.zeros((rows, 4), np.float32)
+    frames = msg.pack_result(piece(rows=list(range(rows))), array, None)
+    header = json.loads(frames[3])
+    header.update(header_changes or {})
+    return frames[:3] + [json.dumps(header).encode(), bytes(frames[4]) if buffer is None else buffer]
+
+
+@pytest.mark.parametrize('frames', [
+    [],
+    [msg.REGISTER, b'c', b'1'],
+    [msg.REGISTER, b'c', b'req', b'{"n": 1, "serial": 1}'],
+    [msg.REGISTER, b'c', b'1', b'{"n": 1'],
+    [msg.REGISTER, b'c', b'1', b'[]'],
+    [msg.REGISTER, b'c', b'1', b'{"serial": 1}'],
+    [msg.REGISTER, b'c', b'1', b'{"n": 1}'],
+    [msg.REGISTER, b'c', b'1', b'{"n": "x", "serial": 1}'],
+    [msg.REGISTER, b'c', b'1', b'{"n": 1, "serial": 1, "timeout": "soon"}'],
+    [msg.REGISTER, b'c', b'1', b'{"n": 1, "serial": 1, "timeout": [1]}'],
+    [msg.FAIL, b'c', b'1', b'{"code": "failed"}'],
+    [msg.FAIL, b'c', b'1', b'{"message": "m", "serial": "s"}'],
+    [msg.FAIL, b'c', b'1', b'{"message": "m", "piece": {}}'],
+    [b'WHAT', b'c', b'1', b'{}'],
+    _result()[:4],
+    _result() + [b'extra'],
+    _result({'dtype': 'no-such-dtype'}),
+    _result({'dtype': None}),
+    _result({'shape': [2, 5]}),
+    _result({'shape': 'x'}),
+    _result({'rows': [0]}),
+    _result({'rows': [0, 'one']}),
+    _result({'rows': None}),
+    _result({'serial': None}),
+    _result({'piece': 'p'}),
+    _result({'shape': []}, buffer=b'\x00' * 4),
+    _result(buffer=b'\x00' * 3),
+    _result({'dtype': 'O'}),
+], ids=lambda f: repr(f)[:60])
+def test_malformed_sink_messages(frames):
+    with pytest.raises(BadMessage):
+        msg.unpack_sink(frames)
+
+
+# -- sink -> ventilator ----------------------------------------------------------------------------
+def test_feedback_round_trips():
+    assert msg.unpack_feedback(msg.pack_confirm([4, 5, 6])) == (msg.CONFIRM, [4, 5, 6])
+    assert msg.unpack_feedback(msg.pack_finished([9])) == (msg.FINISHED, [9])
+    assert msg.unpack_feedback(msg.pack_confirm([])).ids == []
+
+
+@pytest.mark.parametrize('frames', [
+    [],
+    [msg.CONFIRM],
+    [msg.CONFIRM, b'{"pieces": []}', b'extra'],
+    [b'OTHER', b'{"pieces": [1]}'],
+    [msg.CONFIRM, b'{"serials": [1]}'],
+    [msg.FINISHED, b'{"pieces": [1]}'],
+    [msg.CONFIRM, b'{"pieces": 1}'],
+    [msg.CONFIRM, b'{"pieces": ["x"]}'],
+    [msg.CONFIRM, b'{"pieces": [null]}'],
+    [msg.CONFIRM, b'{"pieces": [[1]]}'],
+    [msg.CONFIRM, b'[1, 2]'],
+    [msg.CONFIRM, b'{"pieces": [1'],
+])
+def test_malformed_feedback(frames):
+    with pytest.raises(BadMessage):
+        msg.unpack_feedback(frames)

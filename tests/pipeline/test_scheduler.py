@@ -1,0 +1,582 @@
+"""Scheduler: splitting, priority, batching, credit, confirmations, re-queue on loss, backpressure and
+deadlines, driven directly with a fake clock. No sockets, no processes."""
+import math
+import random
+
+import pytest
+
+from bert_serving.client.protocol import ErrorCode
+from bert_serving.server.pipeline.scheduler import (MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused, Scheduler,
+                                                    SchedulerConfig)
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so."""
+
+    def __init__(self, now: float = 100.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def make(clock, **fields) -> Scheduler:
+    return Scheduler(SchedulerConfig(**fields), clock=clock)
+
+
+def words(n: int, prefix: str = 's') -> list:
+    """n distinct inputs of varied length: input i has (i * 7) % 13 + 1 words."""
+    return [' '.join([f'{prefix}{i}'] * ((i * 7) % 13 + 1)) for i in range(n)]
+
+
+def queued_pieces(s: Scheduler) -> list:
+    return [s.pieces[i] for i in list(s.priority) + list(s.normal)]
+
+
+def dispatched_ids(batches) -> list:
+    return [p.piece_id for b in batches for p in b.pieces]
+
+
+# -- splitting -------------------------------------------------------------------------------------
+@pytest.mark.parametrize('n, max_batch_size, num_worker', [
+    (1, 256, 1), (16, 4, 1), (17, 4, 1), (100, 256, 1), (100, 256, 3), (64, 256, 8), (63, 256, 8),
+    (1000, 256, 2), (1000, 100, 16), (5000, 256, 4), (33, 8, 2),
+])
+def test_a_request_is_split_into_the_documented_number_of_pieces(clock, n, max_batch_size, num_worker):
+    s = make(clock, max_batch_size=max_batch_size, num_worker=num_worker, priority_batch_size=0)
+    texts = words(n)
+    s.accept(b'c', 1, texts, is_tokenized=False)
+    pieces = queued_pieces(s)
+    assert len(pieces) == max(math.ceil(n / max_batch_size), min(num_worker, n // 32), 1)
+    assert all(0 < len(p.rows) <= max_batch_size for p in pieces)
+    rows = sorted(r for p in pieces for r in p.rows)
+    assert rows == list(range(n))  # every row exactly once
+    for p in pieces:
+        assert p.texts == [texts[r] for r in p.rows]
+        assert (p.client, p.req_id, p.attempt) == (b'c', 1, 0)
+
+
+@pytest.mark.parametrize('is_tokenized', [False, True])
+def test_pieces_are_length_buckets(clock, is_tokenized):
+    s = make(clock, max_batch_size=10, priority_batch_size=0)
+    rng = random.Random(3)
+    lengths = [rng.randint(1, 60) for _ in range(47)]
+    texts = [['w'] * k for k in lengths] if is_tokenized else ['x' * k for k in lengths]
+    s.accept(b'c', 1, texts, is_tokenized=is_tokenized)
+    pieces = queued_pieces(s)
+    assert len(pieces) == 5
+    spans = [(min(lengths[r] for r in p.rows), max(lengths[r] for r in p.rows)) for p in pieces]
+    for (_, hi), (lo, _) in zip(spans, spans[1:]):
+        assert hi <= lo  # no input of a piece is longer than any input of the next
+    assert all(p.is_tokenized == is_tokenized for p in pieces)
+
+
+def test_a_single_piece_keeps_the_request_order(clock):
+    s = make(clock)
+    s.accept(b'c', 1, ['long ' * 9, 'a', 'mid mid'], is_tokenized=False, show_tokens=True)
+    [piece] = queued_pieces(s)
+    assert piece.rows == [0, 1, 2] and piece.show_tokens
+
+
+def test_serials_and_piece_ids_are_unique(clock):
+    s = make(clock, max_batch_size=4)
+    serials = [s.accept(b'c', 7, words(10), False) for _ in range(3)]  # one client reusing its req_id
+    assert len(set(serials)) == 3
+    ids = [p.piece_id for p in queued_pieces(s)]
+    assert len(ids) == len(set(ids)) == 9
+    assert {p.key for p in queued_pieces(s)} == {(b'c', 7, serial) for serial in serials}
+
+
+# -- priority and batching -------------------------------------------------------------------------
+def test_a_small_request_goes_before_a_big_one_queued_earlier(clock):
+    s = make(clock, max_batch_size=8, priority_batch_size=4)
+    big = s.accept(b'big', 1, words(40), False)
+    small = s.accept(b'small', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    assert [p.serial for p in batch.pieces] == [small]  # a piece of the big one would not fit beside it
+    s.done(b'w', batch.batch_id)
+    [batch] = s.take_batches()
+    assert [p.serial for p in batch.pieces] == [big]
+
+
+def test_small_requests_fill_the_room_a_big_piece_leaves(clock):
+    s = make(clock, max_batch_size=10, priority_batch_size=4)
+    big = s.accept(b'big', 1, words(31), False)  # pieces of 8, 8, 8 and 7 rows
+    small = s.accept(b'small', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    assert [(p.serial, len(p.rows)) for p in batch.pieces] == [(small, 2), (big, 8)]
+
+
+def test_batches_mix_clients_up_to_max_batch_size(clock):
+    s = make(clock, max_batch_size=10, priority_batch_size=0)
+    for i, n in enumerate((3, 4, 2, 5)):
+        s.accept(b'client-%d' % i, i, words(n), False)
+    s.add_worker(b'w', credit=5, label='0')
+    batches = s.take_batches()
+    assert [[p.client for p in b.pieces] for b in batches] == [[b'client-0', b'client-1', b'client-2'],
+                                                               [b'client-3']]
+    assert [sum(len(p.rows) for p in b.pieces) for b in batches] == [9, 5]
+    assert all(b.worker == b'w' for b in batches)
+    assert len({b.batch_id for b in batches}) == 2
+
+
+def test_no_worker_means_no_batch(clock):
+    s = make(clock)
+    s.accept(b'c', 1, words(3), False)
+    assert s.take_batches() == []
+    assert s.snapshot()['num_queued_piece'] == 1
+
+
+# -- credit ----------------------------------------------------------------------------------------
+def test_a_worker_gets_at_most_its_credit_and_done_returns_one(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    for i in range(5):
+        s.accept(b'c', i, words(4), False)  # one full batch each
+    s.add_worker(b'w', credit=2, label='0')
+    first = s.take_batches()
+    assert len(first) == 2
+    assert s.take_batches() == []
+    s.done(b'w', first[0].batch_id)
+    s.done(b'w', first[0].batch_id)  # a repeated DONE returns nothing more
+    s.done(b'w', 12345)  # nor does one of a batch it never had
+    assert len(s.take_batches()) == 1
+    assert s.take_batches() == []
+
+
+def test_the_least_busy_worker_goes_first(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    for i in range(4):
+        s.accept(b'c', i, words(4), False)
+    s.add_worker(b'a', credit=1, label='a')
+    s.add_worker(b'b', credit=3, label='b')
+    assert [b.worker for b in s.take_batches()] == [b'b', b'b', b'a', b'b']
+
+
+def test_credit_is_at_least_one(clock):
+    s = make(clock)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=0, label='0')
+    assert len(s.take_batches()) == 1
+
+
+# -- confirmations ---------------------------------------------------------------------------------
+def test_a_piece_stays_in_flight_after_done_until_confirmed(clock):
+    s = make(clock)
+    s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    assert s.snapshot()['num_inflight_piece'] == 1
+    # Lost between DONE and its result reaching the sink: the piece is queued again.
+    assert s.remove_worker(b'w', 'died') == []
+    [again] = queued_pieces(s)
+    assert again.piece_id == batch.pieces[0].piece_id and again.attempt == 1
+
+
+def test_a_confirmed_piece_is_forgotten(clock):
+    s = make(clock)
+    serial = s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    s.confirm([batch.pieces[0].piece_id])
+    snap = s.snapshot()
+    assert (snap['num_inflight_piece'], snap['num_open_request'], snap['num_open_rows']) == (0, 1, 3)
+    assert s.remove_worker(b'w', 'died') == []
+    assert s.take_batches() == [] and queued_pieces(s) == []
+    s.finished([serial])
+    assert s.snapshot()['num_open_request'] == 0
+
+
+def test_confirming_unknown_or_repeated_pieces_is_harmless(clock):
+    s = make(clock)
+    s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    piece_id = batch.pieces[0].piece_id
+    s.confirm([999, -1])
+    assert s.snapshot()['num_inflight_piece'] == 1
+    s.confirm([piece_id, piece_id])
+    s.confirm([piece_id])
+    assert s.snapshot()['num_inflight_piece'] == 0
+    s.finished([424242])  # an unknown serial too
+    assert s.snapshot()['num_open_request'] == 1
+
+
+# -- loss and re-queue -----------------------------------------------------------------------------
+def test_a_lost_workers_pieces_go_back_to_the_front(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    s.accept(b'lost', 1, words(8), False)  # two pieces
+    s.add_worker(b'w1', credit=1, label='1')
+    [batch] = s.take_batches()
+    s.accept(b'small', 2, words(2), False)  # would be next without the loss
+    assert s.remove_worker(b'w1', 'was killed') == []
+    assert s.remove_worker(b'w1', 'again') == []  # removing twice does nothing
+    s.add_worker(b'w2', credit=1, label='2')
+    [retry] = s.take_batches()
+    assert [p.piece_id for p in retry.pieces] == [p.piece_id for p in batch.pieces]
+    assert [p.attempt for p in retry.pieces] == [1]
+    assert retry.worker == b'w2'
+
+
+def test_a_second_loss_fails_the_request_and_its_queued_pieces_never_go_out(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    doomed = s.accept(b'c', 5, words(12), False)  # three pieces
+    s.add_worker(b'w1', credit=1, label='1')
+    [first] = s.take_batches()
+    s.remove_worker(b'w1', 'was killed')
+    s.add_worker(b'w2', credit=1, label='2')
+    [second] = s.take_batches()
+    assert dispatched_ids([second]) == dispatched_ids([first])
+    failures = s.remove_worker(b'w2', 'was silent for 11s')
+    assert len(failures) == 1
+    f = failures[0]
+    assert (f.client, f.req_id, f.serial) == (b'c', 5, doomed)
+    assert 'lost twice' in f.message and '2 was silent for 11s' in f.message
+    other = s.accept(b'other', 6, words(2), False)
+    s.add_worker(b'w3', credit=5, label='3')
+    batches = s.take_batches()
+    assert [p.serial for b in batches for p in b.pieces] == [other]
+    assert s.snapshot()['num_open_request'] == 2  # failed, but open until the sink says FINISHED
+    s.finished([doomed])
+    assert s.snapshot()['num_open_rows'] == 2
+
+
+def test_one_failure_per_request_however_many_pieces_are_lost(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    s.accept(b'c', 1, words(8), False)
+    s.add_worker(b'w1', credit=2, label='1')
+    assert len(s.take_batches()) == 2
+    s.remove_worker(b'w1', 'died')
+    s.add_worker(b'w2', credit=2, label='2')
+    assert len(s.take_batches()) == 2
+    assert len(s.remove_worker(b'w2', 'died')) == 1
+    assert MAX_ATTEMPTS == 2
+
+
+def test_a_loss_after_the_request_finished_fails_nothing(clock):
+    s = make(clock)
+    serial = s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    s.take_batches()
+    s.finished([serial])  # e.g. the sink timed it out
+    assert s.remove_worker(b'w', 'died') == []
+    assert s.snapshot()['num_inflight_piece'] == 0 and queued_pieces(s) == []
+
+
+# -- capacity, busy, shutting down -----------------------------------------------------------------
+def test_busy_when_the_queue_is_full_and_finished_frees_room(clock):
+    s = make(clock, max_queue_rows=10)
+    first = s.accept(b'a', 1, words(8), False)
+    with pytest.raises(Refused) as busy:
+        s.accept(b'b', 1, words(3), False)
+    assert busy.value.code == ErrorCode.BUSY and busy.value.retry_after > 0
+    assert '-max_queue_rows' in str(busy.value)
+    s.accept(b'b', 2, words(2), False)  # exactly full fits
+    s.finished([first])
+    s.accept(b'b', 3, words(8), False)
+    assert s.snapshot()['num_open_rows'] == 10
+
+
+def test_a_request_bigger_than_the_queue_is_a_bad_request(clock):
+    s = make(clock, max_queue_rows=10)
+    with pytest.raises(Refused) as refused:
+        s.accept(b'a', 1, words(11), False)
+    assert refused.value.code == ErrorCode.BAD_REQUEST and refused.value.retry_after is None
+    assert 'fewer inputs' in str(refused.value)
+    assert s.snapshot()['num_open_request'] == 0
+
+
+def test_finished_drops_queued_pieces(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    gone = s.accept(b'a', 1, words(12), False)
+    kept = s.accept(b'b', 2, words(3), False)
+    s.finished([gone])
+    s.add_worker(b'w', credit=9, label='0')
+    assert [p.serial for b in s.take_batches() for p in b.pieces] == [kept]
+
+
+def test_stop_intake_refuses_with_shutting_down(clock):
+    s = make(clock)
+    serial = s.accept(b'a', 1, words(2), False)
+    s.stop_intake()
+    with pytest.raises(Refused) as refused:
+        s.accept(b'a', 2, words(2), False)
+    assert refused.value.code == ErrorCode.SHUTTING_DOWN
+    assert s.open_requests() == [(b'a', 1, serial)]
+    s.add_worker(b'w', credit=1, label='0')
+    assert len(s.take_batches()) == 1  # what was accepted still goes out
+    assert s.snapshot()['accepting'] is False
+
+
+# -- deadlines -------------------------------------------------------------------------------------
+def test_a_silent_worker_is_overdue(clock):
+    s = make(clock, heartbeat_timeout=10.0)
+    s.add_worker(b'w', credit=1, label='0')
+    clock.advance(10.0)
+    assert s.overdue() == []
+    clock.advance(0.5)
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and 'silent' in reason and '-heartbeat_timeout' in reason
+    assert s.seen(b'w') is True
+    assert s.overdue() == []
+    assert s.seen(b'unknown') is False
+
+
+def test_a_batch_held_past_its_deadline_is_overdue_despite_heartbeats(clock):
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    for _ in range(6):  # 30 s of heartbeats
+        clock.advance(5.0)
+        s.seen(b'w')
+        assert s.overdue() == []
+    clock.advance(0.5)
+    s.seen(b'w')
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and '-batch_timeout' in reason
+    s.done(b'w', batch.batch_id)
+    assert s.overdue() == []
+
+
+def test_a_failed_send_keeps_the_worker_but_skips_it_for_the_backoff(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    s.accept(b'c', 1, words(4), False)
+    s.accept(b'c', 2, words(4), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.send_failed(batch)
+    snap = s.snapshot()
+    assert snap['num_ready_worker'] == 1 and snap['num_inflight_piece'] == 0
+    assert s.take_batches() == []  # backing off
+    clock.advance(SEND_BACKOFF_SECONDS)
+    [again] = s.take_batches()
+    assert dispatched_ids([again]) == dispatched_ids([batch])  # the same pieces, first
+    assert again.batch_id != batch.batch_id and again.worker == b'w'
+    assert s.overdue() == []
+
+
+def test_a_failed_send_goes_to_another_worker_meanwhile(clock):
+    s = make(clock)
+    s.accept(b'c', 1, words(4), False)
+    s.add_worker(b'a', credit=2, label='a')
+    s.add_worker(b'b', credit=1, label='b')
+    [batch] = s.take_batches()
+    assert batch.worker == b'a'
+    s.send_failed(batch)
+    [again] = s.take_batches()
+    assert again.worker == b'b'
+
+
+# -- status ----------------------------------------------------------------------------------------
+def test_snapshot_values(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0, max_queue_rows=100)
+    s.accept(b'a', 1, words(12), False)  # 3 pieces
+    s.accept(b'b', 1, words(2), False)
+    s.add_worker(b'w0', credit=1, label='0')
+    s.add_worker(b'w1', credit=1, label='1')
+    s.take_batches()
+    assert s.snapshot() == {
+        'num_ready_worker': 2, 'num_queued_piece': 2, 'num_inflight_piece': 2, 'num_open_request': 2,
+        'num_open_rows': 14, 'max_queue_rows': 100, 'accepting': True,
+        'batches_per_worker': {'0': 1, '1': 1}, 'sequences_per_worker': {'0': 4, '1': 4},
+    }
+
+
+def test_snapshot_counts_only_pieces_still_to_send(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    gone = s.accept(b'a', 1, words(12), False)
+    s.accept(b'b', 1, words(2), False)
+    s.finished([gone])
+    assert s.snapshot()['num_queued_piece'] == 1
+
+
+def test_finished_requests_leave_no_queue_entries_behind(clock):
+    # With no worker free (all hung or restarting) the sink times requests out: their pieces must
+    # not pile up in the queue, which is bounded by -max_queue_rows only through open requests.
+    s = make(clock, max_queue_rows=10)
+    for i in range(1000):
+        s.finished([s.accept(b'c', i, words(5), False)])
+    assert len(s.priority) + len(s.normal) < 100  # not one id per request ever finished
+    assert s.snapshot()["num_queued_piece"] == 0
+
+
+# -- random operations -----------------------------------------------------------------------------
+class _SinkModel:
+    """What the sink does, as far as the scheduler can tell: rows arrive, duplicates are dropped,
+    pieces are confirmed and requests reported finished, with feedback delivered late."""
+
+    def __init__(self, scheduler: Scheduler, rng: random.Random):
+        self.s = scheduler
+        self.rng = rng
+        self.texts = {}  # serial -> texts
+        self.rows = {}  # serial -> {row: text}, for requests not finished yet
+        self.answered = {}  # serial -> {row: text}
+        self.failed = {}  # serial -> message
+        self.feedback = []  # ('confirm' | 'finished', ids) on their way to the scheduler
+
+    def register(self, serial: int, texts: list) -> None:
+        self.texts[serial] = texts
+        self.rows[serial] = {}
+
+    def result(self, piece) -> None:
+        self.feedback.append(('confirm', [piece.piece_id]))
+        rows = self.rows.get(piece.serial)
+        if rows is None:
+            return  # finished already
+        if not set(piece.rows) & set(rows):
+            rows.update(zip(piece.rows, piece.texts))
+        if len(rows) == len(self.texts[piece.serial]):
+            self.answered[piece.serial] = self.rows.pop(piece.serial)
+            self.feedback.append(('finished', [piece.serial]))
+
+    def fail(self, serial: int, message: str) -> None:
+        if self.rows.pop(serial, None) is not None:
+            self.failed[serial] = message
+            self.feedback.append(('finished', [serial]))
+
+    def deliver_feedback(self, everything: bool = False) -> None:
+        keep = []
+        for item in self.feedback:
+            if everything or self.rng.random() < 0.6:
+                (self.s.confirm if item[0] == 'confirm' else self.s.finished)(item[1])
+            else:
+                keep.append(item)
+        self.feedback = keep
+
+
+def _check_in_flight(s: Scheduler, computing: dict, new_batches) -> None:
+    """A piece is never dispatched while a live worker still holds it unconfirmed."""
+    held = {}
+    for worker, batches in computing.items():
+        if worker in s.workers:
+            for batch in batches:
+                for p in batch.pieces:
+                    if p.piece_id in s.pieces and s.holder.get(p.piece_id) == worker:
+                        held[p.piece_id] = worker
+    for batch in new_batches:
+        assert len(batch.pieces) == len({p.piece_id for p in batch.pieces})
+        assert sum(len(p.rows) for p in batch.pieces) <= s.cfg.max_batch_size
+        for p in batch.pieces:
+            assert held.get(p.piece_id, batch.worker) == batch.worker == s.holder[p.piece_id]
+            held[p.piece_id] = batch.worker
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed):
+    rng = random.Random(seed)
+    s = make(clock, num_worker=3, max_batch_size=rng.choice([4, 8, 16]), priority_batch_size=4,
+             max_queue_rows=120, batch_timeout=20.0, heartbeat_timeout=5.0)
+    sink = _SinkModel(s, rng)
+    computing = {}  # worker -> batches it holds and has not sent to the sink yet
+    accepted = {}
+    workers = 0
+
+    def add_worker():
+        nonlocal workers
+        workers += 1
+        identity = b'w%d' % workers
+        s.add_worker(identity, credit=rng.randint(1, 3), label=str(workers))
+        computing[identity] = []
+
+    def lose(identity, reason):
+        for batch in computing.pop(identity, []):
+            if rng.random() < 0.3:  # its results had left before it died
+                for p in batch.pieces:
+                    sink.result(p)
+        for f in s.remove_worker(identity, reason):
+            assert f.serial in accepted and (f.client, f.req_id) == accepted[f.serial][:2]
+            sink.fail(f.serial, f.message)
+
+    def dispatch():
+        batches = s.take_batches()
+        _check_in_flight(s, computing, batches)
+        for b in batches:
+            computing[b.worker].append(b)
+
+    for _ in range(3):
+        add_worker()
+    for step in range(400):
+        op = rng.random()
+        if op < 0.25:
+            client, n = b'c%d' % rng.randint(0, 5), rng.choice([1, 2, 3, 5, 9, 17, 40])
+            texts = [f'{client.decode()}-{step}-{i} ' * rng.randint(1, 4) for i in range(n)]
+            open_rows = s.open_rows
+            try:
+                serial = s.accept(client, step, texts, is_tokenized=False)
+            except Refused as e:
+                assert e.code == ErrorCode.BUSY and open_rows + n > s.cfg.max_queue_rows
+            else:
+                accepted[serial] = (client, step, texts)
+                sink.register(serial, texts)
+        elif op < 0.45:
+            dispatch()
+        elif op < 0.65:  # a worker computes a batch, pushes its rows, then says DONE
+            busy = [w for w, batches in computing.items() if batches]
+            if busy:
+                worker = rng.choice(busy)
+                batch = computing[worker].pop(rng.randrange(len(computing[worker])))
+                for p in batch.pieces:
+                    sink.result(p)
+                s.seen(worker)
+                s.done(worker, batch.batch_id)
+        elif op < 0.8:
+            sink.deliver_feedback()
+        elif op < 0.85 and computing:
+            lose(rng.choice(sorted(computing)), 'was killed')
+            add_worker()
+        elif op < 0.9:
+            clock.advance(rng.choice([0.5, 2.0, 6.0]))
+            for identity in list(computing):
+                if rng.random() < 0.7:
+                    s.seen(identity)
+            for identity, reason in s.overdue():
+                lose(identity, reason)
+                add_worker()
+        elif op < 0.93 and sink.rows:
+            sink.fail(rng.choice(sorted(sink.rows)), 'timeout')
+        elif op < 0.96:
+            busy = [w for w, batches in computing.items() if batches]
+            if busy:
+                worker = rng.choice(busy)
+                s.send_failed(computing[worker].pop())
+        assert s.open_rows == sum(len(accepted[serial][2]) for serial in s.requests) <= s.cfg.max_queue_rows
+        waiting = s.queued
+        assert waiting <= set(s.pieces) and not waiting & set(s.holder)
+        assert waiting <= set(s.priority) | set(s.normal)
+        assert s.snapshot()['num_queued_piece'] == len(waiting)
+
+    # Calm: reliable workers until everything accepted has ended.
+    for _ in range(1000):
+        if not s.requests and not sink.feedback:
+            break
+        clock.advance(SEND_BACKOFF_SECONDS)
+        dispatch()
+        for worker in list(computing):
+            s.seen(worker)
+            for batch in computing[worker]:
+                for p in batch.pieces:
+                    sink.result(p)
+                s.done(worker, batch.batch_id)
+            computing[worker] = []
+        sink.deliver_feedback(everything=True)
+    assert not s.requests and not sink.rows
+
+    assert set(sink.answered) | set(sink.failed) == set(accepted)
+    assert not set(sink.answered) & set(sink.failed)
+    for serial, rows in sink.answered.items():
+        assert rows == dict(enumerate(accepted[serial][2]))  # every row, each with its own input
+    for message in sink.failed.values():
+        assert message == 'timeout' or 'lost twice' in message
+    assert (s.open_rows, s.pieces, s.holder) == (0, {}, {})

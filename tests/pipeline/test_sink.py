@@ -1,0 +1,287 @@
+"""Sink: a real Sink.run() in a thread, fed through its PULL, answering a SUB client and confirming to a
+PULL that stands in for the ventilator. Every wait is a bounded poll on a socket."""
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from bert_serving.client import protocol
+from bert_serving.client.protocol import ErrorCode
+from bert_serving.server.pipeline import messages as msg
+from bert_serving.server.pipeline import sink as sink_module
+from bert_serving.server.pipeline.messages import Piece
+from bert_serving.server.pipeline.sink import Sink, SinkSettings
+
+WAIT_SECONDS = 10.0  # bound of every wait; a healthy sink answers in milliseconds
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self, level=logging.WARNING):
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+class SinkHarness:
+    """The sink's neighbours: a PUSH feeding it, a PULL on its feedback address, SUB clients."""
+
+    def __init__(self, tmp_path, port_out):
+        self.ctx = zmq.Context()
+        self.settings = SinkSettings(sink_addr=f'ipc://{tmp_path}/sink', port_out=port_out,
+                                     feedback_addr=f'ipc://{tmp_path}/feedback', bind_host='127.0.0.1')
+        self.feedback = self._socket(zmq.PULL)
+        self.feedback.bind(self.settings.feedback_addr)
+        self.push = self._socket(zmq.PUSH)
+        self.push.connect(self.settings.sink_addr)
+        self.subs = []
+        self.confirmed, self.finished = [], []
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.sink = Sink(self.settings, self.stop, on_ready=self.ready.set)
+        self.thread = threading.Thread(target=self.sink.run, name='sink', daemon=True)
+
+    def _socket(self, kind):
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def start(self):
+        self.thread.start()
+        assert self.ready.wait(WAIT_SECONDS), 'the sink did not bind its sockets'
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(WAIT_SECONDS)
+        alive = self.thread.is_alive()
+        for sock in [self.push, self.feedback] + self.subs:
+            sock.close()
+        self.ctx.term()
+        assert not alive, 'the sink did not stop on its stop event'
+
+    def send(self, frames):
+        self.push.send_multipart(frames)
+
+    def client(self, identity: bytes):
+        sub = self._socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, identity)
+        sub.connect(f'tcp://127.0.0.1:{self.settings.port_out}')
+        self.subs.append(sub)
+        return sub
+
+    def reply(self, sub) -> protocol.Reply:
+        if not sub.poll(WAIT_SECONDS * 1000):
+            pytest.fail(f'no reply within {WAIT_SECONDS:g}s')
+        return protocol.unpack_reply(sub.recv_multipart())
+
+    def wait_feedback(self, confirmed=(), finished=()):
+        """Reads feedback until these piece ids were confirmed and these serials finished."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not (set(confirmed) <= set(self.confirmed) and set(finished) <= set(self.finished)):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.feedback.poll(left * 1000):
+                pytest.fail(f'feedback so far: confirmed {self.confirmed}, finished {self.finished}')
+            fb = msg.unpack_feedback(self.feedback.recv_multipart())
+            (self.confirmed if fb.kind == msg.CONFIRM else self.finished).extend(fb.ids)
+
+
+@pytest.fixture
+def records():
+    handler = _Records()
+    logger = logging.getLogger('bert_serving.SINK')
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def harness(tmp_path, free_port, records):
+    h = SinkHarness(tmp_path, free_port())
+    h.start()
+    yield h
+    h.close()
+
+
+def result(client, req_id, serial, piece_id, rows, array, tokens=None):
+    p = Piece(client, req_id, rows=list(rows), texts=[''] * len(rows), serial=serial, piece_id=piece_id)
+    return msg.pack_result(p, np.asarray(array, dtype=np.float32), tokens)
+
+
+def rows_of(n, width=4, offset=0.0):
+    """Row i is filled with i + offset: [n, width] float32."""
+    return np.repeat(np.arange(n, dtype=np.float32)[:, None] + offset, width, axis=1)
+
+
+def test_pieces_out_of_order_and_before_register_come_back_in_request_order(harness):
+    sub = harness.client(b'c1')
+    full = rows_of(6)
+    order = [[4, 1], [5, 0, 3]]
+    harness.send(result(b'c1', 1, 10, 101, order[0], full[order[0]]))
+    harness.send(result(b'c1', 1, 10, 102, order[1], full[order[1]]))
+    harness.send(msg.pack_register(b'c1', 1, n=6, serial=10, timeout=None))
+    harness.send(result(b'c1', 1, 10, 103, [2], full[[2]], ))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id) == ('result', 1)
+    np.testing.assert_array_equal(reply.array, full)
+    harness.wait_feedback(confirmed=[101, 102, 103], finished=[10])
+
+
+def test_tokens_come_back_in_request_order(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 2, n=3, serial=1, timeout=None))
+    harness.send(result(b'c', 2, 1, 1, [2, 0], rows_of(3)[[2, 0]], tokens=[['t2'], ['t0']]))
+    harness.send(result(b'c', 2, 1, 2, [1], rows_of(3)[[1]], tokens=[['t1']]))
+    assert harness.reply(sub).tokens == [['t0'], ['t1'], ['t2']]
+
+
+def test_token_level_pieces_are_zero_padded_to_the_longest(harness):
+    sub = harness.client(b'c')
+    rng = np.random.default_rng(0)
+    short, long = rng.standard_normal((2, 3, 4)), rng.standard_normal((1, 5, 4))
+    harness.send(msg.pack_register(b'c', 1, n=3, serial=1, timeout=None))
+    harness.send(result(b'c', 1, 1, 1, [0, 2], short))
+    harness.send(result(b'c', 1, 1, 2, [1], long))
+    reply = harness.reply(sub)
+    assert reply.array.shape == (3, 5, 4)
+    np.testing.assert_array_equal(reply.array[[0, 2], :3], short.astype(np.float32))
+    np.testing.assert_array_equal(reply.array[[0, 2], 3:], 0)
+    np.testing.assert_array_equal(reply.array[1], long[0].astype(np.float32))
+
+
+def test_a_duplicate_piece_counts_once_and_is_confirmed(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 1, n=3, serial=4, timeout=None))
+    harness.send(result(b'c', 1, 4, 7, [0, 1], rows_of(2)))
+    harness.send(result(b'c', 1, 4, 7, [0, 1], rows_of(2, offset=100)))  # computed again after a loss
+    harness.wait_feedback(confirmed=[7])
+    harness.send(result(b'c', 1, 4, 8, [2], rows_of(3)[[2]]))
+    np.testing.assert_array_equal(harness.reply(sub).array, rows_of(3))
+    harness.wait_feedback(confirmed=[8], finished=[4])
+    assert harness.confirmed.count(7) == 2  # both copies confirmed, so neither stays in flight
+    assert harness.finished == [4]
+    # Once more after the request finished: confirmed, not answered again.
+    harness.send(result(b'c', 1, 4, 7, [0, 1], rows_of(2)))
+    harness.send(msg.pack_json_reply(b'c', 99, b'{"marker": 1}'))
+    marker = harness.reply(sub)
+    assert (marker.kind, marker.req_id) == ('json', 99)
+    harness.wait_feedback(confirmed=[7, 7, 7])
+
+
+def test_a_failed_piece_fails_the_request_and_is_confirmed(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 3, n=4, serial=6, timeout=None))
+    harness.send(result(b'c', 3, 6, 60, [0, 1], rows_of(2)))
+    harness.send(msg.pack_fail(b'c', 3, 'WORKER-0 failed on this piece: boom', code=ErrorCode.FAILED, serial=6,
+                               piece_id=61))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.code) == ('error', 3, ErrorCode.FAILED)
+    assert 'boom' in reply.error
+    harness.wait_feedback(confirmed=[60, 61], finished=[6])
+    # The rest of the request arriving late is confirmed and dropped.
+    harness.send(result(b'c', 3, 6, 62, [2, 3], rows_of(2)))
+    harness.send(msg.pack_json_reply(b'c', 100, b'{}'))
+    assert harness.reply(sub).req_id == 100
+    harness.wait_feedback(confirmed=[62])
+    assert harness.finished == [6]
+
+
+def test_a_refusal_before_register_is_published_with_its_code(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_fail(b'c', 5, 'server busy: retry shortly', code=ErrorCode.BUSY))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.code) == ('error', 5, ErrorCode.BUSY)
+    assert reply.retry_after is not None and reply.retry_after > 0
+
+
+@pytest.mark.parametrize('code', ['no-such-code', 5, None, ['failed']])
+def test_unknown_error_codes_become_failed(harness, code):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 1, n=2, serial=3, timeout=None))
+    harness.send(msg.pack_fail(b'c', 1, 'odd code', code=code, serial=3))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.code, reply.error) == ('error', ErrorCode.FAILED, 'odd code')
+    harness.wait_feedback(finished=[3])
+
+
+def test_a_request_past_its_timeout_fails_with_timeout(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 8, n=2, serial=12, timeout=0.3))
+    harness.send(result(b'c', 8, 12, 120, [0], rows_of(1)))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.code) == ('error', 8, ErrorCode.TIMEOUT)
+    assert '-request_timeout 0.3s' in reply.error
+    harness.wait_feedback(confirmed=[120], finished=[12])
+    harness.send(result(b'c', 8, 12, 121, [1], rows_of(1)))  # too late: confirmed, no second reply
+    harness.send(msg.pack_json_reply(b'c', 9, b'{}'))
+    assert harness.reply(sub).req_id == 9
+    harness.wait_feedback(confirmed=[121])
+
+
+def test_replies_wait_for_a_client_that_subscribes_late(harness):
+    harness.send(msg.pack_register(b'late', 1, n=2, serial=1, timeout=None))
+    harness.send(result(b'late', 1, 1, 1, [0, 1], rows_of(2)))
+    harness.send(msg.pack_register(b'late', 2, n=1, serial=2, timeout=None))
+    harness.send(msg.pack_fail(b'late', 2, 'failed', code=ErrorCode.FAILED, serial=2))
+    harness.wait_feedback(finished=[1, 2])  # both replies are published (held) by now
+    sub = harness.client(b'late')
+    first, second = harness.reply(sub), harness.reply(sub)
+    assert (first.kind, first.req_id, second.kind, second.req_id) == ('result', 1, 'error', 2)
+    np.testing.assert_array_equal(first.array, rows_of(2))
+
+
+def test_held_replies_are_bounded_oldest_dropped_first(harness, records, monkeypatch):
+    monkeypatch.setattr(sink_module, 'MAX_HELD', 2)
+    for serial in (1, 2, 3):
+        harness.send(msg.pack_register(b'away', serial, n=1, serial=serial, timeout=None))
+        harness.send(msg.pack_fail(b'away', serial, f'reply {serial}', code=ErrorCode.FAILED, serial=serial))
+    harness.wait_feedback(finished=[1, 2, 3])
+    sub = harness.client(b'away')
+    # Held replies go out oldest first: had reply 1 been kept, it would come first.
+    assert [harness.reply(sub).req_id for _ in range(2)] == [2, 3]
+    assert any('dropped a held reply' in m and "b'away'" in m for m in records.messages())
+
+
+def test_a_malformed_message_is_logged_and_dropped(harness, records):
+    sub = harness.client(b'c')
+    for frames in ([b'JUNK'], [msg.RESULT, b'c', b'1', b'{', b''], [msg.REGISTER, b'c', b'x', b'{}'],
+                   [b'WHAT', b'c', b'1', b'{}']):
+        harness.send(frames)
+    harness.send(msg.pack_register(b'c', 1, n=1, serial=1, timeout=None))
+    harness.send(result(b'c', 1, 1, 1, [0], rows_of(1)))
+    assert harness.reply(sub).kind == 'result'
+    assert len([m for m in records.messages() if 'malformed internal message' in m]) == 4
+
+
+def test_a_piece_that_cannot_be_assembled_fails_its_request(harness, records):
+    # Pieces whose widths differ cannot be stacked: the client gets an error, not silence.
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 1, n=2, serial=1, timeout=None))
+    harness.send(result(b'c', 1, 1, 1, [0], rows_of(1, width=4)))
+    harness.send(result(b'c', 1, 1, 2, [1], rows_of(1, width=5)))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.code) == ('error', 1, ErrorCode.FAILED)
+    harness.wait_feedback(confirmed=[1, 2], finished=[1])
+    harness.send(msg.pack_json_reply(b'c', 2, b'{}'))
+    assert harness.reply(sub).req_id == 2
+
+
+def test_json_replies_are_published_as_is(harness):
+    sub = harness.client(b'c')
+    harness.send(msg.pack_json_reply(b'c', 4, b'{"server_version": "1.10.0"}'))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.data) == ('json', 4, {'server_version': '1.10.0'})
+
+
+def test_clients_get_only_their_own_replies(harness):
+    a, b = harness.client(b'client-a'), harness.client(b'client-b')
+    harness.send(msg.pack_json_reply(b'client-b', 1, b'"for b"'))
+    harness.send(msg.pack_json_reply(b'client-a', 2, b'"for a"'))
+    assert harness.reply(a).data == 'for a'
+    assert harness.reply(b).data == 'for b'
