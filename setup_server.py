@@ -73,6 +73,7 @@ setup(
     entry_points={
         'console_scripts': [
             'bert-serving-start = bert_serving.server.cli:main',
+            'bert-serving-worker = bert_serving.server.cli:worker',
             'bert-serving-terminate = bert_serving.server.cli:terminate',
             'bert-serving-benchmark = bert_serving.server.cli:benchmark',
         ],

@@ -91,8 +91,12 @@ def test_shutdown_with_a_namespace(tiny_hf_dir, free_port):
     (['-pooling_layer', '-3'], BertServingError, 'pooling_layer -3 is out of range for a model with 2 layers'),
     (['-pooling_layer', '-1', '5'], BertServingError, 'pooling_layer 5 is out of range'),
     (['-max_seq_len', '100'], BertServingError, 'max_seq_len 100 exceeds max_position_embeddings'),
-    (['-num_worker', '0'], ValueError, 'num_worker must be positive'),
-], ids=['layer too deep', 'one of two layers out of range', 'max_seq_len too long', 'no worker'])
+    (['-num_worker', '0'], BertServingError, 'num_worker 0 .a pure front. needs -port_worker'),
+    (['-num_worker', '-1'], BertServingError, 'num_worker must be 0 or more'),
+    (['-port_worker', '7001', '-port_worker_sink', '7001'], BertServingError,
+     'port_worker and port_worker_sink must differ'),
+], ids=['layer too deep', 'one of two layers out of range', 'max_seq_len too long', 'no worker', 'negative workers',
+        'worker ports clash'])
 def test_bad_flags_raise_from_the_constructor(tiny_hf_dir, free_port, flags, error, words):
     before = _no_children()
     port, port_out = free_port(), free_port()

@@ -12,7 +12,8 @@ from bert_serving.client._version import __version__
 
 from .config import PoolingStrategy, parse_max_seq_len
 
-__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'get_run_args', 'format_args',
+__all__ = ['get_args_parser', 'get_shutdown_parser', 'get_benchmark_parser', 'get_worker_parser', 'get_run_args',
+           'format_args',
            'BENCHMARK_EXPERIMENTS']
 
 # The variables bert-serving-benchmark varies, one experiment each, in the order they run.
@@ -33,11 +34,8 @@ def _strategy(value: str) -> PoolingStrategy:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    """The parser of ``bert-serving-start``."""
-    parser = argparse.ArgumentParser(
-        prog='bert-serving-start', description='Start a BertServer: sentences in, fixed-length vectors out.')
-
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """File Paths and BERT Parameters: what decides the vectors (shared with bert-serving-worker)."""
     paths = parser.add_argument_group('File Paths', 'where the pretrained / fine-tuned BERT model lives')
     paths.add_argument('-model_dir', type=str, default=None,
                        help='directory of a pretrained BERT model (Google checkpoint or Hugging Face '
@@ -77,6 +75,42 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help='labels of the fine-tuned CLASSIFICATION head (its output_weights [K, H]); '
                            'REGRESSION always reads a 1-unit head')
 
+
+def _add_compute_args(group) -> None:
+    """Devices and batching of a worker (shared with bert-serving-worker)."""
+    group.add_argument('-max_batch_size', type=int, default=256,
+                       help='most sequences per batch; bigger requests are split')
+    group.add_argument('-max_batch_tokens', type=int, default=4096,
+                       help='(new) most padded tokens per batch; lower it if memory runs short')
+    group.add_argument('-cpu', action='store_true', default=False,
+                       help='run on CPU even where a GPU exists')
+    group.add_argument('-xla', action='store_true', default=False,
+                       help='compile the graph with XLA (experimental)')
+    group.add_argument('-fp16', action='store_true', default=False,
+                       help='halve the result size: float16 vectors, as in the original; computed in float16 on '
+                            'a GPU, on a CPU in bfloat16 where it has AVX512-BF16/AMX, else in float32')
+    group.add_argument('-bf16', action='store_true', default=False,
+                       help='(new) run matrix products in bfloat16: about 1.3x faster on CPUs with '
+                            'AVX512-BF16, cosine >= 0.9999 to float32')
+    group.add_argument('-gpu_memory_fraction', type=float, default=0.5,
+                       help='share of each GPU\'s memory a worker may take, in (0, 1]')
+    group.add_argument('-device_map', type=int, nargs='+', default=[],
+                       help='GPU ids for the workers, reused round-robin when fewer than workers')
+    group.add_argument('-prefetch_size', type=int, default=10,
+                       help='batches a worker may hold ahead of the one it computes '
+                            '(capped at 2 in practice; 0 disables prefetching)')
+    group.add_argument('-fixed_embed_length', action='store_true', default=False,
+                       help='with NONE pooling and -max_seq_len NONE, pad the token axis to '
+                            'max_position_embeddings so every result has the same shape')
+    group.add_argument('-engine', choices=('tensorflow', 'fake'), default='tensorflow',
+                       help='fake: a numpy stand-in model for testing the pipeline without TensorFlow')
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-start``."""
+    parser = argparse.ArgumentParser(
+        prog='bert-serving-start', description='Start a BertServer: sentences in, fixed-length vectors out.')
+    _add_model_args(parser)
     serving = parser.add_argument_group('Serving Configs', 'ports, workers, devices and batching')
     serving.add_argument('-port', '-port_in', '-port_data', type=int, default=5555,
                          help='port on which clients push requests')
@@ -90,32 +124,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='Access-Control-Allow-Origin of HTTP responses')
     serving.add_argument('-num_worker', type=int, default=1,
                          help='worker processes; each holds a copy of the model')
-    serving.add_argument('-max_batch_size', type=int, default=256,
-                         help='most sequences per batch; bigger requests are split')
-    serving.add_argument('-max_batch_tokens', type=int, default=4096,
-                         help='(new) most padded tokens per batch; lower it if memory runs short')
     serving.add_argument('-priority_batch_size', type=int, default=16,
                          help='requests with at most this many sequences jump the queue')
-    serving.add_argument('-cpu', action='store_true', default=False,
-                         help='run on CPU even where a GPU exists')
-    serving.add_argument('-xla', action='store_true', default=False,
-                         help='compile the graph with XLA (experimental)')
-    serving.add_argument('-fp16', action='store_true', default=False,
-                         help='halve the result size: float16 vectors, as in the original; computed in float16 on '
-                              'a GPU, on a CPU in bfloat16 where it has AVX512-BF16/AMX, else in float32')
-    serving.add_argument('-bf16', action='store_true', default=False,
-                         help='(new) run matrix products in bfloat16: about 1.3x faster on CPUs with '
-                              'AVX512-BF16, cosine >= 0.9999 to float32')
-    serving.add_argument('-gpu_memory_fraction', type=float, default=0.5,
-                         help='share of each GPU\'s memory a worker may take, in (0, 1]')
-    serving.add_argument('-device_map', type=int, nargs='+', default=[],
-                         help='GPU ids for the workers, reused round-robin when fewer than workers')
-    serving.add_argument('-prefetch_size', type=int, default=10,
-                         help='batches a worker may hold ahead of the one it computes '
-                              '(capped at 2 in practice; 0 disables prefetching)')
-    serving.add_argument('-fixed_embed_length', action='store_true', default=False,
-                         help='with NONE pooling and -max_seq_len NONE, pad the token axis to '
-                              'max_position_embeddings so every result has the same shape')
+    serving.add_argument('-port_worker', type=int, default=None,
+                         help='(new) let remote workers (bert-serving-worker) join on this port; off by default')
+    serving.add_argument('-port_worker_sink', type=int, default=None,
+                         help='(new) port remote workers send results to; default -port_worker + 1')
+    _add_compute_args(serving)
 
     life = parser.add_argument_group('Request lifecycle (new)', 'bounds on waiting, queueing and stopping')
     life.add_argument('-request_timeout', type=float, default=300.0,
@@ -133,9 +148,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     life.add_argument('-batch_timeout', type=float, default=60.0,
                       help='a worker holding one batch this long (hung model call) is replaced; raise it '
                            'for big batches on slow CPUs')
-    life.add_argument('-engine', choices=('tensorflow', 'fake'), default='tensorflow',
-                      help='fake: a numpy stand-in model for testing the pipeline without TensorFlow')
 
+    parser.add_argument('-verbose', action='store_true', default=False, help='debug logging')
+    parser.add_argument('-version', action='version', version='%(prog)s ' + __version__)
+    return parser
+
+
+def get_worker_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-worker``: one worker that joins a server over TCP."""
+    parser = argparse.ArgumentParser(
+        prog='bert-serving-worker',
+        description='Run one worker that joins a bert-serving server (started with -port_worker) from this '
+                    'machine. The model and engine flags must be those of the server.')
+    server = parser.add_argument_group('Server', 'where the server is')
+    server.add_argument('-ip', type=str, default='localhost', help='host of the server')
+    server.add_argument('-port_worker', type=int, default=5557, help='the server\'s -port_worker')
+    server.add_argument('-server_timeout', type=float, default=10.0,
+                        help='seconds without a word from the server before registering again (with backoff)')
+    _add_model_args(parser)
+    compute = parser.add_argument_group('Compute', 'device and batching of this worker')
+    _add_compute_args(compute)
     parser.add_argument('-verbose', action='store_true', default=False, help='debug logging')
     parser.add_argument('-version', action='version', version='%(prog)s ' + __version__)
     return parser

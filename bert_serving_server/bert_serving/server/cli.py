@@ -1,4 +1,4 @@
-"""Entry points: bert-serving-start, bert-serving-terminate, bert-serving-benchmark."""
+"""Entry points: bert-serving-start, bert-serving-worker, bert-serving-terminate, bert-serving-benchmark."""
 from __future__ import annotations
 
 import signal
@@ -10,7 +10,7 @@ from bert_serving.client.errors import BertServingError
 from .args import format_args, get_args_parser, get_shutdown_parser
 from .log import get_logger
 
-__all__ = ['main', 'terminate', 'benchmark']
+__all__ = ['main', 'worker', 'terminate', 'benchmark']
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -44,6 +44,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error('server stopped: %s', server.failure)
         return 1
     return 0
+
+
+def worker(argv: Optional[List[str]] = None) -> int:
+    """``bert-serving-worker``: one worker on this machine that joins a server's -port_worker.
+
+    Returns:
+        0 after Ctrl-C or SIGTERM; 2 if it could not start (one line saying why); 3 if the server
+        refused it (a different model or flags: the reason is logged).
+    """
+    from .args import get_worker_parser
+    from .pipeline.worker import run_remote
+    args = get_worker_parser().parse_args(argv)
+    logger = get_logger('WORKER', args.verbose)
+    try:
+        return run_remote(args)
+    except BertServingError as e:
+        logger.error('%s', e)
+        return 2
 
 
 def terminate(argv: Optional[List[str]] = None) -> int:

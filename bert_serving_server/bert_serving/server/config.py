@@ -198,6 +198,23 @@ class EngineConfig:
         """The dtype of the vectors clients get: 'float16' with -fp16 (as in the original), else 'float32'."""
         return 'float16' if self.fp16 else 'float32'
 
+    def output_key_fields(self) -> dict:
+        """The flags that decide which vectors come out for an input, whatever the device: part of
+        the fingerprint a remote worker must share with its server."""
+        return {
+            'pooling_layer': list(self.pooling_layer),
+            'pooling_strategy': self.pooling_strategy.name,
+            'mask_cls_sep': self.mask_cls_sep,
+            'no_position_embeddings': self.no_position_embeddings,
+            'head_width': self.head_width,
+            'output_dtype': self.output_dtype,
+            'max_seq_len': self.max_seq_len,
+            'do_lower_case': self.do_lower_case,
+            'no_special_token': self.no_special_token,
+            'fixed_embed_length': self.fixed_embed_length,
+            'engine': self.engine,
+        }
+
     def graph_key_fields(self) -> dict:
         """The fields that shape the frozen graph (part of its cache key)."""
         return {
@@ -237,6 +254,9 @@ class ServerConfig:
         drain_timeout: seconds work in progress gets to finish when the server stops.
         heartbeat_timeout: seconds of silence after which a worker is replaced.
         batch_timeout: seconds a worker may hold one batch before it is replaced.
+        port_worker: if set, remote workers (bert-serving-worker) connect here.
+        port_worker_sink: where remote workers send results (default port_worker + 1).
+        bind_host: the interface every TCP port binds ('*' = all, as the original).
         verbose: debug logging.
     """
     port: int = 5555
@@ -259,12 +279,19 @@ class ServerConfig:
     drain_timeout: float = 10.0
     heartbeat_timeout: float = 10.0
     batch_timeout: float = 60.0
+    port_worker: Optional[int] = None
+    port_worker_sink: Optional[int] = None
+    bind_host: str = '*'
     verbose: bool = False
 
     def __post_init__(self):
         if self.request_timeout is not None and self.request_timeout <= 0:
             object.__setattr__(self, 'request_timeout', None)  # 0: no bound, as -timeout -1 on a client
-        checks = [('num_worker', self.num_worker >= 1), ('max_batch_size', self.max_batch_size >= 1),
+        if self.port_worker is not None and self.port_worker_sink is None:
+            object.__setattr__(self, 'port_worker_sink', self.port_worker + 1)
+        if self.num_worker == 0 and self.port_worker is None:
+            raise ConfigError('num_worker 0 (a pure front) needs -port_worker, so that remote workers can join')
+        checks = [('num_worker', self.num_worker >= 0), ('max_batch_size', self.max_batch_size >= 1),
                   ('max_queue_rows', self.max_queue_rows >= 1), ('drain_timeout', self.drain_timeout >= 0),
                   ('heartbeat_timeout', self.heartbeat_timeout > 0), ('batch_timeout', self.batch_timeout > 0),
                   ('max_batch_tokens', self.max_batch_tokens >= 1),
@@ -273,15 +300,23 @@ class ServerConfig:
                   ('http_max_connect', self.http_max_connect >= 1)]
         for name, ok in checks:
             if not ok:
-                raise ConfigError(f'{name} must be positive, got {getattr(self, name)}')
+                floor = '0 or more' if name in ('num_worker', 'priority_batch_size', 'prefetch_size',
+                                                'drain_timeout') else 'positive'
+                raise ConfigError(f'{name} must be {floor}, got {getattr(self, name)}')
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ConfigError(f'gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}')
-        for name in ('port', 'port_out') + (('http_port',) if self.http_port is not None else ()):
+        optional = ('http_port', 'port_worker', 'port_worker_sink')
+        for name in ('port', 'port_out') + tuple(n for n in optional if getattr(self, n) is not None):
             value = getattr(self, name)
             if not 0 < value < 65536:
                 raise ConfigError(f'{name} must be a TCP port (1-65535), got {value}')
         if self.port == self.port_out:
             raise ConfigError(f'port and port_out must differ, both are {self.port}')
+        used = [(n, getattr(self, n)) for n in ('port', 'port_out') + optional if getattr(self, n) is not None]
+        for i, (name, value) in enumerate(used):
+            for other, other_value in used[i + 1:]:
+                if value == other_value:
+                    raise ConfigError(f'{name} and {other} must differ, both are {value}')
         try:
             object.__setattr__(self, 'device_map', tuple(int(d) for d in self.device_map))
         except (TypeError, ValueError):

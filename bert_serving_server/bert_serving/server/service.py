@@ -30,7 +30,7 @@ from bert_serving.client.protocol import Command, pack_request
 
 from .config import EngineConfig, ServerConfig
 from .engine.devices import cpu_threads, plan_devices
-from .engine.graph import prepare_graph, tensorflow_version
+from .engine.graph import fingerprint, prepare_graph, tensorflow_version
 from .log import get_logger
 from .pipeline.launcher import ChildProcess
 from .pipeline.scheduler import Scheduler, SchedulerConfig
@@ -80,12 +80,15 @@ class BertServer(threading.Thread):
         self.graph = None
         if self.engine_config.engine != 'fake':
             self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose))
+        # What every worker, local or remote, must match to join.
+        self.fingerprint = fingerprint(self.engine_config, None if self.graph is None else self.graph.files)
         self.is_ready = threading.Event()
         self.failure: Optional[str] = None
         self._stopping = threading.Event()
         self._ipc_dir = tempfile.mkdtemp(prefix='bert-serving-')
         self.addresses = Addresses(port=cfg.port, backend=f'ipc://{self._ipc_dir}/backend',
-                                   feedback=f'ipc://{self._ipc_dir}/feedback', sink=f'ipc://{self._ipc_dir}/sink')
+                                   feedback=f'ipc://{self._ipc_dir}/feedback', sink=f'ipc://{self._ipc_dir}/sink',
+                                   port_worker=cfg.port_worker, port_worker_sink=cfg.port_worker_sink)
         self.scheduler = Scheduler(SchedulerConfig(
             num_worker=cfg.num_worker, max_batch_size=cfg.max_batch_size,
             priority_batch_size=cfg.priority_batch_size, max_queue_rows=cfg.max_queue_rows,
@@ -99,7 +102,9 @@ class BertServer(threading.Thread):
             'server_release': __version__, 'protocol_version': PROTOCOL_VERSION,
             'tensorflow_version': tensorflow_version(), 'pyzmq_version': zmq.pyzmq_version(),
             'zmq_version': zmq.zmq_version(), 'server_start_time': str(self.start_time),
-            'ventilator -> worker': [self.addresses.backend], 'worker -> sink': self.addresses.sink,
+            'ventilator -> worker': [self.addresses.backend] + (
+                [f'tcp://{cfg.bind_host}:{cfg.port_worker}'] if cfg.port_worker is not None else []),
+            'worker -> sink': self.addresses.sink,
             'ventilator <-> sink': self.addresses.sink, 'num_concurrent_socket': 1,
             'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
             **self._model_status(),
@@ -146,18 +151,21 @@ class BertServer(threading.Thread):
             with zmq.Context() as ctx:
                 sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
                     SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
-                                 verbose=cfg.verbose)))
+                                 port_worker_sink=cfg.port_worker_sink, verbose=cfg.verbose)))
                 sink.start()
                 self.supervisor.add_service(sink, 'see the SINK log')
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
                 # would still report ready and never answer anyone.
                 if not sink.wait_ready(SINK_START_SECONDS):
-                    raise RuntimeError(f'the sink stopped while starting: is port_out {cfg.port_out} '
-                                       'already in use? (see the SINK log)')
+                    ports = f'port_out {cfg.port_out}' + (f' or port_worker_sink {cfg.port_worker_sink}'
+                                                          if cfg.port_worker_sink is not None else '')
+                    raise RuntimeError(f'the sink stopped while starting: is {ports} already in use? '
+                                       '(see the SINK log)')
                 self._start_http()
                 Ventilator(self, self.scheduler, self.supervisor, self.addresses, num_worker=cfg.num_worker,
                            max_request_bytes=cfg.max_request_bytes, request_timeout=cfg.request_timeout,
-                           drain_timeout=cfg.drain_timeout).run(ctx)
+                           drain_timeout=cfg.drain_timeout, fingerprint=self.fingerprint,
+                           show_tokens_to_client=cfg.show_tokens_to_client).run(ctx)
         except Exception as e:  # e.g. a port already in use
             self.fatal(f'{type(e).__name__}: {e}')
         finally:
@@ -171,17 +179,16 @@ class BertServer(threading.Thread):
         intra, inter = cpu_threads(num_cpu) if device < 0 else (0, 0)
         cfg = self.server_config
         settings = WorkerSettings(
-            worker_id=worker_id, generation=generation, device_id=device,
-            backend_addr=self.addresses.backend, sink_addr=self.addresses.sink,
+            name=f'WORKER-{worker_id}', identity=f'worker-{worker_id}-{generation}', fingerprint=self.fingerprint,
+            device_id=device, backend_addr=self.addresses.backend, local=True,
             intra_op_threads=intra, inter_op_threads=inter,
             gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
-            max_batch_tokens=cfg.max_batch_tokens, show_tokens=cfg.show_tokens_to_client,
-            verbose=cfg.verbose)
-        proc = ChildProcess(f'WORKER-{worker_id}', 'bert_serving.server.pipeline.worker',
+            max_batch_tokens=cfg.max_batch_tokens, verbose=cfg.verbose)
+        proc = ChildProcess(settings.name, 'bert_serving.server.pipeline.worker',
                             worker_spec(self.engine_config, settings, self.graph))
         proc.start()
-        return settings.identity, proc
+        return settings.identity.encode('latin-1'), proc
 
     def _start_http(self) -> None:
         if self.server_config.http_port is None:

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ModelError
 from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
-__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version']
+__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint']
 
 GRAPH_FORMAT = 3  # bump when build_graph_def changes what it produces
 
@@ -80,6 +80,15 @@ def cache_key(cfg: EngineConfig, files: ModelFiles) -> str:
             'files': [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def fingerprint(cfg: EngineConfig, files: Optional[ModelFiles]) -> str:
+    """What a remote worker must share with its server to serve the same vectors: the model files'
+    bytes and the output-shaping flags (not the device, the TensorFlow version or the compute dtype).
+    ``files`` is None for the fake engine."""
+    meta = {'flags': cfg.output_key_fields(),
+            'files': [] if files is None else [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
 
 
 def _special_ids(vocab_path: str):

@@ -4,13 +4,19 @@ The client-facing protocol is ``bert_serving.client.protocol``; this module is t
 Nothing is pickled: headers are JSON, arrays raw bytes. Every ``unpack_*`` raises
 :class:`BadMessage` on a malformed message, which the receiver logs and drops.
 
-Ventilator ROUTER (binds ``backend``) <-> worker DEALER (connects)::
+Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers) <-> worker DEALER::
 
-    worker -> ventilator   [READY, JSON {"credit", "pid", "device"}]   model loaded
+    worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local"}]   who I am
+                           [READY, JSON {"credit", "pid", "device"}]   model loaded
                            [HEARTBEAT, JSON {"batch": id or null}]    every HEARTBEAT_SECONDS
                            [DONE, batch_id]            results of the batch went to the sink; credit back
                            [FATAL, message]            the worker cannot start
-    ventilator -> worker   [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
+    ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null}]
+                           [REJECT, reason]            e.g. a different model: the worker exits
+                           [PONG]                      answers a heartbeat: the server is there
+                           [REGISTER_AGAIN]            an unknown worker spoke (server restarted, or
+                                                       the worker was declared lost): say HELLO again
+                           [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
@@ -39,7 +45,8 @@ import numpy as np
 
 from bert_serving.client.protocol import raw_bytes
 
-__all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
+__all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', 'REJECT', 'PONG', 'REGISTER_AGAIN',
+           'pack_hello', 'pack_welcome', 'pack_reject', 'unpack_control', 'Control', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
            'CONFIRM', 'FINISHED', 'HEARTBEAT_SECONDS', 'BadMessage', 'RequestKey', 'Piece',
            'WorkerMessage', 'SinkMessage', 'Feedback',
            'pack_ready', 'pack_heartbeat', 'pack_done', 'pack_fatal', 'unpack_worker',
@@ -48,6 +55,7 @@ __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'REGISTER', 'RESULT',
            'pack_confirm', 'pack_finished', 'unpack_feedback']
 
 READY, HEARTBEAT, DONE, FATAL, BATCH = b'READY', b'HEARTBEAT', b'DONE', b'FATAL', b'BATCH'
+HELLO, WELCOME, REJECT, PONG, REGISTER_AGAIN = b'HELLO', b'WELCOME', b'REJECT', b'PONG', b'REGISTER_AGAIN'
 REGISTER, RESULT, JSON_REPLY, FAIL = b'REGISTER', b'RESULT', b'JSON_REPLY', b'FAIL'
 CONFIRM, FINISHED = b'CONFIRM', b'FINISHED'
 
@@ -121,13 +129,18 @@ class Piece:
 
 # -- worker <-> ventilator -------------------------------------------------------------------------
 class WorkerMessage(NamedTuple):
-    """What a worker told the ventilator. ``kind`` is READY, HEARTBEAT, DONE or FATAL."""
+    """What a worker told the ventilator. ``kind`` is HELLO, READY, HEARTBEAT, DONE or FATAL."""
     identity: bytes
     kind: bytes
     batch_id: Optional[int] = None  # DONE; HEARTBEAT: the batch being computed, if any
     credit: int = 0  # READY
-    info: Optional[dict] = None  # READY: pid, device
+    info: Optional[dict] = None  # READY: pid, device; HELLO: fingerprint, host, pid, device, local
     message: str = ''  # FATAL
+
+
+def pack_hello(fingerprint: str, host: str, pid: int, device: str, local: bool) -> List[bytes]:
+    return [HELLO, json.dumps({'fingerprint': fingerprint, 'host': host, 'pid': pid, 'device': device,
+                               'local': local}).encode()]
 
 
 def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
@@ -151,6 +164,13 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
     if len(frames) < 3:
         raise BadMessage(f'a worker message has at least 3 frames, got {len(frames)}')
     identity, kind = bytes(frames[0]), bytes(frames[1])
+    if kind == HELLO:
+        body = _json(frames[2])
+        if not isinstance(body, dict) or not isinstance(body.get('fingerprint'), str):
+            raise BadMessage('HELLO carries a JSON object with a "fingerprint"')
+        info = {'fingerprint': body['fingerprint'], 'host': str(body.get('host', '?'))[:100],
+                'pid': body.get('pid'), 'device': str(body.get('device', '?'))[:40], 'local': bool(body.get('local'))}
+        return WorkerMessage(identity, kind, info=info)
     if kind == READY:
         body = _json(frames[2])
         if not isinstance(body, dict):
@@ -168,6 +188,37 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
     if kind == FATAL:
         return WorkerMessage(identity, kind, message=bytes(frames[2]).decode('utf-8', 'replace'))
     raise BadMessage(f'unknown worker message kind {kind[:16]!r}')
+
+
+class Control(NamedTuple):
+    """What the ventilator told a worker, other than a BATCH."""
+    kind: bytes
+    sink: Optional[str] = None  # WELCOME: where results go (a local worker)
+    sink_port: Optional[int] = None  # WELCOME: the TCP port of the sink on the server's host (remote)
+    reason: str = ''  # REJECT
+
+
+def pack_welcome(sink: Optional[str], sink_port: Optional[int]) -> List[bytes]:
+    return [WELCOME, json.dumps({'sink': sink, 'sink_port': sink_port}).encode()]
+
+
+def pack_reject(reason: str) -> List[bytes]:
+    return [REJECT, reason.encode('utf-8', 'replace')]
+
+
+def unpack_control(frames: Sequence[bytes]) -> Control:
+    """Parses WELCOME, REJECT, PONG or REGISTER_AGAIN (a worker's DEALER drops the identity)."""
+    kind = bytes(frames[0]) if frames else b''
+    if kind == WELCOME and len(frames) == 2:
+        body = _json(frames[1])
+        if isinstance(body, dict):
+            port = body.get('sink_port')
+            return Control(kind, sink=body.get('sink'), sink_port=None if port is None else int(port))
+    if kind == REJECT and len(frames) == 2:
+        return Control(kind, reason=bytes(frames[1]).decode('utf-8', 'replace'))
+    if kind in (PONG, REGISTER_AGAIN) and len(frames) == 1:
+        return Control(kind)
+    raise BadMessage(f'unknown or malformed control message {kind[:16]!r}')
 
 
 def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:

@@ -147,7 +147,8 @@ class Scheduler:
         serial = next(self._serials)
         request = self.requests[serial] = _Request(client, req_id, n)
         self.open_rows += n
-        num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(self.cfg.num_worker, n // 32), 1)
+        workers = max(self.cfg.num_worker, len(self.workers))  # remote workers count too
+        num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(workers, n // 32), 1)
         if num_pieces == 1:
             orders = [list(range(n))]
         else:

@@ -2,7 +2,8 @@
 fails it when its deadline passes.
 
 Sockets (created in ``run``, inside the process):
-    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers.
+    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers;
+          also tcp://*:port_worker_sink when remote workers may join.
     PUSH  connects to ``feedback``: CONFIRM (pieces received) and FINISHED (requests answered or
           failed) to the ventilator, which keeps a piece in flight until it is confirmed.
     XPUB  binds tcp://*:port_out: replies to clients (SUB, topic = identity).
@@ -52,6 +53,7 @@ class SinkSettings:
     port_out: int
     feedback_addr: str = ''
     bind_host: str = '*'
+    port_worker_sink: Optional[int] = None
     verbose: bool = False
     parent_pid: int = 0
 
@@ -128,6 +130,8 @@ class Sink:
                 self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
                 receiver.bind(s.sink_addr)
                 self.pub.bind(f'tcp://{s.bind_host}:{s.port_out}')
+                if s.port_worker_sink is not None:
+                    receiver.bind(f'tcp://{s.bind_host}:{s.port_worker_sink}')
                 if s.feedback_addr:
                     self.feedback.connect(s.feedback_addr)
                 self.on_ready()

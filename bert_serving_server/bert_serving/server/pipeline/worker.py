@@ -1,11 +1,19 @@
-"""Worker process: encodes batches that the ventilator hands out.
+"""Worker process: encodes the batches the ventilator hands out. Local and remote workers are the
+same code; a local one is started by the server, a remote one by ``bert-serving-worker``.
 
 Sockets (created in ``run``, inside the process):
-    DEALER  connects to the ventilator's ROUTER (``backend``): READY/DONE out, BATCH in.
-    PUSH    connects to the sink's PULL (``sink``): RESULT / FAIL per piece.
+    DEALER  connects to the ventilator's ROUTER: ``backend`` (ipc) for a local worker, tcp
+            ``ip:port_worker`` for a remote one. HELLO, READY, HEARTBEAT, DONE out; WELCOME, PONG,
+            REGISTER_AGAIN, BATCH in.
+    PUSH    connects to the sink's PULL, at the address the WELCOME gives: RESULT / FAIL per piece.
 
-Two threads overlap work: the receiver thread tokenizes the next batch while
-the main thread runs TensorFlow on the current one (TF releases the GIL).
+The life of a worker: HELLO (with the fingerprint of its model and flags) -> WELCOME, or REJECT and
+exit -> load the engine -> READY -> batches. A heartbeat goes out every second and the server answers
+it; a worker that hears nothing for ``server_timeout`` seconds, or is told REGISTER_AGAIN (the
+server restarted, or had declared it lost), says HELLO again, with backoff, until welcomed.
+
+Two threads overlap work: the receiver thread owns the DEALER and tokenizes the next batch while the
+main thread runs the model on the current one (TensorFlow releases the GIL).
 """
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,39 +32,54 @@ import zmq
 
 from bert_serving.client.protocol import ErrorCode
 
-from . import messages as msg
-from ..engine.checkpoint import BertConfig, ModelFiles
 from ..config import EngineConfig
+from ..engine.checkpoint import BertConfig, ModelFiles
 from ..engine.graph import FrozenGraph
-from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from ..log import get_logger
+from . import messages as msg
+from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 
-__all__ = ['WorkerSettings', 'Worker', 'worker_spec']
+__all__ = ['WorkerSettings', 'Worker', 'worker_spec', 'run_remote']
 
 POLL_MS = 100
+BACKOFF_MAX_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What one worker needs beyond the engine config."""
-    worker_id: int
-    generation: int
+    """What one worker needs beyond the engine config.
+
+    Attributes:
+        name: in logs and status, e.g. ``WORKER-0`` or ``REMOTE-host-1234``.
+        identity: the DEALER identity (unique per process).
+        fingerprint: of the model files and output flags; the server refuses a different one.
+        backend_addr: the ventilator's ROUTER.
+        server_host: for a remote worker, the host whose sink port the WELCOME names.
+        local: started by the server (it watches this process; we watch it, by parent_pid).
+        server_timeout: seconds without a word from the server before registering again.
+        curve: z85 keys (server_public, public, secret) when the server runs with -auth_dir.
+    """
+    name: str
+    identity: str
+    fingerprint: str
     device_id: int  # -1 = CPU
     backend_addr: str
-    sink_addr: str
+    server_host: str = ''
+    local: bool = True
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     gpu_memory_fraction: Optional[float] = None
     credit: int = 2
     max_batch_size: int = 256
     max_batch_tokens: int = 4096
-    show_tokens: bool = False
+    server_timeout: float = 10.0
+    curve: Optional[Tuple[str, str, str]] = None
     verbose: bool = False
     parent_pid: int = 0
 
     @property
-    def identity(self) -> bytes:
-        return b'worker-%d-%d' % (self.worker_id, self.generation)
+    def device(self) -> str:
+        return 'cpu' if self.device_id < 0 else f'gpu:{self.device_id}'
 
 
 def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph]) -> dict:
@@ -69,90 +93,139 @@ def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerSettings, Optional[Froze
     g = spec.get('graph')
     graph = None if g is None else FrozenGraph(g['path'], ModelFiles(**g['files']), BertConfig(**g['bert_config']),
                                                g['from_cache'])
-    return EngineConfig(**spec['engine']), WorkerSettings(**spec['settings']), graph
+    settings = spec['settings']
+    if settings.get('curve'):
+        settings['curve'] = tuple(settings['curve'])
+    return EngineConfig(**spec['engine']), WorkerSettings(**settings), graph
+
+
+class Rejected(Exception):
+    """The server refused this worker (the message says why)."""
 
 
 class Worker:
-    """One encoding process (run as its own command, so that no TensorFlow or ZeroMQ state and no
-    user ``__main__`` comes from the parent).
+    """One encoding process.
 
     Args:
         engine: the model and pooling flags.
         settings: addresses, threads and batching of this worker.
-        graph: the frozen graph prepared by the server.
-        stop_event: set means stop (SIGTERM from the parent).
+        graph: the frozen graph (None for the fake engine).
+        stop_event: set means stop (SIGTERM).
     """
 
-    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph: FrozenGraph, stop_event):
+    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph], stop_event):
         self.engine = engine
         self.settings = settings
         self.graph = graph
         self.stop_event = stop_event
+        self.logger = get_logger(settings.name, settings.verbose)
+        self._leaving = threading.Event()
+        self._receiver_died = False
+        self._computing: Optional[int] = None  # reported in heartbeats
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serves until stopped. Returns the exit code: 0 stopped, 1 receiver died, 3 rejected."""
         s = self.settings
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
-        logger = get_logger(f'WORKER-{s.worker_id}', s.verbose)
-        exit_code = 0
-        self._receiver_died = False
         with zmq.Context() as ctx:
-            dealer = ctx.socket(zmq.DEALER)
-            sink = ctx.socket(zmq.PUSH)
+            dealer, sink = ctx.socket(zmq.DEALER), ctx.socket(zmq.PUSH)
             try:
                 for sock in (dealer, sink):
                     sock.setsockopt(zmq.LINGER, 0)
-                dealer.setsockopt(zmq.IDENTITY, s.identity)
+                    self._secure(sock)
+                dealer.setsockopt(zmq.IDENTITY, s.identity.encode('latin-1'))
+                dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a server that is not there
+                dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # zmq's own backoff, up to 5 s
+                dealer.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # notice a dead TCP peer (cut link)
+                dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
                 dealer.connect(s.backend_addr)
-                sink.connect(s.sink_addr)
+                welcome = self._register(dealer)
+                if welcome is None:
+                    return 0
+                sink.connect(welcome.sink or f'tcp://{s.server_host}:{welcome.sink_port}')
                 try:
-                    encoder = self._load(logger)
+                    encoder = self._load()
                 except Exception as e:  # report any start failure instead of dying silently
-                    logger.error('cannot start: %s', e, exc_info=s.verbose)
-                    dealer.send_multipart(msg.pack_fatal(f'{type(e).__name__}: {e}'))
-                    return
-                self._serve(ctx, dealer, sink, encoder, logger)
-                if self._receiver_died:
-                    exit_code = 1
+                    self.logger.error('cannot start: %s', e, exc_info=s.verbose)
+                    self._send(dealer, msg.pack_fatal(f'{type(e).__name__}: {e}'))
+                    return 2
+                self._serve(ctx, dealer, sink, encoder)
+                return 1 if self._receiver_died else 0
+            except Rejected as e:
+                self.logger.error('the server refused this worker: %s', e)
+                return 3
             except zmq.ContextTerminated:
-                pass
+                return 0
             finally:
                 dealer.close()
                 sink.close()
-        # Sockets are closed and results delivered; TensorFlow's own teardown of its thread pools
-        # can take seconds, which would only delay the server's shutdown, so leave at once.
-        logging.shutdown()
-        os._exit(exit_code)
 
-    def _load(self, logger):
-        from ..engine.base import create_engine
-        s = self.settings
-        device = 'cpu' if s.device_id < 0 else f'gpu {s.device_id}'
-        logger.info('loading the %s engine on %s...', self.engine.engine, device)
-        encoder = create_engine(self.engine, logger=logger, graph=self.graph,
-                                intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
-                                gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
-                                max_batch_tokens=s.max_batch_tokens)
-        encoder.encode(['warm up'])  # the first session run is slow; do it before READY
-        logger.info('ready (%s)', device)
-        return encoder
+    def _secure(self, sock) -> None:
+        if self.settings.curve:
+            server_public, public, secret = self.settings.curve
+            sock.curve_serverkey = server_public.encode()
+            sock.curve_publickey = public.encode()
+            sock.curve_secretkey = secret.encode()
 
     def _alive(self) -> bool:
         return (not self.stop_event.is_set() and not self._leaving.is_set()
                 and parent_alive(self.settings.parent_pid))
 
-    def _serve(self, ctx, dealer, sink, encoder, logger) -> None:
+    @staticmethod
+    def _send(dealer, frames) -> bool:
+        try:
+            dealer.send_multipart(frames, zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # not connected right now; heartbeats and HELLO are sent again anyway
+            return False
+
+    def _hello(self, dealer) -> None:
         s = self.settings
-        self._leaving = threading.Event()
-        self._computing: Optional[int] = None  # reported in heartbeats
+        self._send(dealer, msg.pack_hello(s.fingerprint, socket.gethostname(), os.getpid(), s.device, s.local))
+
+    def _register(self, dealer) -> Optional[msg.Control]:
+        """HELLO until WELCOME (returned), REJECT (raised) or stop (None); backoff 1, 2, 4 ... 30 s."""
+        backoff, next_hello = 1.0, 0.0
+        while self._alive():
+            if time.monotonic() >= next_hello:
+                self._hello(dealer)
+                next_hello = time.monotonic() + backoff
+                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+            if not dealer.poll(POLL_MS):
+                continue
+            try:
+                control = msg.unpack_control(dealer.recv_multipart())
+            except msg.BadMessage as e:
+                self.logger.warning('dropped a message while registering: %s', e)
+                continue
+            if control.kind == msg.WELCOME:
+                return control
+            if control.kind == msg.REJECT:
+                raise Rejected(control.reason)
+        return None
+
+    def _load(self):
+        from ..engine.base import create_engine
+        s = self.settings
+        self.logger.info('loading the %s engine on %s...', self.engine.engine, s.device)
+        encoder = create_engine(self.engine, logger=self.logger, graph=self.graph,
+                                intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
+                                gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
+                                max_batch_tokens=s.max_batch_tokens)
+        encoder.encode(['warm up'])  # the first session run is slow; do it before READY
+        self.logger.info('ready (%s)', s.device)
+        return encoder
+
+    def _serve(self, ctx, dealer, sink, encoder) -> None:
+        s = self.settings
         work: 'queue.Queue' = queue.Queue(maxsize=max(1, s.credit))
-        done_addr = f'inproc://done-{s.identity.decode()}'
+        done_addr = f'inproc://done-{s.identity}'
         done_pull = ctx.socket(zmq.PULL)
         done_pull.bind(done_addr)
         receiver = threading.Thread(target=self._receive, name='receiver',
-                                    args=(dealer, done_pull, work, encoder, logger), daemon=True)
-        device = 'cpu' if s.device_id < 0 else f'gpu:{s.device_id}'
-        dealer.send_multipart(msg.pack_ready(s.credit, os.getpid(), device))
+                                    args=(dealer, done_pull, work, encoder), daemon=True)
+        self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
         receiver.start()
         done_push = ctx.socket(zmq.PUSH)
         done_push.setsockopt(zmq.LINGER, 0)
@@ -164,45 +237,56 @@ class Worker:
                 except queue.Empty:
                     continue
                 self._computing = batch_id
-                self._compute(batch_id, prepared, sink, encoder, logger)
+                self._compute(batch_id, prepared, sink, encoder)
                 self._computing = None
                 done_push.send(b'%d' % batch_id)
         finally:
-            # Stop only this worker's receiver: stop_event is shared by every process of the server.
             self._leaving.set()
             receiver.join(timeout=2)
             done_push.close()
             done_pull.close()
 
-    def _receive(self, dealer, done_pull, work, encoder, logger) -> None:
+    def _receive(self, dealer, done_pull, work, encoder) -> None:
         """Receiver thread. If it dies, the worker leaves (exit code 1) and is replaced, rather than
         keep its credit and its batches forever."""
         try:
-            self._receive_loop(dealer, done_pull, work, encoder, logger)
+            self._receive_loop(dealer, done_pull, work, encoder)
         except Exception:  # noqa: BLE001 - anything here means this worker can no longer serve
-            logger.exception('the receiver thread died; this worker exits and is replaced')
+            self.logger.exception('the receiver thread died; this worker exits and is replaced')
             self._receiver_died = True
             self._leaving.set()
 
-    def _receive_loop(self, dealer, done_pull, work, encoder, logger) -> None:
-        """Owns the DEALER: heartbeats, tokenizes batches, returns credit."""
+    def _receive_loop(self, dealer, done_pull, work, encoder) -> None:
+        """Owns the DEALER: heartbeats, registration again, batches (tokenized here), credit."""
+        s = self.settings
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(done_pull, zmq.POLLIN)
-        next_beat = 0.0
+        next_beat, last_contact = 0.0, time.monotonic()
+        registering, next_hello, backoff = False, 0.0, 1.0
         while self._alive():
-            if time.monotonic() >= next_beat:
-                dealer.send_multipart(msg.pack_heartbeat(self._computing))
-                next_beat = time.monotonic() + msg.HEARTBEAT_SECONDS
+            now = time.monotonic()
+            if not registering and now >= next_beat:
+                self._send(dealer, msg.pack_heartbeat(self._computing))
+                next_beat = now + msg.HEARTBEAT_SECONDS
+            if not registering and now - last_contact > s.server_timeout:
+                self.logger.warning('no word from the server for %.0fs; registering again', now - last_contact)
+                registering, next_hello, backoff = True, 0.0, 1.0
+            if registering and now >= next_hello:
+                self._hello(dealer)
+                next_hello, backoff = now + backoff, min(BACKOFF_MAX_SECONDS, backoff * 2)
             events = dict(poller.poll(POLL_MS))
             if done_pull in events:
-                dealer.send_multipart(msg.pack_done(int(done_pull.recv())))
-            if dealer in events:
-                frames = dealer.recv_multipart()
+                self._send(dealer, msg.pack_done(int(done_pull.recv())))
+            if dealer not in events:
+                continue
+            frames = dealer.recv_multipart()
+            last_contact = time.monotonic()
+            if frames and bytes(frames[0]) == msg.BATCH:
                 try:
                     batch_id, pieces = msg.unpack_batch(frames)
                 except msg.BadMessage as e:
-                    logger.warning('dropped a malformed batch from the ventilator: %s', e)
+                    self.logger.warning('dropped a malformed batch from the ventilator: %s', e)
                     continue
                 prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
                 while self._alive():
@@ -211,6 +295,22 @@ class Worker:
                         break
                     except queue.Full:
                         continue
+                continue
+            try:
+                control = msg.unpack_control(frames)
+            except msg.BadMessage as e:
+                self.logger.warning('dropped a message from the ventilator: %s', e)
+                continue
+            if control.kind == msg.REGISTER_AGAIN and not registering:
+                self.logger.info('the server does not know this worker (restarted?); registering again')
+                registering, next_hello, backoff = True, 0.0, 1.0
+            elif control.kind == msg.WELCOME and registering:
+                registering = False
+                self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
+                self.logger.info('registered with the server again')
+            elif control.kind == msg.REJECT:
+                self.logger.error('the server refused this worker: %s', control.reason)
+                self._leaving.set()
 
     @staticmethod
     def _featurize(encoder, piece) -> Tuple[Optional[list], Optional[str]]:
@@ -219,26 +319,26 @@ class Worker:
         except (TypeError, ValueError) as e:
             return None, str(e)
 
-    def _compute(self, batch_id: int, prepared, sink, encoder, logger) -> None:
+    def _compute(self, batch_id: int, prepared, sink, encoder) -> None:
         """Encodes every good piece of a batch in one go and sends each its rows."""
         good = [(p, f) for p, f, err in prepared if err is None]
         for p, _, err in prepared:
             if err is not None:
-                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, code=ErrorCode.BAD_REQUEST, serial=p.serial,
-                                                  piece_id=p.piece_id))
+                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, code=ErrorCode.BAD_REQUEST,
+                                                  serial=p.serial, piece_id=p.piece_id))
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
         try:
             vectors = encoder.run(features)
         except Exception as e:  # a model failure fails this batch's requests, not the worker
-            logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
+            self.logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
             for p, _ in good:
                 sink.send_multipart(msg.pack_fail(p.client, p.req_id,
                                                   f'the model failed on this request: {type(e).__name__}: {e}',
                                                   code=ErrorCode.FAILED, serial=p.serial, piece_id=p.piece_id))
             return
-        logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
+        self.logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
         start = 0
         trim = encoder.trims_token_axis()
         for piece, feats in good:
@@ -246,9 +346,49 @@ class Worker:
             start += len(feats)
             if trim:  # the sink pads every piece to the longest input of its request
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
-            show_tokens = self.settings.show_tokens or piece.show_tokens
-            tokens = [list(f.tokens) for f in feats] if show_tokens else None
+            tokens = [list(f.tokens) for f in feats] if piece.show_tokens else None
             sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
+
+
+def _leave(code: int) -> None:
+    # Sockets are closed and results delivered; TensorFlow's own teardown of its thread pools
+    # can take seconds, which would only delay the server's shutdown, so leave at once.
+    logging.shutdown()
+    os._exit(code)
+
+
+def run_remote(args) -> int:
+    """``bert-serving-worker``: prepares the graph from this machine's copy of the model, then joins
+    the server at ``args.ip:args.port_worker`` and serves until SIGTERM or Ctrl-C.
+
+    Returns:
+        the exit code: 0 stopped, 2 cannot start, 3 refused by the server.
+    """
+    import signal
+    import uuid
+
+    from ..engine.devices import cpu_threads, plan_devices
+    from ..engine.graph import fingerprint, prepare_graph
+
+    logger = get_logger('WORKER', args.verbose)
+    devices = plan_devices(1, args.cpu, args.device_map, logger)
+    engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=devices[0] >= 0)
+    graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose))
+    intra, inter = cpu_threads(1) if devices[0] < 0 else (0, 0)
+    host, pid = socket.gethostname(), os.getpid()
+    settings = WorkerSettings(
+        name=f'REMOTE-{host}-{pid}', identity=f'remote-{host}-{pid}-{uuid.uuid4().hex[:8]}',
+        fingerprint=fingerprint(engine, None if graph is None else graph.files), device_id=devices[0],
+        backend_addr=f'tcp://{args.ip}:{args.port_worker}', server_host=args.ip, local=False,
+        intra_op_threads=intra, inter_op_threads=inter,
+        gpu_memory_fraction=None if devices[0] < 0 else args.gpu_memory_fraction,
+        credit=2 if args.prefetch_size > 0 else 1, max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens, server_timeout=args.server_timeout,
+        curve=getattr(args, 'curve', None), verbose=args.verbose)
+    stop = install_stop_handler()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())  # run by hand: Ctrl-C stops it
+    logger.info('joining the server at %s as %s', settings.backend_addr, settings.name)
+    return Worker(engine, settings, graph, stop).run()
 
 
 def main() -> None:
@@ -258,7 +398,7 @@ def main() -> None:
     engine, settings, graph = _from_spec(spec)
     settings = dataclasses.replace(settings, parent_pid=spec.get('parent_pid', settings.parent_pid))
     signal_ready(spec)  # started; READY over the DEALER says when the model is loaded
-    Worker(engine, settings, graph, stop).run()
+    _leave(Worker(engine, settings, graph, stop).run())
 
 
 if __name__ == '__main__':
