@@ -76,6 +76,7 @@ setup(
             'bert-serving-worker = bert_serving.server.cli:worker',
             'bert-serving-terminate = bert_serving.server.cli:terminate',
             'bert-serving-benchmark = bert_serving.server.cli:benchmark',
+            'bert-serving-keygen = bert_serving.server.cli:keygen',
         ],
     },
     zip_safe=False,

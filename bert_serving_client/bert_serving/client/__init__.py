@@ -12,7 +12,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .client import BertClient, Response
 from .concurrent import ConcurrentBertClient
 from .errors import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError, BertServingError,
-                     BertTimeoutError, ProtocolError)
+                     BertTimeoutError, KeyFileError, ProtocolError)
 
 __all__ = [
     'BertClient',
@@ -25,6 +25,7 @@ __all__ = [
     'BertTimeoutError',
     'ProtocolError',
     'BadRequest',
+    'KeyFileError',
     '__version__',
     'PROTOCOL_VERSION',
 ]

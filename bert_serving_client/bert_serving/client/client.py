@@ -21,6 +21,7 @@ import zmq
 from ._version import PROTOCOL_VERSION, __version__
 from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
 from .protocol import Command, Reply, pack_request, reply_error, unpack_reply
+from .security import CurveKeys, secure_client_socket
 from .validation import validate_texts
 
 __all__ = ['BertClient', 'Response', 'HANDSHAKE_TIMEOUT_MS', 'HANDSHAKE_RESEND_MS', 'ASYNC_MAX_IN_FLIGHT']
@@ -67,11 +68,20 @@ class BertClient:
         timeout: Milliseconds to wait for each reply; -1 waits forever. The handshake in the
             constructor always gives up after ``HANDSHAKE_TIMEOUT_MS`` (or ``timeout`` if smaller),
             raising BertTimeoutError.
+        server_key: Path of the server's public ``server.key``, for a server started with
+            ``-auth_dir`` (CurveZMQ: encrypted, and only clients whose key the server holds get in).
+            Default: ``$BERT_SERVING_SERVER_KEY``; neither connects in plain text, as 1.10.
+        client_key: Path of this client's ``NAME.key_secret`` (``bert-serving-keygen`` writes it; its
+            ``NAME.key`` goes into the server's ``authorized/``). Default: ``$BERT_SERVING_CLIENT_KEY``.
+
+    Raises:
+        KeyFileError: Only one of server_key / client_key is set, or a key file is missing,
+            unreadable or of the wrong kind (the message says which file to give).
     """
 
     def __init__(self, ip='localhost', port=5555, port_out=5556, output_fmt='ndarray', show_server_config=False,
                  identity=None, check_version=True, check_length=True, check_token_info=True,
-                 ignore_all_checks=False, timeout=-1):
+                 ignore_all_checks=False, timeout=-1, server_key=None, client_key=None):
         if output_fmt not in ('ndarray', 'list'):
             raise ValueError(f'output_fmt must be "ndarray" or "list", got {output_fmt!r}')
         if isinstance(identity, str):
@@ -79,6 +89,7 @@ class BertClient:
         self.identity = identity or str(uuid.uuid4()).encode('ascii')
         self.ip, self.port, self.port_out = ip, port, port_out
         self.output_fmt, self.timeout = output_fmt, timeout
+        self._curve = CurveKeys.from_files(server_key, client_key)  # before any socket: a bad key opens none
         self.request_id = 0
         self.length_limit = 0  # 0: no length check; None: the server sets no limit
         self.token_info_available = False
@@ -90,10 +101,12 @@ class BertClient:
             self._sender = self._context.socket(zmq.PUSH)
             self._sender.linger = 0
             self._sender.sndtimeo = max(int(timeout), -1)  # a PUSH with no peer blocks once its queue is full
+            secure_client_socket(self._sender, self._curve)
             self._sender.connect(f'tcp://{ip}:{port}')
             self._receiver = self._context.socket(zmq.SUB)
             self._receiver.linger = 0
             self._receiver.subscribe(self.identity)
+            secure_client_socket(self._receiver, self._curve)
             self._receiver.connect(f'tcp://{ip}:{port_out}')
             if not ignore_all_checks and (check_version or show_server_config or check_length or check_token_info):
                 self._apply_config(self._handshake(), show_server_config, check_version, check_length,
@@ -135,8 +148,8 @@ class BertClient:
                 f'no response from a bert-serving server at {self.ip} within {budget} ms of connecting (requests go '
                 f'to "port"={self.port}, results come from "port_out"={self.port_out}), please check the following: '
                 'is the server running (start one with `bert-serving-start`)? are "ip", "port" and "port_out" the '
-                'ones the server was started with? is a firewall blocking either port? (ignore_all_checks=True '
-                'connects without this handshake)')
+                f'ones the server was started with? is a firewall blocking either port? {self._auth_hint()}'
+                '(ignore_all_checks=True connects without this handshake)')
         return self._take(reply, 'json')
 
     def encode(self, texts, blocking=True, is_tokenized=False, show_tokens=False):
@@ -369,9 +382,15 @@ class BertClient:
                               'on the server, so they are truncated before encoding; start the server with a larger '
                               '-max_seq_len, or create BertClient(check_length=False) to silence this', stacklevel=3)
 
+    def _auth_hint(self) -> str:
+        if self._curve is None:
+            return 'if the server runs with -auth_dir, pass server_key= and client_key=. '
+        return ('the server lets in only keys it holds: is server_key the server\'s server.key, and is the '
+                'public .key of client_key in the server\'s authorized/ folder? ')
+
     def _timeout_message(self) -> str:
         return (f'no response from the server (with "timeout"={self.timeout} ms), please check the following: '
                 f'is the server at {self.ip} still online? is the network broken? are "port"={self.port} and '
                 f'"port_out"={self.port_out} correct? are you encoding a huge amount of data whereas the '
-                'timeout is too small for that?')
+                f'timeout is too small for that? {self._auth_hint().rstrip()}')
 

@@ -36,8 +36,9 @@ class ConcurrentBertClient(BertClient):
 
     Args:
         max_concurrency: Number of clients, i.e. of requests in flight at once.
-        **kwargs: Passed to every BertClient (``ip``, ``port``, ``timeout``, ...). A given
-            ``identity`` gets a suffix per client, since clients must not share one.
+        **kwargs: Passed to every BertClient (``ip``, ``port``, ``timeout``, ``server_key``,
+            ``client_key``, ...). A given ``identity`` gets a suffix per client, since clients
+            must not share one.
 
     Raises:
         ValueError: ``max_concurrency`` is not a positive int.

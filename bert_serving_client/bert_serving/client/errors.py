@@ -8,7 +8,8 @@ Every error this project raises derives from :class:`BertServingError`::
     │   └── BertServerShuttingDownError  the server stops and will not serve this request
     ├── BertTimeoutError               no reply in time (also a TimeoutError)
     ├── ProtocolError                  a malformed message on the wire (also a ValueError)
-    └── BadRequest                     invalid input, named element by element (also a ValueError)
+    ├── BadRequest                     invalid input, named element by element (also a ValueError)
+    └── KeyFileError                   a CurveZMQ key file is missing or of the wrong kind (also a ValueError)
 
 The server adds ``ConfigError`` and ``ModelError`` (``bert_serving.server.errors``) and the HTTP
 proxy its ``HttpError`` family under the same root, so one ``except BertServingError`` catches
@@ -19,7 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = ['BertServingError', 'BertServerError', 'BertServerBusyError', 'BertServerShuttingDownError',
-           'BertTimeoutError', 'ProtocolError', 'BadRequest']
+           'BertTimeoutError', 'ProtocolError', 'BadRequest', 'KeyFileError']
 
 
 class BertServingError(Exception):
@@ -78,3 +79,9 @@ class BadRequest(BertServingError, ValueError, TypeError):
     sending, in the server's ventilator, in the HTTP proxy. It is a ValueError, and a TypeError too
     because 1.10's client raised TypeError for an element of the wrong type.
     """
+
+
+class KeyFileError(BertServingError, ValueError):
+    """A CurveZMQ key file (``server_key``, ``client_key``, ``-auth_dir``) is missing, unreadable, or
+    not the kind expected: a secret ``.key_secret`` where the public ``.key`` belongs, or the other
+    way round. The message names the file and says which one to give instead."""

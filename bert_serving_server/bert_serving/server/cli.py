@@ -1,6 +1,8 @@
-"""Entry points: bert-serving-start, bert-serving-worker, bert-serving-terminate, bert-serving-benchmark."""
+"""Entry points: bert-serving-start, bert-serving-worker, bert-serving-terminate, bert-serving-benchmark,
+bert-serving-keygen."""
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from typing import List, Optional
@@ -69,7 +71,12 @@ def terminate(argv: Optional[List[str]] = None) -> int:
     from .service import BertServer
     args = get_shutdown_parser().parse_args(argv)
     logger = get_logger('TERMINATE')
-    if BertServer.shutdown(args):
+    try:
+        stopped = BertServer.shutdown(args)
+    except BertServingError as e:  # e.g. a wrong -server_key / -client_key file
+        logger.error('%s', e)
+        return 2
+    if stopped:
         logger.info('server on %s:%d stopped', args.ip, args.port)
         return 0
     logger.error('server on %s:%d did not stop within %d ms: is it running there? is -port right?',
@@ -81,6 +88,45 @@ def benchmark(argv: Optional[List[str]] = None) -> int:
     """``bert-serving-benchmark``: the original's experiments against a local server."""
     from .benchmark import run_benchmark
     return run_benchmark(argv)
+
+
+def get_keygen_parser() -> argparse.ArgumentParser:
+    """The parser of ``bert-serving-keygen``."""
+    parser = argparse.ArgumentParser(
+        prog='bert-serving-keygen',
+        description='Write a CurveZMQ key pair, NAME.key (public) and NAME.key_secret (secret), for a server '
+                    'started with -auth_dir DIR. Run it once with NAME "server" in the server\'s DIR, and once '
+                    'per client or worker.')
+    parser.add_argument('dir', help='folder to write the pair into (created if missing)')
+    parser.add_argument('name', help='"server" for the server\'s own pair, else a name for the client or worker '
+                                     '(e.g. alice, worker-gpu1)')
+    return parser
+
+
+def keygen(argv: Optional[List[str]] = None) -> int:
+    """``bert-serving-keygen DIR NAME``: writes a pair and says where each file goes.
+
+    Returns:
+        0 once written; 2 if NAME is not a plain name, the pair exists, or DIR is not writable.
+    """
+    from .security import AUTHORIZED_DIR, SERVER_SECRET_FILE, write_keypair
+    args = get_keygen_parser().parse_args(argv)
+    try:
+        public, secret = write_keypair(args.dir, args.name)
+    except (BertServingError, OSError) as e:
+        print(f'bert-serving-keygen: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {public} (public) and {secret} (secret, readable by you only)')
+    if args.name == 'server':
+        print(f'- {secret.name} stays on the server: start it with `bert-serving-start -auth_dir {args.dir} ...`\n'
+              f'- copy {public} to every client and worker (BertClient(server_key=...), -server_key)\n'
+              f'- put the public NAME.key of each client and worker into {public.parent / AUTHORIZED_DIR}/ '
+              '(created, empty)')
+    else:
+        print(f'- copy {public} into the server\'s -auth_dir {AUTHORIZED_DIR}/ folder to let this peer in\n'
+              f'- give {secret} to this client or worker only (BertClient(client_key=...), -client_key), '
+              f'together with the server\'s public server.key (not {SERVER_SECRET_FILE})')
+    return 0
 
 
 if __name__ == '__main__':

@@ -10,6 +10,9 @@
     GET  /metrics          Prometheus text
     GET  /openapi.json     the OpenAPI description of all of the above (openapi.py)
 
+With -http_token every route but /health (and /metrics with -metrics_public) needs the bearer
+token; auth.py has the rules, including how the dashboard's browser gets in.
+
 The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
 The backend only needs ``encode(texts, show_tokens)``, ``server_status()``, ``server_config()``
@@ -25,6 +28,7 @@ from typing import Optional
 from aiohttp import web
 
 from . import openapi, schemas
+from .auth import TokenCheck
 from .errors import BadForm, HttpError
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
@@ -136,7 +140,7 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
 
     Args:
         backend: The connection to the server (see the module docstring for what it needs).
-        settings: Limits and CORS; the ports are the backend's business.
+        settings: Limits, CORS and the token; the ports and keys are the backend's business.
         logger: Where unexpected errors go.
         metrics: The metrics to count into; a new set by default.
     """
@@ -145,7 +149,8 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     routes = _Routes(backend, metrics, _dashboard_html())
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
         cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
-        max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger))
+        max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,
+        token=TokenCheck(settings.token, settings.metrics_public)))
     app.router.add_get('/', routes.index)
     app.router.add_post('/encode', routes.encode)
     app.router.add_post('/v1/embeddings', routes.embeddings)

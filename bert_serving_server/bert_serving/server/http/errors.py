@@ -24,7 +24,7 @@ from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertSer
                                         BertServerShuttingDownError, BertServingError, BertTimeoutError)
 from bert_serving.client.protocol import ErrorCode
 
-__all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyRequests',
+__all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyRequests', 'Unauthorized',
            'ServerBusy', 'ServerShuttingDown', 'BackendError', 'BackendUnavailable', 'BackendTimeout',
            'from_client_error', 'retry_after_header']
 
@@ -62,6 +62,18 @@ class InvalidField(HttpError):
     """The body is JSON but a field is missing or has the wrong type; the message names it."""
     status = 422
     type = 'invalid_request_error'
+
+
+class Unauthorized(HttpError):
+    """No bearer token, or a wrong one, on an endpoint that needs it (``-http_token``)."""
+    status = 401
+    type = 'authentication_error'
+
+    def __init__(self, message: str, invalid: bool = False):
+        super().__init__(message)
+        # RFC 6750: name the scheme; say invalid_token only when a token was presented.
+        error = ', error="invalid_token"' if invalid else ''
+        self.headers = {'WWW-Authenticate': f'Bearer realm="bert-serving"{error}'}
 
 
 class TooManyRequests(HttpError):

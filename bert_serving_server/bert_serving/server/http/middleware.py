@@ -1,22 +1,24 @@
-"""The proxy's middlewares, outermost first: CORS, compression, metrics, errors, concurrency limit.
+"""The proxy's middlewares, outermost first: CORS, compression, metrics, errors, token, concurrency limit.
 
     cors     answers OPTIONS preflights; adds Access-Control-Allow-Origin to every reply
     gzip     gzips JSON and text replies of COMPRESS_MIN_BYTES or more for clients that accept it
     metrics  counts every reply by endpoint and status code, and times it
     errors   the one place where exceptions become JSON error replies with a status code
+    token    with -http_token: 401 without the bearer token (auth.py says which paths are open)
     limit    refuses an encoding request with 429 when -http_max_connect are already in flight
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Awaitable, Callable, Collection, List
+from typing import Awaitable, Callable, Collection, List, Optional
 
 from aiohttp import hdrs, web
 from aiohttp.web import ContentCoding
 
 from bert_serving.client.errors import BertServingError
 
+from .auth import TokenCheck, make_auth_middleware
 from .errors import HttpError, TooManyRequests, from_client_error
 from .metrics import ProxyMetrics
 
@@ -32,7 +34,7 @@ CLIENT_CLOSED = 499
 COMPRESS_MIN_BYTES = 500
 _COMPRESSIBLE_TYPES = ('application/json', 'text/')
 
-_HTTP_TYPES = {400: 'invalid_request_error', 404: 'not_found_error', 405: 'invalid_request_error',
+_HTTP_TYPES = {400: 'invalid_request_error', 401: 'authentication_error', 404: 'not_found_error', 405: 'invalid_request_error',
                413: 'invalid_request_error', 422: 'invalid_request_error', 429: 'rate_limit_error'}
 
 
@@ -62,7 +64,7 @@ def endpoint_of(request: web.Request) -> str:
 
 
 def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], max_body_bytes: int,
-                     metrics: ProxyMetrics, logger: logging.Logger) -> List:
+                     metrics: ProxyMetrics, logger: logging.Logger, token: Optional[TokenCheck] = None) -> List:
     """Builds the middleware chain.
 
     Args:
@@ -72,6 +74,7 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
         max_body_bytes: The body limit, for the 413 message.
         metrics: Where requests are counted.
         logger: Where unexpected errors are logged.
+        token: The bearer-token check; None (or one without a token) lets every request in.
     """
     in_flight = 0
 
@@ -154,4 +157,7 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
             in_flight -= 1
             metrics.in_flight.dec()
 
-    return [cors_middleware, gzip_middleware, metrics_middleware, error_middleware, limit_middleware]
+    chain = [cors_middleware, gzip_middleware, metrics_middleware, error_middleware]
+    if token is not None and token.enabled:
+        chain.append(make_auth_middleware(token))  # inside errors and metrics: a 401 is counted and JSON
+    return chain + [limit_middleware]

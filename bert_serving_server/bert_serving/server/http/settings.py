@@ -1,9 +1,15 @@
 """The HTTP proxy's configuration: one frozen dataclass, filled in from the server's flags."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
-__all__ = ['ProxySettings', 'MAX_BODY_BYTES', 'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS']
+from bert_serving.client.security import CurveKeys
+
+from ..errors import ConfigError
+
+__all__ = ['ProxySettings', 'read_token', 'MAX_BODY_BYTES', 'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS']
 
 # A request body above this is refused with 413 before it is parsed. 16 MiB of JSON is about
 # 100k short sentences: far more than one request should carry; send several instead.
@@ -30,6 +36,10 @@ class ProxySettings:
         request_timeout: seconds an encoding request may wait for the server.
         status_timeout: seconds a status request may wait for the server.
         max_body_bytes: largest request body accepted.
+        token: the bearer token every endpoint but /health needs (-http_token); '' for none.
+        metrics_public: /metrics needs no token (-metrics_public).
+        curve_server_key, curve_public_key, curve_secret_key: z85 keys of the proxy's CurveZMQ
+            connection to a server with -auth_dir (``security.local_peer_keys``); '' for a plain one.
         verbose: debug logging, including an access log.
         parent_pid: the server's pid; the proxy stops when its parent changes.
     """
@@ -43,16 +53,78 @@ class ProxySettings:
     request_timeout: float = REQUEST_TIMEOUT_SECONDS
     status_timeout: float = STATUS_TIMEOUT_SECONDS
     max_body_bytes: int = MAX_BODY_BYTES
+    token: str = field(default='', repr=False)
+    metrics_public: bool = False
+    curve_server_key: str = ''
+    curve_public_key: str = ''
+    curve_secret_key: str = field(default='', repr=False)
     verbose: bool = False
     parent_pid: int = 0
 
     def __post_init__(self):
         if self.max_connect < 1:
             raise ValueError(f'http_max_connect must be at least 1, got {self.max_connect}')
+        if self.token:
+            read_token(self.token)
+        self.curve_keys  # all three keys or none, each a z85 key: fail here, not at the first request
+
+    @property
+    def curve_keys(self) -> Optional[CurveKeys]:
+        """The keys of the proxy's ZeroMQ sockets, or None for plain ones."""
+        keys = (self.curve_server_key, self.curve_public_key, self.curve_secret_key)
+        if not any(keys):
+            return None
+        if not all(keys):
+            raise ValueError('curve_server_key, curve_public_key and curve_secret_key go together')
+        return CurveKeys(*keys)
 
     @classmethod
-    def from_namespace(cls, args, parent_pid: int = 0) -> 'ProxySettings':
-        """Takes the proxy's fields from the server's parsed flags."""
+    def from_namespace(cls, args, parent_pid: int = 0, curve_keys: Optional[CurveKeys] = None) -> 'ProxySettings':
+        """Takes the proxy's fields from the server's parsed flags.
+
+        Args:
+            args: the server's flags (``-http_token`` / ``-http_token_file`` are read here).
+            parent_pid: the server's pid.
+            curve_keys: the proxy's keys when the server runs with -auth_dir
+                (``security.local_peer_keys``).
+
+        Raises:
+            ConfigError: a token flag is wrong (see ``auth.read_token``).
+        """
+        token = read_token(getattr(args, 'http_token', None), getattr(args, 'http_token_file', None))
+        curve = {} if curve_keys is None else {'curve_server_key': curve_keys.server_public,
+                                               'curve_public_key': curve_keys.public,
+                                               'curve_secret_key': curve_keys.secret}
         return cls(http_port=args.http_port, port=args.port, port_out=args.port_out,
                    max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
-                   verbose=bool(getattr(args, 'verbose', False)), parent_pid=parent_pid)
+                   token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
+                   verbose=bool(getattr(args, 'verbose', False)), parent_pid=parent_pid, **curve)
+
+
+def read_token(token: Optional[str] = None, token_file: Optional[str] = None) -> str:
+    """The token of ``-http_token`` or of the first line of ``-http_token_file``; '' when neither is given.
+
+    Raises:
+        ConfigError: both are given, the file cannot be read, or the token is empty (an unset shell
+            variable must not silently open the proxy) or holds spaces or non-ASCII characters (it
+            travels in an HTTP header).
+    """
+    if token is not None and token_file is not None:
+        raise ConfigError('give -http_token or -http_token_file, not both (the file keeps the token out of '
+                          '`ps` and shell history)')
+    if token_file:
+        try:
+            lines = Path(token_file).read_text(encoding='utf-8').splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f'-http_token_file: cannot read {token_file} ({e})') from e
+        token = lines[0].strip() if lines else ''
+        if not token:
+            raise ConfigError(f'-http_token_file: {token_file} is empty; write the token on its first line')
+    if token is None:
+        return ''
+    if not token:
+        raise ConfigError('-http_token is empty; give a token, or leave the flag out to run without one')
+    if not all('!' <= c <= '~' for c in token):
+        raise ConfigError('the HTTP token must be printable ASCII without spaces (it is sent in a header); '
+                          'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"')
+    return token

@@ -5,6 +5,8 @@ Connects, never binds (the frames are described in ``bert_serving.client.protoco
     PUSH -> tcp://server_ip:port       requests, to the ventilator's PULL
     SUB  <- tcp://server_ip:port_out   replies, from the sink's XPUB; topic = this proxy's identity
 
+Both are CurveZMQ clients when the server runs with -auth_dir (``curve_keys``).
+
 Every request takes the next req_id and an asyncio Future; one reader task receives the
 replies and resolves the Future of the same req_id. Hundreds of HTTP requests thus share two
 sockets and one identity. The sink holds replies until it has seen our subscription, so no
@@ -25,6 +27,7 @@ import zmq.asyncio
 from bert_serving.client._version import PROTOCOL_VERSION, __version__
 from bert_serving.client.errors import ProtocolError
 from bert_serving.client.protocol import Command, Reply, pack_request, reply_error, unpack_reply
+from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .errors import BackendError, BackendTimeout, BackendUnavailable, from_client_error
 
@@ -43,11 +46,14 @@ class ZmqBackend:
         request_timeout: Seconds an encoding request may wait for its reply.
         status_timeout: Seconds a SHOW_STATUS / SHOW_CONFIG may wait for its reply.
         logger: Where to report dropped or malformed replies.
+        curve_keys: The proxy's CurveZMQ keys for a server with -auth_dir; None: plain sockets.
     """
 
     def __init__(self, server_ip: str, port: int, port_out: int, *, request_timeout: float,
-                 status_timeout: float, logger: Optional[logging.Logger] = None):
+                 status_timeout: float, logger: Optional[logging.Logger] = None,
+                 curve_keys: Optional[CurveKeys] = None):
         self.server_ip, self.port, self.port_out = server_ip, port, port_out
+        self.curve_keys = curve_keys
         self.request_timeout = request_timeout
         self.status_timeout = status_timeout
         self.identity = f'http-proxy-{uuid.uuid4()}'.encode('ascii')
@@ -67,6 +73,7 @@ class ZmqBackend:
         self._sub = self._ctx.socket(zmq.SUB)
         for sock in (self._push, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
+            secure_client_socket(sock, self.curve_keys)
         self._sub.setsockopt(zmq.SUBSCRIBE, self.identity)
         self._push.connect(f'tcp://{self.server_ip}:{self.port}')
         self._sub.connect(f'tcp://{self.server_ip}:{self.port_out}')
@@ -198,6 +205,7 @@ class ZmqBackend:
             'timeout': self.request_timeout,
             'status_timeout': self.status_timeout,
             'connected': self.connected,
+            'curve': self.curve_keys is not None,
             'num_pending_request': len(pending),
             'pending_request': pending[:SHOWN_PENDING],
             **self.counts,
