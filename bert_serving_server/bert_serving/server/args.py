@@ -182,6 +182,12 @@ def get_shutdown_parser() -> argparse.ArgumentParser:
                         help='the server\'s -port')
     parser.add_argument('-timeout', type=int, default=5000,
                         help='milliseconds to wait for the server to stop')
+    parser.add_argument('-server_key', type=str, default=None,
+                        help='(new) for a server started with -auth_dir: its public server.key '
+                             '(default $BERT_SERVING_SERVER_KEY)')
+    parser.add_argument('-client_key', type=str, default=None,
+                        help='(new) with -server_key: your NAME.key_secret, whose NAME.key is in the server\'s '
+                             'authorized/ (default $BERT_SERVING_CLIENT_KEY)')
     return parser
 
 
