@@ -1,7 +1,12 @@
 """Fixtures of the service tests: real BertServer instances on random free ports, expected vectors
-from the in-process Encoder, and raw protocol peers.
+from the in-process engine, and raw protocol peers.
 
-Starting a server costs seconds (every spawned worker imports TensorFlow), so servers are shared:
+Most tests test the pipeline (processes, sockets, splitting, order, faults), not the model: their
+servers run ``-engine fake`` (``FAKE`` as the model dir), whose workers are ready in about a second,
+and expected vectors come from ``fake_vectors``. A few keep the tiny TensorFlow model (``tiny_hf_dir``,
+``tiny_expected``), whose workers import TensorFlow and take seconds to start.
+
+Servers are shared:
 ``shared_server`` lives for the whole session and serves every test that leaves it as it found it;
 a module that needs other flags starts its own through ``launch`` in a module-scoped fixture, and a
 test that breaks its server (kills a worker, shuts it down) gets one from ``server_factory``.
@@ -17,21 +22,21 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import pytest
 
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.service import BertServer
 
-from service_support import (SHARED_FLAGS, SHARED_MAX_REQUEST_BYTES, Expected, RawPeer, RunningServer,
-                             assert_port_free, server_args)
+from service_support import (FAKE, SHARED_FLAGS, SHARED_MAX_REQUEST_BYTES, Expected, RawPeer, RunningServer,
+                             assert_port_free, fake_expected, server_args)
 
 READY_SECONDS = 120
 
 
 @contextlib.contextmanager
-def _serving(pick_port, model_dir: Path, flags: Sequence[str], fields: dict) -> Iterator[RunningServer]:
+def _serving(pick_port, model_dir: Optional[Path], flags: Sequence[str], fields: dict) -> Iterator[RunningServer]:
     port, port_out = pick_port(), pick_port()
     server = BertServer(server_args(model_dir, port, port_out, flags, **fields))
     server.start()
@@ -54,9 +59,10 @@ def launch(pick_port):
     """``with launch(model_dir, ['-num_worker', '2'], max_request_bytes=10000) as running: ...``
 
     Starts a BertServer on two fresh ports and waits until it is ready; on exit closes it and
-    checks that its thread and processes ended and both ports are free.
+    checks that its thread and processes ended and both ports are free. ``model_dir`` FAKE (None)
+    starts ``-engine fake``.
     """
-    def start(model_dir: Path, flags: Sequence[str] = (), **fields) -> contextlib.AbstractContextManager:
+    def start(model_dir: Optional[Path], flags: Sequence[str] = (), **fields) -> contextlib.AbstractContextManager:
         return _serving(pick_port, model_dir, flags, fields)
 
     return start
@@ -70,14 +76,22 @@ def server_factory(launch):
 
 
 @pytest.fixture(scope='session')
-def shared_server(launch, tiny_hf_dir) -> Iterator[RunningServer]:
-    """The tiny model with ``SHARED_FLAGS``, requests limited to ``SHARED_MAX_REQUEST_BYTES``.
+def shared_server(launch) -> Iterator[RunningServer]:
+    """The fake engine with ``SHARED_FLAGS``, requests limited to ``SHARED_MAX_REQUEST_BYTES``;
+    its vectors are ``fake_vectors``.
 
     Tests must leave it as they found it: no killed workers, no shutdown, and no assertions on
     its statistics (other tests' traffic shows there).
     """
-    with launch(tiny_hf_dir, SHARED_FLAGS, max_request_bytes=SHARED_MAX_REQUEST_BYTES) as running:
+    with launch(FAKE, SHARED_FLAGS, max_request_bytes=SHARED_MAX_REQUEST_BYTES) as running:
         yield running
+
+
+@pytest.fixture(scope='session')
+def fake_vectors() -> Expected:
+    """Expected vectors of a ``-engine fake`` server under the default flags (REDUCE_MEAN,
+    max_seq_len 25): float32 [FAKE_WIDTH] per input."""
+    return fake_expected()
 
 
 @pytest.fixture(scope='session')

@@ -6,7 +6,9 @@ objects live in ``conftest.py``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -20,8 +22,9 @@ import zmq
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.service import BertServer
 
-__all__ = ['REPLY_MS', 'SHARED_FLAGS', 'SHARED_MAX_REQUEST_BYTES', 'RunningServer', 'server_args', 'Expected',
-           'sentence', 'assert_port_free', 'RawPeer', 'wait_until', 'children_of', 'alive']
+__all__ = ['REPLY_MS', 'SHARED_FLAGS', 'SHARED_MAX_REQUEST_BYTES', 'FAKE', 'RunningServer', 'server_args', 'Expected',
+           'fake_expected', 'sentence', 'assert_port_free', 'RawPeer', 'wait_until', 'children_of', 'alive', 'paused',
+           'kill_tree']
 
 REPLY_MS = 20000  # every client in these tests gives up after this; nothing may hang a test
 
@@ -29,6 +32,10 @@ REPLY_MS = 20000  # every client in these tests gives up after this; nothing may
 # so most requests are split and batches mix pieces of several clients; tokens go back to clients.
 SHARED_FLAGS = ('-num_worker', '2', '-max_batch_size', '4', '-show_tokens_to_client')
 SHARED_MAX_REQUEST_BYTES = 1_000_000
+
+# Pass as the model_dir of ``server_args`` / ``launch``: the server runs ``-engine fake`` (numpy vectors of
+# width FAKE_WIDTH, workers ready in about a second); expected vectors come from ``fake_expected``.
+FAKE = None
 
 
 @dataclass
@@ -63,21 +70,24 @@ class RunningServer:
         return [p for p in self.server.processes if p.name.startswith('WORKER-') and p.is_alive()]
 
 
-def server_args(model_dir: Path, port: int, port_out: int, flags: Sequence[str] = (), **fields):
+def server_args(model_dir: Optional[Path], port: int, port_out: int, flags: Sequence[str] = (), **fields):
     """Parses ``bert-serving-start`` flags for a CPU server on the given ports.
 
-    ``fields`` are then set on the namespace as they are, for ServerConfig fields that have no
-    flag (``max_request_bytes``); ``ServerConfig.from_namespace`` picks them up.
+    ``model_dir`` None (``FAKE``) selects ``-engine fake``. ``fields`` are then set on the namespace
+    as they are, for ServerConfig fields that have no flag (``max_request_bytes``);
+    ``ServerConfig.from_namespace`` picks them up.
     """
+    model = ['-engine', 'fake'] if model_dir is None else ['-model_dir', str(model_dir)]
     args = get_args_parser().parse_args(
-        ['-model_dir', str(model_dir), '-port', str(port), '-port_out', str(port_out), '-cpu', *flags])
+        [*model, '-port', str(port), '-port_out', str(port_out), '-cpu', *flags])
     for name, value in fields.items():
         setattr(args, name, value)
     return args
 
 
 class Expected:
-    """The vectors inputs must get: the in-process Encoder's, one input at a time, memoized.
+    """The vectors inputs must get: the in-process engine's (Encoder or FakeEngine), one input at a
+    time, memoized.
 
     One input alone is the reference: the server batches it with other inputs, pads it and
     splits requests, and none of that may change its vector.
@@ -100,6 +110,16 @@ class Expected:
     def tokens(self, texts: Sequence[str]) -> List[List[str]]:
         """The word pieces of each input, [CLS] and [SEP] included."""
         return [list(f.tokens) for f in self.encoder.featurize(list(texts))]
+
+
+def fake_expected(**fields) -> Expected:
+    """Expected vectors of a ``-engine fake`` server started with the EngineConfig ``fields``
+    (e.g. ``pooling_strategy='NONE', max_seq_len=64``): float32 [FAKE_WIDTH] per input, or
+    [T, FAKE_WIDTH] with NONE pooling."""
+    from bert_serving.server.config import EngineConfig
+    from bert_serving.server.engine.fake import FakeEngine
+
+    return Expected(FakeEngine(EngineConfig(engine='fake', **fields)))
 
 
 _WORDS = ('the quick brown fox jumps over lazy dog river bank hello world how old are you '
@@ -196,3 +216,31 @@ def alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     fields = _stat(pid)
     return fields is not None and fields[0] not in ('Z', 'X')
+
+
+@contextlib.contextmanager
+def paused(*pids: int):
+    """Freezes processes with SIGSTOP; SIGCONT on leaving (to those still there), so that nothing
+    stays frozen when a test fails."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def kill_tree(proc) -> None:
+    """SIGKILL to a subprocess.Popen and all its descendants, if it still runs; then reaps it."""
+    if proc.poll() is None:
+        for pid in children_of(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+    proc.wait(timeout=30)

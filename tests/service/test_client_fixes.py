@@ -11,6 +11,8 @@ from bert_serving.client import BertClient, BertServerError, BertTimeoutError
 from bert_serving.client.client import HANDSHAKE_TIMEOUT_MS
 from bert_serving.client.protocol import unpack_reply
 
+from bert_serving.server.engine.fake import FAKE_WIDTH
+
 from service_support import SHARED_MAX_REQUEST_BYTES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -28,20 +30,20 @@ def test_constructor_without_a_server_times_out(free_port, timeout):
     assert time.monotonic() - started < budget / 1000 + 10  # bounded; the slack is for a loaded machine
 
 
-def test_empty_and_blank_strings_are_cls_sep(shared_server, tiny_expected):
+def test_empty_and_blank_strings_are_cls_sep(shared_server, fake_vectors):
     texts = ['hello world', '', '   ', '\t\n', 'the lazy dog']
     with shared_server.client() as bc:
         vectors, tokens = bc.encode(texts, show_tokens=True)
     assert tokens[1] == tokens[2] == tokens[3] == ['[CLS]', '[SEP]']
     np.testing.assert_allclose(vectors[2], vectors[1], atol=1e-6)
     np.testing.assert_allclose(vectors[3], vectors[1], atol=1e-6)
-    np.testing.assert_allclose(vectors, tiny_expected.many(texts), atol=1e-5)  # no row shifted
+    np.testing.assert_allclose(vectors, fake_vectors.many(texts), atol=1e-5)  # no row shifted
 
 
-def test_only_empty_strings(shared_server, tiny_expected):
+def test_only_empty_strings(shared_server, fake_vectors):
     with shared_server.client() as bc:
         vectors = bc.encode(['', ' '])
-    np.testing.assert_allclose(vectors, tiny_expected.many(['', '']), atol=1e-5)
+    np.testing.assert_allclose(vectors, fake_vectors.many(['', '']), atol=1e-5)
 
 
 @pytest.mark.parametrize('texts, kwargs, error, words', [
@@ -59,7 +61,7 @@ def test_wrong_input_is_refused_before_sending(shared_server, texts, kwargs, err
         with pytest.raises(error, match=words):
             bc.encode(texts, **kwargs)
         assert bc.status['num_request'] == sent, 'a malformed request went out'
-        assert bc.encode(['still usable']).shape == (1, 32)
+        assert bc.encode(['still usable']).shape == (1, FAKE_WIDTH)
 
 
 def test_server_side_error_comes_back_as_an_error_reply(shared_server, raw_peer):
@@ -72,7 +74,7 @@ def test_server_side_error_comes_back_as_an_error_reply(shared_server, raw_peer)
     assert 'must be a JSON list' in parsed.error
 
 
-def test_server_failure_raises_bert_server_error(shared_server, tiny_expected):
+def test_server_failure_raises_bert_server_error(shared_server, fake_vectors):
     """Valid input the server refuses (more bytes than it accepts) raises at once with the
     server's message, and the client goes on."""
     too_many = ['word ' * 20] * (SHARED_MAX_REQUEST_BYTES // 100 + 100)
@@ -84,5 +86,5 @@ def test_server_failure_raises_bert_server_error(shared_server, tiny_expected):
         with pytest.raises(BertServerError, match='exceeds the server limit'):
             bc.fetch_all()
         assert bc.status['num_pending_request'] == 0
-        np.testing.assert_allclose(bc.encode(['after the error']), tiny_expected.many(['after the error']),
+        np.testing.assert_allclose(bc.encode(['after the error']), fake_vectors.many(['after the error']),
                                    atol=1e-5)

@@ -23,9 +23,9 @@ POOL = [sentence(i) for i in range(1000, 1120)]
 
 
 @pytest.fixture(scope='module')
-def pool_vectors(tiny_expected):
-    """text -> float32 [32], each input encoded alone in this process."""
-    return {text: tiny_expected.one(text) for text in POOL}
+def pool_vectors(fake_vectors):
+    """text -> float32 [FAKE_WIDTH], each input encoded alone in this process."""
+    return {text: fake_vectors.one(text) for text in POOL}
 
 
 def _hammer(encode_for_thread, pool_vectors):

@@ -13,7 +13,9 @@ import pytest
 from bert_serving.client import BertServerError
 from bert_serving.client.protocol import ErrorCode, unpack_reply
 
-from service_support import sentence
+from bert_serving.server.engine.fake import FAKE_WIDTH
+
+from service_support import FAKE, sentence
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -21,9 +23,10 @@ MAX_REQUEST_BYTES = 10000
 
 
 @pytest.fixture(scope='module')
-def faults_server(launch, tiny_hf_dir):
-    """One worker; requests above MAX_REQUEST_BYTES are refused (ZeroMQ drops those above 4x)."""
-    with launch(tiny_hf_dir, ['-num_worker', '1'], max_request_bytes=MAX_REQUEST_BYTES) as running:
+def faults_server(launch):
+    """The fake engine, one worker; requests above MAX_REQUEST_BYTES are refused (ZeroMQ drops
+    those above 4x)."""
+    with launch(FAKE, ['-num_worker', '1'], max_request_bytes=MAX_REQUEST_BYTES) as running:
         yield running
 
 
@@ -114,7 +117,7 @@ def test_far_oversized_frame_drops_only_that_connection(faults_server, raw_peer)
     assert faults_server.server.is_alive()
 
 
-def test_server_still_encodes_after_every_fault(faults_server, raw_peer, tiny_expected):
+def test_server_still_encodes_after_every_fault(faults_server, raw_peer, fake_vectors):
     peer = raw_peer(faults_server, b'faulty-all')
     for i, (_, payload, _, msg_len, _) in enumerate(ANSWERED):
         peer.send([peer.identity, payload, b'%d' % (1000 + i), msg_len])  # the sink answers a req_id once
@@ -122,7 +125,7 @@ def test_server_still_encodes_after_every_fault(faults_server, raw_peer, tiny_ex
         peer.send(frames)
     texts = [sentence(i) for i in range(6)]
     with faults_server.client() as bc:
-        np.testing.assert_allclose(bc.encode(texts), tiny_expected.many(texts), atol=1e-5)
+        np.testing.assert_allclose(bc.encode(texts), fake_vectors.many(texts), atol=1e-5)
     replies = [peer.recv() for _ in ANSWERED]
     assert all(r is not None for r in replies), 'some malformed requests got no error reply'
     parsed = [unpack_reply(r) for r in replies]
@@ -135,4 +138,4 @@ def test_request_over_the_limit_raises_server_error_in_the_client(faults_server)
     with faults_server.client() as bc:
         with pytest.raises(BertServerError, match='exceeds the server limit of 10000 bytes'):
             bc.encode(texts)
-        assert bc.encode(['still fine']).shape == (1, 32)
+        assert bc.encode(['still fine']).shape == (1, FAKE_WIDTH)

@@ -4,6 +4,8 @@
 Runs the script as a user would (``python recipe.py``) and stops it with both shutdown forms the
 original documents. The script prints a marker first: a child process that re-imported the
 user's script (as multiprocessing's spawn does) would print it again and start another server.
+The recipe's server runs the fake engine (``-engine fake`` in place of ``-model_dir``): what is tested
+is how its processes start and stop, not the model.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import pytest
 
 from bert_serving.server.service import BertServer
 
+from bert_serving.server.engine.fake import FAKE_WIDTH
+
 from service_support import REPLY_MS, assert_port_free
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-READY_SECONDS = 120
+READY_SECONDS = 60
 EXIT_SECONDS = 30
 MARKER = 'recipe script imported'
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +38,7 @@ RECIPE = textwrap.dedent('''
     print({marker!r}, flush=True)
     from bert_serving.server.helper import get_args_parser
     from bert_serving.server import BertServer
-    args = get_args_parser().parse_args(['-model_dir', {model_dir!r},
+    args = get_args_parser().parse_args(['-engine', 'fake',
                                          '-port', '{port}',
                                          '-port_out', '{port_out}',
                                          '-max_seq_len', 'NONE',
@@ -69,16 +73,16 @@ def _encode_when_ready(port: int, port_out: int, script: subprocess.Popen) -> np
 
 
 @pytest.mark.parametrize('form', sorted(SHUTDOWN_FORMS))
-def test_guardless_recipe_serves_until_shutdown_then_exits(form, tiny_hf_dir, free_port, tmp_path):
+def test_guardless_recipe_serves_until_shutdown_then_exits(form, free_port, tmp_path):
     port, port_out = free_port(), free_port()
     script_path = tmp_path / 'recipe.py'
-    script_path.write_text(RECIPE.format(marker=MARKER, model_dir=str(tiny_hf_dir), port=port, port_out=port_out))
+    script_path.write_text(RECIPE.format(marker=MARKER, port=port, port_out=port_out))
     log = (tmp_path / 'recipe.log').open('w+')
     script = subprocess.Popen([sys.executable, str(script_path)], cwd=str(tmp_path), stdout=log,
                               stderr=subprocess.STDOUT, text=True, env=ENV)
     try:
         vectors = _encode_when_ready(port, port_out, script)
-        assert vectors.shape == (2, 32) and np.isfinite(vectors).all()
+        assert vectors.shape == (2, FAKE_WIDTH) and np.isfinite(vectors).all()
         time.sleep(1.0)
         assert script.poll() is None, 'the script ended although nobody shut its server down'
 
@@ -99,11 +103,11 @@ def test_guardless_recipe_serves_until_shutdown_then_exits(form, tiny_hf_dir, fr
     assert_port_free(port_out)
 
 
-def test_shutdown_in_the_same_script_right_after_start(tiny_hf_dir, free_port, tmp_path):
+def test_shutdown_in_the_same_script_right_after_start(free_port, tmp_path):
     """Users write ``server.start()`` then, later in the same script, ``BertServer.shutdown(port=...)``."""
     port, port_out = free_port(), free_port()
     script_path = tmp_path / 'recipe_and_stop.py'
-    script_path.write_text(RECIPE.format(marker=MARKER, model_dir=str(tiny_hf_dir), port=port, port_out=port_out)
+    script_path.write_text(RECIPE.format(marker=MARKER, port=port, port_out=port_out)
                            + textwrap.dedent(f'''
                                from bert_serving.client import BertClient
                                server.is_ready.wait(120)
@@ -114,7 +118,8 @@ def test_shutdown_in_the_same_script_right_after_start(tiny_hf_dir, free_port, t
     done = subprocess.run([sys.executable, str(script_path)], cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=READY_SECONDS + EXIT_SECONDS, env=ENV)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert 'shape (2, 32)' in done.stdout and 'stopped True' in done.stdout, done.stdout + done.stderr[-2000:]
+    assert f'shape (2, {FAKE_WIDTH})' in done.stdout and 'stopped True' in done.stdout, \
+        done.stdout + done.stderr[-2000:]
     assert done.stdout.count(MARKER) == 1
     assert_port_free(port)
 

@@ -1,5 +1,6 @@
 """Stopping a server started from the command line, as a subprocess: bert-serving-terminate and
-Ctrl-C both end it quickly, free both ports and leave no process behind."""
+Ctrl-C both end it quickly, free both ports and leave no process behind. The server runs the fake
+engine: what is tested is the processes, not the model."""
 from __future__ import annotations
 
 import os
@@ -13,26 +14,26 @@ import pytest
 
 from bert_serving.server.cli import terminate
 
-from service_support import alive, assert_port_free, children_of, wait_until
+from service_support import alive, assert_port_free, children_of, kill_tree, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-READY_SECONDS = 120
+READY_SECONDS = 60
 EXIT_SECONDS = 10
 
 
 class ServerProcess:
-    """``python -m bert_serving.server ...`` with 2 workers, its output in files."""
+    """``python -m bert_serving.server -engine fake ...`` with 2 workers, its output in files."""
 
-    def __init__(self, folder: Path, model_dir: Path, port: int, port_out: int):
+    def __init__(self, folder: Path, port: int, port_out: int):
         self.port, self.port_out = port, port_out
         self.stdout_path, self.stderr_path = folder / 'stdout.txt', folder / 'stderr.txt'
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
                    PYTHONPATH=os.pathsep.join([str(REPO / 'bert_serving_server'), str(REPO / 'bert_serving_client')]))
         with open(self.stdout_path, 'w') as out, open(self.stderr_path, 'w') as err:
             self.proc = subprocess.Popen(
-                [sys.executable, '-m', 'bert_serving.server', '-model_dir', str(model_dir), '-port', str(port),
+                [sys.executable, '-m', 'bert_serving.server', '-engine', 'fake', '-port', str(port),
                  '-port_out', str(port_out), '-num_worker', '2', '-cpu'],
                 stdout=out, stderr=err, env=env, cwd=str(folder))
 
@@ -55,25 +56,16 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             pytest.fail(f'the server did not exit within {EXIT_SECONDS}s:\n{self.stderr[-3000:]}')
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            for pid in children_of(self.proc.pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.proc.kill()
-        self.proc.wait(timeout=30)
 
 
 @pytest.fixture
-def cli_server(tmp_path, tiny_hf_dir, free_port):
-    server = ServerProcess(tmp_path, tiny_hf_dir, free_port(), free_port())
+def cli_server(tmp_path, free_port):
+    server = ServerProcess(tmp_path, free_port(), free_port())
     try:
         server.wait_ready()
         yield server
     finally:
-        server.kill()
+        kill_tree(server.proc)
 
 
 def _stop_and_check(server: ServerProcess, stop) -> None:

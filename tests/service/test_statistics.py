@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import pytest
 
+from service_support import FAKE
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')
-def status_after_known_traffic(launch, tiny_hf_dir):
-    with launch(tiny_hf_dir, ['-num_worker', '1']) as running:
+def status_after_known_traffic(launch):
+    with launch(FAKE, ['-num_worker', '1']) as running:
         # No handshake: its SHOW_CONFIG is re-sent while unanswered, which would blur the counts.
         with running.client(ignore_all_checks=True) as a, running.client(ignore_all_checks=True) as b:
             a.encode(['one'])

@@ -15,11 +15,11 @@ from bert_serving.client import BertServerError
 from bert_serving.client.protocol import unpack_reply
 from bert_serving.server.pipeline import messages as msg
 
-from service_support import sentence, wait_until
+from service_support import FAKE, sentence, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-RECOVERY_SECONDS = 90  # a new worker imports TensorFlow and loads the graph
+RECOVERY_SECONDS = 30  # a new fake worker is ready in about a second
 
 
 class Traffic(threading.Thread):
@@ -54,11 +54,11 @@ class Traffic(threading.Thread):
                 self.outcomes.append(('ok' if ok else 'wrong', len(texts)))
 
 
-def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, tiny_hf_dir, tiny_expected):
-    running = server_factory(tiny_hf_dir, ['-num_worker', '2', '-max_batch_size', '4'])
+def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, fake_vectors):
+    running = server_factory(FAKE, ['-num_worker', '2', '-max_batch_size', '4'])
     before = running.workers()
     assert sorted(p.name for p in before) == ['WORKER-0', 'WORKER-1']
-    traffic = Traffic(running, tiny_expected)
+    traffic = Traffic(running, fake_vectors)
     traffic.start()
     try:
         assert wait_until(lambda: len(traffic.outcomes) >= 20, 60, 0.05), 'no traffic before the kill'
@@ -91,7 +91,7 @@ def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, tiny_h
     assert new.pid != victim.pid
     texts = [sentence(i) for i in range(3000, 3010)]
     with running.client() as bc:
-        np.testing.assert_allclose(bc.encode(texts), tiny_expected.many(texts), atol=1e-5)
+        np.testing.assert_allclose(bc.encode(texts), fake_vectors.many(texts), atol=1e-5)
 
     # An idle worker killed just before a burst: batches may go to it before its death is seen
     # (lost in its pipe, or refused by the ROUTER); all must still come back right.
@@ -103,7 +103,7 @@ def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, tiny_h
             bc.encode(chunk, blocking=False)
         results = bc.fetch_all()
         for chunk, got in zip(chunks, results):
-            np.testing.assert_allclose(got, tiny_expected.many(chunk), atol=1e-5)
+            np.testing.assert_allclose(got, fake_vectors.many(chunk), atol=1e-5)
         assert wait_until(lambda: bc.server_status['num_ready_worker'] == 2 and len(running.workers()) == 2,
                           RECOVERY_SECONDS)
         time.sleep(1)
@@ -160,9 +160,9 @@ def test_sink_serves_a_reused_identity_and_request_id(shared_server, raw_peer):
     assert peer.recv(timeout_ms=500) is None, 'a late piece of a finished request was published'
 
 
-def test_dead_sink_stops_the_server(server_factory, tiny_hf_dir):
+def test_dead_sink_stops_the_server(server_factory):
     """Without its sink a server could take requests but answer none: it stops and says why."""
-    running = server_factory(tiny_hf_dir, ['-num_worker', '1'])
+    running = server_factory(FAKE, ['-num_worker', '1'])
     sink = next(p for p in running.server.processes if p.name == 'SINK')
     os.kill(sink.pid, signal.SIGKILL)
     running.server.join(timeout=30)
