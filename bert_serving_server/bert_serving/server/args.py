@@ -149,9 +149,38 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help='a worker holding one batch this long (hung model call) is replaced; raise it '
                            'for big batches on slow CPUs')
 
+    security = parser.add_argument_group('Security (new)', 'who may reach the ports')
+    security.add_argument('-auth_dir', type=str, default=None,
+                          help='CurveZMQ on every TCP port: DIR holds server.key_secret and authorized/*.key (the '
+                               'public keys let in; bert-serving-keygen DIR NAME writes them). Use it whenever '
+                               'other machines can reach the ports')
+    security.add_argument('-bind', dest='bind_host', type=str, default='*',
+                          help='interface the ZeroMQ ports bind: * for all (as the original), 127.0.0.1 for this '
+                               'machine only')
+    security.add_argument('-no_remote_terminate', action='store_true', default=False,
+                          help="obey TERMINATE only from this machine's loopback; SIGTERM and Ctrl-C still stop "
+                               'the server')
+    security.add_argument('-http_token', type=str, default=None,
+                          help='the HTTP proxy requires "Authorization: Bearer TOKEN" on every endpoint but '
+                               '/health; visible in ps: prefer -http_token_file')
+    security.add_argument('-http_token_file', type=str, default=None,
+                          help='the same, read from the first line of this file')
+    security.add_argument('-metrics_public', action='store_true', default=False,
+                          help='with a token, /metrics answers without it (trusted monitoring network)')
+
     parser.add_argument('-verbose', action='store_true', default=False, help='debug logging')
     parser.add_argument('-version', action='version', version='%(prog)s ' + __version__)
     return parser
+
+
+def _add_key_args(parser) -> None:
+    """-server_key / -client_key of a peer that connects to a server started with -auth_dir."""
+    parser.add_argument('-server_key', type=str, default=None,
+                        help='(new) for a server started with -auth_dir: its public server.key '
+                             '(default $BERT_SERVING_SERVER_KEY)')
+    parser.add_argument('-client_key', type=str, default=None,
+                        help='(new) with -server_key: your NAME.key_secret, whose NAME.key is in the server\'s '
+                             'authorized/ (default $BERT_SERVING_CLIENT_KEY)')
 
 
 def get_worker_parser() -> argparse.ArgumentParser:
@@ -165,6 +194,7 @@ def get_worker_parser() -> argparse.ArgumentParser:
     server.add_argument('-port_worker', type=int, default=5557, help='the server\'s -port_worker')
     server.add_argument('-server_timeout', type=float, default=10.0,
                         help='seconds without a word from the server before registering again (with backoff)')
+    _add_key_args(server)
     _add_model_args(parser)
     compute = parser.add_argument_group('Compute', 'device and batching of this worker')
     _add_compute_args(compute)
@@ -182,12 +212,7 @@ def get_shutdown_parser() -> argparse.ArgumentParser:
                         help='the server\'s -port')
     parser.add_argument('-timeout', type=int, default=5000,
                         help='milliseconds to wait for the server to stop')
-    parser.add_argument('-server_key', type=str, default=None,
-                        help='(new) for a server started with -auth_dir: its public server.key '
-                             '(default $BERT_SERVING_SERVER_KEY)')
-    parser.add_argument('-client_key', type=str, default=None,
-                        help='(new) with -server_key: your NAME.key_secret, whose NAME.key is in the server\'s '
-                             'authorized/ (default $BERT_SERVING_CLIENT_KEY)')
+    _add_key_args(parser)
     return parser
 
 
@@ -226,7 +251,8 @@ def get_benchmark_parser() -> argparse.ArgumentParser:
 
 def format_args(args) -> str:
     """The table of arguments printed at start."""
-    rows = [f'{k:>24} = {v}' for k, v in sorted(vars(args).items())]
+    from .security import redact_args
+    rows = [f'{k:>24} = {v}' for k, v in sorted(redact_args(vars(args)).items())]
     return '\n'.join([f'usage: {" ".join(sys.argv)}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)
 
 

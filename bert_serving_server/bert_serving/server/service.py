@@ -15,6 +15,7 @@ workers and the HTTP proxy run as their own commands, see launcher.py)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ import zmq
 
 from bert_serving.client._version import PROTOCOL_VERSION, WIRE_RELEASE, __version__
 from bert_serving.client.protocol import Command, pack_request
+from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, ServerConfig
+from .errors import ConfigError
 from .engine.devices import cpu_threads, plan_devices
 from .engine.graph import fingerprint, prepare_graph, tensorflow_version
 from .log import get_logger
@@ -38,6 +41,7 @@ from .pipeline.sink import SinkSettings
 from .pipeline.supervisor import Supervisor
 from .pipeline.ventilator import Addresses, Ventilator
 from .pipeline.worker import WorkerSettings, worker_spec
+from .security import AuthConfig, authenticator, bind_address, local_peer_keys, redact_args, secure_server_socket
 
 __all__ = ['BertServer']
 
@@ -73,6 +77,17 @@ class BertServer(threading.Thread):
         self.args = args
         self.server_config = cfg = ServerConfig.from_namespace(args)
         self.logger = get_logger('VENTILATOR', cfg.verbose)
+        self.auth = AuthConfig.from_namespace(args)  # checks -auth_dir and -bind now, not at the first peer
+        # The HTTP proxy connects to the server over TCP: with Curve on, it gets a key pair of its own.
+        self.proxy_keys = local_peer_keys(self.auth)
+        self.proxy_settings = None
+        if cfg.http_port is not None:
+            try:
+                from .http import ProxySettings
+            except ImportError as e:
+                raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
+                                   f'({e})') from e
+            self.proxy_settings = ProxySettings.from_namespace(args, curve_keys=self.proxy_keys)
         self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
         # Devices first: where the workers run decides -fp16's compute dtype, part of the graph.
         self.engine_config = dataclasses.replace(EngineConfig.from_namespace(args),
@@ -95,7 +110,7 @@ class BertServer(threading.Thread):
             batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout))
         self.supervisor = Supervisor(self._spawn_worker, self.logger, MAX_RESTARTS, RESTART_WINDOW)
         self.start_time = datetime.now()
-        self.status_args = {k: _json_safe(v) for k, v in sorted(vars(args).items())}
+        self.status_args = {k: _json_safe(v) for k, v in sorted(redact_args(vars(args)).items())}
         self.status_static = {
             # 1.10 clients refuse any server_version but their own: report the wire release we speak.
             'python_version': platform.python_version(), 'server_version': WIRE_RELEASE,
@@ -103,7 +118,8 @@ class BertServer(threading.Thread):
             'tensorflow_version': tensorflow_version(), 'pyzmq_version': zmq.pyzmq_version(),
             'zmq_version': zmq.zmq_version(), 'server_start_time': str(self.start_time),
             'ventilator -> worker': [self.addresses.backend] + (
-                [f'tcp://{cfg.bind_host}:{cfg.port_worker}'] if cfg.port_worker is not None else []),
+                [bind_address(self.auth, cfg.port_worker)] if cfg.port_worker is not None else []),
+            'curve': self.auth.enabled,
             'worker -> sink': self.addresses.sink,
             'ventilator <-> sink': self.addresses.sink, 'num_concurrent_socket': 1,
             'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
@@ -147,11 +163,13 @@ class BertServer(threading.Thread):
 
     def run(self) -> None:
         cfg = self.server_config
+        extra_keys = () if self.proxy_keys is None else (self.proxy_keys.public,)
         try:
-            with zmq.Context() as ctx:
+            with zmq.Context() as ctx, authenticator(ctx, self.auth, extra_keys):
                 sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
                     SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
-                                 port_worker_sink=cfg.port_worker_sink, verbose=cfg.verbose)))
+                                 port_worker_sink=cfg.port_worker_sink, bind_host=self.auth.bind_host,
+                                 auth_dir=self.auth.auth_dir, extra_public_keys=extra_keys, verbose=cfg.verbose)))
                 sink.start()
                 self.supervisor.add_service(sink, 'see the SINK log')
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
@@ -165,7 +183,8 @@ class BertServer(threading.Thread):
                 Ventilator(self, self.scheduler, self.supervisor, self.addresses, num_worker=cfg.num_worker,
                            max_request_bytes=cfg.max_request_bytes, request_timeout=cfg.request_timeout,
                            drain_timeout=cfg.drain_timeout, fingerprint=self.fingerprint,
-                           show_tokens_to_client=cfg.show_tokens_to_client).run(ctx)
+                           show_tokens_to_client=cfg.show_tokens_to_client, auth=self.auth,
+                           secure=functools.partial(secure_server_socket, auth=self.auth)).run(ctx)
         except Exception as e:  # e.g. a port already in use
             self.fatal(f'{type(e).__name__}: {e}')
         finally:
@@ -191,15 +210,9 @@ class BertServer(threading.Thread):
         return settings.identity.encode('latin-1'), proc
 
     def _start_http(self) -> None:
-        if self.server_config.http_port is None:
+        if self.proxy_settings is None:
             return
-        try:
-            from .http import ProxySettings
-        except ImportError as e:
-            raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
-                               f'({e})') from e
-        proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy',
-                             dataclasses.asdict(ProxySettings.from_namespace(self.args)))
+        proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy', dataclasses.asdict(self.proxy_settings))
         proxy.start()
         self.supervisor.add_service(proxy, f'is -http_port {self.server_config.http_port} already in use? '
                                            '(see the PROXY log)')
@@ -247,7 +260,8 @@ class BertServer(threading.Thread):
         return info
 
     @staticmethod
-    def shutdown(args=None, *, ip: str = 'localhost', port: Optional[int] = None, timeout: int = 5000) -> bool:
+    def shutdown(args=None, *, ip: str = 'localhost', port: Optional[int] = None, timeout: int = 5000,
+                 server_key: Optional[str] = None, client_key: Optional[str] = None) -> bool:
         """Asks a running server to stop and waits until its port is free.
 
         Both forms of the original work::
@@ -256,24 +270,29 @@ class BertServer(threading.Thread):
             BertServer.shutdown(port=5555)
 
         Args:
-            args: parsed ``bert-serving-terminate`` flags (``ip``, ``port``, ``timeout``); or None
-                and the keywords instead.
+            args: parsed ``bert-serving-terminate`` flags (``ip``, ``port``, ``timeout``, ``server_key``,
+                ``client_key``); or None and the keywords instead.
             ip: the server's address.
             port: the server's ``-port``.
             timeout: milliseconds to wait for the server to take the request and free its port.
+            server_key / client_key: for a server with ``-auth_dir``: its public ``server.key`` and this
+                peer's ``NAME.key_secret`` (default: ``$BERT_SERVING_SERVER_KEY`` / ``$BERT_SERVING_CLIENT_KEY``).
 
         Returns:
-            True if the port was freed in time.
+            True if the port was freed in time (False also when the server refused our key).
 
         Raises:
-            ValueError: no port given.
+            ConfigError: no port given. KeyFileError: a key file is wrong.
         """
         if args is not None:
             ip = getattr(args, 'ip', ip)
             port = getattr(args, 'port', port)
             timeout = getattr(args, 'timeout', timeout)
+            server_key = getattr(args, 'server_key', server_key)
+            client_key = getattr(args, 'client_key', client_key)
         if port is None:
-            raise ValueError('BertServer.shutdown needs the server\'s port, e.g. BertServer.shutdown(port=5555)')
+            raise ConfigError('BertServer.shutdown needs the server\'s port, e.g. BertServer.shutdown(port=5555)')
+        keys = CurveKeys.from_files(server_key, client_key)
         with zmq.Context() as ctx:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, timeout)
@@ -281,6 +300,7 @@ class BertServer(threading.Thread):
             # Queue only on a completed connection: with nothing listening, send times out
             # instead of "succeeding" into a queue while the free port reads as a stopped server.
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            secure_client_socket(sock, keys)
             try:
                 sock.connect(f'tcp://{ip}:{port}')
                 sock.send_multipart(pack_request(b'terminator', Command.TERMINATE, 0, 0))

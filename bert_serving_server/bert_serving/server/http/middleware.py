@@ -19,7 +19,7 @@ from aiohttp.web import ContentCoding
 from bert_serving.client.errors import BertServingError
 
 from .auth import TokenCheck, make_auth_middleware
-from .errors import HttpError, TooManyRequests, from_client_error
+from .errors import TooManyRequests, from_client_error
 from .metrics import ProxyMetrics
 
 __all__ = ['make_middlewares', 'error_response', 'endpoint_of', 'accepts_gzip', 'COMPRESS_MIN_BYTES']

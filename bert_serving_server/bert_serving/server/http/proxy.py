@@ -54,7 +54,7 @@ class HttpProxy:
     async def _serve(self, logger) -> None:
         s = self.settings
         backend = ZmqBackend(s.server_ip, s.port, s.port_out, request_timeout=s.request_timeout,
-                             status_timeout=s.status_timeout, logger=logger)
+                             status_timeout=s.status_timeout, logger=logger, curve_keys=s.curve_keys)
         await backend.start()
         runner = web.AppRunner(create_app(backend, s, logger), handle_signals=False,
                                access_log=logger if s.verbose else None)

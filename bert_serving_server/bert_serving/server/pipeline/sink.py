@@ -28,6 +28,7 @@ from bert_serving.client import protocol
 from bert_serving.client.protocol import ErrorCode
 
 from ..log import get_logger
+from ..security import AuthConfig, authenticator, bind_address, secure_server_socket
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 
@@ -54,6 +55,8 @@ class SinkSettings:
     feedback_addr: str = ''
     bind_host: str = '*'
     port_worker_sink: Optional[int] = None
+    auth_dir: Optional[str] = None
+    extra_public_keys: Tuple[str, ...] = ()
     verbose: bool = False
     parent_pid: int = 0
 
@@ -120,7 +123,8 @@ class Sink:
 
     def run(self) -> None:
         s = self.settings
-        with zmq.Context() as ctx:
+        auth = AuthConfig(auth_dir=s.auth_dir, bind_host=s.bind_host)
+        with zmq.Context() as ctx, authenticator(ctx, auth, s.extra_public_keys):
             receiver, self.pub, self.feedback = ctx.socket(zmq.PULL), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
             try:
                 for sock in (receiver, self.pub, self.feedback):
@@ -128,10 +132,12 @@ class Sink:
                 self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
                 self.pub.setsockopt(zmq.XPUB_NODROP, 1)
                 self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
-                receiver.bind(s.sink_addr)
-                self.pub.bind(f'tcp://{s.bind_host}:{s.port_out}')
+                receiver.bind(s.sink_addr)  # ipc first: an address keeps the options set before its bind
+                secure_server_socket(self.pub, auth)
+                self.pub.bind(bind_address(auth, s.port_out))
                 if s.port_worker_sink is not None:
-                    receiver.bind(f'tcp://{s.bind_host}:{s.port_worker_sink}')
+                    secure_server_socket(receiver, auth)
+                    receiver.bind(bind_address(auth, s.port_worker_sink))
                 if s.feedback_addr:
                     self.feedback.connect(s.feedback_addr)
                 self.on_ready()

@@ -33,6 +33,7 @@ from bert_serving.client.protocol import Command, ErrorCode, unpack_request
 from bert_serving.client.errors import BadRequest
 from bert_serving.client.validation import parse_payload
 
+from ..security import AuthConfig, bind_address, may_terminate, peer_of
 from . import messages as msg
 from .scheduler import Refused, Scheduler
 from .statistics import ServerStatistic
@@ -84,7 +85,8 @@ class Ventilator:
 
     def __init__(self, server, scheduler: Scheduler, supervisor: Supervisor, addresses: Addresses, *,
                  num_worker: int, max_request_bytes: int, request_timeout, drain_timeout: float,
-                 fingerprint: str, show_tokens_to_client: bool = False, secure=lambda sock: None):
+                 fingerprint: str, show_tokens_to_client: bool = False, auth: AuthConfig = AuthConfig(),
+                 secure=lambda sock: None):
         self.server = server
         self.logger = server.logger
         self.scheduler = scheduler
@@ -96,6 +98,7 @@ class Ventilator:
         self.drain_timeout = drain_timeout
         self.fingerprint = fingerprint
         self.show_tokens_to_client = show_tokens_to_client
+        self.auth = auth
         self.secure = secure  # applies the server's Curve keys to a socket before it binds TCP
         self.stat = ServerStatistic()
         self.known: Dict[bytes, WorkerInfo] = {}
@@ -113,13 +116,13 @@ class Ventilator:
             backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
             backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker that reconnects keeps its identity
             self.secure(frontend)
-            frontend.bind(f'tcp://{a.bind_host}:{a.port}')
-            backend.bind(a.backend)
+            frontend.bind(bind_address(self.auth, a.port))
+            backend.bind(a.backend)  # ipc first: an address keeps the options set before its bind
             if a.port_worker is not None:
                 self.secure(backend)
                 backend.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # notice a remote worker's cut link
                 backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-                backend.bind(f'tcp://{a.bind_host}:{a.port_worker}')
+                backend.bind(bind_address(self.auth, a.port_worker))
             feedback.bind(a.feedback)
             self.to_sink.connect(a.sink)
             for worker_id in range(self.num_worker):
@@ -146,7 +149,7 @@ class Ventilator:
             if backend in events:
                 self._read(backend, self._on_worker)
             if frontend in events:
-                self._read(frontend, self._on_client, MAX_READS)
+                self._read(frontend, self._on_client, MAX_READS, copy=False)  # frames: peer key and address
             self._dispatch(backend)
             now = time.monotonic()
             if now >= next_check:
@@ -172,10 +175,10 @@ class Ventilator:
             if final_until is not None and (not self.scheduler.requests or now >= final_until):
                 return
 
-    def _read(self, sock, handle, limit: int = 100_000) -> None:
+    def _read(self, sock, handle, limit: int = 100_000, copy: bool = True) -> None:
         for _ in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 return
             try:
@@ -189,7 +192,9 @@ class Ventilator:
         self.to_sink.send_multipart(msg.pack_fail(client, req_id, message, code=code, serial=serial))
 
     # -- clients ---------------------------------------------------------------------------------
-    def _on_client(self, frames) -> None:
+    def _on_client(self, zmq_frames) -> None:
+        first = zmq_frames[0] if zmq_frames else None
+        frames = [f.bytes for f in zmq_frames]
         try:
             req = unpack_request(frames)
         except ProtocolError as e:
@@ -201,7 +206,10 @@ class Ventilator:
         command = req.command
         self.stat.update(req.identity, req.msg_len if command is None else 0, command is not None)
         if command == Command.TERMINATE:
-            self.logger.info('termination requested by a client')
+            if not may_terminate(self.auth, first):
+                self.logger.warning('ignored a TERMINATE from %s: -no_remote_terminate', peer_of(first))
+                return
+            self.logger.info('termination requested by %s', peer_of(first))
             self.server.request_stop()
         elif command in (Command.SHOW_CONFIG, Command.SHOW_STATUS):
             statistic = self.stat.value if command == Command.SHOW_STATUS else None

@@ -31,6 +31,7 @@ from typing import List, Optional, Tuple
 import zmq
 
 from bert_serving.client.protocol import ErrorCode
+from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from ..config import EngineConfig
 from ..engine.checkpoint import BertConfig, ModelFiles
@@ -162,11 +163,8 @@ class Worker:
                 sink.close()
 
     def _secure(self, sock) -> None:
-        if self.settings.curve:
-            server_public, public, secret = self.settings.curve
-            sock.curve_serverkey = server_public.encode()
-            sock.curve_publickey = public.encode()
-            sock.curve_secretkey = secret.encode()
+        """Curve on both sockets when the server runs with -auth_dir (for a remote worker)."""
+        secure_client_socket(sock, CurveKeys(*self.settings.curve) if self.settings.curve else None)
 
     def _alive(self) -> bool:
         return (not self.stop_event.is_set() and not self._leaving.is_set()
@@ -375,6 +373,7 @@ def run_remote(args) -> int:
     engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=devices[0] >= 0)
     graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose))
     intra, inter = cpu_threads(1) if devices[0] < 0 else (0, 0)
+    keys = CurveKeys.from_files(args.server_key, args.client_key)
     host, pid = socket.gethostname(), os.getpid()
     settings = WorkerSettings(
         name=f'REMOTE-{host}-{pid}', identity=f'remote-{host}-{pid}-{uuid.uuid4().hex[:8]}',
@@ -384,7 +383,7 @@ def run_remote(args) -> int:
         gpu_memory_fraction=None if devices[0] < 0 else args.gpu_memory_fraction,
         credit=2 if args.prefetch_size > 0 else 1, max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens, server_timeout=args.server_timeout,
-        curve=getattr(args, 'curve', None), verbose=args.verbose)
+        curve=None if keys is None else (keys.server_public, keys.public, keys.secret), verbose=args.verbose)
     stop = install_stop_handler()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # run by hand: Ctrl-C stops it
     logger.info('joining the server at %s as %s', settings.backend_addr, settings.name)
