@@ -177,10 +177,28 @@ def test_a_piece_stays_in_flight_after_done_until_confirmed(clock):
     [batch] = s.take_batches()
     s.done(b'w', batch.batch_id)
     assert s.snapshot()['num_inflight_piece'] == 1
-    # Lost between DONE and its result reaching the sink: the piece is queued again.
+    # Lost between DONE and its result reaching the sink: the piece is queued again. It was computed,
+    # so the loss is not held against it (only the batch being computed counts).
     assert s.remove_worker(b'w', 'died') == []
     [again] = queued_pieces(s)
-    assert again.piece_id == batch.pieces[0].piece_id and again.attempt == 1
+    assert again.piece_id == batch.pieces[0].piece_id and again.attempt == 0
+
+
+def test_only_the_batch_being_computed_counts_a_loss_not_the_prefetched_one(clock):
+    """A worker hung on one batch holds the next one prefetched: replacing it twice must fail only the
+    request that hangs, never the one queued behind it."""
+    s = make(clock, max_batch_size=1)
+    s.accept(b'hang', 1, words(1), False)
+    s.accept(b'next', 1, words(1), False)
+    for attempt, worker in enumerate((b'w1', b'w2'), start=1):
+        s.add_worker(worker, credit=2, label=worker.decode())
+        first, second = s.take_batches()
+        assert (first.pieces[0].client, second.pieces[0].client) == (b'hang', b'next')
+        failures = s.remove_worker(worker, 'held a batch for more than -batch_timeout')
+        assert first.pieces[0].attempt == attempt and second.pieces[0].attempt == 0
+    assert [f.client for f in failures] == [b'hang']
+    [left] = queued_pieces(s)
+    assert left.client == b'next'
 
 
 def test_a_confirmed_piece_is_forgotten(clock):
@@ -580,3 +598,16 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
     for message in sink.failed.values():
         assert message == 'timeout' or 'lost twice' in message
     assert (s.open_rows, s.pieces, s.holder) == (0, {}, {})
+
+
+def test_a_piece_on_its_retry_goes_in_a_batch_of_its_own(clock):
+    s = make(clock, max_batch_size=8)
+    s.accept(b'poison', 1, words(1), False)
+    s.add_worker(b'w1', credit=1, label='1')
+    [first] = s.take_batches()
+    s.remove_worker(b'w1', 'died')
+    s.accept(b'other', 1, words(2), False)
+    s.add_worker(b'w2', credit=2, label='2')
+    retry, rest = s.take_batches()
+    assert [p.client for p in retry.pieces] == [b'poison'] and retry.pieces[0].attempt == 1
+    assert [p.client for p in rest.pieces] == [b'other']

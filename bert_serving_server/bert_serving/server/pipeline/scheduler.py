@@ -232,7 +232,10 @@ class Scheduler:
 
     def remove_worker(self, identity: bytes, reason: str) -> List[Failure]:
         """The worker is gone (dead, silent or hung). Its unconfirmed pieces are queued again at
-        the front, or, on their second loss, fail their request.
+        the front. Only the batch it was computing counts as a loss against its pieces (a worker
+        computes its batches in the order it got them, so that is the oldest one not DONE); the
+        batches prefetched behind it, and results computed but not yet confirmed, do not. A piece
+        lost twice fails its request.
 
         Returns:
             the requests to fail.
@@ -240,13 +243,15 @@ class Scheduler:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return []
+        computing = set(worker.batches[min(worker.batches)][0]) if worker.batches else set()
         failures: List[Failure] = []
         for piece_id in sorted(worker.pieces, reverse=True):
             self.holder.pop(piece_id, None)
             piece = self.pieces.get(piece_id)
             if piece is None:
                 continue
-            piece.attempt += 1
+            if piece_id in computing:
+                piece.attempt += 1
             request = self.requests.get(piece.serial)
             if request is None or request.failed:
                 continue
@@ -321,7 +326,9 @@ class Scheduler:
         return batches
 
     def _take(self) -> List[Piece]:
-        """Queued pieces for one batch: priority first, up to max_batch_size rows."""
+        """Queued pieces for one batch: priority first, up to max_batch_size rows. A piece on its
+        retry (its worker was lost computing it) goes alone, so an input that hangs or crashes
+        workers cannot take other requests down with it a second time."""
         pieces: List[Piece] = []
         rows = 0
         for queue in (self.priority, self.normal):
@@ -331,12 +338,14 @@ class Scheduler:
                 if piece is None or request is None or request.failed or piece.piece_id in self.holder:
                     self.queued.discard(queue.popleft())  # confirmed, finished, failed, or dispatched again
                     continue
-                if pieces and rows + len(piece.rows) > self.cfg.max_batch_size:
+                if pieces and (piece.attempt or rows + len(piece.rows) > self.cfg.max_batch_size):
                     return pieces
                 queue.popleft()
                 self.queued.discard(piece.piece_id)
                 pieces.append(piece)
                 rows += len(piece.rows)
+                if piece.attempt:
+                    return pieces
         return pieces
 
     # -- status ----------------------------------------------------------------------------------
