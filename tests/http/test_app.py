@@ -229,6 +229,18 @@ def test_health_is_503_until_every_worker_is_ready(fake):
     serve(fake, check)
 
 
+def test_health_of_a_front_counts_remote_workers(fake):
+    async def check(client):
+        fake.status = {**READY_STATUS, 'ready': True, 'num_worker': 0, 'num_ready_worker': 0}
+        assert (await client.get('/health')).status == 503  # a front with no worker serves nobody
+        fake.status = {**READY_STATUS, 'ready': True, 'num_worker': 0, 'num_ready_worker': 1}
+        assert (await client.get('/health')).status == 200
+        fake.status = {**READY_STATUS, 'ready': True, 'num_worker': 2, 'num_ready_worker': 3}  # + a remote
+        assert (await client.get('/health')).status == 200
+
+    serve(fake, check)
+
+
 def test_cors_preflight_and_header(fake):
     async def check(client):
         r = await client.options('/v1/embeddings', headers={

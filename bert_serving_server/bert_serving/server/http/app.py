@@ -6,7 +6,7 @@
     GET  /v1/models        the one model, OpenAI-style
     GET  /status/server    the server's SHOW_STATUS reply
     GET  /status/client    the proxy's own connection
-    GET  /health           200 when every worker is ready, else 503
+    GET  /health           200 when every local worker (at least one worker) is ready, else 503
     GET  /metrics          Prometheus text
     GET  /openapi.json     the OpenAPI description of all of the above (openapi.py)
 
@@ -114,7 +114,8 @@ class _Routes:
             return web.json_response({'status': 'unavailable', 'ready': False, 'error': e.message}, status=503)
         num_worker, num_ready = status.get('num_worker'), status.get('num_ready_worker')
         # 'ready' turns true once, at start; num_ready_worker also drops while a crashed worker restarts.
-        ready = bool(status.get('ready')) and num_ready == num_worker
+        # Remote workers count too, and a pure front (-num_worker 0) is ready once one has joined.
+        ready = bool(status.get('ready')) and num_ready is not None and num_ready >= max(1, num_worker or 0)
         body = {'status': 'ready' if ready else 'loading', 'ready': ready,
                 'num_worker': num_worker, 'num_ready_worker': num_ready}
         return web.json_response(body, status=200 if ready else 503)
