@@ -191,15 +191,36 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
 class GraphRunner:
     """Runs a frozen graph in a TensorFlow session.
 
+    The frozen graph holds the weights as constants. Before the session sees it, the large
+    constants (``VARIABLE_MIN_BYTES`` and up: the embedding tables, and the kernels with
+    ``frozen_weights``) become resource variables that are filled once. A constant would be copied by every stage that holds a
+    graph (the Python graph, the session's GraphDef, Grappler's working copies, the executor's
+    graph, the Const kernels), about six copies of the 90 MB of MiniLM's weights; a variable's
+    value exists once, and the graphs hold only its handle.
+
+    oneDNN reorders a MatMul's constant right operand into its blocked layout once and keeps it;
+    a variable operand it would reorder on every call (~15% of the throughput), unless
+    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` is on. That switch is process-wide and read once, at the
+    first oneDNN MatMul TensorFlow builds: it tells every MatMul of the process that its right
+    operand never changes. ``frozen_weights`` sets it (unless the environment already says 0)
+    and turns the kernels into variables too; without it, the kernels stay constants (about
+    200 MB more for MiniLM).
+
     Args:
         graph: the frozen graph.
         xla: compile with XLA (JIT).
         intra_op_threads / inter_op_threads: TensorFlow thread pools; 0 lets TF decide.
         gpu_memory_fraction: per-process GPU memory cap (ignored on CPU).
+        frozen_weights: this process runs no MatMul whose right operand changes (no training);
+            see above.
     """
 
     def __init__(self, graph: FrozenGraph, *, xla: bool = False, intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, gpu_memory_fraction: Optional[float] = None):
+                 inter_op_threads: int = 0, gpu_memory_fraction: Optional[float] = None,
+                 frozen_weights: bool = False):
+        if frozen_weights:
+            os.environ.setdefault(FROZEN_WEIGHTS_ENV, '1')
+            frozen_weights = os.environ[FROZEN_WEIGHTS_ENV].strip().lower() in ('1', 'true')
         import tensorflow as tf
         graph_def = tf.compat.v1.GraphDef()
         try:
@@ -223,16 +244,29 @@ class GraphRunner:
         for name in ('constant_folding', 'arithmetic_optimization', 'dependency_optimization',
                      'shape_optimization', 'loop_optimization', 'function_optimization', 'debug_stripper'):
             setattr(rw, name, off)
+        values = _constants_to_variables(graph_def, f'{os.getpid()}-{id(self)}', with_kernels=frozen_weights)
         self._graph = tf.Graph()
         with self._graph.as_default():
             tf.graph_util.import_graph_def(graph_def, name='')
+            del graph_def
+            feeds_init, assigns = {}, []
+            for name, value in values:
+                ph = tf.compat.v1.placeholder(value.dtype, value.shape, name=f'{name}/init_value')
+                handle = self._graph.get_tensor_by_name(f'{name}/handle:0')
+                assigns.append(tf.raw_ops.AssignVariableOp(resource=handle, value=ph, name=f'{name}/init'))
+                feeds_init[ph] = value
         try:
             feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
             output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
         except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
             raise ModelError(f'{graph.path} is not a bert-serving graph (no {e}); delete it to rebuild') from e
         self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        if assigns:
+            self._session.run(assigns, feeds_init)
+        del values, feeds_init
         self._run: Callable = self._session.make_callable(output, feeds)
+        self._trimmed = False
+        _release_free_memory()
 
     def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
         """Runs one padded batch.
@@ -243,7 +277,70 @@ class GraphRunner:
         Returns:
             [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
         """
-        return self._run(input_ids, input_mask, type_ids)
+        out = self._run(input_ids, input_mask, type_ids)
+        if not self._trimmed:  # the first run optimises and builds the executor: ~200 MB of garbage
+            self._trimmed = True
+            _release_free_memory()
+        return out
 
     def close(self) -> None:
         self._session.close()
+
+
+VARIABLE_MIN_BYTES = 64 * 1024  # constants from this size on become variables (kernels, tables)
+FROZEN_WEIGHTS_ENV = 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'
+
+
+def _constants_to_variables(graph_def, suffix: str, with_kernels: bool):
+    """Turns every large constant of ``graph_def`` into a resource variable, in place.
+
+    A Const node ``N`` becomes ``N = ReadVariableOp(N/handle)`` with ``N/handle`` a VarHandleOp,
+    so its consumers are unchanged. ``suffix`` makes the variables' shared names unique to one
+    session. Without ``with_kernels``, the right operands of MatMul stay constants.
+
+    Returns:
+        [(N, value)]: the values to assign, as numpy arrays.
+    """
+    from tensorflow.core.framework import attr_value_pb2, node_def_pb2, tensor_shape_pb2
+    from tensorflow.python.framework import tensor_util
+
+    names = {n.name for n in graph_def.node}
+    kernels = set() if with_kernels else {n.input[1].split(':')[0] for n in graph_def.node if n.op == 'MatMul'}
+    values, handles = [], []
+    for node in graph_def.node:
+        if node.op != 'Const' or node.name in kernels or f'{node.name}/handle' in names:
+            continue
+        proto = node.attr['value'].tensor
+        if proto.dtype == 7:  # DT_STRING: never a weight
+            continue
+        value = tensor_util.MakeNdarray(proto)
+        if value.nbytes < VARIABLE_MIN_BYTES:
+            continue
+        dtype = node.attr['dtype'].type
+        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                                       for d in value.shape])
+        handle = node_def_pb2.NodeDef(name=f'{node.name}/handle', op='VarHandleOp', device=node.device)
+        handle.attr['dtype'].type = dtype
+        handle.attr['shape'].shape.CopyFrom(shape)
+        handle.attr['container'].s = b''
+        handle.attr['shared_name'].s = f'{node.name}-{suffix}'.encode()
+        controls = [i for i in node.input if i.startswith('^')]
+        node.op = 'ReadVariableOp'
+        node.ClearField('attr')
+        node.attr['dtype'].CopyFrom(attr_value_pb2.AttrValue(type=dtype))
+        node.ClearField('input')
+        node.input.extend([handle.name] + controls)
+        handles.append(handle)
+        values.append((node.name, value))
+    graph_def.node.extend(handles)
+    return values
+
+
+def _release_free_memory() -> None:
+    """Hands the heap's free pages back to the system (glibc only). TensorFlow frees what graph
+    loading and the first run allocate, but glibc keeps the freed heap pages mapped."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
