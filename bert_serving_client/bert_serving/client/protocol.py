@@ -32,10 +32,10 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from ._version import PROTOCOL_VERSION
+from ._version import PROTOCOL_VERSION, WIRE_RELEASE
 from .errors import BertServerBusyError, BertServerError, BertServerShuttingDownError, ProtocolError
 
-__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'PROTOCOL_VERSION', 'pack_request', 'unpack_request',
+__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
            'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'reply_error', 'array_header',
            'raw_bytes']
 

@@ -1,5 +1,5 @@
 """bert-serving-server: a ZeroMQ service that maps sentences to fixed-length vectors with BERT."""
-from bert_serving.client._version import __version__
+from bert_serving.client import __version__
 
 from .config import EngineConfig, PoolingStrategy, ServerConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bert_serving.client._version import __version__
+from bert_serving.client import __version__
 
 from .config import PoolingStrategy, parse_max_seq_len
 
@@ -251,9 +251,9 @@ def get_benchmark_parser() -> argparse.ArgumentParser:
 
 def format_args(args) -> str:
     """The table of arguments printed at start."""
-    from .security import redact_args
+    from .security import redact_args, redact_argv
     rows = [f'{k:>24} = {v}' for k, v in sorted(redact_args(vars(args)).items())]
-    return '\n'.join([f'usage: {" ".join(sys.argv)}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)
+    return '\n'.join([f'usage: {" ".join(redact_argv(sys.argv))}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)
 
 
 def get_run_args(parser_fn=get_args_parser, printed: bool = True, argv=None) -> argparse.Namespace:

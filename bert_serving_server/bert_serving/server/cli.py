@@ -56,14 +56,16 @@ def worker(argv: Optional[List[str]] = None) -> int:
         refused it (a different model or flags: the reason is logged).
     """
     from .args import get_worker_parser
-    from .pipeline.worker import run_remote
+    from .pipeline.remote import run_remote
+    from .pipeline.worker import leave
     args = get_worker_parser().parse_args(argv)
     logger = get_logger('WORKER', args.verbose)
     try:
-        return run_remote(args)
+        code = run_remote(args)
     except BertServingError as e:
         logger.error('%s', e)
         return 2
+    leave(code)  # TensorFlow's teardown of its thread pools can take seconds: the sockets are closed
 
 
 def terminate(argv: Optional[List[str]] = None) -> int:

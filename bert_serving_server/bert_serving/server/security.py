@@ -30,7 +30,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import zmq
 import zmq.auth
@@ -43,7 +43,7 @@ from .errors import ConfigError
 
 __all__ = ['AuthConfig', 'CurveKeys', 'authenticator', 'start_authenticator', 'secure_server_socket',
            'secure_client_socket', 'bind_address', 'ephemeral_keypair', 'local_peer_keys', 'may_terminate', 'is_loopback_address',
-           'peer_of', 'redact_args', 'write_keypair', 'SERVER_SECRET_FILE', 'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'SECRET_FLAGS']
+           'peer_of', 'redact_args', 'redact_argv', 'write_keypair', 'SERVER_SECRET_FILE', 'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'SECRET_FLAGS']
 
 SERVER_SECRET_FILE = 'server.key_secret'
 AUTHORIZED_DIR = 'authorized'
@@ -328,6 +328,23 @@ def peer_of(frame) -> str:
     if address:
         parts.append(f'from {address}')
     return ' '.join(parts) or 'an unknown peer'
+
+
+def redact_argv(argv: Sequence[str]) -> List[str]:
+    """A copy of a command line in which the value of every secret flag reads ``***``
+    (``-http_token X`` and ``-http_token=X``)."""
+    out: List[str] = []
+    hide = False
+    for arg in argv:
+        flag = arg.split('=', 1)[0].lstrip('-')
+        if hide:
+            out.append('***')
+        elif flag in SECRET_FLAGS and '=' in arg:
+            out.append(arg.split('=', 1)[0] + '=***')
+        else:
+            out.append(arg)
+        hide = not hide and flag in SECRET_FLAGS and '=' not in arg
+    return out
 
 
 def redact_args(args: Mapping) -> dict:

@@ -26,8 +26,8 @@ from typing import Optional
 
 import zmq
 
-from bert_serving.client._version import PROTOCOL_VERSION, WIRE_RELEASE, __version__
-from bert_serving.client.protocol import Command, pack_request
+from bert_serving.client import __version__
+from bert_serving.client.protocol import PROTOCOL_VERSION, WIRE_RELEASE, Command, pack_request
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, ServerConfig

@@ -10,7 +10,7 @@ from typing import Dict, Iterable, Tuple
 
 from aiohttp import hdrs
 
-from bert_serving.client._version import __version__
+from bert_serving.client import __version__
 
 from . import schemas
 

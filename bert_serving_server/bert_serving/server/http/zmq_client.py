@@ -24,7 +24,8 @@ from typing import Dict, List, Optional
 import zmq
 import zmq.asyncio
 
-from bert_serving.client._version import PROTOCOL_VERSION, __version__
+from bert_serving.client import __version__
+from bert_serving.client.protocol import PROTOCOL_VERSION
 from bert_serving.client.errors import ProtocolError
 from bert_serving.client.protocol import Command, Reply, pack_request, reply_error, unpack_reply
 from bert_serving.client.security import CurveKeys, secure_client_socket

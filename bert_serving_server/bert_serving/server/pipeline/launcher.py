@@ -137,11 +137,24 @@ def read_spec() -> dict:
 
 def install_stop_handler() -> threading.Event:
     """SIGTERM sets the returned Event; SIGINT is ignored (Ctrl-C reaches the whole process
-    group, and the parent decides when its children stop)."""
+    group, and the parent decides when its children stop). On Linux the kernel also sends SIGTERM
+    when the parent dies, even by SIGKILL, so no child outlives its server."""
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _die_with_parent()
     return stop
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith('linux'):
+        return  # elsewhere the children poll their parent's pid (parent_alive)
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def signal_ready(spec: dict) -> None:

@@ -11,7 +11,8 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
                            [HEARTBEAT, JSON {"batch": id or null}]    every HEARTBEAT_SECONDS
                            [DONE, batch_id]            results of the batch went to the sink; credit back
                            [FATAL, message]            the worker cannot start
-    ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null}]
+    ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null,
+                                        "batch_timeout": seconds}]
                            [REJECT, reason]            e.g. a different model: the worker exits
                            [PONG]                      answers a heartbeat: the server is there
                            [REGISTER_AGAIN]            an unknown worker spoke (server restarted, or
@@ -195,11 +196,12 @@ class Control(NamedTuple):
     kind: bytes
     sink: Optional[str] = None  # WELCOME: where results go (a local worker)
     sink_port: Optional[int] = None  # WELCOME: the TCP port of the sink on the server's host (remote)
+    batch_timeout: Optional[float] = None  # WELCOME: the server's -batch_timeout (the worker's watchdog)
     reason: str = ''  # REJECT
 
 
-def pack_welcome(sink: Optional[str], sink_port: Optional[int]) -> List[bytes]:
-    return [WELCOME, json.dumps({'sink': sink, 'sink_port': sink_port}).encode()]
+def pack_welcome(sink: Optional[str], sink_port: Optional[int], batch_timeout: Optional[float] = None) -> List[bytes]:
+    return [WELCOME, json.dumps({'sink': sink, 'sink_port': sink_port, 'batch_timeout': batch_timeout}).encode()]
 
 
 def pack_reject(reason: str) -> List[bytes]:
@@ -212,8 +214,12 @@ def unpack_control(frames: Sequence[bytes]) -> Control:
     if kind == WELCOME and len(frames) == 2:
         body = _json(frames[1])
         if isinstance(body, dict):
-            port = body.get('sink_port')
-            return Control(kind, sink=body.get('sink'), sink_port=None if port is None else int(port))
+            port, timeout = body.get('sink_port'), body.get('batch_timeout')
+            try:
+                return Control(kind, sink=body.get('sink'), sink_port=None if port is None else int(port),
+                               batch_timeout=None if timeout is None else float(timeout))
+            except (TypeError, ValueError):
+                raise BadMessage('WELCOME holds a non-numeric port or timeout') from None
     if kind == REJECT and len(frames) == 2:
         return Control(kind, reason=bytes(frames[1]).decode('utf-8', 'replace'))
     if kind in (PONG, REGISTER_AGAIN) and len(frames) == 1:

@@ -88,11 +88,16 @@ class _Request:
 
 @dataclass
 class _Worker:
+    """A ready worker. ``batches`` are sent and not DONE: id -> (piece ids, deadline); ``delivered``
+    are DONE but with pieces the sink has not confirmed: id -> (piece ids, deadline)."""
     label: str
+    name: str
     credit: int
     last_seen: float
-    batches: Dict[int, Tuple[List[int], float]] = field(default_factory=dict)  # id -> (piece ids, deadline)
+    batches: Dict[int, Tuple[List[int], float]] = field(default_factory=dict)
+    delivered: Dict[int, Tuple[Set[int], float]] = field(default_factory=dict)
     pieces: Set[int] = field(default_factory=set)  # dispatched, unconfirmed
+    computing: Optional[int] = None  # the batch its last heartbeat named
     skip_until: float = 0.0
 
 
@@ -191,9 +196,13 @@ class Scheduler:
     def _forget_piece(self, piece_id: int) -> None:
         self.pieces.pop(piece_id, None)
         self.queued.discard(piece_id)
-        worker = self.holder.pop(piece_id, None)
-        if worker is not None and worker in self.workers:
-            self.workers[worker].pieces.discard(piece_id)
+        worker = self.workers.get(self.holder.pop(piece_id, None))
+        if worker is not None:
+            worker.pieces.discard(piece_id)
+            for batch_id, (waiting, _) in list(worker.delivered.items()):
+                waiting.discard(piece_id)
+                if not waiting:
+                    del worker.delivered[batch_id]
         # Its id, if queued, is skipped in _take or dropped by _compact.
 
     def _compact(self) -> None:
@@ -212,23 +221,43 @@ class Scheduler:
         return [(r.client, r.req_id, s) for s, r in self.requests.items()]
 
     # -- workers ---------------------------------------------------------------------------------
-    def add_worker(self, identity: bytes, credit: int, label: str) -> None:
-        """A worker said READY with ``credit`` batches of room."""
-        self.workers[identity] = _Worker(label, max(1, credit), self.clock())
+    def add_worker(self, identity: bytes, credit: int, label: str, name: Optional[str] = None) -> List[Failure]:
+        """A worker said READY with ``credit`` batches of room.
 
-    def seen(self, identity: bytes) -> bool:
-        """Any message of a worker proves it alive. Returns False for an unknown worker."""
+        Returns:
+            requests to fail, if this identity was a worker already (its old pieces are lost).
+        """
+        failures = self.remove_worker(identity, 'registered again') if identity in self.workers else []
+        self.workers[identity] = _Worker(label, name or label, max(1, credit), self.clock())
+        return failures
+
+    def seen(self, identity: bytes, computing: Optional[int] = None) -> bool:
+        """Any message of a worker proves it alive; a heartbeat also names the batch it computes,
+        whose deadline starts then (not when it was sent: a prefetched batch waits its turn).
+
+        Returns:
+            False for an unknown worker.
+        """
         worker = self.workers.get(identity)
         if worker is None:
             return False
-        worker.last_seen = self.clock()
+        now = worker.last_seen = self.clock()
+        if computing is not None and computing != worker.computing and computing in worker.batches:
+            worker.batches[computing] = (worker.batches[computing][0], now + self.cfg.batch_timeout)
+        worker.computing = computing
         return True
 
     def done(self, identity: bytes, batch_id: int) -> None:
-        """The worker pushed a batch's results to the sink; it has room for one more."""
+        """The worker pushed a batch's results to the sink; it has room for one more. Its pieces
+        must be confirmed by the sink within -batch_timeout, else the worker's results do not
+        reach the sink and it is declared lost (see overdue)."""
         worker = self.workers.get(identity)
-        if worker is not None and worker.batches.pop(batch_id, None) is not None:
+        batch = None if worker is None else worker.batches.pop(batch_id, None)
+        if batch is not None:
             worker.credit += 1
+            waiting = {p for p in batch[0] if self.holder.get(p) == identity}
+            if waiting:
+                worker.delivered[batch_id] = (waiting, self.clock() + self.cfg.batch_timeout)
 
     def remove_worker(self, identity: bytes, reason: str) -> List[Failure]:
         """The worker is gone (dead, silent or hung). Its unconfirmed pieces are queued again at
@@ -243,7 +272,11 @@ class Scheduler:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return []
-        computing = set(worker.batches[min(worker.batches)][0]) if worker.batches else set()
+        computing = set()
+        if worker.computing in worker.batches:
+            computing = set(worker.batches[worker.computing][0])
+        elif worker.computing is None and worker.batches:  # no heartbeat named one yet: the oldest
+            computing = set(worker.batches[min(worker.batches)][0])
         failures: List[Failure] = []
         for piece_id in sorted(worker.pieces, reverse=True):
             self.holder.pop(piece_id, None)
@@ -260,7 +293,7 @@ class Scheduler:
                 self.queued.difference_update(request.pieces)  # never dispatched now
                 failures.append(Failure(piece.client, piece.req_id, piece.serial,
                                         f'workers were lost twice while encoding this request (last: '
-                                        f'{worker.label} {reason}); check the server log'))
+                                        f'{worker.name} {reason}); check the server log'))
             else:
                 self._requeue(piece_id)
         return failures
@@ -298,6 +331,9 @@ class Scheduler:
             elif any(deadline < now for _, deadline in w.batches.values()):
                 found.append((identity, f'held a batch for more than -batch_timeout '
                                         f'{self.cfg.batch_timeout:g}s'))
+            elif any(deadline < now for _, deadline in w.delivered.values()):
+                found.append((identity, f'said its results were sent, but the sink did not get them within '
+                                        f'{self.cfg.batch_timeout:g}s (can the worker reach -port_worker_sink?)'))
         return found
 
     # -- batching --------------------------------------------------------------------------------
@@ -315,7 +351,9 @@ class Scheduler:
                 break
             batch_id = next(self._batch_ids)
             worker.credit -= 1
-            worker.batches[batch_id] = ([p.piece_id for p in pieces], now + self.cfg.batch_timeout)
+            # Behind the batches it holds already: its deadline starts when a heartbeat names it.
+            waits = 1 + len(worker.batches)
+            worker.batches[batch_id] = ([p.piece_id for p in pieces], now + waits * self.cfg.batch_timeout)
             for p in pieces:
                 worker.pieces.add(p.piece_id)
                 self.holder[p.piece_id] = identity

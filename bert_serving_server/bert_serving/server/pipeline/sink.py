@@ -11,7 +11,10 @@ Sockets (created in ``run``, inside the process):
 XPUB rather than PUB: the sink sees each client's subscription, so a reply to a client whose
 subscription has not arrived yet is held back (for a bounded time, and a bounded number of replies)
 instead of being dropped. That closes the "slow joiner" race of a fresh client. XPUB_NODROP makes a
-client that stops reading visible: its reply is dropped with a warning, never queued without bound.
+client that reads slowly visible: its replies wait here (a bounded number) and go out as it reads.
+
+Remote workers' results arrive on a PULL of their own (tcp ``port_worker_sink``), which takes only
+RESULT and piece FAIL messages: a peer there cannot forge replies or register requests.
 """
 from __future__ import annotations
 
@@ -37,9 +40,11 @@ __all__ = ['Sink', 'SinkSettings']
 POLL_MS = 50
 HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
 MAX_HELD = 10_000  # replies held for clients not subscribed yet, over all clients
+MAX_BLOCKED = 100_000  # replies waiting for clients that read slowly, over all clients
 FINISHED_MEMORY = 100_000  # finished requests remembered, to drop their late or repeated pieces
 ORPHAN_SECONDS = 60.0  # pieces of a request that was never registered are dropped after this
-SNDHWM = 1000  # replies queued per client before a client that does not read loses one
+SNDHWM = 10_000  # replies queued in ZeroMQ per client; more wait in the sink (MAX_BLOCKED)
+FEEDBACK_SECONDS = 1.0  # the sink speaks to the ventilator at least this often (it is alive)
 FLUSH_LINGER_MS = 2000  # on stop, time for published replies to leave
 
 
@@ -118,6 +123,9 @@ class Sink:
         self.subscribed: Set[bytes] = set()
         self.held: 'OrderedDict[bytes, Deque]' = OrderedDict()  # client -> (expiry, frames), oldest first
         self.num_held = 0
+        self.blocked: 'OrderedDict[bytes, Deque]' = OrderedDict()  # client -> frames it has not read yet
+        self.num_blocked = 0
+        self.last_feedback = 0.0
         self.confirmed: List[int] = []
         self.done: List[int] = []
 
@@ -126,54 +134,62 @@ class Sink:
         auth = AuthConfig(auth_dir=s.auth_dir, bind_host=s.bind_host)
         with zmq.Context() as ctx, authenticator(ctx, auth, s.extra_public_keys):
             receiver, self.pub, self.feedback = ctx.socket(zmq.PULL), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
+            remote = ctx.socket(zmq.PULL) if s.port_worker_sink is not None else None
             try:
-                for sock in (receiver, self.pub, self.feedback):
-                    sock.setsockopt(zmq.LINGER, 0)
+                for sock in (receiver, self.pub, self.feedback, remote):
+                    if sock is not None:
+                        sock.setsockopt(zmq.LINGER, 0)
                 self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
                 self.pub.setsockopt(zmq.XPUB_NODROP, 1)
                 self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
-                receiver.bind(s.sink_addr)  # ipc first: an address keeps the options set before its bind
+                receiver.bind(s.sink_addr)
                 secure_server_socket(self.pub, auth)
                 self.pub.bind(bind_address(auth, s.port_out))
-                if s.port_worker_sink is not None:
-                    secure_server_socket(receiver, auth)
-                    receiver.bind(bind_address(auth, s.port_worker_sink))
+                if remote is not None:
+                    secure_server_socket(remote, auth)
+                    remote.bind(bind_address(auth, s.port_worker_sink))
                 if s.feedback_addr:
                     self.feedback.connect(s.feedback_addr)
                 self.on_ready()
-                self._loop(receiver)
+                self._loop(receiver, remote)
                 self.pub.setsockopt(zmq.LINGER, FLUSH_LINGER_MS)
                 self.feedback.setsockopt(zmq.LINGER, FLUSH_LINGER_MS)
             except zmq.ZMQError as e:
                 if e.errno != zmq.ETERM:
                     self.logger.error('sink stopped: %s', e)
             finally:
-                receiver.close()
-                self.pub.close()
-                self.feedback.close()
+                for sock in (receiver, self.pub, self.feedback, remote):
+                    if sock is not None:
+                        sock.close()
 
-    def _loop(self, receiver) -> None:
+    def _loop(self, receiver, remote) -> None:
         poller = zmq.Poller()
-        poller.register(receiver, zmq.POLLIN)
-        poller.register(self.pub, zmq.POLLIN)
+        for sock in (receiver, remote, self.pub):
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         while not self.stop_event.is_set() and parent_alive(self.settings.parent_pid):
             events = dict(poller.poll(POLL_MS))
             if self.pub in events:
                 self._on_subscription(self.pub.recv())
-            if receiver in events:
-                for _ in range(1000):  # drain, but keep subscriptions flowing
-                    try:
-                        frames = receiver.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    try:
-                        self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)])
-                    except msg.BadMessage as e:
-                        self.logger.warning('dropped a malformed internal message: %s', e)
-                    except Exception:  # noqa: BLE001 - one bad message must never stop the sink
-                        self.logger.exception('dropped a message that could not be handled')
+            for sock, from_remote in ((receiver, False), (remote, True)):
+                if sock in events:
+                    self._drain(sock, from_remote)
+            self._retry_blocked()
             self._expire()
             self._send_feedback()
+
+    def _drain(self, sock, from_remote: bool) -> None:
+        for _ in range(1000):  # then let subscriptions and the other socket flow
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)], from_remote)
+            except msg.BadMessage as e:
+                self.logger.warning('dropped a malformed internal message: %s', e)
+            except Exception:  # noqa: BLE001 - one bad message must never stop the sink
+                self.logger.exception('dropped a message that could not be handled')
 
     # -- publishing ----------------------------------------------------------------------------
     def _on_subscription(self, event: bytes) -> None:
@@ -185,13 +201,40 @@ class Sink:
                 self._send(topic, frames)
         elif event[:1] == b'\x00':
             self.subscribed.discard(topic)
+            dropped = self.blocked.pop(topic, ())
+            if dropped:
+                self.num_blocked -= len(dropped)
+                self.logger.warning('dropped %d replies to client %r: it left before reading them',
+                                    len(dropped), topic[:40])
 
     def _send(self, client: bytes, frames) -> None:
-        try:
-            self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.logger.warning('dropped a reply to client %r: it has %d replies it does not read',
-                                client[:40], SNDHWM)
+        """Publishes, or, if the client's queue is full (it reads slowly), keeps the reply for later."""
+        queue = self.blocked.get(client)
+        if queue is None:
+            try:
+                self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                queue = self.blocked[client] = deque()
+        if self.num_blocked >= MAX_BLOCKED:
+            self.logger.warning('dropped a reply to client %r: %d replies wait for clients that do not read',
+                                client[:40], MAX_BLOCKED)
+            return
+        queue.append(frames)
+        self.num_blocked += 1
+
+    def _retry_blocked(self) -> None:
+        for client in list(self.blocked):
+            queue = self.blocked[client]
+            while queue:
+                try:
+                    self.pub.send_multipart(queue[0], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                queue.popleft()
+                self.num_blocked -= 1
+            if not queue:
+                del self.blocked[client]
 
     def _publish(self, client: bytes, frames) -> None:
         if client in self.subscribed:
@@ -225,8 +268,10 @@ class Sink:
         self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], message)
         self._publish(key[0], protocol.pack_error(key[0], key[1], message, code=code))
 
-    def _on_message(self, frames) -> None:
+    def _on_message(self, frames, from_remote: bool = False) -> None:
         m = msg.unpack_sink(frames)
+        if from_remote and not (m.kind == msg.RESULT or (m.kind == msg.FAIL and m.piece_id is not None)):
+            raise msg.BadMessage(f'{m.kind[:16]!r} on the remote workers\' port: only results go there')
         if m.kind == msg.JSON_REPLY:
             self._publish(m.client, [m.client, m.body, b'%d' % m.req_id])
             return
@@ -275,6 +320,9 @@ class Sink:
             if key in self.pending:
                 self._fail(key, f'the request was not answered within -request_timeout {timeout:g}s; the '
                                 'server is overloaded or its workers are failing (see the server log)', ErrorCode.TIMEOUT)
+        if len(self.deadlines) > 2 * len(self.pending) + 1000:  # answered requests leave their entries
+            self.deadlines = [d for d in self.deadlines if d[1] in self.pending]
+            heapq.heapify(self.deadlines)
         for client in [c for c, items in self.held.items() if items[0][0] < now]:
             queue = self.held[client]
             while queue and queue[0][0] < now:
@@ -294,13 +342,16 @@ class Sink:
             self.confirmed.clear()
             self.done.clear()
             return
+        now = time.monotonic()
         try:  # NOBLOCK: a ventilator that is gone must not stall the replies
             if self.confirmed:
                 self.feedback.send_multipart(msg.pack_confirm(self.confirmed), zmq.NOBLOCK)
                 self.confirmed = []
-            if self.done:
+                self.last_feedback = now
+            if self.done or now - self.last_feedback >= FEEDBACK_SECONDS:  # empty: "the sink is alive"
                 self.feedback.send_multipart(msg.pack_finished(self.done), zmq.NOBLOCK)
                 self.done = []
+                self.last_feedback = now
         except zmq.Again:
             self.logger.debug('the ventilator does not take feedback now; retrying')
 

@@ -3,8 +3,10 @@ restart policy. It knows processes, not requests: the scheduler decides what a l
 its pieces.
 
 A dead sink or proxy stops the server (no reply could reach anyone, or -http_port would half work).
-A dead, silent or hung worker is killed if needed and replaced under a new identity; more than
-``max_restarts`` replacements within ``restart_window`` seconds stop the server.
+A dead, silent or hung worker is killed if needed and replaced under a new identity. Beyond
+``max_restarts`` replacements within ``restart_window`` seconds, replacements wait (1, 2, 4 ... 60 s)
+instead of stopping the server: inputs that crash workers fail their own requests, and the server
+goes on serving the rest.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ class Supervisor:
         self.services: Dict[str, Tuple[ChildProcess, str]] = {}  # SINK, PROXY -> (process, hint)
         self.processes: List[ChildProcess] = []  # every process ever started, for status and shutdown
         self._restarts: Deque[float] = deque()
+        self._delayed: List[Tuple[float, int, int]] = []  # (when, worker_id, generation)
+        self._backoff = 1.0
 
     # -- starting ------------------------------------------------------------------------------
     def add_service(self, proc: ChildProcess, hint: str = '') -> None:
@@ -79,12 +83,9 @@ class Supervisor:
         return [(identity, f'died (exit code {h.proc.exitcode})')
                 for identity, h in self.workers.items() if h.proc.exitcode is not None]
 
-    def replace(self, identity: bytes, reason: str) -> Optional[str]:
-        """Kills the worker if it still runs and starts a new one in its place.
-
-        Returns:
-            the reason to stop the server if the restart budget is spent, else None.
-        """
+    def replace(self, identity: bytes, reason: str) -> None:
+        """Kills the worker if it still runs and starts a new one in its place, at once or, past
+        the restart budget, after a backoff."""
         handle = self.workers.pop(identity, None)
         if handle is None:
             return None
@@ -98,10 +99,21 @@ class Supervisor:
         self._restarts.append(now)
         while self._restarts and now - self._restarts[0] > self.restart_window:
             self._restarts.popleft()
-        if len(self._restarts) > self.max_restarts:
-            return f'workers were replaced {len(self._restarts)} times within {self.restart_window:.0f}s'
-        self.start_worker(handle.worker_id, handle.generation + 1)
-        return None
+        if len(self._restarts) <= self.max_restarts:
+            self._backoff = 1.0
+            self.start_worker(handle.worker_id, handle.generation + 1)
+            return
+        self.logger.warning('workers were replaced %d times within %.0fs; WORKER-%d restarts in %.0fs',
+                            len(self._restarts), self.restart_window, handle.worker_id, self._backoff)
+        self._delayed.append((now + self._backoff, handle.worker_id, handle.generation + 1))
+        self._backoff = min(60.0, self._backoff * 2)
+
+    def restart_due(self) -> None:
+        """Starts the replacements whose backoff is over."""
+        now = time.monotonic()
+        for item in [d for d in self._delayed if d[0] <= now]:
+            self._delayed.remove(item)
+            self.start_worker(item[1], item[2])
 
     # -- stopping ------------------------------------------------------------------------------
     def stop_all(self, seconds: float) -> None:

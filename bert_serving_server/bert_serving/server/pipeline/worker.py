@@ -40,10 +40,12 @@ from ..log import get_logger
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 
-__all__ = ['WorkerSettings', 'Worker', 'worker_spec', 'run_remote']
+__all__ = ['WorkerSettings', 'Worker', 'worker_spec', 'leave']
 
 POLL_MS = 100
-BACKOFF_MAX_SECONDS = 30.0
+BACKOFF_MAX_SECONDS = 5.0  # HELLO again at most this far apart while the server is away
+STOP_GRACE_SECONDS = 10.0  # after SIGTERM, a worker stuck in the model leaves anyway
+WATCHDOG_MARGIN_SECONDS = 5.0  # past the server's -batch_timeout on one batch, the worker leaves itself
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,15 @@ class Worker:
         self.logger = get_logger(settings.name, settings.verbose)
         self._leaving = threading.Event()
         self._receiver_died = False
+        self._rejected = False
         self._computing: Optional[int] = None  # reported in heartbeats
+        self._started: Optional[float] = None  # when the current batch started (watchdog)
+        self._batch_timeout: Optional[float] = None  # the server's, from WELCOME
 
     def run(self) -> int:
         """Serves until stopped. Returns the exit code: 0 stopped, 1 receiver died, 3 rejected."""
         s = self.settings
+        threading.Thread(target=self._watchdog, name='watchdog', daemon=True).start()
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
         with zmq.Context() as ctx:
@@ -144,6 +150,7 @@ class Worker:
                 welcome = self._register(dealer)
                 if welcome is None:
                     return 0
+                self._batch_timeout = welcome.batch_timeout
                 sink.connect(welcome.sink or f'tcp://{s.server_host}:{welcome.sink_port}')
                 try:
                     encoder = self._load()
@@ -152,7 +159,7 @@ class Worker:
                     self._send(dealer, msg.pack_fatal(f'{type(e).__name__}: {e}'))
                     return 2
                 self._serve(ctx, dealer, sink, encoder)
-                return 1 if self._receiver_died else 0
+                return 3 if self._rejected else 1 if self._receiver_died else 0
             except Rejected as e:
                 self.logger.error('the server refused this worker: %s', e)
                 return 3
@@ -161,6 +168,25 @@ class Worker:
             finally:
                 dealer.close()
                 sink.close()
+
+    def _watchdog(self) -> None:
+        """Leaves the process (exit 1) when one batch takes longer than the server's -batch_timeout
+        (a hung model call: the server has given the batch to others, and a supervisor restarts
+        us), or when a stop was asked and the model does not return within STOP_GRACE_SECONDS."""
+        stopped_at = None
+        while True:
+            time.sleep(0.5)
+            now = time.monotonic()
+            if self.stop_event.is_set() and stopped_at is None:
+                stopped_at = now
+            if stopped_at is not None and now - stopped_at > STOP_GRACE_SECONDS:
+                self.logger.warning('still busy %.0fs after the stop; leaving now', now - stopped_at)
+                leave(0)
+            started, limit = self._started, self._batch_timeout
+            if started is not None and limit is not None and now - started > limit + WATCHDOG_MARGIN_SECONDS:
+                self.logger.error('one batch has taken %.0fs, past the server\'s -batch_timeout %.0fs: the model '
+                                  'hangs; leaving so that a fresh worker takes over', now - started, limit)
+                leave(1)
 
     def _secure(self, sock) -> None:
         """Curve on both sockets when the server runs with -auth_dir (for a remote worker)."""
@@ -234,9 +260,9 @@ class Worker:
                     batch_id, prepared = work.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     continue
-                self._computing = batch_id
+                self._computing, self._started = batch_id, time.monotonic()
                 self._compute(batch_id, prepared, sink, encoder)
-                self._computing = None
+                self._computing = self._started = None
                 done_push.send(b'%d' % batch_id)
         finally:
             self._leaving.set()
@@ -262,20 +288,26 @@ class Worker:
         poller.register(done_pull, zmq.POLLIN)
         next_beat, last_contact = 0.0, time.monotonic()
         registering, next_hello, backoff = False, 0.0, 1.0
+        undelivered: List[bytes] = []  # DONE frames the server could not take yet
         while self._alive():
             now = time.monotonic()
+            while undelivered and self._send(dealer, msg.pack_done(int(undelivered[0]))):
+                undelivered.pop(0)
             if not registering and now >= next_beat:
                 self._send(dealer, msg.pack_heartbeat(self._computing))
                 next_beat = now + msg.HEARTBEAT_SECONDS
             if not registering and now - last_contact > s.server_timeout:
                 self.logger.warning('no word from the server for %.0fs; registering again', now - last_contact)
                 registering, next_hello, backoff = True, 0.0, 1.0
+                self._drop_stale(work, undelivered)
             if registering and now >= next_hello:
                 self._hello(dealer)
                 next_hello, backoff = now + backoff, min(BACKOFF_MAX_SECONDS, backoff * 2)
             events = dict(poller.poll(POLL_MS))
             if done_pull in events:
-                self._send(dealer, msg.pack_done(int(done_pull.recv())))
+                done = done_pull.recv()
+                if not registering and not self._send(dealer, msg.pack_done(int(done))):
+                    undelivered.append(done)  # while registering it is stale: the server forgot it
             if dealer not in events:
                 continue
             frames = dealer.recv_multipart()
@@ -302,13 +334,24 @@ class Worker:
             if control.kind == msg.REGISTER_AGAIN and not registering:
                 self.logger.info('the server does not know this worker (restarted?); registering again')
                 registering, next_hello, backoff = True, 0.0, 1.0
+                self._drop_stale(work, undelivered)
             elif control.kind == msg.WELCOME and registering:
                 registering = False
                 self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
                 self.logger.info('registered with the server again')
             elif control.kind == msg.REJECT:
                 self.logger.error('the server refused this worker: %s', control.reason)
+                self._rejected = True
                 self._leaving.set()
+
+    def _drop_stale(self, work: 'queue.Queue', undelivered: list) -> None:
+        """The server forgot us: the batches we hold are being computed elsewhere; drop them."""
+        undelivered.clear()
+        while True:
+            try:
+                work.get_nowait()
+            except queue.Empty:
+                return
 
     @staticmethod
     def _featurize(encoder, piece) -> Tuple[Optional[list], Optional[str]]:
@@ -348,46 +391,11 @@ class Worker:
             sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
 
 
-def _leave(code: int) -> None:
+def leave(code: int) -> None:
     # Sockets are closed and results delivered; TensorFlow's own teardown of its thread pools
     # can take seconds, which would only delay the server's shutdown, so leave at once.
     logging.shutdown()
     os._exit(code)
-
-
-def run_remote(args) -> int:
-    """``bert-serving-worker``: prepares the graph from this machine's copy of the model, then joins
-    the server at ``args.ip:args.port_worker`` and serves until SIGTERM or Ctrl-C.
-
-    Returns:
-        the exit code: 0 stopped, 2 cannot start, 3 refused by the server.
-    """
-    import signal
-    import uuid
-
-    from ..engine.devices import cpu_threads, plan_devices
-    from ..engine.graph import fingerprint, prepare_graph
-
-    logger = get_logger('WORKER', args.verbose)
-    devices = plan_devices(1, args.cpu, args.device_map, logger)
-    engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=devices[0] >= 0)
-    graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose))
-    intra, inter = cpu_threads(1) if devices[0] < 0 else (0, 0)
-    keys = CurveKeys.from_files(args.server_key, args.client_key)
-    host, pid = socket.gethostname(), os.getpid()
-    settings = WorkerSettings(
-        name=f'REMOTE-{host}-{pid}', identity=f'remote-{host}-{pid}-{uuid.uuid4().hex[:8]}',
-        fingerprint=fingerprint(engine, None if graph is None else graph.files), device_id=devices[0],
-        backend_addr=f'tcp://{args.ip}:{args.port_worker}', server_host=args.ip, local=False,
-        intra_op_threads=intra, inter_op_threads=inter,
-        gpu_memory_fraction=None if devices[0] < 0 else args.gpu_memory_fraction,
-        credit=2 if args.prefetch_size > 0 else 1, max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens, server_timeout=args.server_timeout,
-        curve=None if keys is None else (keys.server_public, keys.public, keys.secret), verbose=args.verbose)
-    stop = install_stop_handler()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())  # run by hand: Ctrl-C stops it
-    logger.info('joining the server at %s as %s', settings.backend_addr, settings.name)
-    return Worker(engine, settings, graph, stop).run()
 
 
 def main() -> None:
@@ -397,7 +405,7 @@ def main() -> None:
     engine, settings, graph = _from_spec(spec)
     settings = dataclasses.replace(settings, parent_pid=spec.get('parent_pid', settings.parent_pid))
     signal_ready(spec)  # started; READY over the DEALER says when the model is loaded
-    _leave(Worker(engine, settings, graph, stop).run())
+    leave(Worker(engine, settings, graph, stop).run())
 
 
 if __name__ == '__main__':
