@@ -368,6 +368,61 @@ def test_a_batch_held_past_its_deadline_is_overdue_despite_heartbeats(clock):
     assert s.overdue() == []
 
 
+def test_a_prefetched_batch_deadline_starts_when_a_heartbeat_names_it(clock):
+    """With credit 2, the second batch waits while the first computes: its clock must not run then."""
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0, max_batch_size=2)
+    s.accept(b'c', 1, words(2), False)
+    s.accept(b'c', 2, words(2), False)
+    s.add_worker(b'w', credit=2, label='0')
+    first, second = s.take_batches()
+    for _ in range(5):  # the first batch computes for 25 s
+        clock.advance(5.0)
+        s.seen(b'w', first.batch_id)
+    s.done(b'w', first.batch_id)
+    s.confirm([p.piece_id for p in first.pieces])
+    for _ in range(5):  # named from 30 s on: by 50 s it was sent 50 s ago, but computes for 20 s only
+        clock.advance(5.0)
+        s.seen(b'w', second.batch_id)
+        assert s.overdue() == []
+    clock.advance(10.5)  # 30.5 s since a heartbeat first named it
+    s.seen(b'w', second.batch_id)
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and '-batch_timeout' in reason
+
+
+def test_results_that_never_reach_the_sink_declare_the_worker_lost_without_an_attempt(clock):
+    """DONE came, but the sink never confirmed (the worker cannot reach -port_worker_sink)."""
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    for _ in range(6):
+        clock.advance(5.0)
+        s.seen(b'w')
+        assert s.overdue() == []
+    clock.advance(0.5)
+    s.seen(b'w')
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and '-port_worker_sink' in reason
+    assert s.remove_worker(b'w', reason) == []
+    [again] = queued_pieces(s)
+    assert again.attempt == 0
+
+
+def test_confirmed_results_clear_the_delivery_deadline(clock):
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    s.confirm([p.piece_id for p in batch.pieces])
+    for _ in range(8):
+        clock.advance(5.0)
+        s.seen(b'w')
+    assert s.overdue() == []
+
+
 def test_a_failed_send_keeps_the_worker_but_skips_it_for_the_backoff(clock):
     s = make(clock, max_batch_size=4, priority_batch_size=0)
     s.accept(b'c', 1, words(4), False)

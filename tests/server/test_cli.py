@@ -25,3 +25,13 @@ def test_an_unknown_flag_is_argparse_s_exit_2(capfd):
         main(['-no_such_flag'])
     assert info.value.code == 2
     assert '-no_such_flag' in capfd.readouterr().err
+
+
+def test_the_start_up_table_never_shows_the_http_token(monkeypatch):
+    from bert_serving.server.args import format_args, get_args_parser
+
+    argv = ['-http_port', '8125', '-http_token', 's3cr3t-token', '-port', '7000']
+    monkeypatch.setattr('sys.argv', ['bert-serving-start', *argv])
+    table = format_args(get_args_parser().parse_args(argv))
+    assert 's3cr3t-token' not in table
+    assert '-http_token ***' in table.splitlines()[0] and 'http_token = ***' in table
