@@ -198,35 +198,27 @@ class EngineConfig:
         """The dtype of the vectors clients get: 'float16' with -fp16 (as in the original), else 'float32'."""
         return 'float16' if self.fp16 else 'float32'
 
+    def _shape_fields(self) -> dict:
+        """The flags that decide which layers are pooled, how, and into what."""
+        return {
+            'pooling_layer': list(self.pooling_layer),
+            'pooling_strategy': self.pooling_strategy.name,
+            'mask_cls_sep': self.mask_cls_sep,
+            'no_position_embeddings': self.no_position_embeddings,
+            'head_width': self.head_width,
+            'output_dtype': self.output_dtype,
+        }
+
     def output_key_fields(self) -> dict:
         """The flags that decide which vectors come out for an input, whatever the device: part of
         the fingerprint a remote worker must share with its server."""
-        return {
-            'pooling_layer': list(self.pooling_layer),
-            'pooling_strategy': self.pooling_strategy.name,
-            'mask_cls_sep': self.mask_cls_sep,
-            'no_position_embeddings': self.no_position_embeddings,
-            'head_width': self.head_width,
-            'output_dtype': self.output_dtype,
-            'max_seq_len': self.max_seq_len,
-            'do_lower_case': self.do_lower_case,
-            'no_special_token': self.no_special_token,
-            'fixed_embed_length': self.fixed_embed_length,
-            'engine': self.engine,
-        }
+        return {**self._shape_fields(), 'max_seq_len': self.max_seq_len, 'do_lower_case': self.do_lower_case,
+                'no_special_token': self.no_special_token, 'fixed_embed_length': self.fixed_embed_length,
+                'engine': self.engine}
 
     def graph_key_fields(self) -> dict:
         """The fields that shape the frozen graph (part of its cache key)."""
-        return {
-            'pooling_layer': list(self.pooling_layer),
-            'pooling_strategy': self.pooling_strategy.name,
-            'mask_cls_sep': self.mask_cls_sep,
-            'no_position_embeddings': self.no_position_embeddings,
-            'head_width': self.head_width,
-            'compute_dtype': self.compute_dtype,
-            'output_dtype': self.output_dtype,
-            'xla': self.xla,
-        }
+        return {**self._shape_fields(), 'compute_dtype': self.compute_dtype, 'xla': self.xla}
 
 
 @dataclass(frozen=True)
