@@ -19,6 +19,10 @@ from .tokenization import BertTokenizer
 
 __all__ = ['Encoder']
 
+# The fixed cost of one TensorFlow call in tokens' worth of compute: a 16-token sentence takes 6.0 ms
+# where the large batches run 7,700 tokens/s (2 vCPUs, AMD EPYC, float32), so ~4 ms = ~30 tokens.
+CALL_COST_TOKENS = 32
+
 
 class Encoder(Engine):
     """Encodes texts with a frozen BERT graph in this process.
@@ -115,17 +119,32 @@ class Encoder(Engine):
         return out
 
     def _batches(self, order: List[int], features: Sequence[Feature]):
-        """Cuts a length-sorted order into batches within the size and token budgets."""
-        batch: List[int] = []
-        for i in order:
-            length = max(1, len(features[i].input_ids))
-            if batch and (len(batch) >= self.max_batch_size
-                          or (len(batch) + 1) * length > self.max_batch_tokens):
-                yield batch
-                batch = []
-            batch.append(i)
-        if batch:
-            yield batch
+        """Cuts a length-sorted order into the batches of least total cost, within the size and
+        token budgets.
+
+        A TensorFlow call costs about CALL_COST_TOKENS tokens' worth of time plus its padded tokens
+        (B x T), so a batch is split where the padding it saves outweighs one more call: twelve
+        one-sentence requests of 8 to 60 word pieces, padded to 60 together, computed 2.5x their
+        tokens. Dynamic programming over the sorted lengths, vectorised per end point.
+        """
+        n = len(order)
+        lengths = np.array([max(1, len(features[i].input_ids)) for i in order], dtype=np.int64)
+        best = np.zeros(n + 1, dtype=np.float64)  # best[j]: least cost of the first j inputs
+        start = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that optimum starts
+        for j in range(1, n + 1):
+            t = int(lengths[j - 1])  # sorted: the batch's longest input is its last
+            width = max(1, min(self.max_batch_size, self.max_batch_tokens // t, j))
+            first = np.arange(j - width, j)
+            cost = best[first] + CALL_COST_TOKENS + (j - first) * t
+            k = int(np.argmin(cost))
+            best[j], start[j] = cost[k], first[k]
+        cuts = []
+        j = n
+        while j > 0:
+            cuts.append((int(start[j]), j))
+            j = int(start[j])
+        for a, b in reversed(cuts):
+            yield order[a:b]
 
     def encode(self, texts: Sequence, is_tokenized: bool = False) -> Tuple[np.ndarray, List[List[str]]]:
         """Encodes a request.
