@@ -236,7 +236,8 @@ class Worker:
         encoder = create_engine(self.engine, logger=self.logger, graph=self.graph,
                                 intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
                                 gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
-                                max_batch_tokens=s.max_batch_tokens)
+                                max_batch_tokens=s.max_batch_tokens,
+                                frozen_weights=True)  # a worker never trains: oneDNN may cache the weights
         encoder.encode(['warm up'])  # the first session run is slow; do it before READY
         self.logger.info('ready (%s)', s.device)
         return encoder
