@@ -12,6 +12,19 @@ _COLORS = {'VENTILATOR': 'magenta', 'SINK': 'green', 'WORKER': 'blue', 'PROXY': 
            'GRAPH': 'yellow', 'SERVER': 'magenta', 'BENCHMARK': 'cyan', 'TERMINATE': 'red'}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not to the one that existed
+    when the logger was made (which a later redirect, or a test's capture, may have closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger(role: str, verbose: bool = False) -> logging.Logger:
     """A logger that prefixes every line with the coloured role name.
 
@@ -23,7 +36,7 @@ def get_logger(role: str, verbose: bool = False) -> logging.Logger:
     logger.propagate = False
     if not logger.handlers:
         color = _COLORS.get(role.split('-')[0], 'white')
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(
             '%(levelname).1s:' + colored(role, color) + ':[%(asctime)s] %(message)s', datefmt='%H:%M:%S'))
         logger.addHandler(handler)

@@ -26,7 +26,7 @@ from .tokenization import load_vocab
 
 __all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint']
 
-GRAPH_FORMAT = 3  # bump when build_graph_def changes what it produces
+GRAPH_FORMAT = 4  # bump when build_graph_def changes what it produces
 
 
 def default_cache_dir() -> str:
