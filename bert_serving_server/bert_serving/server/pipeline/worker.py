@@ -371,6 +371,7 @@ class Worker:
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
+        t0 = time.perf_counter()
         try:
             vectors = encoder.run(features)
         except Exception as e:  # a model failure fails this batch's requests, not the worker
@@ -380,7 +381,8 @@ class Worker:
                                                   f'the model failed on this request: {type(e).__name__}: {e}',
                                                   code=ErrorCode.FAILED, serial=p.serial, piece_id=p.piece_id))
             return
-        self.logger.debug('batch %d: %d pieces, %d sequences', batch_id, len(good), len(features))
+        self.logger.debug('batch %d: %d pieces, %d sequences in %.1f ms', batch_id, len(good), len(features),
+                          1000 * (time.perf_counter() - t0))
         start = 0
         trim = encoder.trims_token_axis()
         for piece, feats in good:
