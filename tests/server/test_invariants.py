@@ -102,6 +102,56 @@ def test_many_small_batches_equal_one_big_batch_bundled(reference, encoders, gra
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
 
 
+def test_batches_take_few_shapes_and_single_inputs_keep_their_length(tiny_google_dir, graph_cache_dir):
+    """Each (B, T) a graph meets costs ~0.75 MB for good, so a batch of several inputs has one of a
+    few sizes and an even length (a multiple of 4 past 32 tokens, of 8 past 64); one input alone
+    is never padded."""
+    from bert_serving.server.engine.encoder import _batch_sizes
+
+    rng = np.random.default_rng(0)
+    words = ['alpha', 'beta', 'gamma', 'delta', 'river', 'bank', 'quick', 'fox']
+    config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None)
+    encoder = Encoder(config, max_batch_size=24)
+    try:
+        encoder.runner = counter = CountingRunner(encoder.runner)
+        for _ in range(40):
+            texts = [' '.join(rng.choice(words, size=rng.integers(1, 90))) for _ in range(rng.integers(1, 30))]
+            features = encoder.featurize(texts)
+            before = len(counter.shapes)
+            encoder.run(features)
+            lengths = sorted(len(f.input_ids) for f in features)
+            batches = counter.shapes[before:]
+            assert sum(b for b, _ in batches) == len(features)
+            for b, t in batches:
+                assert b in _batch_sizes(24), (b, t)
+                if b == 1:
+                    assert t in lengths
+                else:
+                    assert t % (2 if t <= 32 else 4 if t <= 64 else 8) == 0, (b, t)
+                    assert t - max(x for x in lengths if x <= t) < 8, (b, t)
+    finally:
+        encoder.close()
+    assert len(set(counter.shapes)) < len(counter.shapes) / 2
+
+
+def test_token_level_output_is_cut_to_the_request_when_a_batch_is_padded_past_it(tiny_google_dir, graph_cache_dir):
+    config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None,
+                          pooling_strategy='NONE')
+    encoder = Encoder(config)
+    try:
+        encoder.runner = counter = CountingRunner(encoder.runner)
+        texts = ['alpha beta gamma', 'alpha beta gamma delta fox']  # 5 and 7 tokens: a batch of T=8
+        together, tokens = encoder.encode(texts)
+        assert counter.shapes == [(2, 8)] and [len(t) for t in tokens] == [5, 7]
+        assert together.shape[:2] == (2, 7)
+        for i, text in enumerate(texts):
+            alone, _ = encoder.encode([text])
+            np.testing.assert_allclose(together[i, :alone.shape[1]], alone[0], atol=ATOL, rtol=0)
+            assert not together[i, alone.shape[1]:].any()
+    finally:
+        encoder.close()
+
+
 # --- padding ---------------------------------------------------------------------------------------
 
 

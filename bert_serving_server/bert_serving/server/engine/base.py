@@ -57,6 +57,11 @@ class Engine(abc.ABC):
         features = self.featurize(texts, is_tokenized)
         return self.run(features), [list(f.tokens) for f in features]
 
+    def warm_up(self) -> None:
+        """Runs the model once before serving, so that the first request does not pay for
+        building it."""
+        self.encode(['warm up'])
+
     def close(self) -> None:
         """Frees what the engine holds."""
 

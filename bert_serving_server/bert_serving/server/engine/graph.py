@@ -24,7 +24,8 @@ from ..errors import ConfigError, ModelError
 from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
-__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint']
+__all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint',
+           'release_free_memory']
 
 GRAPH_FORMAT = 4  # bump when build_graph_def changes what it produces
 
@@ -268,8 +269,8 @@ class GraphRunner:
         del values, feeds_init
         self._run: Callable = self._session.make_callable(output, feeds)
         self._run_narrow: Callable = self._session.make_callable(narrow, feeds)
-        self._trimmed = False
-        _release_free_memory()
+        self._untrimmed = {self._run, self._run_narrow}  # graph copies not run yet
+        release_free_memory()
 
     def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
         """Runs one padded batch.
@@ -283,9 +284,9 @@ class GraphRunner:
         rows = input_ids.shape[0] * input_ids.shape[1]
         run = self._run_narrow if NARROW_ROWS[0] <= rows <= NARROW_ROWS[1] else self._run
         out = run(input_ids, input_mask, type_ids)
-        if not self._trimmed:  # the first run optimises and builds the executor: ~200 MB of garbage
-            self._trimmed = True
-            _release_free_memory()
+        if run in self._untrimmed:  # a first run optimises and builds an executor: ~200 MB of garbage
+            self._untrimmed.discard(run)
+            release_free_memory()
         return out
 
     def close(self) -> None:
@@ -379,7 +380,7 @@ def _add_narrow_tower(graph_def) -> None:
     graph_def.node.extend(copies)
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Hands the heap's free pages back to the system (glibc only). TensorFlow frees what graph
     loading and the first run allocate, but glibc keeps the freed heap pages mapped."""
     import ctypes
