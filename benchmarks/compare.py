@@ -35,6 +35,7 @@ os.environ['TRANSFORMERS_OFFLINE'] = '1'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -48,6 +49,8 @@ from pathlib import Path  # noqa: E402
 from typing import Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from .timing import one_sentence_seconds  # noqa: E402
 
 __all__ = ['main', 'GOALS', 'evaluate_goals', 'format_report', 'percentiles_ms', 'worker_memory_mb', 'gemm_rate_gflops',
            'flop_per_token']
@@ -144,13 +147,8 @@ def measure_sentence_transformers(lines: List[str], latency_requests: int, repea
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
     say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes')
-    for s in lines[:LATENCY_WARM_UP]:
-        model.encode([s], show_progress_bar=False)
-    seconds = []
-    for i in range(latency_requests):
-        t0 = time.perf_counter()
-        model.encode([lines[i % len(lines)]], show_progress_bar=False)
-        seconds.append(time.perf_counter() - t0)
+    seconds = one_sentence_seconds(functools.partial(model.encode, show_progress_bar=False), lines,
+                                   latency_requests, LATENCY_WARM_UP)
     del model
     gc.collect()
     return {'a_sentences_per_s': len(lines) / best, 'st_latency': percentiles_ms(seconds),
@@ -276,13 +274,7 @@ def measure_many_clients(server, lines: List[str], num_clients: int) -> dict:
 def measure_latency(server, lines: List[str], requests: int) -> dict:
     say(f'(d) service: {requests} one-sentence round trips')
     with _client(server) as bc:
-        for s in lines[:LATENCY_WARM_UP]:
-            bc.encode([s])
-        seconds = []
-        for i in range(requests):
-            t0 = time.perf_counter()
-            bc.encode([lines[i % len(lines)]])
-            seconds.append(time.perf_counter() - t0)
+        seconds = one_sentence_seconds(bc.encode, lines, requests, LATENCY_WARM_UP)
     return {'service_latency': percentiles_ms(seconds)}
 
 

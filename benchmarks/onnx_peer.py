@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
+from .timing import one_sentence_seconds
+
 __all__ = ['OnnxPeer', 'export_path']
 
 INTRA_OP_THREADS = 2
@@ -129,12 +131,6 @@ def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_l
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
     say(f'ONNX Runtime: {latency_requests} one-sentence calls')
-    for s in lines[:warm_up]:
-        peer.encode([s])
-    seconds = []
-    for i in range(latency_requests):
-        t0 = time.perf_counter()
-        peer.encode([lines[i % len(lines)]])
-        seconds.append(time.perf_counter() - t0)
+    seconds = one_sentence_seconds(peer.encode, lines, latency_requests, warm_up)
     return {'sentences_per_s': len(lines) / best, 'seconds': seconds, 'vectors': vectors,
             'version': peer.version}
