@@ -222,24 +222,28 @@ class GraphRunner:
         if frozen_weights:
             os.environ.setdefault(FROZEN_WEIGHTS_ENV, '1')
             frozen_weights = os.environ[FROZEN_WEIGHTS_ENV].strip().lower() in ('1', 'true')
-        import tensorflow as tf
-        graph_def = tf.compat.v1.GraphDef()
+        # The runtime only, never the public API: a worker defers that (tfimport).
+        from tensorflow.core.framework import graph_pb2
+        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+        from tensorflow.python.client import session
+        from tensorflow.python.framework import importer, ops
+        from tensorflow.python.ops import gen_array_ops, gen_resource_variable_ops
+        graph_def = graph_pb2.GraphDef()
         try:
             with open(graph.path, 'rb') as f:
                 graph_def.ParseFromString(f.read())
         except Exception as e:
             raise ModelError(f'{graph.path} is not a valid frozen graph ({e}); delete it to rebuild') from e
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
-                                          inter_op_parallelism_threads=inter_op_threads,
-                                          allow_soft_placement=True)
+        config = config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                        inter_op_parallelism_threads=inter_op_threads,
+                                        allow_soft_placement=True)
         if gpu_memory_fraction is not None:
             config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
             config.gpu_options.allow_growth = False
         if xla:
-            config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+            config.graph_options.optimizer_options.global_jit_level = config_pb2.OptimizerOptions.ON_1
         # The device-independent passes already ran when the graph was cached; skipping them here
         # saves ~0.6 s of every worker's start. Device-specific ones (remapper fusions, layout) stay.
-        from tensorflow.core.protobuf import rewriter_config_pb2
         off = rewriter_config_pb2.RewriterConfig.OFF
         rw = config.graph_options.rewrite_options
         for name in ('constant_folding', 'arithmetic_optimization', 'dependency_optimization',
@@ -247,15 +251,16 @@ class GraphRunner:
             setattr(rw, name, off)
         values = _constants_to_variables(graph_def, f'{os.getpid()}-{id(self)}', with_kernels=frozen_weights)
         _add_narrow_tower(graph_def)
-        self._graph = tf.Graph()
+        self._graph = ops.Graph()
         with self._graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name='')
+            importer.import_graph_def(graph_def, name='')
             del graph_def
             feeds_init, assigns = {}, []
             for name, value in values:
-                ph = tf.compat.v1.placeholder(value.dtype, value.shape, name=f'{name}/init_value')
+                ph = gen_array_ops.placeholder(dtype=value.dtype, shape=value.shape, name=f'{name}/init_value')
                 handle = self._graph.get_tensor_by_name(f'{name}/handle:0')
-                assigns.append(tf.raw_ops.AssignVariableOp(resource=handle, value=ph, name=f'{name}/init'))
+                assigns.append(gen_resource_variable_ops.assign_variable_op(resource=handle, value=ph,
+                                                                            name=f'{name}/init'))
                 feeds_init[ph] = value
         try:
             feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
@@ -263,7 +268,7 @@ class GraphRunner:
             narrow = self._graph.get_tensor_by_name(NARROW_PREFIX + OUTPUT_NAME + ':0')
         except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
             raise ModelError(f'{graph.path} is not a bert-serving graph (no {e}); delete it to rebuild') from e
-        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        self._session = session.Session(graph=self._graph, config=config)
         if assigns:
             self._session.run(assigns, feeds_init)
         del values, feeds_init

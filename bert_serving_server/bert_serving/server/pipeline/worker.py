@@ -36,6 +36,7 @@ from bert_serving.client.security import CurveKeys, secure_client_socket
 from ..config import EngineConfig
 from ..engine.checkpoint import BertConfig, ModelFiles
 from ..engine.graph import FrozenGraph, release_free_memory
+from ..engine.tfimport import defer_public_api
 from ..log import get_logger
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
@@ -233,6 +234,8 @@ class Worker:
     def _load(self):
         from ..engine.base import create_engine
         s = self.settings
+        if self.engine.engine != 'fake':
+            defer_public_api()  # this process runs the graph: the runtime without the public API
         self.logger.info('loading the %s engine on %s...', self.engine.engine, s.device)
         encoder = create_engine(self.engine, logger=self.logger, graph=self.graph,
                                 intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
