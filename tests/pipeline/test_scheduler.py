@@ -123,6 +123,9 @@ def test_batches_mix_clients_up_to_max_batch_size(clock):
         s.accept(b'client-%d' % i, i, words(n), False)
     s.add_worker(b'w', credit=5, label='0')
     batches = s.take_batches()
+    assert len(batches) == 1  # the 5 rows left do not fill a batch: no prefetch
+    s.done(b'w', batches[0].batch_id)
+    batches += s.take_batches()
     assert [[p.client for p in b.pieces] for b in batches] == [[b'client-0', b'client-1', b'client-2'],
                                                                [b'client-3']]
     assert [sum(len(p.rows) for p in b.pieces) for b in batches] == [9, 5]
@@ -151,6 +154,25 @@ def test_a_worker_gets_at_most_its_credit_and_done_returns_one(clock):
     s.done(b'w', 12345)  # nor does one of a batch it never had
     assert len(s.take_batches()) == 1
     assert s.take_batches() == []
+
+
+def test_a_busy_worker_gets_a_batch_ahead_only_when_the_queue_fills_one(clock):
+    """Small requests queued behind a computing worker wait for its DONE and go as one batch
+    (fewer, larger model calls); a queue that fills max_batch_size rows is prefetched at once."""
+    s = make(clock, max_batch_size=8, priority_batch_size=0)
+    s.accept(b'c', 0, words(3), False)
+    s.add_worker(b'w', credit=2, label='0')
+    [first] = s.take_batches()
+    for i in range(1, 5):  # 4 one-row requests arrive while the first batch computes
+        s.accept(b'c%d' % i, i, words(1), False)
+        assert s.take_batches() == []
+    s.done(b'w', first.batch_id)
+    [joined] = s.take_batches()
+    assert [p.client for p in joined.pieces] == [b'c1', b'c2', b'c3', b'c4']
+    s.accept(b'big', 9, words(8), False)  # a whole batch queued: prefetched behind the one computing
+    [ahead] = s.take_batches()
+    assert [p.client for p in ahead.pieces] == [b'big']
+    assert sorted(s.workers[b'w'].batches) == [joined.batch_id, ahead.batch_id]
 
 
 def test_the_least_busy_worker_goes_first(clock):
@@ -663,6 +685,8 @@ def test_a_piece_on_its_retry_goes_in_a_batch_of_its_own(clock):
     s.remove_worker(b'w1', 'died')
     s.accept(b'other', 1, words(2), False)
     s.add_worker(b'w2', credit=2, label='2')
-    retry, rest = s.take_batches()
+    [retry] = s.take_batches()
+    s.done(b'w2', retry.batch_id)
+    [rest] = s.take_batches()
     assert [p.client for p in retry.pieces] == [b'poison'] and retry.pieces[0].attempt == 1
     assert [p.client for p in rest.pieces] == [b'other']

@@ -98,7 +98,9 @@ def _add_compute_args(group) -> None:
                        help='GPU ids for the workers, reused round-robin when fewer than workers')
     group.add_argument('-prefetch_size', type=int, default=10,
                        help='batches a worker may hold ahead of the one it computes '
-                            '(capped at 2 in practice; 0 disables prefetching)')
+                            '(capped at 2 in practice; 0 disables prefetching). A batch goes ahead '
+                            'only when the queue fills one (-max_batch_size rows); smaller requests '
+                            'wait for the worker and join one larger batch')
     group.add_argument('-fixed_embed_length', action='store_true', default=False,
                        help='with NONE pooling and -max_seq_len NONE, pad the token axis to '
                             'max_position_embeddings so every result has the same shape')
