@@ -24,6 +24,15 @@ def _no_children() -> set:
     return children_of(os.getpid())
 
 
+def _shared_libraries(pid: int) -> set:
+    """Which of a few markers the paths of a process's mapped files contain."""
+    with open(f'/proc/{pid}/maps') as f:
+        paths = {line.split()[-1] for line in f if '/' in line}
+    markers = {'libtensorflow_cc': 'libtensorflow_cc', 'libtensorflow_framework': 'libtensorflow_framework',
+               'h5py': '/h5py/', 'scipy': '/scipy/', 'lite': '/tensorflow/lite/'}
+    return {name for name, part in markers.items() if any(part in p for p in paths)}
+
+
 def test_helper_import_of_1x_still_works():
     from bert_serving.server.helper import get_args_parser
 
@@ -42,6 +51,11 @@ def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected
         with BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=20000) as bc:
             np.testing.assert_allclose(bc.encode(['hello world']), tiny_expected.many(['hello world']), atol=1e-5)
         processes = list(server.processes)
+        [worker] = [p for p in processes if p.name == 'WORKER-0']
+        assert _shared_libraries(worker.pid) & {'libtensorflow_cc', 'libtensorflow_framework'}
+        # The worker ran the model without TensorFlow's public API (engine/tfimport.py): that API
+        # loads h5py (a TensorFlow dependency), TF Lite's bindings and, when installed, SciPy.
+        assert not _shared_libraries(worker.pid) & {'h5py', 'scipy', 'lite'}
     assert not server.is_alive()
     assert not any(p.is_alive() for p in processes)
     assert server.failure is None
