@@ -91,3 +91,26 @@ def test_nothing_changes_once_tensorflow_is_imported():
     before = sys.modules['tensorflow']
     assert defer_public_api() is False
     assert sys.modules['tensorflow'] is before
+
+
+def test_importing_a_part_of_the_generated_api_loads_the_public_api_first():
+    """``tensorflow.compat`` is not in the package's directory: the real ``__init__`` puts the
+    generated API on the package's path. Such an import must load the API, and then find the same
+    module as ``tf.compat.v1``; the import hook goes away with the stand-in."""
+    script = r'''
+import sys
+from bert_serving.server.engine.tfimport import _ApiImportHook, defer_public_api
+assert defer_public_api()
+from tensorflow.python.client import session  # in the package's directory: stays deferred
+assert type(sys.modules['tensorflow']).__name__ == '_DeferredPackage'
+import tensorflow.compat.v1 as tf1
+assert type(sys.modules['tensorflow']).__name__ == 'module'
+import tensorflow as tf
+assert tf.compat.v1 is tf1, (tf.compat.v1, tf1)
+assert not any(isinstance(f, _ApiImportHook) for f in sys.meta_path)
+print('OK', tf1.GraphDef.__name__)
+'''
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ['OK', 'GraphDef']

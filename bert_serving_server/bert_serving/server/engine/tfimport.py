@@ -11,12 +11,15 @@ modules, which import without the package's ``__init__``. Measured on this proje
 :func:`defer_public_api` puts a stand-in for the ``tensorflow`` package into ``sys.modules``. It
 carries the package's path, so submodules import as usual; the first attribute anyone reads from
 it (``tf.Graph``, ``tf.__version__``) runs the real ``__init__`` into the same module object, so
-code that needs the public API still gets all of it, only later.
+code that needs the public API still gets all of it, only later. So does an import of a part of
+the generated API (``import tensorflow.compat.v1``).
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -37,11 +40,46 @@ class _DeferredPackage(types.ModuleType):
     set, so importing submodules never triggers the load."""
 
     def __getattr__(self, name: str):
-        with _lock:
-            if isinstance(self, _DeferredPackage):  # another thread may have loaded it meanwhile
-                self.__class__ = types.ModuleType
-                self.__spec__.loader.exec_module(self)
+        _load(self)
         return getattr(self, name)
+
+
+class _ApiImportHook(importlib.abc.MetaPathFinder):
+    """Loads the public API before the import of a ``tensorflow.X`` that is not in the package's
+    directory: the real ``__init__`` puts the generated API (``tensorflow.compat`` and the like)
+    on the package's path, and ``import tensorflow.compat.v1`` must then find the same module as
+    ``tf.compat.v1``."""
+
+    def __init__(self, locations):
+        self.locations = list(locations)
+
+    def find_spec(self, fullname, path=None, target=None):
+        parts = fullname.split('.')
+        package = sys.modules.get('tensorflow')
+        if len(parts) > 1 and parts[0] == 'tensorflow' and isinstance(package, _DeferredPackage) \
+                and not any(_has_entry(location, parts[1]) for location in self.locations):
+            _load(package)
+        return None  # the usual finders import it
+
+
+def _has_entry(directory: str, name: str) -> bool:
+    """A subpackage, a module or an extension module ``name`` in ``directory``."""
+    if os.path.isdir(os.path.join(directory, name)) or os.path.isfile(os.path.join(directory, name + '.py')):
+        return True
+    try:
+        return any(entry.startswith(name + '.') for entry in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _load(package: types.ModuleType) -> None:
+    """Runs the real ``__init__`` into the stand-in, once, and removes the import hook."""
+    with _lock:
+        if not isinstance(package, _DeferredPackage):  # another thread loaded it meanwhile
+            return
+        package.__class__ = types.ModuleType
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ApiImportHook)]
+        package.__spec__.loader.exec_module(package)
 
 
 def defer_public_api() -> bool:
@@ -68,4 +106,5 @@ def defer_public_api() -> bool:
         package.__path__ = list(spec.submodule_search_locations)
         package.__package__ = 'tensorflow'
         sys.modules['tensorflow'] = package
+        sys.meta_path.insert(0, _ApiImportHook(package.__path__))
         return True
