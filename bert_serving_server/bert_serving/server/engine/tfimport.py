@@ -51,25 +51,21 @@ class _ApiImportHook(importlib.abc.MetaPathFinder):
     ``tf.compat.v1``."""
 
     def __init__(self, locations):
-        self.locations = list(locations)
+        # Names of the package directory's entries: subpackages, modules, extension modules.
+        self.entries = set()
+        for location in locations:
+            try:
+                self.entries.update(entry.split('.')[0] for entry in os.listdir(location))
+            except OSError:
+                continue
 
     def find_spec(self, fullname, path=None, target=None):
         parts = fullname.split('.')
         package = sys.modules.get('tensorflow')
-        if len(parts) > 1 and parts[0] == 'tensorflow' and isinstance(package, _DeferredPackage) \
-                and not any(_has_entry(location, parts[1]) for location in self.locations):
+        if len(parts) > 1 and parts[0] == 'tensorflow' and parts[1] not in self.entries \
+                and isinstance(package, _DeferredPackage):
             _load(package)
         return None  # the usual finders import it
-
-
-def _has_entry(directory: str, name: str) -> bool:
-    """A subpackage, a module or an extension module ``name`` in ``directory``."""
-    if os.path.isdir(os.path.join(directory, name)) or os.path.isfile(os.path.join(directory, name + '.py')):
-        return True
-    try:
-        return any(entry.startswith(name + '.') for entry in os.listdir(directory))
-    except OSError:
-        return False
 
 
 def _load(package: types.ModuleType) -> None:
