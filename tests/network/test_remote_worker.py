@@ -76,8 +76,10 @@ def test_remote_worker_serves_survives_kill_and_cut_link(hosts, tmp_path):
     # Both hosts do work.
     busy = wait_for(lambda: _remote_ready(hosts, min_batches=5), 30)
     assert busy and busy[0]['host'] != '', 'the remote worker did no work'
-    local = [w for w in _workers(hosts) if not w['remote']]
-    assert local and local[0]['state'] == 'ready'
+    # The local worker may join after the remote one has served a few batches (the remote one
+    # waits for the server's port; the local one starts only once the server is up).
+    assert wait_for(lambda: [w for w in _workers(hosts) or [] if not w['remote'] and w['state'] == 'ready'], 30), \
+        'the local worker never became ready'
 
     # kill -9 on host B mid-traffic: A's worker serves the rest; a new B worker joins.
     hosts.stop(remote, signal.SIGKILL)

@@ -77,9 +77,11 @@ def test_layouts_give_identical_vectors(case, tiny_hf_dir, tiny_hf_prefixed_dir,
         np.testing.assert_allclose(other_vectors, vectors, atol=1e-6, rtol=0, err_msg=name)
 
 
+# layer_shards 2: each block split into two heads and two halves of the feed-forward units.
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
 @pytest.mark.parametrize('case', STRATEGY_CASES + MASK_CLS_SEP_CASES, ids=_case_id)
-def test_graph_equals_numpy_bert(case, tiny_google_dir, base_weights, tiny_texts, encoders):
-    encoder = encoders.get(model_dir=str(tiny_google_dir), **case)
+def test_graph_equals_numpy_bert(case, layer_shards, tiny_google_dir, base_weights, tiny_texts, encoders):
+    encoder = encoders.get(model_dir=str(tiny_google_dir), layer_shards=layer_shards, **case)
     vectors, tokens = encoder.encode(tiny_texts)
 
     ids, mask, types = inputs_from_tokens(tiny_google_dir / 'vocab.txt', tokens)

@@ -58,10 +58,13 @@ def test_pretokenized_inputs_match_reference(reference, encoders):
     np.testing.assert_allclose(vectors, reference.arrays['tokenized_default'], atol=ATOL, rtol=RTOL)
 
 
+# 1: the graph of the in-process Encoder and of GPU workers; 2: what a CPU worker with two or more
+# cores runs (each block split into two groups of heads and feed-forward units).
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
 @pytest.mark.parametrize('name', CONFIG_NAMES)
-def test_config_matches_reference(name, reference, encoders):
+def test_config_matches_reference(name, layer_shards, reference, encoders):
     ref_config = reference.configs[name]
-    encoder = encoders.get(**_engine_fields(ref_config))
+    encoder = encoders.get(**_engine_fields(ref_config), layer_shards=layer_shards)
 
     vectors, tokens = encoder.encode(reference.texts)
 

@@ -25,7 +25,8 @@ import os, sys
 import numpy as np
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
-enc = Encoder(EngineConfig(model_dir=sys.argv[1], max_seq_len=128, pooling_layer=(-1,)))
+enc = Encoder(EngineConfig(model_dir=sys.argv[1], max_seq_len=128, pooling_layer=(-1,),
+                           layer_shards=int(sys.argv[2])))
 for rnd in ('first', 'again'):
     for b, t in %r:
         ids = np.full((b, t), 2000, np.int32)
@@ -35,11 +36,11 @@ os.write(2, b'CALL end\n')
 ''' % (SHAPES,)
 
 
-def _weight_reorders_per_call(model_dir) -> dict:
+def _weight_reorders_per_call(model_dir, layer_shards: int) -> dict:
     """{'first 1x4': n, ...}: oneDNN reorders of a weight matrix (a transposed 2-D source, 'ba') per call."""
     env = dict(os.environ, ONEDNN_VERBOSE='1', TF_CPP_MIN_LOG_LEVEL='2')
     # One pipe for both streams keeps oneDNN's lines (stdout, flushed per line) in order with ours.
-    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(model_dir)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(model_dir), str(layer_shards)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:]
     counts, current = {}, None
@@ -54,14 +55,17 @@ def _weight_reorders_per_call(model_dir) -> dict:
     return counts
 
 
-def test_each_graph_copy_reorders_the_weights_once_whatever_the_order_of_shapes(bundled_model_dir):
-    counts = _weight_reorders_per_call(bundled_model_dir)
+# A block split in two parts has twice as many (half as large) dense kernels: 48 instead of 24.
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
+def test_each_graph_copy_reorders_the_weights_once_whatever_the_order_of_shapes(bundled_model_dir, layer_shards):
+    kernels = 24 * layer_shards
+    counts = _weight_reorders_per_call(bundled_model_dir, layer_shards)
     again = {k: v for k, v in counts.items() if k.startswith('again')}
     assert len(again) == len(SHAPES)
     assert all(v == 0 for v in again.values()), f'weights reordered on a repeated call: {again}'
     first = [counts[f'first {b}x{t}'] for b, t in SHAPES]
-    # One graph copy per layout: its first call reorders the 24 dense kernels, no later call does.
-    assert sum(first) == 2 * 24, f'reorders per first call: {dict(zip(SHAPES, first))}'
+    # One graph copy per layout: its first call reorders the dense kernels, no later call does.
+    assert sum(first) == 2 * kernels, f'reorders per first call: {dict(zip(SHAPES, first))}'
 
 
 def test_both_graph_copies_give_the_same_vectors(bundled_model_dir):

@@ -111,6 +111,10 @@ class EngineConfig:
             from its device plan before it prepares the graph, since -cpu alone does not say
             whether a GPU was found. It only matters with fp16 (see ``compute_dtype``).
         xla: compile the graph with XLA.
+        layer_shards: split each transformer block into this many independent parts (groups of
+            heads and feed-forward units) that TensorFlow runs side by side on its inter-op
+            threads; the server sets it from the CPU cores of a worker (see engine.devices). The
+            vectors are the same up to float rounding.
         fixed_embed_length: with NONE pooling and max_seq_len NONE, pad the
             token axis to max_position_embeddings.
         engine: ``tensorflow`` (the model), or ``fake``, a numpy stand-in for testing the
@@ -133,6 +137,7 @@ class EngineConfig:
     bf16: bool = False
     on_gpu: bool = False
     xla: bool = False
+    layer_shards: int = 1
     fixed_embed_length: bool = False
     engine: str = 'tensorflow'
     verbose: bool = False
@@ -156,6 +161,8 @@ class EngineConfig:
             raise ConfigError('choose one of fp16 and bf16')
         if int(self.num_labels) < 1:
             raise ConfigError(f'num_labels must be >= 1, got {self.num_labels}')
+        if int(self.layer_shards) < 1:
+            raise ConfigError(f'layer_shards must be >= 1, got {self.layer_shards}')
 
     @classmethod
     def from_namespace(cls, args) -> 'EngineConfig':
@@ -218,7 +225,8 @@ class EngineConfig:
 
     def graph_key_fields(self) -> dict:
         """The fields that shape the frozen graph (part of its cache key)."""
-        return {**self._shape_fields(), 'compute_dtype': self.compute_dtype, 'xla': self.xla}
+        return {**self._shape_fields(), 'compute_dtype': self.compute_dtype, 'xla': self.xla,
+                'layer_shards': int(self.layer_shards)}
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, ServerConfig
 from .errors import ConfigError
-from .engine.devices import cpu_threads, plan_devices
-from .engine.graph import fingerprint, prepare_graph, tensorflow_version
+from .engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
+from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensorflow_version
 from .log import get_logger
 from .pipeline.launcher import ChildProcess
 from .pipeline.scheduler import Scheduler, SchedulerConfig
@@ -89,9 +89,13 @@ class BertServer(threading.Thread):
                                    f'({e})') from e
             self.proxy_settings = ProxySettings.from_namespace(args, curve_keys=self.proxy_keys)
         self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
-        # Devices first: where the workers run decides -fp16's compute dtype, part of the graph.
-        self.engine_config = dataclasses.replace(EngineConfig.from_namespace(args),
-                                                 on_gpu=any(d >= 0 for d in self.devices))
+        # Devices first: where the workers run decides -fp16's compute dtype and how the blocks
+        # are split (on the CPU cores of a worker), both part of the graph.
+        on_gpu = any(d >= 0 for d in self.devices)
+        self.cpu_threads = cpu_threads(sum(1 for d in self.devices if d < 0))
+        self.engine_config = dataclasses.replace(
+            EngineConfig.from_namespace(args), on_gpu=on_gpu,
+            layer_shards=1 if on_gpu else planned_layer_shards(self.cpu_threads))
         self.graph = None
         if self.engine_config.engine != 'fake':
             self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose))
@@ -194,8 +198,8 @@ class BertServer(threading.Thread):
 
     def _spawn_worker(self, worker_id: int, generation: int):
         device = self.devices[worker_id]
-        num_cpu = sum(1 for d in self.devices if d < 0)
-        intra, inter = cpu_threads(num_cpu) if device < 0 else (0, 0)
+        intra, inter = session_threads(self.cpu_threads, graph_layer_shards(self.engine_config, self.graph)) \
+            if device < 0 else (0, 0)
         cfg = self.server_config
         settings = WorkerSettings(
             name=f'WORKER-{worker_id}', identity=f'worker-{worker_id}-{generation}', fingerprint=self.fingerprint,

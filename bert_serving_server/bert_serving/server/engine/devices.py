@@ -6,7 +6,7 @@ import logging
 import os
 from typing import List, Sequence, Tuple
 
-__all__ = ['plan_devices', 'cpu_threads', 'cpu_has_fast_bf16']
+__all__ = ['plan_devices', 'cpu_threads', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16']
 
 # /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
 _BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
@@ -45,10 +45,29 @@ def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int],
     return [chosen[i % len(chosen)] for i in range(num_worker)]
 
 
-def cpu_threads(num_cpu_workers: int) -> Tuple[int, int]:
-    """(intra_op, inter_op) threads for each CPU worker: the cores split evenly."""
+def cpu_threads(num_cpu_workers: int) -> int:
+    """The CPU cores each CPU worker gets: the cores split evenly, at least one."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, cores // max(1, num_cpu_workers)), 1
+    return max(1, cores // max(1, num_cpu_workers))
+
+
+# A block split in two runs a one-sentence request in ~5 ms instead of ~7.5 on two cores
+# (docs/benchmark.md). More parts than two were never measured, so a worker with more cores splits
+# in two and gives each part's ops the rest of its cores as intra-op threads.
+MAX_LAYER_SHARDS = 2
+
+
+def planned_layer_shards(threads: int) -> int:
+    """How many parts a CPU worker with ``threads`` cores splits each transformer block into."""
+    return max(1, min(int(threads), MAX_LAYER_SHARDS))
+
+
+def session_threads(threads: int, shards: int) -> Tuple[int, int]:
+    """(intra_op, inter_op) threads of a CPU worker's session: one inter-op thread per part of a
+    block (``shards``, from modeling.layer_shards), so that the parts run side by side, and the
+    cores left over as intra-op threads of each op."""
+    shards = max(1, int(shards))
+    return max(1, int(threads) // shards), shards
 
 
 @functools.lru_cache(maxsize=1)

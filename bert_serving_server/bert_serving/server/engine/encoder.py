@@ -12,8 +12,9 @@ import numpy as np
 
 from ..config import EngineConfig, PoolingStrategy
 from .base import Engine
+from .devices import cpu_threads, session_threads
 from .features import Feature, pad_batch, to_features
-from .graph import NARROW_ROWS, FrozenGraph, GraphRunner, prepare_graph
+from .graph import NARROW_ROWS, FrozenGraph, GraphRunner, graph_layer_shards, prepare_graph
 from .modeling import output_width
 from .tokenization import BertTokenizer
 
@@ -39,7 +40,9 @@ class Encoder(Engine):
     Args:
         config: the engine configuration.
         logger: where progress goes.
-        intra_op_threads / inter_op_threads: TensorFlow thread pools (0 = TF's choice).
+        intra_op_threads / inter_op_threads: TensorFlow thread pools (0 = TF's choice; both 0
+            with a graph whose blocks are split (``config.layer_shards``) = one inter-op thread
+            per part and the other cores as intra-op threads).
         gpu_memory_fraction: GPU memory cap per process.
         max_batch_size: most sequences per TensorFlow call.
         max_batch_tokens: most padded tokens (B x T) per TensorFlow call.
@@ -60,6 +63,9 @@ class Encoder(Engine):
         self.graph: FrozenGraph = graph or prepare_graph(config, self.logger)
         self.bert_config = self.graph.bert_config
         self.tokenizer = BertTokenizer(self.graph.files.vocab_path, do_lower_case=config.do_lower_case)
+        shards = graph_layer_shards(config, self.graph)
+        if shards > 1 and not intra_op_threads and not inter_op_threads:
+            intra_op_threads, inter_op_threads = session_threads(cpu_threads(1), shards)
         self.runner = GraphRunner(self.graph, xla=config.xla, intra_op_threads=intra_op_threads,
                                   inter_op_threads=inter_op_threads,
                                   gpu_memory_fraction=gpu_memory_fraction, frozen_weights=frozen_weights)

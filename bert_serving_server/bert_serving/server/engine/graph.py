@@ -21,13 +21,13 @@ import numpy as np
 from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
 from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError, ModelError
-from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layers_to_compute, resolve_layers
+from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layer_shards, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
 __all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint',
-           'release_free_memory']
+           'graph_layer_shards', 'release_free_memory']
 
-GRAPH_FORMAT = 4  # bump when build_graph_def changes what it produces
+GRAPH_FORMAT = 5  # bump when build_graph_def changes what it produces
 
 
 def default_cache_dir() -> str:
@@ -81,6 +81,11 @@ def cache_key(cfg: EngineConfig, files: ModelFiles) -> str:
             'files': [(os.path.basename(p), _file_digest(p)) for p in files.content_files()]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()
+
+
+def graph_layer_shards(cfg: EngineConfig, graph: Optional[FrozenGraph]) -> int:
+    """How many parts each block of ``graph`` (built for ``cfg``) is split into; 1 without a graph."""
+    return 1 if graph is None else layer_shards(cfg.layer_shards, graph.bert_config)
 
 
 def fingerprint(cfg: EngineConfig, files: Optional[ModelFiles]) -> str:

@@ -19,7 +19,7 @@ from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError
 
 __all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
-           'output_width']
+           'output_width', 'layer_shards']
 
 INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
 OUTPUT_NAME = 'final_encodes'
@@ -50,6 +50,15 @@ def layers_to_compute(cfg: EngineConfig, bc: BertConfig) -> int:
     return max(resolve_layers(cfg, bc)) + 1
 
 
+def layer_shards(requested: int, bc: BertConfig) -> int:
+    """How many parts each block is split into: the largest count up to ``requested`` that divides
+    both the attention heads and the intermediate width (1 = no split)."""
+    for k in range(max(1, int(requested)), 1, -1):
+        if bc.num_attention_heads % k == 0 and bc.intermediate_size % k == 0:
+            return k
+    return 1
+
+
 def output_width(cfg: EngineConfig, bc: BertConfig) -> int:
     """Width of one output vector (the last axis)."""
     s = cfg.pooling_strategy
@@ -73,6 +82,8 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     With ``cfg.mask_cls_sep`` the graph itself zeroes the mask at the ids of [CLS] and [SEP]
     (``cls_id``, ``sep_id``), and that one mask feeds attention and pooling, as in the original.
 
+    Each block is split into ``layer_shards(cfg.layer_shards, bc)`` independent parts (see ``block``).
+
     Returns:
         A ``tf.compat.v1.GraphDef``.
     """
@@ -86,9 +97,6 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
 
     def const(name: str) -> 'tf.Tensor':
         return tf.constant(weights[name].astype(np_dtype), name=name.replace('/', '_'))
-
-    def dense(x, prefix: str):  # x: [B*T, in] -> [B*T, out]
-        return tf.nn.bias_add(tf.matmul(x, const(prefix + '/kernel')), const(prefix + '/bias'))
 
     def layer_norm(x, prefix: str):
         # Statistics in float32 even in fp16 graphs: an eps of 1e-12 underflows in half precision.
@@ -140,23 +148,58 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
         # padding, and padding still cannot change a vector.
         attn_bias = ((real - mask) * -10000.0 + (1.0 - real) * -1e9)[:, tf.newaxis, tf.newaxis, :]
 
+        shards = layer_shards(cfg.layer_shards, bc)
+        width = d // shards  # the hidden units of one shard's heads
+
+        def array(value: np.ndarray, name: str):
+            return tf.constant(value.astype(np_dtype), name=name)
+
+        def join(parts, residual):
+            # One part: the residual add oneDNN fuses into the dense layer. Several: one AddN, which
+            # nothing fuses, so no part waits for another.
+            return parts[0] + residual if len(parts) == 1 else tf.add_n(parts + [residual])
+
+        def block(x, p: str):
+            """One transformer block on [B*T, D], split into ``shards`` independent parts (a
+            disjoint group of heads each, and a slice of the feed-forward units) that meet only
+            where their contributions are added: TensorFlow runs the parts side by side on its
+            inter-op threads. The attention output and the second feed-forward layer are summed
+            over their input units in parts, each with an even share of the bias, so that every
+            part is the same fused oneDNN kernel (Grappler would fold a zero bias away)."""
+            name = p.replace('/', '_')
+            # Q, K and V in one matmul per shard; the 1/sqrt(S) score scale is folded into Q's weights.
+            qkv_w, qkv_b = _fused_qkv(weights, p, 1.0 / math.sqrt(s))
+            wo, bo = weights[p + 'attention/output/dense/kernel'], weights[p + 'attention/output/dense/bias']
+            w1, b1 = weights[p + 'intermediate/dense/kernel'], weights[p + 'intermediate/dense/bias']
+            w2, b2 = weights[p + 'output/dense/kernel'], weights[p + 'output/dense/bias']
+            units = w1.shape[1] // shards
+            attended, fed = [], []
+            for i in range(shards):
+                cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
+                qkv = tf.nn.bias_add(tf.matmul(x, array(qkv_w[:, cols], f'{name}qkv_{i}')),
+                                     array(qkv_b[cols], f'{name}qkv_bias_{i}'))  # [B*T, 3 x D/shards]
+                # Heads stay where the matmul put them: each einsum is one oneDNN matmul with
+                # strides, where transposes to [B, N, T, S] and back cost two reorders per layer.
+                qkv = tf.reshape(qkv, [b, t, 3, n_heads // shards, s])
+                q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N/shards, S]
+                scores = tf.einsum('btns,bmns->bntm', q, k)  # [B, N/shards, T, T]
+                probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
+                ctx = tf.reshape(tf.einsum('bntm,bmns->btns', probs, v), [b * t, width])
+                rows = slice(i * width, (i + 1) * width)
+                attended.append(tf.nn.bias_add(tf.matmul(ctx, array(wo[rows], f'{name}attention_out_{i}')),
+                                               array(bo / shards, f'{name}attention_out_bias_{i}')))
+            x = layer_norm(join(attended, x), p + 'attention/output/LayerNorm')
+            for i in range(shards):
+                part = slice(i * units, (i + 1) * units)
+                hidden = activation(tf.nn.bias_add(tf.matmul(x, array(w1[:, part], f'{name}intermediate_{i}')),
+                                                   array(b1[part], f'{name}intermediate_bias_{i}')))  # [B*T, I/shards]
+                fed.append(tf.nn.bias_add(tf.matmul(hidden, array(w2[part], f'{name}output_{i}')),
+                                          array(b2 / shards, f'{name}output_bias_{i}')))
+            return layer_norm(join(fed, x), p + 'output/LayerNorm')
+
         layer_outputs = []
         for n in range(num_layers):
-            p = f'encoder/layer_{n}/'
-            # Q, K and V in one matmul; the 1/sqrt(S) score scale is folded into Q's weights.
-            qkv_w, qkv_b = _fused_qkv(weights, p, 1.0 / math.sqrt(s))
-            qkv = tf.nn.bias_add(tf.matmul(x, tf.constant(qkv_w.astype(np_dtype))),
-                                 tf.constant(qkv_b.astype(np_dtype)))  # [B*T, 3D]
-            # Heads stay where the matmul put them: each einsum is one oneDNN matmul with strides,
-            # where transposes to [B, N, T, S] and back cost two reorders per layer.
-            qkv = tf.reshape(qkv, [b, t, 3, n_heads, s])
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N, S]
-            scores = tf.einsum('btns,bmns->bntm', q, k)  # [B, N, T, T]
-            probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
-            ctx = tf.reshape(tf.einsum('bntm,bmns->btns', probs, v), [b * t, d])  # [B*T, D]
-            x = layer_norm(dense(ctx, p + 'attention/output/dense') + x, p + 'attention/output/LayerNorm')
-            hidden = activation(dense(x, p + 'intermediate/dense'))  # [B*T, I]
-            x = layer_norm(dense(hidden, p + 'output/dense') + x, p + 'output/LayerNorm')
+            x = block(x, f'encoder/layer_{n}/')
             layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
 
         pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask)

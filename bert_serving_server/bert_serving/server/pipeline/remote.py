@@ -29,14 +29,16 @@ def run_remote(args) -> int:
     Returns:
         the exit code: 0 stopped, 2 cannot start, 3 refused by the server.
     """
-    from ..engine.devices import cpu_threads, plan_devices
-    from ..engine.graph import fingerprint, prepare_graph
+    from ..engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
+    from ..engine.graph import fingerprint, graph_layer_shards, prepare_graph
 
     logger = get_logger('WORKER', args.verbose)
     devices = plan_devices(1, args.cpu, args.device_map, logger)
-    engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=devices[0] >= 0)
+    on_gpu, threads = devices[0] >= 0, cpu_threads(1)
+    engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=on_gpu,
+                                 layer_shards=1 if on_gpu else planned_layer_shards(threads))
     graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose))
-    intra, inter = cpu_threads(1) if devices[0] < 0 else (0, 0)
+    intra, inter = (0, 0) if on_gpu else session_threads(threads, graph_layer_shards(engine, graph))
     keys = CurveKeys.from_files(args.server_key, args.client_key)
     host, pid = socket.gethostname(), os.getpid()
     settings = WorkerSettings(
