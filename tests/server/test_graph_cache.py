@@ -3,6 +3,7 @@ new one, and the cache lives in a persistent user directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from bert_serving.server.engine import graph
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
+from bert_serving.server.errors import ModelError
 
 
 @pytest.fixture
@@ -150,3 +152,33 @@ def test_graph_without_tmp_dir_persists_in_the_user_cache(monkeypatch, tmp_path,
     assert Path(built.path).name.startswith('bert-graph-')  # named by its key, so a restart finds it
     assert os.path.isfile(built.path)
     assert graph.prepare_graph(config).from_cache
+
+
+def test_an_isolated_build_caches_the_same_graph_as_an_in_process_one(tiny_hf_dir, tmp_path):
+    config = EngineConfig(model_dir=str(tiny_hf_dir), graph_tmp_dir=str(tmp_path / 'isolated'), layer_shards=2)
+
+    built = graph.prepare_graph(config, isolated=True)  # in a child process
+    again = graph.prepare_graph(config, isolated=True)
+    here = graph.prepare_graph(dataclasses.replace(config, graph_tmp_dir=str(tmp_path / 'here')))
+
+    assert not built.from_cache and os.path.isfile(built.path)
+    assert again.from_cache and again.path == built.path
+    assert os.path.basename(here.path) == os.path.basename(built.path)
+    assert built.bert_config == here.bert_config and built.files == here.files
+
+
+def test_an_isolated_build_raises_the_builders_error_with_its_message(model_copy, cache):
+    weights_file = model_copy / 'model.safetensors'
+    tensors = load_file(str(weights_file))
+    del tensors['encoder.layer.0.output.dense.bias']  # found missing only when the build reads the weights
+    save_file(tensors, str(weights_file), metadata={'format': 'pt'})
+    config = EngineConfig(model_dir=str(model_copy), graph_tmp_dir=str(cache))
+
+    with pytest.raises(ModelError) as here:
+        graph.prepare_graph(config)
+    with pytest.raises(ModelError) as isolated:
+        graph.prepare_graph(config, isolated=True)
+
+    assert str(isolated.value) == str(here.value)
+    assert 'output.dense.bias' in str(isolated.value) or 'output/dense/bias' in str(isolated.value)
+    assert not list(cache.glob('*.pb')), 'a failed build must not leave a graph in the cache'

@@ -185,3 +185,26 @@ def test_fp16_server_sends_float16(servers, weights, tiny_google_dir):
                                             * np.linalg.norm(expected, axis=1))
     assert cosine.min() >= 0.999, f'row {cosine.argmin()} has cosine {cosine.min():.6f}'
     assert '-fp16: computing in' in servers['fp16'].stderr
+
+
+def test_the_front_process_has_its_graph_built_in_a_child_and_never_loads_tensorflow(servers):
+    """Each server built its graph (a fresh cache), but in a child process: the ventilator's own
+    process maps no TensorFlow library and stays small, while its workers map it."""
+    for name, server in servers.items():
+        assert 'graph built in' in server.stderr or 'reusing the cached graph' in server.stderr, name
+        with open(f'/proc/{server.proc.pid}/maps') as f:
+            front = f.read()
+        assert 'libtensorflow' not in front, f'{name}: the front process loaded TensorFlow'
+        with open(f'/proc/{server.proc.pid}/status') as f:
+            rss_mib = next(int(line.split()[1]) for line in f if line.startswith('VmRSS')) / 1024
+        assert rss_mib < 150, f'{name}: front process RSS {rss_mib:.0f} MiB'
+        workers = [pid for pid in children_of(server.proc.pid) if _maps_tensorflow(pid)]
+        assert workers, f'{name}: no child of the server runs TensorFlow'
+
+
+def _maps_tensorflow(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/maps') as f:
+            return 'libtensorflow' in f.read()
+    except OSError:
+        return False

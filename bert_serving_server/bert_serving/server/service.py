@@ -98,7 +98,7 @@ class BertServer(threading.Thread):
             layer_shards=1 if on_gpu else planned_layer_shards(self.cpu_threads))
         self.graph = None
         if self.engine_config.engine != 'fake':
-            self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose))
+            self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose), isolated=True)
         # What every worker, local or remote, must match to join.
         self.fingerprint = fingerprint(self.engine_config, None if self.graph is None else self.graph.files)
         self.is_ready = threading.Event()

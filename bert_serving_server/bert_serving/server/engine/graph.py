@@ -6,6 +6,7 @@ An unchanged restart loads the cached file; any change builds a new one.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -136,8 +137,12 @@ def _optimize(graph_def, logger: logging.Logger):
         return graph_def
 
 
-def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) -> FrozenGraph:
+def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None, *,
+                  isolated: bool = False) -> FrozenGraph:
     """Returns the frozen graph for ``cfg``, building and caching it if needed.
+
+    ``isolated`` builds in a child process, so that this one never imports TensorFlow: a server's
+    front process (ventilator, ~60 MiB) would otherwise keep the ~1.2 GB a build leaves behind.
 
     Raises:
         ModelError: a model file is missing, unreadable or mismatched.
@@ -169,6 +174,9 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
         logger.info('reusing the cached graph %s', path)
         return FrozenGraph(path, files, bc, True)
 
+    if isolated:
+        _build_in_child(cfg, logger)
+        return FrozenGraph(path, files, bc, False)
     t0 = time.perf_counter()
     logger.info('building the graph (layout %s, %d of %d layers)...', files.layout,
                 layers_to_compute(cfg, bc), bc.num_hidden_layers)
@@ -192,6 +200,50 @@ def prepare_graph(cfg: EngineConfig, logger: Optional[logging.Logger] = None) ->
             os.unlink(tmp)
     logger.info('graph built in %.1fs and cached at %s', time.perf_counter() - t0, path)
     return FrozenGraph(path, files, bc, False)
+
+
+def _build_in_child(cfg: EngineConfig, logger: logging.Logger) -> None:
+    """Runs :func:`prepare_graph` for ``cfg`` in a new Python (:func:`main`) and waits for it; its
+    log goes to the same stderr. A config or model error there is raised here, with its message."""
+    from ..pipeline.launcher import ChildProcess
+
+    fd, error_path = tempfile.mkstemp(prefix='bert-serving-build-', suffix='.json')
+    os.close(fd)
+    try:
+        engine = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # JSON-safe, as a worker's spec
+        child = ChildProcess('GRAPH', __name__, {'engine': engine, 'verbose': cfg.verbose, 'error_path': error_path})
+        child.start()
+        child.join()
+        with open(error_path, encoding='utf-8') as f:
+            error = f.read()
+    finally:
+        os.unlink(error_path)
+    if child.exitcode == 0:
+        return
+    if error:
+        report = json.loads(error)
+        raise (ConfigError if report['kind'] == 'ConfigError' else ModelError)(report['message'])
+    raise ModelError(f'building the graph failed (the builder process exited with code {child.exitcode}); '
+                     'see the GRAPH log above')
+
+
+def main() -> None:
+    """The child of :func:`_build_in_child`: builds and caches the graph of the EngineConfig in its
+    spec (stdin). Exit code 0 when the graph is cached, 2 after a config or model error."""
+    import sys
+
+    from ..errors import BertServingError
+    from ..log import get_logger
+    from ..pipeline.launcher import die_with_parent, read_spec
+
+    spec = read_spec()
+    die_with_parent()
+    try:
+        prepare_graph(EngineConfig(**spec['engine']), get_logger('GRAPH', spec.get('verbose', False)))
+    except BertServingError as e:
+        with open(spec['error_path'], 'w', encoding='utf-8') as f:
+            json.dump({'kind': type(e).__name__, 'message': str(e)}, f)
+        sys.exit(2)
 
 
 class GraphRunner:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ['ChildProcess', 'read_spec', 'install_stop_handler', 'signal_ready', 'parent_alive', 'package_roots']
+__all__ = ['ChildProcess', 'read_spec', 'install_stop_handler', 'die_with_parent', 'signal_ready', 'parent_alive',
+           'package_roots']
 
 
 def package_roots() -> list:
@@ -142,11 +143,12 @@ def install_stop_handler() -> threading.Event:
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _die_with_parent()
+    die_with_parent()
     return stop
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """On Linux, has the kernel send this process SIGTERM when its parent dies."""
     if not sys.platform.startswith('linux'):
         return  # elsewhere the children poll their parent's pid (parent_alive)
     try:

@@ -37,7 +37,7 @@ def run_remote(args) -> int:
     on_gpu, threads = devices[0] >= 0, cpu_threads(1)
     engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=on_gpu,
                                  layer_shards=1 if on_gpu else planned_layer_shards(threads))
-    graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose))
+    graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose), isolated=True)
     intra, inter = (0, 0) if on_gpu else session_threads(threads, graph_layer_shards(engine, graph))
     keys = CurveKeys.from_files(args.server_key, args.client_key)
     host, pid = socket.gethostname(), os.getpid()
