@@ -89,17 +89,19 @@ def test_config_matches_reference(name, layer_shards, reference, encoders):
             assert not row[len(row_tokens):].any(), 'padding rows of NONE pooling must be exactly zero'
 
 
-def test_xla_graph_matches_reference(reference, encoders):
-    encoder = encoders.get(**_engine_fields(reference.configs['default']), xla=True)
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
+def test_xla_graph_matches_reference(layer_shards, reference, encoders):
+    encoder = encoders.get(**_engine_fields(reference.configs['default']), xla=True, layer_shards=layer_shards)
 
     vectors, _ = encoder.encode(reference.texts)
 
     np.testing.assert_allclose(vectors, reference.arrays['default'], atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
 @pytest.mark.parametrize('name', ['default', 'mask_cls_sep_cls'])
-def test_fp16_graph_returns_float16_close_to_reference(name, reference, encoders):
-    encoder = encoders.get(**_engine_fields(reference.configs[name]), fp16=True)
+def test_fp16_graph_returns_float16_close_to_reference(name, layer_shards, reference, encoders):
+    encoder = encoders.get(**_engine_fields(reference.configs[name]), fp16=True, layer_shards=layer_shards)
 
     vectors, _ = encoder.encode(reference.texts)
 
@@ -109,8 +111,9 @@ def test_fp16_graph_returns_float16_close_to_reference(name, reference, encoders
     assert cosine.min() >= 0.999, f'row {cosine.argmin()} has cosine {cosine.min():.6f}'
 
 
-def test_bf16_graph_is_close_to_reference(reference, encoders):
-    encoder = encoders.get(**_engine_fields(reference.configs['default']), bf16=True)
+@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
+def test_bf16_graph_is_close_to_reference(layer_shards, reference, encoders):
+    encoder = encoders.get(**_engine_fields(reference.configs['default']), bf16=True, layer_shards=layer_shards)
 
     vectors, _ = encoder.encode(reference.texts)
 
