@@ -45,6 +45,12 @@ def test_session_threads_give_one_inter_op_thread_per_part(threads, shards, intr
 @pytest.mark.parametrize('threads, shards', [(1, 1), (2, 2), (3, 2), (16, 2)])
 def test_a_worker_splits_in_two_when_it_has_two_cores_or_more(threads, shards):
     assert planned_layer_shards(threads) == shards
+    assert planned_layer_shards(threads, on_gpu=True) == 1  # a graph that also serves a GPU stays whole
+
+
+def test_an_engine_config_survives_its_json_form():
+    config = EngineConfig(pooling_strategy='CLS_TOKEN', pooling_layer=(-1, -2), layer_shards=2, max_seq_len=None)
+    assert EngineConfig(**config.to_json()) == config
 
 
 def test_layer_shards_below_one_is_a_config_error():

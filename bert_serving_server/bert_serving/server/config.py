@@ -6,7 +6,8 @@ it needs rather than the whole argparse namespace.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+import json
+from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
 from .errors import ConfigError
@@ -172,6 +173,11 @@ class EngineConfig:
             if hasattr(args, f.name):
                 values[f.name] = getattr(args, f.name)
         return cls(**values)
+
+    def to_json(self) -> dict:
+        """The fields as JSON values (the strategy as a string), which ``EngineConfig(**d)`` reads
+        back: how a worker or a graph builder in another process gets its config."""
+        return json.loads(json.dumps(asdict(self), default=str))
 
     @property
     def head_width(self) -> Optional[int]:

@@ -95,7 +95,7 @@ class BertServer(threading.Thread):
         self.cpu_threads = cpu_threads(sum(1 for d in self.devices if d < 0))
         self.engine_config = dataclasses.replace(
             EngineConfig.from_namespace(args), on_gpu=on_gpu,
-            layer_shards=1 if on_gpu else planned_layer_shards(self.cpu_threads))
+            layer_shards=planned_layer_shards(self.cpu_threads, on_gpu))
         self.graph = None
         if self.engine_config.engine != 'fake':
             self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose), isolated=True)

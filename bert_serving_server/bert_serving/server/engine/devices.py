@@ -57,9 +57,10 @@ def cpu_threads(num_cpu_workers: int) -> int:
 MAX_LAYER_SHARDS = 2
 
 
-def planned_layer_shards(threads: int) -> int:
-    """How many parts a CPU worker with ``threads`` cores splits each transformer block into."""
-    return max(1, min(int(threads), MAX_LAYER_SHARDS))
+def planned_layer_shards(threads: int, on_gpu: bool = False) -> int:
+    """How many parts a worker splits each transformer block into: with ``threads`` CPU cores, up to
+    MAX_LAYER_SHARDS; none (1) when the graph also serves a GPU."""
+    return 1 if on_gpu else max(1, min(int(threads), MAX_LAYER_SHARDS))
 
 
 def session_threads(threads: int, shards: int) -> Tuple[int, int]:

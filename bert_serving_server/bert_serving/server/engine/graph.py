@@ -6,7 +6,6 @@ An unchanged restart loads the cached file; any change builds a new one.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -210,8 +209,8 @@ def _build_in_child(cfg: EngineConfig, logger: logging.Logger) -> None:
     fd, error_path = tempfile.mkstemp(prefix='bert-serving-build-', suffix='.json')
     os.close(fd)
     try:
-        engine = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # JSON-safe, as a worker's spec
-        child = ChildProcess('GRAPH', __name__, {'engine': engine, 'verbose': cfg.verbose, 'error_path': error_path})
+        child = ChildProcess('GRAPH', __name__, {'engine': cfg.to_json(), 'verbose': cfg.verbose,
+                                                 'error_path': error_path})
         child.start()
         child.join()
         with open(error_path, encoding='utf-8') as f:

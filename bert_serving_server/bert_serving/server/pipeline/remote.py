@@ -36,7 +36,7 @@ def run_remote(args) -> int:
     devices = plan_devices(1, args.cpu, args.device_map, logger)
     on_gpu, threads = devices[0] >= 0, cpu_threads(1)
     engine = dataclasses.replace(EngineConfig.from_namespace(args), on_gpu=on_gpu,
-                                 layer_shards=1 if on_gpu else planned_layer_shards(threads))
+                                 layer_shards=planned_layer_shards(threads, on_gpu))
     graph = None if engine.engine == 'fake' else prepare_graph(engine, get_logger('GRAPH', args.verbose), isolated=True)
     intra, inter = (0, 0) if on_gpu else session_threads(threads, graph_layer_shards(engine, graph))
     keys = CurveKeys.from_files(args.server_key, args.client_key)

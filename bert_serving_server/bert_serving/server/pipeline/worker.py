@@ -90,7 +90,7 @@ class WorkerSettings:
 def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph]) -> dict:
     """What ``python -m bert_serving.server.pipeline.worker`` reads on stdin (JSON-safe). ``graph``
     is None for an engine that needs none (the fake)."""
-    return json.loads(json.dumps({'engine': dataclasses.asdict(engine), 'settings': dataclasses.asdict(settings),
+    return json.loads(json.dumps({'engine': engine.to_json(), 'settings': dataclasses.asdict(settings),
                                   'graph': None if graph is None else dataclasses.asdict(graph)}, default=str))
 
 
