@@ -10,7 +10,7 @@ import pytest
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.checkpoint import BertConfig
 from bert_serving.server.engine.devices import planned_layer_shards, session_threads
-from bert_serving.server.engine.modeling import build_graph_def, layer_shards
+from bert_serving.server.engine.modeling import NARROW_PREFIX, build_graph_def, layer_shards
 from bert_serving.server.errors import ConfigError
 
 
@@ -88,18 +88,20 @@ def test_the_parts_of_a_split_block_do_not_depend_on_each_other(tiny_google_dir)
                 todo.extend(node.input)
         return seen
 
-    def matmul_reading(const_name: str) -> str:
-        (found,) = [n.name for n in split.node if n.op == 'MatMul' and n.input[1].split(':')[0] == const_name]
+    def matmul_reading(const_name: str, narrow: bool) -> str:
+        (found,) = [n.name for n in split.node if n.op == 'MatMul' and n.input[1].split(':')[0] == const_name
+                    and n.name.startswith(NARROW_PREFIX) == narrow]
         return found
 
     def count(graph_def) -> int:
         return sum(1 for n in graph_def.node if n.op == 'MatMul')
 
-    assert count(split) == 2 * count(whole) == 2 * 4 * bc.num_hidden_layers
-    for layer in range(bc.num_hidden_layers):
-        p = f'encoder_layer_{layer}_'
-        for mine, other in ((0, 1), (1, 0)):
-            assert f'{p}qkv_{mine}' in ancestors(matmul_reading(f'{p}attention_out_{mine}'))
-            assert f'{p}qkv_{other}' not in ancestors(matmul_reading(f'{p}attention_out_{mine}'))
-            assert f'{p}intermediate_{mine}' in ancestors(matmul_reading(f'{p}output_{mine}'))
-            assert f'{p}intermediate_{other}' not in ancestors(matmul_reading(f'{p}output_{mine}'))
+    assert count(split) == 2 * count(whole) == 2 * 2 * 4 * bc.num_hidden_layers  # two towers each
+    for narrow in (False, True):
+        for layer in range(bc.num_hidden_layers):
+            p = f'encoder_layer_{layer}_'
+            for mine, other in ((0, 1), (1, 0)):
+                attention_out = ancestors(matmul_reading(f'{p}attention_out_{mine}', narrow))
+                assert f'{p}qkv_{mine}' in attention_out and f'{p}qkv_{other}' not in attention_out
+                second = ancestors(matmul_reading(f'{p}output_{mine}', narrow))
+                assert f'{p}intermediate_{mine}' in second and f'{p}intermediate_{other}' not in second

@@ -207,6 +207,15 @@ class EngineConfig:
         return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
 
     @property
+    def fused_layer_norm(self) -> bool:
+        """True when the graph's wide tower (modeling.build_graph_def) writes its layer norms in the
+        form TensorFlow's oneDNN remapper turns into one ``_MklLayerNorm`` kernel: a CPU graph where
+        oneDNN is on (engine.devices). Elsewhere that form would run as a slow generic batch norm,
+        so the graph keeps the plain one."""
+        from .engine.devices import onednn_enabled
+        return not self.on_gpu and onednn_enabled()
+
+    @property
     def output_dtype(self) -> str:
         """The dtype of the vectors clients get: 'float16' with -fp16 (as in the original), else 'float32'."""
         return 'float16' if self.fp16 else 'float32'
@@ -232,7 +241,7 @@ class EngineConfig:
     def graph_key_fields(self) -> dict:
         """The fields that shape the frozen graph (part of its cache key)."""
         return {**self._shape_fields(), 'compute_dtype': self.compute_dtype, 'xla': self.xla,
-                'layer_shards': int(self.layer_shards)}
+                'layer_shards': int(self.layer_shards), 'fused_layer_norm': self.fused_layer_norm}
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 from typing import List, Sequence, Tuple
 
-__all__ = ['plan_devices', 'cpu_threads', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16']
+__all__ = ['plan_devices', 'cpu_threads', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16',
+           'onednn_enabled']
 
 # /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
 _BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
@@ -83,3 +85,15 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def onednn_enabled() -> bool:
+    """True if TensorFlow's oneDNN optimisations are on in this process's environment: they are by
+    default on x86-64 (TensorFlow's own rule), unless ``TF_ENABLE_ONEDNN_OPTS`` says 0 or false.
+    Read without importing TensorFlow, so that a cache lookup stays cheap."""
+    value = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
+    if value in ('0', 'false'):
+        return False
+    if value in ('1', 'true'):
+        return True
+    return platform.machine().lower() in ('x86_64', 'amd64')

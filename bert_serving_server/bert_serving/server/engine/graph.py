@@ -21,13 +21,13 @@ import numpy as np
 from .checkpoint import BertConfig, ModelFiles, load_bert_config, load_weights, locate_model
 from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError, ModelError
-from .modeling import INPUT_NAMES, OUTPUT_NAME, build_graph_def, layer_shards, layers_to_compute, resolve_layers
+from .modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME, build_graph_def, layer_shards, layers_to_compute, resolve_layers
 from .tokenization import load_vocab
 
 __all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'GraphRunner', 'tensorflow_version', 'fingerprint',
            'graph_layer_shards', 'release_free_memory']
 
-GRAPH_FORMAT = 5  # bump when build_graph_def changes what it produces
+GRAPH_FORMAT = 6  # bump when build_graph_def changes what it produces
 
 
 def default_cache_dir() -> str:
@@ -124,7 +124,7 @@ def _optimize(graph_def, logger: logging.Logger):
         tf.graph_util.import_graph_def(graph_def, name='')
         meta = tf.compat.v1.train.export_meta_graph(graph=g)
     fetch = meta.collection_def['train_op'].node_list.value
-    fetch.append(OUTPUT_NAME)
+    fetch.extend([OUTPUT_NAME, NARROW_PREFIX + OUTPUT_NAME])
     config = config_pb2.ConfigProto()
     rw = config.graph_options.rewrite_options
     rw.optimizers.extend(['pruning', 'constfold', 'arithmetic', 'dependency'])
@@ -306,7 +306,6 @@ class GraphRunner:
                      'shape_optimization', 'loop_optimization', 'function_optimization', 'debug_stripper'):
             setattr(rw, name, off)
         values = _constants_to_variables(graph_def, f'{os.getpid()}-{id(self)}', with_kernels=frozen_weights)
-        _add_narrow_tower(graph_def)
         self._graph = ops.Graph()
         with self._graph.as_default():
             importer.import_graph_def(graph_def, name='')
@@ -359,11 +358,10 @@ class GraphRunner:
 # TensorFlow keeps one reordered copy of a MatMul's frozen weights, in the layout of that node's
 # first call, and reorders all 42 MB again on every call that wants the other layout: a worker
 # that warmed up on 4 rows took 15 ms instead of 7 for each one-sentence request. So the graph
-# holds a second copy of its compute nodes (sharing the variables), and batches of
-# NARROW_ROWS rows run there; each copy keeps the layout its rows want. Elsewhere (another CPU,
+# holds a second tower of the model (modeling.build_graph_def, sharing the weights), and batches of
+# NARROW_ROWS rows run there; each tower keeps the layout its rows want. Elsewhere (another CPU,
 # a GPU, bfloat16) a wrong guess costs only that reorder.
 NARROW_ROWS = (7, 80)
-NARROW_PREFIX = 'narrow/'
 VARIABLE_MIN_BYTES = 64 * 1024  # constants from this size on become variables (kernels, tables)
 FROZEN_WEIGHTS_ENV = 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'
 
@@ -411,34 +409,6 @@ def _constants_to_variables(graph_def, suffix: str, with_kernels: bool):
         values.append((node.name, value))
     graph_def.node.extend(handles)
     return values
-
-
-def _add_narrow_tower(graph_def) -> None:
-    """Adds a copy of every compute node under NARROW_PREFIX, in place. The copy shares the
-    inputs, the variables and the constants, so it costs node definitions and, once run, one
-    more reordered copy of the dense weights."""
-    from tensorflow.core.framework import node_def_pb2
-
-    shared = {n.name for n in graph_def.node if n.op in ('Placeholder', 'VarHandleOp', 'Const')}
-
-    def rename(ref: str) -> str:
-        control = ref.startswith('^')
-        name = ref.lstrip('^')
-        if name.split(':')[0] not in shared:
-            name = NARROW_PREFIX + name
-        return '^' + name if control else name
-
-    copies = []
-    for node in graph_def.node:
-        if node.name in shared:
-            continue
-        copy = node_def_pb2.NodeDef()
-        copy.CopyFrom(node)
-        copy.name = NARROW_PREFIX + node.name
-        copy.ClearField('input')
-        copy.input.extend(rename(i) for i in node.input)
-        copies.append(copy)
-    graph_def.node.extend(copies)
 
 
 def release_free_memory() -> None:

@@ -18,11 +18,12 @@ from .checkpoint import BertConfig
 from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError
 
-__all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
+__all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'NARROW_PREFIX', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
            'output_width', 'layer_shards']
 
 INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
 OUTPUT_NAME = 'final_encodes'
+NARROW_PREFIX = 'narrow/'  # the name scope of the tower for narrow batches (see build_graph_def)
 
 
 def resolve_layers(cfg: EngineConfig, bc: BertConfig) -> List[int]:
@@ -76,35 +77,76 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
 
     Inputs (int32, [B, T]): ``input_ids``, ``input_mask`` (1 on real tokens, 0 on padding),
     ``input_type_ids``.
-    Output ``final_encodes`` (``cfg.output_dtype``): [B, W], or [B, T, W] for NONE pooling,
-    with W = output_width(cfg, bc). Matrix products run in ``cfg.compute_dtype``.
+    Outputs (``cfg.output_dtype``): [B, W], or [B, T, W] for NONE pooling, with
+    W = output_width(cfg, bc). Matrix products run in ``cfg.compute_dtype``.
+
+    The graph holds two towers of the same model that share the inputs and the weights:
+    ``final_encodes`` for most batches, and ``narrow/final_encodes`` for batches of NARROW_ROWS
+    tokens (B x T). oneDNN keeps one reordered copy of each dense layer's weights per tower,
+    in the layout of the rows that tower sees (see engine.graph.GraphRunner). With
+    ``cfg.fused_layer_norm``, the first tower's layer norms are one oneDNN kernel each (see
+    ``_normalized_rows``); the narrow tower keeps plain ones, which answered one sentence
+    0.4 ms sooner.
 
     With ``cfg.mask_cls_sep`` the graph itself zeroes the mask at the ids of [CLS] and [SEP]
     (``cls_id``, ``sep_id``), and that one mask feeds attention and pooling, as in the original.
 
-    Each block is split into ``layer_shards(cfg.layer_shards, bc)`` independent parts (see ``block``).
+    Each block is split into ``layer_shards(cfg.layer_shards, bc)`` independent parts (see ``_tower``).
 
     Returns:
         A ``tf.compat.v1.GraphDef``.
     """
     import tensorflow as tf
 
-    dtype = tf.as_dtype(cfg.compute_dtype)
-    np_dtype = dtype.as_numpy_dtype
-    num_layers = layers_to_compute(cfg, bc)
-    pooled_layers = resolve_layers(cfg, bc)
     graph = tf.Graph()
+    with graph.as_default():
+        inputs = [tf.compat.v1.placeholder(tf.int32, (None, None), name) for name in INPUT_NAMES]
+        constants = _Constants(tf, weights, tf.as_dtype(cfg.compute_dtype).as_numpy_dtype)
+        _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=cfg.fused_layer_norm)
+        with tf.name_scope(NARROW_PREFIX.rstrip('/')):
+            _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=False)
+    return graph.as_graph_def()
 
-    def const(name: str) -> 'tf.Tensor':
-        return tf.constant(weights[name].astype(np_dtype), name=name.replace('/', '_'))
+
+class _Constants:
+    """The graph's constants, each made once (by the first tower that asks) and shared after."""
+
+    def __init__(self, tf, weights: Dict[str, np.ndarray], np_dtype):
+        self._tf, self._weights, self._np_dtype, self._made = tf, weights, np_dtype, {}
+
+    def array(self, name: str, make, cast: bool = True):
+        """The constant ``name`` with the value ``make()``, in the compute dtype if ``cast``."""
+        if name not in self._made:
+            value = make()
+            with self._tf.compat.v1.get_default_graph().name_scope(None):  # shared: at the top, not in a tower
+                self._made[name] = self._tf.constant(value.astype(self._np_dtype) if cast else value, name=name)
+        return self._made[name]
+
+    def weight(self, key: str, cast: bool = True):
+        """The checkpoint tensor ``key`` as a constant."""
+        return self.array(key.replace('/', '_'), lambda: self._weights[key], cast)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._weights[key]
+
+
+def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs, cls_id: int, sep_id: int,
+           fused_norm: bool) -> None:
+    """One copy of the model, from the inputs to ``final_encodes`` in the current name scope."""
+    dtype = tf.as_dtype(cfg.compute_dtype)
+    num_layers = layers_to_compute(cfg, bc)
+    input_ids, input_mask, type_ids = inputs
 
     def layer_norm(x, prefix: str):
         # Statistics in float32 even in fp16 graphs: an eps of 1e-12 underflows in half precision.
         x32 = tf.cast(x, tf.float32)
-        mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
-        gamma = tf.constant(weights[prefix + '/gamma'], name=prefix.replace('/', '_') + '_gamma')
-        beta = tf.constant(weights[prefix + '/beta'], name=prefix.replace('/', '_') + '_beta')
-        y = (x32 - mean) * tf.math.rsqrt(var + bc.layer_norm_eps) * gamma + beta
+        gamma = constants.weight(prefix + '/gamma', cast=False)
+        beta = constants.weight(prefix + '/beta', cast=False)
+        if fused_norm:
+            y = _normalized_rows(tf, x32, bc.layer_norm_eps) * gamma + beta
+        else:
+            mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
+            y = (x32 - mean) * tf.math.rsqrt(var + bc.layer_norm_eps) * gamma + beta
         return tf.cast(y, dtype)
 
     def activation(x):
@@ -120,94 +162,87 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
             return tf.nn.relu(x)
         raise ConfigError(f'hidden_act {bc.hidden_act!r} is not supported; use gelu, gelu_new or relu')
 
-    with graph.as_default():
-        input_ids = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[0])
-        input_mask = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[1])
-        type_ids = tf.compat.v1.placeholder(tf.int32, (None, None), INPUT_NAMES[2])
-        b, t = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
-        d, n_heads = bc.hidden_size, bc.num_attention_heads
-        s = d // n_heads
+    b, t = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+    d, n_heads = bc.hidden_size, bc.num_attention_heads
+    s = d // n_heads
 
-        # Embeddings: [B, T, D], then kept as a [B*T, D] matrix so every dense layer is one
-        # plain MatMul + BiasAdd (which Grappler fuses) rather than a broadcast batched matmul.
-        x = tf.gather(const('embeddings/word_embeddings'), input_ids)
-        x += tf.gather(const('embeddings/token_type_embeddings'), type_ids)
-        if not cfg.no_position_embeddings:
-            x += const('embeddings/position_embeddings')[tf.newaxis, :t]
-        x = layer_norm(tf.reshape(x, [b * t, d]), 'embeddings/LayerNorm')  # [B*T, D]
+    # Embeddings: [B, T, D], then kept as a [B*T, D] matrix so every dense layer is one
+    # plain MatMul + BiasAdd (which Grappler fuses) rather than a broadcast batched matmul.
+    x = tf.gather(constants.weight('embeddings/word_embeddings'), input_ids)
+    x += tf.gather(constants.weight('embeddings/token_type_embeddings'), type_ids)
+    if not cfg.no_position_embeddings:
+        x += constants.weight('embeddings/position_embeddings')[tf.newaxis, :t]
+    x = layer_norm(tf.reshape(x, [b * t, d]), 'embeddings/LayerNorm')  # [B*T, D]
 
-        # The model's input mask: real tokens, without [CLS]/[SEP] under -mask_cls_sep; [B, T].
-        real = tf.cast(input_mask, tf.float32)
-        mask = real
-        if cfg.mask_cls_sep:
-            special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
-            mask = real * (1.0 - tf.cast(special, tf.float32))
-        # Additive float32 attention bias, [B, 1, 1, T]: 0 where mask is 1, -10000 on masked
-        # [CLS]/[SEP] (BERT's value), and far lower on padding, so that an input whose every
-        # key is masked ("[CLS] [SEP]" under -mask_cls_sep) attends to its own tokens, never to
-        # padding, and padding still cannot change a vector.
-        attn_bias = ((real - mask) * -10000.0 + (1.0 - real) * -1e9)[:, tf.newaxis, tf.newaxis, :]
+    # The model's input mask: real tokens, without [CLS]/[SEP] under -mask_cls_sep; [B, T].
+    real = tf.cast(input_mask, tf.float32)
+    mask = real
+    if cfg.mask_cls_sep:
+        special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
+        mask = real * (1.0 - tf.cast(special, tf.float32))
+    # Additive float32 attention bias, [B, 1, 1, T]: 0 where mask is 1, -10000 on masked
+    # [CLS]/[SEP] (BERT's value), and far lower on padding, so that an input whose every
+    # key is masked ("[CLS] [SEP]" under -mask_cls_sep) attends to its own tokens, never to
+    # padding, and padding still cannot change a vector.
+    attn_bias = ((real - mask) * -10000.0 + (1.0 - real) * -1e9)[:, tf.newaxis, tf.newaxis, :]
 
-        shards = layer_shards(cfg.layer_shards, bc)
-        width = d // shards  # the hidden units of one shard's heads
+    shards = layer_shards(cfg.layer_shards, bc)
+    width = d // shards  # the hidden units of one shard's heads
+    heads = n_heads // shards
 
-        def array(value: np.ndarray, name: str):
-            return tf.constant(value.astype(np_dtype), name=name)
+    def join(parts, residual):
+        # One part: the residual add oneDNN fuses into the dense layer. Several: one AddN, which
+        # nothing fuses, so no part waits for another.
+        return parts[0] + residual if len(parts) == 1 else tf.add_n(parts + [residual])
 
-        def join(parts, residual):
-            # One part: the residual add oneDNN fuses into the dense layer. Several: one AddN, which
-            # nothing fuses, so no part waits for another.
-            return parts[0] + residual if len(parts) == 1 else tf.add_n(parts + [residual])
-
-        def block(x, p: str):
-            """One transformer block on [B*T, D], split into ``shards`` independent parts (a
-            disjoint group of heads each, and a slice of the feed-forward units) that meet only
-            where their contributions are added: TensorFlow runs the parts side by side on its
-            inter-op threads. The attention output and the second feed-forward layer are summed
-            over their input units in parts, each with an even share of the bias, so that every
-            part is the same fused oneDNN kernel (Grappler would fold a zero bias away)."""
-            name = p.replace('/', '_')
+    def block(x, p: str):
+        """One transformer block on [B*T, D], split into ``shards`` independent parts (a
+        disjoint group of heads each, and a slice of the feed-forward units) that meet only
+        where their contributions are added: TensorFlow runs the parts side by side on its
+        inter-op threads. The attention output and the second feed-forward layer are summed
+        over their input units in parts, each with an even share of the bias, so that every
+        part is the same fused oneDNN kernel (Grappler would fold a zero bias away)."""
+        name = p.replace('/', '_')
+        units = constants[p + 'intermediate/dense/kernel'].shape[1] // shards
+        attended, fed = [], []
+        for i in range(shards):
             # Q, K and V in one matmul per shard; the 1/sqrt(S) score scale is folded into Q's weights.
-            qkv_w, qkv_b = _fused_qkv(weights, p, 1.0 / math.sqrt(s))
-            wo, bo = weights[p + 'attention/output/dense/kernel'], weights[p + 'attention/output/dense/bias']
-            w1, b1 = weights[p + 'intermediate/dense/kernel'], weights[p + 'intermediate/dense/bias']
-            w2, b2 = weights[p + 'output/dense/kernel'], weights[p + 'output/dense/bias']
-            units = w1.shape[1] // shards
-            attended, fed = [], []
-            for i in range(shards):
-                cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
-                qkv = tf.nn.bias_add(tf.matmul(x, array(qkv_w[:, cols], f'{name}qkv_{i}')),
-                                     array(qkv_b[cols], f'{name}qkv_bias_{i}'))  # [B*T, 3 x D/shards]
-                # Heads stay where the matmul put them: each einsum is one oneDNN matmul with
-                # strides, where transposes to [B, N, T, S] and back cost two reorders per layer.
-                qkv = tf.reshape(qkv, [b, t, 3, n_heads // shards, s])
-                q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, N/shards, S]
-                scores = tf.einsum('btns,bmns->bntm', q, k)  # [B, N/shards, T, T]
-                probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
-                ctx = tf.reshape(tf.einsum('bntm,bmns->btns', probs, v), [b * t, width])
-                rows = slice(i * width, (i + 1) * width)
-                attended.append(tf.nn.bias_add(tf.matmul(ctx, array(wo[rows], f'{name}attention_out_{i}')),
-                                               array(bo / shards, f'{name}attention_out_bias_{i}')))
-            x = layer_norm(join(attended, x), p + 'attention/output/LayerNorm')
-            for i in range(shards):
-                part = slice(i * units, (i + 1) * units)
-                hidden = activation(tf.nn.bias_add(tf.matmul(x, array(w1[:, part], f'{name}intermediate_{i}')),
-                                                   array(b1[part], f'{name}intermediate_bias_{i}')))  # [B*T, I/shards]
-                fed.append(tf.nn.bias_add(tf.matmul(hidden, array(w2[part], f'{name}output_{i}')),
-                                          array(b2 / shards, f'{name}output_bias_{i}')))
-            return layer_norm(join(fed, x), p + 'output/LayerNorm')
+            cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
+            qkv_w = constants.array(f'{name}qkv_{i}', lambda: _fused_qkv(constants, p, 1.0 / math.sqrt(s))[0][:, cols])
+            qkv_b = constants.array(f'{name}qkv_bias_{i}', lambda: _fused_qkv(constants, p, 1.0 / math.sqrt(s))[1][cols])
+            qkv = tf.nn.bias_add(tf.matmul(x, qkv_w), qkv_b)  # [B*T, 3 x D/shards]
+            # One transpose puts Q, K and V head-major ([3, B, N/shards, T, S]), for two batched
+            # matmuls; einsums on [B, T, N, S] after three slices were 6-10% slower on large batches.
+            qkv = tf.transpose(tf.reshape(qkv, [b, t, 3, heads, s]), [2, 0, 3, 1, 4])
+            scores = tf.matmul(qkv[0], qkv[1], transpose_b=True)  # [B, N/shards, T, T]
+            probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
+            ctx = tf.reshape(tf.transpose(tf.matmul(probs, qkv[2]), [0, 2, 1, 3]), [b * t, width])
+            rows = slice(i * width, (i + 1) * width)
+            wo = constants.array(f'{name}attention_out_{i}', lambda: constants[p + 'attention/output/dense/kernel'][rows])
+            bo = constants.array(f'{name}attention_out_bias_{i}',
+                                 lambda: constants[p + 'attention/output/dense/bias'] / shards)
+            attended.append(tf.nn.bias_add(tf.matmul(ctx, wo), bo))
+        x = layer_norm(join(attended, x), p + 'attention/output/LayerNorm')
+        for i in range(shards):
+            part = slice(i * units, (i + 1) * units)
+            w1 = constants.array(f'{name}intermediate_{i}', lambda: constants[p + 'intermediate/dense/kernel'][:, part])
+            b1 = constants.array(f'{name}intermediate_bias_{i}', lambda: constants[p + 'intermediate/dense/bias'][part])
+            w2 = constants.array(f'{name}output_{i}', lambda: constants[p + 'output/dense/kernel'][part])
+            b2 = constants.array(f'{name}output_bias_{i}', lambda: constants[p + 'output/dense/bias'] / shards)
+            hidden = activation(tf.nn.bias_add(tf.matmul(x, w1), b1))  # [B*T, I/shards]
+            fed.append(tf.nn.bias_add(tf.matmul(hidden, w2), b2))
+        return layer_norm(join(fed, x), p + 'output/LayerNorm')
 
-        layer_outputs = []
-        for n in range(num_layers):
-            x = block(x, f'encoder/layer_{n}/')
-            layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
+    layer_outputs = []
+    for n in range(num_layers):
+        x = block(x, f'encoder/layer_{n}/')
+        layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
 
-        pooled = _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask)
-        tf.identity(tf.cast(pooled, cfg.output_dtype), name=OUTPUT_NAME)
-    return graph.as_graph_def()
+    pooled = _pool(tf, cfg, constants, layer_outputs, resolve_layers(cfg, bc), input_mask, mask)
+    tf.identity(tf.cast(pooled, cfg.output_dtype), name=OUTPUT_NAME)
 
 
-def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask):
+def _pool(tf, cfg, constants: _Constants, layer_outputs, pooled_layers, input_mask, mask):
     """Applies the pooling strategy; see the reference semantics in docs/models.md.
 
     Args:
@@ -222,13 +257,13 @@ def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask):
     if strategy.needs_pooler:
         # BERT's pooler: tanh(W x[:, 0] + b) on the last block; [B, D].
         first = tf.cast(layer_outputs[-1][:, 0], tf.float32)
-        pooler = tf.tanh(tf.matmul(first, tf.constant(weights['pooler/dense/kernel']))
-                         + tf.constant(weights['pooler/dense/bias']))
+        pooler = tf.tanh(tf.matmul(first, constants.weight('pooler/dense/kernel', cast=False))
+                         + constants.weight('pooler/dense/bias', cast=False))
         if strategy == PoolingStrategy.CLS_POOLED:
             return pooler
         # Fine-tuned head: logits = pooled W^T + b; [B, K] (K = 1 for REGRESSION).
-        logits = tf.matmul(pooler, tf.constant(weights['output_weights']), transpose_b=True) \
-            + tf.constant(weights['output_bias'])
+        logits = tf.matmul(pooler, constants.weight('output_weights', cast=False), transpose_b=True) \
+            + constants.weight('output_bias', cast=False)
         if strategy == PoolingStrategy.CLASSIFICATION:
             return tf.nn.softmax(logits, axis=-1)
         return tf.sigmoid(logits)
@@ -256,7 +291,26 @@ def _pool(tf, cfg, weights, layer_outputs, pooled_layers, input_mask, mask):
 
 
 
-def _fused_qkv(weights: Dict[str, np.ndarray], prefix: str, q_scale: float):
+def _normalized_rows(tf, x, eps: float):
+    """Each row of the float32 matrix ``x`` ([R, D]) less its mean, over its standard deviation.
+
+    Written as Keras writes a layer norm, a batch norm in training mode over [1, R, D, 1] (NCHW, so
+    each row is a channel), which Grappler's remapper fuses with the ``* gamma + beta`` that follows
+    into one oneDNN ``_MklLayerNorm`` kernel: a 12-norm chain on 3,072 rows took 4.4 ms instead of
+    16.2 (2 vCPUs, AMD EPYC, one thread), as close to a float64 norm (5.6e-6 against 6.7e-6). The
+    raw op keeps BERT's epsilon; ``tf.nn.fused_batch_norm`` would raise it to 1.001e-5.
+    """
+    rows = tf.shape(x)[0]
+    ones = tf.fill(tf.reshape(rows, [1]), 1.0)
+    zeros = tf.fill(tf.reshape(rows, [1]), 0.0)
+    empty = tf.constant([], tf.float32)
+    y = tf.raw_ops.FusedBatchNormV3(x=tf.reshape(x, tf.stack([1, rows, x.shape[-1], 1])), scale=ones,
+                                    offset=zeros, mean=empty, variance=empty, epsilon=eps,
+                                    exponential_avg_factor=1.0, data_format='NCHW', is_training=True)[0]
+    return tf.reshape(y, tf.shape(x))
+
+
+def _fused_qkv(weights, prefix: str, q_scale: float):
     """Query, key and value kernels side by side ([D, 3D]) and biases ([3D]),
     with the attention score scale folded into the query part."""
     part = prefix + 'attention/self/'
