@@ -79,6 +79,37 @@ def test_pieces_are_length_buckets(clock, is_tokenized):
     assert all(p.is_tokenized == is_tokenized for p in pieces)
 
 
+def test_pieces_are_buckets_of_the_lengths_the_server_measures(clock):
+    """The server sorts by word pieces, not characters: 'extraordinarily' is one word of 15
+    characters but may be several pieces, 'a b c d' four pieces in 7 characters."""
+    pieces_of = {'a b c d e f': 6, 'xxxxxxxxxxxxxxxxxxxxxx': 1, 'a b': 2, 'yyyyyyyyyyyyyyyyyyyyyyyyyy': 1}
+    seen = []
+
+    def word_pieces(texts, is_tokenized):
+        seen.append(is_tokenized)
+        return [pieces_of[t] for t in texts]
+
+    s = Scheduler(SchedulerConfig(max_batch_size=2, priority_batch_size=0), clock=clock, lengths=word_pieces)
+    texts = list(pieces_of)
+    s.accept(b'c', 1, texts, is_tokenized=False)
+    assert [sorted(pieces_of[texts[r]] for r in p.rows) for p in queued_pieces(s)] == [[1, 1], [2, 6]]
+    assert seen == [False]
+
+
+def test_word_piece_counts_are_what_the_worker_computes():
+    from bert_serving.server.engine.features import to_features, token_counts
+    from bert_serving.server.engine.tokenization import BertTokenizer
+    from tiny_model import bundled_vocab_file
+
+    tokenizer = BertTokenizer(str(bundled_vocab_file()))
+    texts = ['hello world', 'the quick brown fox jumps over an extraordinarily lazy dog', '', 'naïve café!']
+    features = to_features(tokenizer, texts, is_tokenized=False, max_seq_len=None)
+    assert token_counts(tokenizer, texts, False) == [len(f) - 2 for f in features]  # less [CLS] and [SEP]
+    assert token_counts(tokenizer, [['a', 'b'], ['c']], True) == [2, 1]
+    assert token_counts(tokenizer, ['ok', 3, None], False)[1:] == [0, 0]  # the worker reports the bad types
+    assert token_counts(tokenizer, [['a'], 'not a list'], True) == [1, 0]
+
+
 def test_a_single_piece_keeps_the_request_order(clock):
     s = make(clock)
     s.accept(b'c', 1, ['long ' * 9, 'a', 'mid mid'], is_tokenized=False, show_tokens=True)

@@ -46,6 +46,8 @@ def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected
     port, port_out = free_port(), free_port()
     with BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1'])) as server:
         assert server.is_ready.is_set(), 'with BertServer(...) returned before the server was ready'
+        # Large requests are sorted into pieces by word pieces (characters would say 11 and 9).
+        assert server.scheduler.lengths(['hello world', 'a b c d e'], False) == [2, 5]
         from bert_serving.client import BertClient
 
         with BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=20000) as bc:

@@ -33,7 +33,9 @@ from bert_serving.client.security import CurveKeys, secure_client_socket
 from .config import EngineConfig, ServerConfig
 from .errors import ConfigError
 from .engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
+from .engine.features import token_counts
 from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensorflow_version
+from .engine.tokenization import BertTokenizer
 from .log import get_logger
 from .pipeline.launcher import ChildProcess
 from .pipeline.scheduler import Scheduler, SchedulerConfig
@@ -111,7 +113,9 @@ class BertServer(threading.Thread):
         self.scheduler = Scheduler(SchedulerConfig(
             num_worker=cfg.num_worker, max_batch_size=cfg.max_batch_size,
             priority_batch_size=cfg.priority_batch_size, max_queue_rows=cfg.max_queue_rows,
-            batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout))
+            batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout),
+            lengths=None if self.graph is None else functools.partial(
+                token_counts, BertTokenizer(self.graph.files.vocab_path, self.engine_config.do_lower_case)))
         self.supervisor = Supervisor(self._spawn_worker, self.logger, MAX_RESTARTS, RESTART_WINDOW)
         self.start_time = datetime.now()
         self.status_args = {k: _json_safe(v) for k, v in sorted(redact_args(vars(args)).items())}

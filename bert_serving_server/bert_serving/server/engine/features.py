@@ -20,7 +20,7 @@ import numpy as np
 
 from .tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
 
-__all__ = ["Feature", "pad_batch", "to_features"]
+__all__ = ["Feature", "pad_batch", "to_features", "token_counts"]
 
 _PAIR_MARK = " ||| "
 _PAIR_SPLIT = "|||"
@@ -130,6 +130,16 @@ def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.
         input_mask[row, :n] = 1
         type_ids[row, :n] = feature.type_ids
     return input_ids, input_mask, type_ids
+
+
+def token_counts(tokenizer: BertTokenizer, texts: Sequence, is_tokenized: bool) -> list[int]:
+    """The word pieces of each input, before special tokens and truncation: what the ventilator sorts
+    a large request by, so that the inputs of one piece have about the same length. An element of
+    the wrong type counts 0 here; the worker reports it.
+    """
+    if is_tokenized:
+        return [len(t) if isinstance(t, (list, tuple)) else 0 for t in texts]
+    return [len(tokenizer.tokenize(t)) if isinstance(t, str) else 0 for t in texts]
 
 
 def _check_texts(texts, is_tokenized: bool) -> None:
