@@ -105,30 +105,40 @@ def test_many_small_batches_equal_one_big_batch_bundled(reference, encoders, gra
 def test_batches_take_few_shapes_and_few_lengths(tiny_google_dir, graph_cache_dir):
     """Each (B, T) a graph meets costs ~1.1 MB, kept per thread, so a batch has one of a few sizes
     and every batch, one input alone too, an even length (a multiple of 4 past 32 tokens, of 8
-    past 64), never more than 7 tokens past its longest input."""
-    from bert_serving.server.engine.encoder import _batch_sizes
+    past 64), never more than 7 tokens past its longest input. Batches of EXACT_LENGTH_SIZE inputs
+    or more, which come from large requests, keep their longest input's length."""
+    from bert_serving.server.engine.encoder import EXACT_LENGTH_SIZE, _batch_sizes
 
     rng = np.random.default_rng(0)
     words = ['alpha', 'beta', 'gamma', 'delta', 'river', 'bank', 'quick', 'fox']
     config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None)
-    encoder = Encoder(config, max_batch_size=24)
+    encoder = Encoder(config, max_batch_size=64)
+    exact, small = 0, []
     try:
         encoder.runner = counter = CountingRunner(encoder.runner)
-        for _ in range(40):
-            texts = [' '.join(rng.choice(words, size=rng.integers(1, 90))) for _ in range(rng.integers(1, 30))]
+        for request in range(50):  # 40 small requests, then 10 large ones
+            size = rng.integers(1, 30) if request < 40 else rng.integers(100, 160)
+            texts = [' '.join(rng.choice(words, size=rng.integers(1, 90))) for _ in range(size)]
             features = encoder.featurize(texts)
             before = len(counter.shapes)
             encoder.run(features)
             lengths = sorted(len(f.input_ids) for f in features)
             batches = counter.shapes[before:]
             assert sum(b for b, _ in batches) == len(features)
+            if request < 40:
+                small += batches
             for b, t in batches:
-                assert b in _batch_sizes(24), (b, t)
-                assert t % (2 if t <= 32 else 4 if t <= 64 else 8) == 0, (b, t)
-                assert t - max(x for x in lengths if x <= t) < 8, (b, t)
+                assert b in _batch_sizes(64), (b, t)
+                if b >= EXACT_LENGTH_SIZE:
+                    assert t in lengths, (b, t)
+                    exact += 1
+                else:
+                    assert t % (2 if t <= 32 else 4 if t <= 64 else 8) == 0, (b, t)
+                    assert t - max(x for x in lengths if x <= t) < 8, (b, t)
     finally:
         encoder.close()
-    assert len(set(counter.shapes)) < len(counter.shapes) / 2
+    assert exact
+    assert len(set(small)) < len(small) / 2  # small requests keep meeting the same few shapes
 
 
 def test_token_level_output_is_cut_to_the_request_when_a_batch_is_padded_past_it(tiny_google_dir, graph_cache_dir):

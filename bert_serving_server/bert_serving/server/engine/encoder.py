@@ -33,6 +33,11 @@ CALL_COST_TOKENS = 32
 # shapes were a third of all (91 of 274 in a bench-like replay), and a worker whose blocks are split
 # keeps them once per inter-op thread (-17 MiB at the end of that replay, 0.15% more tokens).
 # Padding to multiples of 8 throughout saved more memory but cost 15% of the throughput.
+# A batch of EXACT_LENGTH_SIZE inputs or more keeps its longest input's length: such batches come
+# from large requests, whose pieces hold inputs of about the same length (the ventilator sorts
+# them), where rounding was most of the padding (the bench request: 1.7% padded tokens instead of
+# 3.7%, 59 shapes instead of 55); many small clients never fill one.
+EXACT_LENGTH_SIZE = 48
 
 
 class Encoder(Engine):
@@ -139,6 +144,8 @@ class Encoder(Engine):
 
     def _padded(self, longest: int, size: int) -> int:
         """T of a batch of ``size`` inputs whose longest has ``longest`` tokens."""
+        if size >= EXACT_LENGTH_SIZE:
+            return longest
         step = 2 if longest <= 32 else 4 if longest <= 64 else 8
         return max(longest, min(-(-longest // step) * step, self._longest))
 
