@@ -96,6 +96,32 @@ def test_pieces_are_buckets_of_the_lengths_the_server_measures(clock):
     assert seen == [False]
 
 
+def test_a_measure_that_fails_falls_back_to_characters_and_loses_nothing(clock):
+    def broken(texts, is_tokenized):
+        raise MemoryError('no room to tokenize')
+
+    s = Scheduler(SchedulerConfig(max_batch_size=2, priority_batch_size=0), clock=clock, lengths=broken)
+    texts = ['ccc', 'a', 'dddd', 'bb']
+    serial = s.accept(b'c', 1, texts, is_tokenized=False)
+    pieces = queued_pieces(s)
+    assert [[texts[r] for r in p.rows] for p in pieces] == [['a', 'bb'], ['ccc', 'dddd']]
+    assert s.open_rows == 4 and serial in s.requests
+
+
+def test_counting_word_pieces_is_bounded_per_request():
+    """The ventilator counts in its loop: each text on its first characters only, and a request past
+    the budget in characters."""
+    from bert_serving.server.engine import features
+    from bert_serving.server.engine.tokenization import BertTokenizer
+    from tiny_model import bundled_vocab_file
+
+    tokenizer = BertTokenizer(str(bundled_vocab_file()), word_cache_size=16)
+    long_text = 'word ' * 10_000
+    assert features.token_counts(tokenizer, [long_text, 'a b'], False) == [features.COUNT_PREFIX_CHARS // 5, 2]
+    many = ['hello world'] * (features.COUNT_BUDGET_CHARS // 11 + 1)
+    assert features.token_counts(tokenizer, many, False) == [11] * len(many)  # characters: over the budget
+
+
 def test_word_piece_counts_are_what_the_worker_computes():
     from bert_serving.server.engine.features import to_features, token_counts
     from bert_serving.server.engine.tokenization import BertTokenizer

@@ -71,6 +71,14 @@ def test_unreadable_google_checkpoint(google_copy):
     start_fails(ModelError, 'bert_model.ckpt.index', 'cannot be read', model_dir=str(google_copy))
 
 
+@pytest.mark.parametrize('token', ['[CLS]', '[PAD]'])
+def test_a_vocab_without_a_special_token_names_it(hf_copy, tmp_path, token):
+    vocab = hf_copy / 'vocab.txt'
+    vocab.write_text(''.join(line for line in vocab.read_text(encoding='utf-8').splitlines(keepends=True)
+                             if line.strip() != token), encoding='utf-8')
+    start_fails(ModelError, 'vocab.txt', token, 'special tokens', model_dir=str(hf_copy), graph_tmp_dir=str(tmp_path))
+
+
 def test_missing_vocab(hf_copy):
     (hf_copy / 'vocab.txt').unlink()
     start_fails(ModelError, hf_copy / 'vocab.txt', 'does not exist', model_dir=str(hf_copy))

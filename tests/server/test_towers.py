@@ -15,19 +15,25 @@ from bert_serving.server.engine import devices
 from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME
 
 
-@pytest.mark.parametrize('env, machine, expected', [
-    (None, 'x86_64', True),      # TensorFlow's default on x86-64
-    (None, 'aarch64', False),
-    ('0', 'x86_64', False),
-    ('false', 'x86_64', False),
-    ('1', 'aarch64', True),
+@pytest.mark.parametrize('env, machine, flags, expected', [
+    (None, 'x86_64', {'avx2', 'avx512_vnni'}, True),   # TensorFlow's default: on with VNNI, BF16 or AMX
+    (None, 'x86_64', {'avx2', 'avx512_bf16'}, True),
+    (None, 'x86_64', {'avx2', 'amx_tile'}, True),
+    (None, 'x86_64', {'avx2', 'avx512f'}, False),      # e.g. Zen 2/3, Skylake: off by default
+    (None, 'aarch64', {'asimd'}, False),
+    ('0', 'x86_64', {'avx512_vnni'}, False),
+    ('false', 'x86_64', {'avx512_vnni'}, False),
+    ('1', 'x86_64', {'avx2'}, True),
+    ('1', 'aarch64', set(), True),
 ])
-def test_onednn_is_read_from_the_environment_as_tensorflow_reads_it(monkeypatch, env, machine, expected):
+def test_onednn_is_read_as_tensorflow_decides_it(monkeypatch, env, machine, flags, expected):
     if env is None:
         monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
     else:
         monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', env)
     monkeypatch.setattr(devices.platform, 'machine', lambda: machine)
+    monkeypatch.setattr(devices.sys, 'platform', 'linux')
+    monkeypatch.setattr(devices, '_cpu_flags', lambda: frozenset(flags))
     assert devices.onednn_enabled() is expected
 
 
@@ -42,39 +48,50 @@ def test_layer_norms_are_fused_only_in_a_cpu_graph_with_onednn(monkeypatch):
     assert EngineConfig().output_key_fields() == EngineConfig(on_gpu=True).output_key_fields()
 
 
-def _executed_ops(encoder, fetch: str, rows: int) -> list:
-    """The op types TensorFlow ran (after Grappler's rewrites) to compute ``fetch`` for one batch."""
-    from tensorflow.core.protobuf import config_pb2
+# Runs in a fresh process: TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported.
+SCRIPT = r"""
+import json, sys
+import numpy as np
+from tensorflow.core.protobuf import config_pb2
+from bert_serving.server.config import EngineConfig
+from bert_serving.server.engine.encoder import Encoder
+from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME
 
-    runner = encoder.runner
-    graph = runner._graph
-    ids = np.full((1, rows), 2000 % encoder.bert_config.vocab_size, np.int32)
-    feeds = {graph.get_tensor_by_name(f'{n}:0'): v
-             for n, v in zip(('input_ids', 'input_mask', 'input_type_ids'), (ids, np.ones_like(ids), np.zeros_like(ids)))}
-    meta = config_pb2.RunMetadata()
-    runner._session.run(graph.get_tensor_by_name(fetch + ':0'), feeds,
-                        options=config_pb2.RunOptions(output_partition_graphs=True), run_metadata=meta)
-    return [node.op for part in meta.partition_graphs for node in part.node]
+encoder = Encoder(EngineConfig(model_dir=sys.argv[1], graph_tmp_dir=sys.argv[2], pooling_layer=(-1,),
+                               layer_shards=int(sys.argv[3])))
+graph = encoder.runner._graph
+ids = np.full((1, 12), 2000, np.int32)
+feeds = {graph.get_tensor_by_name(n + ':0'): v for n, v in
+         zip(('input_ids', 'input_mask', 'input_type_ids'), (ids, np.ones_like(ids), np.zeros_like(ids)))}
+ops = {}
+for tower, fetch in (('wide', OUTPUT_NAME), ('narrow', NARROW_PREFIX + OUTPUT_NAME)):
+    meta = config_pb2.RunMetadata()  # the graph TensorFlow ran, after Grappler's rewrites
+    encoder.runner._session.run(graph.get_tensor_by_name(fetch + ':0'), feeds,
+                                options=config_pb2.RunOptions(output_partition_graphs=True), run_metadata=meta)
+    ops[tower] = [node.op for part in meta.partition_graphs for node in part.node]
+print(json.dumps({'ops': ops, 'layers': encoder.bert_config.num_hidden_layers}))
+"""
 
 
 @pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
 def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_the_narrow_tower_none(
-        monkeypatch, tiny_google_dir, graph_cache_dir, layer_shards):
-    from bert_serving.server.engine.encoder import Encoder
+        tiny_google_dir, graph_cache_dir, layer_shards):
+    import json
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', '1')
-    encoder = Encoder(EngineConfig(model_dir=str(tiny_google_dir), pooling_layer=(-1,), layer_shards=layer_shards,
-                                   graph_tmp_dir=str(graph_cache_dir)))
-    try:
-        norms = 1 + 2 * encoder.bert_config.num_hidden_layers  # the embeddings', then two per block
-        wide = _executed_ops(encoder, OUTPUT_NAME, 12)
-        narrow = _executed_ops(encoder, NARROW_PREFIX + OUTPUT_NAME, 12)
-        assert wide.count('_MklLayerNorm') == norms
-        assert 'SquaredDifference' not in wide
-        assert narrow.count('_MklLayerNorm') == 0
-        assert narrow.count('SquaredDifference') == norms  # tf.nn.moments' variance
-    finally:
-        encoder.close()
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='1', TF_CPP_MIN_LOG_LEVEL='2')
+    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(tiny_google_dir), str(graph_cache_dir), str(layer_shards)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    wide, narrow = report['ops']['wide'], report['ops']['narrow']
+    norms = 1 + 2 * report['layers']  # the embeddings', then two per block
+    assert wide.count('_MklLayerNorm') == norms
+    assert 'SquaredDifference' not in wide
+    assert narrow.count('_MklLayerNorm') == 0
+    assert narrow.count('SquaredDifference') == norms  # tf.nn.moments' variance
 
 
 def test_the_towers_share_every_weight(tiny_google_dir):

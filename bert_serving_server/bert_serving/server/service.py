@@ -51,6 +51,9 @@ SINK_START_SECONDS = 60.0
 STOP_SECONDS = 5.0  # children get this long to stop after the drain, before SIGKILL
 MAX_RESTARTS = 5  # worker replacements within RESTART_WINDOW before the server gives up
 RESTART_WINDOW = 60.0
+# Words whose pieces the ventilator's tokenizer keeps (it only counts them, to sort large requests):
+# 65,536 rare words took the front from 35 to 133 MiB.
+VENTILATOR_WORD_CACHE = 4096
 
 
 def _json_safe(value):
@@ -114,8 +117,8 @@ class BertServer(threading.Thread):
             num_worker=cfg.num_worker, max_batch_size=cfg.max_batch_size,
             priority_batch_size=cfg.priority_batch_size, max_queue_rows=cfg.max_queue_rows,
             batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout),
-            lengths=None if self.graph is None else functools.partial(
-                token_counts, BertTokenizer(self.graph.files.vocab_path, self.engine_config.do_lower_case)))
+            lengths=None if self.graph is None else functools.partial(token_counts, BertTokenizer(
+                self.graph.files.vocab_path, self.engine_config.do_lower_case, word_cache_size=VENTILATOR_WORD_CACHE)))
         self.supervisor = Supervisor(self._spawn_worker, self.logger, MAX_RESTARTS, RESTART_WINDOW)
         self.start_time = datetime.now()
         self.status_args = {k: _json_safe(v) for k, v in sorted(redact_args(vars(args)).items())}

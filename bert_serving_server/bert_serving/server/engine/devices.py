@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 import platform
+import sys
 from typing import List, Sequence, Tuple
 
 __all__ = ['plan_devices', 'cpu_threads', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16',
@@ -74,26 +75,36 @@ def session_threads(threads: int, shards: int) -> Tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True if this CPU has AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo; False where that
-    file does not exist, e.g. on macOS)."""
+def _cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where that file does not exist, e.g. macOS)."""
     try:
         with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
             for line in f:
                 if line.startswith('flags'):
-                    return not _BF16_FLAGS.isdisjoint(line.split(':', 1)[-1].split())
+                    return frozenset(line.split(':', 1)[-1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True if this CPU has AVX512-BF16 or AMX-BF16."""
+    return not _BF16_FLAGS.isdisjoint(_cpu_flags())
+
+
+# TensorFlow turns its oneDNN optimisations on by default on Linux x86-64 for CPUs with one of these
+# (its DefaultOneDnnPolicy: AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX), and off elsewhere.
+_ONEDNN_DEFAULT_FLAGS = frozenset({'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_int8', 'amx_bf16'})
 
 
 def onednn_enabled() -> bool:
-    """True if TensorFlow's oneDNN optimisations are on in this process's environment: they are by
-    default on x86-64 (TensorFlow's own rule), unless ``TF_ENABLE_ONEDNN_OPTS`` says 0 or false.
+    """True if TensorFlow's oneDNN optimisations are on in this process's environment:
+    ``TF_ENABLE_ONEDNN_OPTS`` when it says 0/1 (false/true), else TensorFlow's default rule above.
     Read without importing TensorFlow, so that a cache lookup stays cheap."""
     value = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
     if value in ('0', 'false'):
         return False
     if value in ('1', 'true'):
         return True
-    return platform.machine().lower() in ('x86_64', 'amd64')
+    return (sys.platform.startswith('linux') and platform.machine().lower() in ('x86_64', 'amd64')
+            and not _ONEDNN_DEFAULT_FLAGS.isdisjoint(_cpu_flags()))

@@ -36,7 +36,8 @@ CALL_COST_TOKENS = 32
 # A batch of EXACT_LENGTH_SIZE inputs or more keeps its longest input's length: such batches come
 # from large requests, whose pieces hold inputs of about the same length (the ventilator sorts
 # them), where rounding was most of the padding (the bench request: 1.7% padded tokens instead of
-# 3.7%, 59 shapes instead of 55); many small clients never fill one.
+# 3.7%, 59 shapes instead of 55). The cuts of many small clients' requests, of mixed lengths,
+# rarely reach that size: a replay of 64 and of 128 concurrent one-sentence clients made none.
 EXACT_LENGTH_SIZE = 48
 
 

@@ -99,7 +99,7 @@ def fingerprint(cfg: EngineConfig, files: Optional[ModelFiles]) -> str:
 
 def _special_ids(vocab_path: str):
     vocab = load_vocab(vocab_path)
-    missing = [t for t in ('[CLS]', '[SEP]', '[UNK]') if t not in vocab]
+    missing = [t for t in ('[CLS]', '[SEP]', '[UNK]', '[PAD]') if t not in vocab]
     if missing:
         raise ModelError(f'{vocab_path} lacks the special tokens {missing}; expected a BERT WordPiece vocab')
     return vocab['[CLS]'], vocab['[SEP]']

@@ -9,6 +9,7 @@ Dimension legend used in comments:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List
 
@@ -115,7 +116,8 @@ class _Constants:
         self._tf, self._weights, self._np_dtype, self._made = tf, weights, np_dtype, {}
 
     def array(self, name: str, make, cast: bool = True):
-        """The constant ``name`` with the value ``make()``, in the compute dtype if ``cast``."""
+        """The constant ``name`` with the value ``make()``, in the compute dtype if ``cast``. ``make``
+        runs at once or never (the constant exists already), so it may read the caller's loop variables."""
         if name not in self._made:
             value = make()
             with self._tf.compat.v1.get_default_graph().name_scope(None):  # shared: at the top, not in a tower
@@ -204,12 +206,13 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
         part is the same fused oneDNN kernel (Grappler would fold a zero bias away)."""
         name = p.replace('/', '_')
         units = constants[p + 'intermediate/dense/kernel'].shape[1] // shards
+        # Q, K and V in one matmul per shard; the 1/sqrt(S) score scale is folded into Q's weights.
+        fused_qkv = functools.cache(lambda: _fused_qkv(constants, p, 1.0 / math.sqrt(s)))
         attended, fed = [], []
         for i in range(shards):
-            # Q, K and V in one matmul per shard; the 1/sqrt(S) score scale is folded into Q's weights.
             cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
-            qkv_w = constants.array(f'{name}qkv_{i}', lambda: _fused_qkv(constants, p, 1.0 / math.sqrt(s))[0][:, cols])
-            qkv_b = constants.array(f'{name}qkv_bias_{i}', lambda: _fused_qkv(constants, p, 1.0 / math.sqrt(s))[1][cols])
+            qkv_w = constants.array(f'{name}qkv_{i}', lambda: fused_qkv()[0][:, cols])
+            qkv_b = constants.array(f'{name}qkv_bias_{i}', lambda: fused_qkv()[1][cols])
             qkv = tf.nn.bias_add(tf.matmul(x, qkv_w), qkv_b)  # [B*T, 3 x D/shards]
             # One transpose puts Q, K and V head-major ([3, B, N/shards, T, S]), for two batched
             # matmuls; einsums on [B, T, N, S] after three slices were 6-10% slower on large batches.

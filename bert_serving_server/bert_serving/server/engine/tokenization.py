@@ -171,13 +171,15 @@ class BertTokenizer:
         do_lower_case: Whether text is lower-cased and stripped of accents.
     """
 
-    def __init__(self, vocab_file: str, do_lower_case: bool = True):
+    def __init__(self, vocab_file: str, do_lower_case: bool = True, word_cache_size: int = _WORD_CACHE_SIZE):
         """Loads the vocabulary.
 
         Args:
             vocab_file: Path of a ``vocab.txt`` file, one token per line.
             do_lower_case: True for uncased models: lower-case, then strip
                 accents. False for cased models: text is kept as is.
+            word_cache_size: Words whose pieces are kept (least recently used
+                go first); a full cache of rare words holds ~100 MB.
 
         Raises:
             ValueError: If the vocabulary lacks [UNK], [CLS], [SEP] or [PAD].
@@ -196,7 +198,7 @@ class BertTokenizer:
             len(t[len(_CONTINUATION):]) if t.startswith(_CONTINUATION) else len(t)
             for t in self.vocab
         )
-        self._wordpiece = functools.lru_cache(maxsize=_WORD_CACHE_SIZE)(self._wordpiece_uncached)
+        self._wordpiece = functools.lru_cache(maxsize=word_cache_size)(self._wordpiece_uncached)
 
     @property
     def unk_id(self) -> int:

@@ -160,19 +160,22 @@ class Scheduler:
         if self.open_rows + n > self.cfg.max_queue_rows:
             raise Refused(f'server busy: {self.open_rows} inputs are queued or in progress and '
                           f'-max_queue_rows is {self.cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
-        serial = next(self._serials)
-        request = self.requests[serial] = _Request(client, req_id, n)
-        self.open_rows += n
         workers = max(self.cfg.num_worker, len(self.workers))  # remote workers count too
         num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(workers, n // 32), 1)
         if num_pieces == 1:
             orders = [list(range(n))]
         else:
             # Bucketing: neighbours in length share a piece, so little padding is computed.
-            lengths = self.lengths(texts, is_tokenized)
+            try:
+                lengths = self.lengths(texts, is_tokenized)
+            except Exception:  # a measure must never lose a request: fall back to characters
+                lengths = _character_lengths(texts, is_tokenized)
             by_len = sorted(range(n), key=lengths.__getitem__)
             size = math.ceil(n / num_pieces)
             orders = [by_len[i:i + size] for i in range(0, n, size)]
+        serial = next(self._serials)
+        request = self.requests[serial] = _Request(client, req_id, n)
+        self.open_rows += n
         queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
         for rows in orders:
             piece = Piece(client, req_id, rows, [texts[i] for i in rows], is_tokenized,
