@@ -20,7 +20,7 @@ import zmq
 
 from ._version import PROTOCOL_VERSION, __version__
 from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
-from .protocol import Command, Reply, pack_request, reply_error, unpack_reply
+from .protocol import Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
 from .security import CurveKeys, secure_client_socket
 from .validation import validate_texts
 
@@ -350,7 +350,7 @@ class BertClient:
                     return None
             # As bytes, not zmq.Frame: np.frombuffer then makes a read-only, aligned view, no copy.
             frames = self._receiver.recv_multipart()
-            if frames[0] != self.identity:  # SUB matches topics by prefix: another client's reply
+            if not is_reply_for(self.identity, frames[0]):  # SUB matches topics by prefix
                 continue
             reply = unpack_reply(frames)
             if reply.req_id in wanted:

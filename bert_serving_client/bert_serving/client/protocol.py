@@ -10,7 +10,12 @@ Client -> ventilator (client PUSH connects to the server's PULL on ``port``)::
     req_id    ascii decimal integer, unique per client
     msg_len   ascii decimal integer: number of inputs (0 for a command)
 
-Sink -> client (server PUB binds ``port_out``; the client SUB subscribes to its identity)::
+Sink -> client (server XPUB binds ``port_out``; the client SUB subscribes to its identity)::
+
+    The first frame of every reply is the topic: ``identity + b"\\x00"``, followed under CurveZMQ by
+    the z85 public key of the client that sent the request. The NUL ends the identity, so a
+    subscription matches whole identities only (see :func:`is_reply_for`); a 1.10 client ignores
+    this frame.
 
     result   [identity, header, array bytes, req_id]
              header = JSON {"dtype": "float32", "shape": [...], "tokens": [[...]] or ""}
@@ -35,7 +40,7 @@ import numpy as np
 from ._version import PROTOCOL_VERSION, WIRE_RELEASE
 from .errors import BertServerBusyError, BertServerError, BertServerShuttingDownError, ProtocolError
 
-__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
+__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'is_reply_for', 'reply_topic', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
            'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'reply_error', 'array_header',
            'raw_bytes']
 
@@ -93,6 +98,18 @@ class Reply:
     error: Optional[str] = None
     code: Optional[str] = None
     retry_after: Optional[float] = None
+
+
+def reply_topic(identity: bytes, key: bytes = b'') -> bytes:
+    """The first frame of a reply to ``identity`` (``key``: the requester's z85 Curve key, if any)."""
+    return identity + b'\x00' + key
+
+
+def is_reply_for(identity: bytes, topic: bytes) -> bool:
+    """Whether a reply whose first frame is ``topic`` answers the client ``identity``: ZeroMQ matches
+    subscriptions by prefix, so a SUB may see replies to identities that start with its own."""
+    topic = bytes(topic)
+    return topic == identity or (topic.startswith(identity) and topic[len(identity):len(identity) + 1] == b'\x00')
 
 
 def _int_frame(frame: bytes, name: str) -> int:
