@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from bert_serving.server.security import AUTHORIZED_DIR, write_keypair
+from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR, write_keypair
 
 from netns_support import ADDR_A, wait_for
 
@@ -77,13 +77,13 @@ HTTP = textwrap.dedent(f'''
 
 @pytest.fixture
 def keys(tmp_path):
-    """server (its auth_dir), alice and worker (authorised), mallory (unknown)."""
+    """server (its auth_dir), alice (an authorised client), worker (an authorised worker), mallory (unknown)."""
     auth = tmp_path / 'auth'
     write_keypair(auth, 'server')
     for name in ('alice', 'worker', 'mallory'):
         write_keypair(tmp_path / name, name)
-    for name in ('alice', 'worker'):
-        shutil.copy(tmp_path / name / f'{name}.key', auth / AUTHORIZED_DIR / f'{name}.key')
+    shutil.copy(tmp_path / 'alice' / 'alice.key', auth / AUTHORIZED_DIR / 'alice.key')
+    shutil.copy(tmp_path / 'worker' / 'worker.key', auth / WORKERS_DIR / 'worker.key')
     return tmp_path
 
 

@@ -228,8 +228,8 @@ def test_malformed_sink_messages(frames):
 
 # -- sink -> ventilator ----------------------------------------------------------------------------
 def test_feedback_round_trips():
-    assert msg.unpack_feedback(msg.pack_confirm([4, 5, 6])) == (msg.CONFIRM, [4, 5, 6])
-    assert msg.unpack_feedback(msg.pack_finished([9])) == (msg.FINISHED, [9])
+    assert msg.unpack_feedback(msg.pack_confirm([4, 5, 6])) == (msg.CONFIRM, [4, 5, 6], 0)
+    assert msg.unpack_feedback(msg.pack_finished([9], dropped=3)) == (msg.FINISHED, [9], 3)
     assert msg.unpack_feedback(msg.pack_confirm([])).ids == []
 
 

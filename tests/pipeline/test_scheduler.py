@@ -541,7 +541,7 @@ def test_snapshot_values(clock):
     s.take_batches()
     assert s.snapshot() == {
         'num_ready_worker': 2, 'num_queued_piece': 2, 'num_inflight_piece': 2, 'num_open_request': 2,
-        'num_open_rows': 14, 'max_queue_rows': 100, 'accepting': True,
+        'num_open_rows': 14, 'num_open_bytes': 0, 'max_queue_rows': 100, 'accepting': True,
         'batches_per_worker': {'0': 1, '1': 1}, 'sequences_per_worker': {'0': 4, '1': 4},
     }
 

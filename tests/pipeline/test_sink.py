@@ -16,6 +16,7 @@ from bert_serving.server.pipeline.messages import Piece
 from bert_serving.server.pipeline.sink import Sink, SinkSettings
 
 WAIT_SECONDS = 10.0  # bound of every wait; a healthy sink answers in milliseconds
+SECRET = bytes(range(32))  # the tag key the ventilator would share with the sink
 
 
 class _Records(logging.Handler):
@@ -36,7 +37,8 @@ class SinkHarness:
     def __init__(self, tmp_path, port_out):
         self.ctx = zmq.Context()
         self.settings = SinkSettings(sink_addr=f'ipc://{tmp_path}/sink', port_out=port_out,
-                                     feedback_addr=f'ipc://{tmp_path}/feedback', bind_host='127.0.0.1')
+                                     feedback_addr=f'ipc://{tmp_path}/feedback', bind_host='127.0.0.1',
+                                     tag_secret=SECRET.hex())
         self.feedback = self._socket(zmq.PULL)
         self.feedback.bind(self.settings.feedback_addr)
         self.push = self._socket(zmq.PUSH)
@@ -109,9 +111,14 @@ def harness(tmp_path, free_port, records):
     h.close()
 
 
+def piece(client, req_id, serial, piece_id, rows=(0,)):
+    """A piece as the ventilator dispatches it to a local worker: with its tag."""
+    tag = msg.piece_tag(SECRET, msg.LOCAL_CHANNEL, client, req_id, serial, piece_id)
+    return Piece(client, req_id, rows=list(rows), texts=[''] * len(rows), serial=serial, piece_id=piece_id, tag=tag)
+
+
 def result(client, req_id, serial, piece_id, rows, array, tokens=None):
-    p = Piece(client, req_id, rows=list(rows), texts=[''] * len(rows), serial=serial, piece_id=piece_id)
-    return msg.pack_result(p, np.asarray(array, dtype=np.float32), tokens)
+    return msg.pack_result(piece(client, req_id, serial, piece_id, rows), np.asarray(array, dtype=np.float32), tokens)
 
 
 def rows_of(n, width=4, offset=0.0):
@@ -178,8 +185,7 @@ def test_a_failed_piece_fails_the_request_and_is_confirmed(harness):
     sub = harness.client(b'c')
     harness.send(msg.pack_register(b'c', 3, n=4, serial=6, timeout=None))
     harness.send(result(b'c', 3, 6, 60, [0, 1], rows_of(2)))
-    harness.send(msg.pack_fail(b'c', 3, 'WORKER-0 failed on this piece: boom', code=ErrorCode.FAILED, serial=6,
-                               piece_id=61))
+    harness.send(msg.pack_piece_fail(piece(b'c', 3, 6, 61), 'WORKER-0 failed on this piece: boom', ErrorCode.FAILED))
     reply = harness.reply(sub)
     assert (reply.kind, reply.req_id, reply.code) == ('error', 3, ErrorCode.FAILED)
     assert 'boom' in reply.error

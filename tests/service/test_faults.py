@@ -89,7 +89,7 @@ def test_identifiable_sender_gets_an_error_reply(faults_server, raw_peer, case, 
     peer.send([peer.identity, payload, req_id, msg_len])
     reply = peer.recv()
     assert reply is not None, f'no reply to a malformed request ({case})'
-    assert reply[0] == peer.identity and len(reply) == 4  # the 4-frame shape a 1.10 client reads
+    assert reply[0] == peer.identity + b'\x00' and len(reply) == 4  # the 4-frame shape a 1.10 client reads
     parsed = unpack_reply(reply)
     assert parsed.kind == 'error' and parsed.req_id == int(req_id), reply
     assert words in parsed.error

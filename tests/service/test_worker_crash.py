@@ -110,14 +110,21 @@ def test_killed_worker_is_replaced_and_no_request_is_lost(server_factory, fake_v
         assert bc.server_status['num_ready_worker'] == 2  # counted once, not 3
 
 
+def _tagged(server, piece):
+    """The piece as the ventilator hands it to a local worker: tagged with the server's secret."""
+    piece.tag = msg.piece_tag(server.tag_secret, msg.LOCAL_CHANNEL, piece.client, piece.req_id, piece.serial,
+                              piece.piece_id)
+    return piece
+
+
 def test_sink_ignores_a_piece_delivered_twice(shared_server, raw_peer):
     """A worker that dies after sending a piece's result, but before the ventilator hears DONE,
     has that piece re-queued and computed again: the sink gets the same rows twice and must
     neither finish the request early (a row still missing) nor count rows twice."""
     client, req_id = b'sink-duplicate-test', 9
     peer = raw_peer(shared_server, client)
-    first = msg.Piece(client, req_id, [0, 2], ['a', 'c'], serial=7, piece_id=1)
-    second = msg.Piece(client, req_id, [1], ['b'], serial=7, piece_id=2)
+    first = _tagged(shared_server.server, msg.Piece(client, req_id, [0, 2], ['a', 'c'], serial=7, piece_id=1))
+    second = _tagged(shared_server.server, msg.Piece(client, req_id, [1], ['b'], serial=7, piece_id=2))
     ones, twos = np.ones((2, 4), np.float32), np.full((1, 4), 2, np.float32)
     with zmq.Context() as ctx:
         push = ctx.socket(zmq.PUSH)
@@ -148,13 +155,13 @@ def test_sink_serves_a_reused_identity_and_request_id(shared_server, raw_peer):
         push.setsockopt(zmq.LINGER, 2000)
         push.connect(shared_server.server.addresses.sink)
         for serial, value in ((11, 1.0), (12, 2.0)):
-            piece = msg.Piece(client, req_id, [0], ['a'], serial=serial, piece_id=serial)
+            piece = _tagged(shared_server.server, msg.Piece(client, req_id, [0], ['a'], serial=serial, piece_id=serial))
             push.send_multipart(msg.pack_register(client, req_id, 1, serial, None))
             push.send_multipart(msg.pack_result(piece, np.full((1, 4), value, np.float32), None))
             reply = peer.recv()
             assert reply is not None, f'no reply for serial {serial}'
             np.testing.assert_array_equal(unpack_reply(reply).array, [[value] * 4])
-        late = msg.Piece(client, req_id, [0], ['a'], serial=11, piece_id=11)
+        late = _tagged(shared_server.server, msg.Piece(client, req_id, [0], ['a'], serial=11, piece_id=11))
         push.send_multipart(msg.pack_result(late, np.full((1, 4), 9.0, np.float32), None))
         push.close()
     assert peer.recv(timeout_ms=500) is None, 'a late piece of a finished request was published'

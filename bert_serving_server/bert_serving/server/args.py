@@ -141,6 +141,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     life.add_argument('-max_queue_rows', type=int, default=200_000,
                       help='most inputs accepted and not yet answered; a request beyond it is refused at '
                            'once with "server busy, retry". Lower it to bound memory and latency')
+    life.add_argument('-max_request_bytes', type=int, default=64 * 1024 * 1024,
+                      help='largest request payload (JSON bytes) a client may send; a bigger one is refused with '
+                           '"send fewer sentences per request". Raise it for huge calls, lower it on a shared server')
+    life.add_argument('-max_queue_bytes', type=int, default=512 * 1024 * 1024,
+                      help='most payload bytes accepted and not yet answered (with -max_queue_rows); more is '
+                           'refused at once with "server busy, retry". Lower it to bound the memory of the server')
+    life.add_argument('-max_reply_bytes', type=int, default=1024 * 1024 * 1024,
+                      help='largest reply one request may produce, checked before anything is computed (it '
+                           'matters with -pooling_strategy NONE: inputs x max_seq_len x width x 4 bytes). Lower '
+                           'it on a shared server; clients then send fewer inputs per call')
     life.add_argument('-drain_timeout', type=float, default=10.0,
                       help='on shutdown, seconds in-flight requests get to finish; the rest fail with '
                            '"server shutting down"')

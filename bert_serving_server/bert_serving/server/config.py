@@ -264,6 +264,8 @@ class ServerConfig:
         gpu_memory_fraction: share of a GPU's memory each worker may take.
         show_tokens_to_client: send the word pieces back with every result.
         max_request_bytes: largest request payload accepted.
+        max_queue_bytes: most payload bytes of accepted, unfinished requests; more is refused as busy.
+        max_reply_bytes: largest reply a request may produce (checked before it is computed).
         request_timeout: seconds an accepted request may take before it fails (None: no bound).
         max_queue_rows: most inputs of accepted, unfinished requests; more is refused as busy.
         drain_timeout: seconds work in progress gets to finish when the server stops.
@@ -291,6 +293,8 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     request_timeout: Optional[float] = 300.0
     max_queue_rows: int = 200_000
+    max_queue_bytes: int = 512 * 1024 * 1024
+    max_reply_bytes: int = 1024 * 1024 * 1024
     drain_timeout: float = 10.0
     heartbeat_timeout: float = 10.0
     batch_timeout: float = 60.0
@@ -308,6 +312,8 @@ class ServerConfig:
             raise ConfigError('num_worker 0 (a pure front) needs -port_worker, so that remote workers can join')
         checks = [('num_worker', self.num_worker >= 0), ('max_batch_size', self.max_batch_size >= 1),
                   ('max_queue_rows', self.max_queue_rows >= 1), ('drain_timeout', self.drain_timeout >= 0),
+                  ('max_request_bytes', self.max_request_bytes >= 1024),
+                  ('max_queue_bytes', self.max_queue_bytes >= 1), ('max_reply_bytes', self.max_reply_bytes >= 1024),
                   ('heartbeat_timeout', self.heartbeat_timeout > 0), ('batch_timeout', self.batch_timeout > 0),
                   ('max_batch_tokens', self.max_batch_tokens >= 1),
                   ('priority_batch_size', self.priority_batch_size >= 0),
@@ -315,7 +321,8 @@ class ServerConfig:
                   ('http_max_connect', self.http_max_connect >= 1)]
         for name, ok in checks:
             if not ok:
-                floor = '0 or more' if name in ('num_worker', 'priority_batch_size', 'prefetch_size',
+                floor = 'at least 1024' if name in ('max_request_bytes', 'max_reply_bytes') else \
+                    '0 or more' if name in ('num_worker', 'priority_batch_size', 'prefetch_size',
                                                 'drain_timeout') else 'positive'
                 raise ConfigError(f'{name} must be {floor}, got {getattr(self, name)}')
         if not 0.0 < self.gpu_memory_fraction <= 1.0:

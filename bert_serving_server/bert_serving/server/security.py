@@ -1,14 +1,21 @@
 """CurveZMQ on the server's TCP sockets, the bind address, and who may send TERMINATE.
 
 Without ``-auth_dir`` nothing changes: sockets are plain, as in 1.10. With ``-auth_dir DIR`` every
-TCP socket the server binds (the ventilator's client PULL, the sink's XPUB, the worker port) is a
+TCP socket the server binds (the ventilator's client PULL, the sink's XPUB, the worker ports) is a
 CURVE server: traffic is encrypted and only peers whose public key the server holds get through the
 handshake. A peer without keys, or with a key not in ``DIR/authorized/``, gets no data, no status,
 and its TERMINATE never arrives. ``DIR`` holds (``bert-serving-keygen DIR NAME`` writes the pairs)::
 
-    server.key_secret   the server's own pair; stays on the server
-    server.key          its public half, handed to every client and worker (the server does not read it)
-    authorized/*.key    the public keys let in, one file per client, worker or team
+    server.key_secret            the server's own pair; stays on the server
+    server.key                   its public half, handed to every client and worker (the server does not read it)
+    authorized/*.key             the public keys of clients, one file per client or team
+    authorized_workers/*.key     the public keys of remote workers (bert-serving-worker)
+
+Clients and workers are apart: the client ports (``port``, ``port_out``) are the ZAP domain
+``bert-serving`` and take keys of ``authorized/`` only; the worker ports (``port_worker``,
+``port_worker_sink``) are the domain ``bert-serving-workers`` and take keys of
+``authorized_workers/`` only. A client key cannot pose as a worker, nor a worker key as a client
+(unless the operator puts one key in both folders).
 
 Each process whose context binds such sockets runs one ZAP handler, pyzmq's ThreadAuthenticator
 (:func:`authenticator`). It reads ``authorized/`` again at every new connection: a key added or
@@ -43,11 +50,14 @@ from .errors import ConfigError
 
 __all__ = ['AuthConfig', 'CurveKeys', 'authenticator', 'start_authenticator', 'secure_server_socket',
            'secure_client_socket', 'bind_address', 'ephemeral_keypair', 'local_peer_keys', 'may_terminate', 'is_loopback_address',
-           'peer_of', 'redact_args', 'redact_argv', 'write_keypair', 'SERVER_SECRET_FILE', 'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'SECRET_FLAGS']
+           'peer_of', 'redact_args', 'redact_argv', 'write_keypair', 'SERVER_SECRET_FILE', 'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'SECRET_FLAGS',
+           'WORKERS_DIR', 'WORKER_DOMAIN']
 
 SERVER_SECRET_FILE = 'server.key_secret'
 AUTHORIZED_DIR = 'authorized'
-ZAP_DOMAIN = 'bert-serving'
+WORKERS_DIR = 'authorized_workers'
+ZAP_DOMAIN = 'bert-serving'  # the client ports
+WORKER_DOMAIN = 'bert-serving-workers'  # the worker ports
 # Flags whose value must not reach a log, the start-up table or a SHOW_CONFIG reply.
 SECRET_FLAGS = ('http_token',)
 MAX_LOGGED_REFUSALS = 1000  # distinct refused keys logged; a peer retrying every 100 ms is logged once
@@ -109,6 +119,10 @@ class AuthConfig:
     def authorized_path(self) -> Path:
         return Path(self.auth_dir) / AUTHORIZED_DIR
 
+    @property
+    def workers_path(self) -> Path:
+        return Path(self.auth_dir) / WORKERS_DIR
+
     def _check_auth_dir(self) -> None:
         if not zmq.has('curve'):
             raise ConfigError(f'-auth_dir needs a libzmq with CURVE; this one ({zmq.zmq_version()}) has none. '
@@ -139,19 +153,35 @@ class AuthConfig:
         except KeyFileError as e:
             raise ConfigError(str(e)) from e
 
-    def authorized_keys(self) -> frozenset:
-        """The public z85 keys of ``authorized/*.key``, read now.
+    def authorized_keys(self, folder: str = AUTHORIZED_DIR) -> frozenset:
+        """The public z85 keys of ``authorized/*.key`` (or of ``authorized_workers/*.key``), read now;
+        empty if the folder does not exist.
 
         Raises:
             ConfigError: a file there is unreadable, not a certificate, or holds a secret key.
         """
         keys = set()
-        for path in sorted(self.authorized_path.glob('*.key')):
+        for path in sorted((Path(self.auth_dir) / folder).glob('*.key')):
             try:
-                keys.add(load_public_key(path, f'-auth_dir {AUTHORIZED_DIR}/'))
+                keys.add(load_public_key(path, f'-auth_dir {folder}/'))
             except KeyFileError as e:
                 raise ConfigError(str(e)) from e
         return frozenset(keys)
+
+    def worker_keys(self) -> frozenset:
+        """The public z85 keys of ``authorized_workers/*.key``, read now (see :meth:`authorized_keys`)."""
+        return self.authorized_keys(WORKERS_DIR)
+
+    def check_worker_keys(self) -> None:
+        """For a server that takes remote workers: with ``auth_dir``, at least one worker key.
+
+        Raises:
+            ConfigError: ``authorized_workers/`` is missing or holds no public key.
+        """
+        if self.enabled and not self.worker_keys():
+            raise ConfigError(f'-auth_dir with -port_worker: {self.workers_path} holds no public key (*.key), so no '
+                              'remote worker could join. Worker keys live apart from client keys: write a pair '
+                              'with `bert-serving-keygen DIR NAME` and copy NAME.key into that folder')
 
     @classmethod
     def from_namespace(cls, args) -> 'AuthConfig':
@@ -166,8 +196,9 @@ class _KeyRing:
     server's own in-memory keys (its HTTP proxy's). Never raises: an exception would end the ZAP
     thread, and a refusal is the only safe answer to a question it cannot answer."""
 
-    def __init__(self, auth: AuthConfig, extra_public_keys: Iterable):
+    def __init__(self, auth: AuthConfig, extra_public_keys: Iterable, folder: str = AUTHORIZED_DIR):
         self.auth = auth
+        self.folder = folder
         self.extra = frozenset(k.encode('ascii') if isinstance(k, str) else bytes(k) for k in extra_public_keys)
         self.logged: set = set()  # what was logged already: each refused key, each broken file, once
 
@@ -178,10 +209,10 @@ class _KeyRing:
 
     def callback(self, domain: str, key: bytes) -> bool:
         try:
-            if key in self.extra or key in self.auth.authorized_keys():
+            if key in self.extra or key in self.auth.authorized_keys(self.folder):
                 return True
             self._log_once(key, 'refused a connection with the unknown key %s: it is not in %s',
-                           key.decode('ascii', 'replace'), self.auth.authorized_path)
+                           key.decode('ascii', 'replace'), Path(self.auth.auth_dir) / self.folder)
         except Exception as e:  # noqa: BLE001 - see the class docstring
             self._log_once(str(e), 'refused a connection: %s', e)
         return False
@@ -208,6 +239,7 @@ def start_authenticator(ctx: zmq.Context, auth: AuthConfig, extra_public_keys: I
         handler = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + '.zap'))
         handler.start()
         handler.configure_curve_callback(ZAP_DOMAIN, _KeyRing(auth, extra_public_keys))
+        handler.configure_curve_callback(WORKER_DOMAIN, _KeyRing(auth, (), WORKERS_DIR))
         _running[ctx] = handler
     return handler
 
@@ -226,11 +258,12 @@ def authenticator(ctx: zmq.Context, auth: AuthConfig, extra_public_keys: Iterabl
             handler.stop()
 
 
-def secure_server_socket(sock: zmq.Socket, auth: AuthConfig) -> None:
+def secure_server_socket(sock: zmq.Socket, auth: AuthConfig, domain: str = ZAP_DOMAIN) -> None:
     """Prepares a socket that binds a TCP port; call it before ``bind(bind_address(auth, port))``.
 
     Sets IPV6 for an IPv6 bind host, and with ``auth_dir`` makes the socket a CURVE server with the
-    server's secret key, checked by the context's ZAP handler.
+    server's secret key, checked by the context's ZAP handler in ``domain``: ZAP_DOMAIN (clients,
+    ``authorized/``) or WORKER_DOMAIN (remote workers, ``authorized_workers/``).
 
     Raises:
         RuntimeError: ``auth_dir`` is set and ``sock``'s context runs no authenticator: without one,
@@ -247,7 +280,7 @@ def secure_server_socket(sock: zmq.Socket, auth: AuthConfig) -> None:
         raise RuntimeError('secure_server_socket: the socket\'s context has no running authenticator; '
                            'enter security.authenticator(ctx, auth, ...) before creating its TCP sockets')
     public, secret = auth.server_keypair()
-    sock.zap_domain = ZAP_DOMAIN.encode('ascii')
+    sock.zap_domain = domain.encode('ascii')
     sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP handler answering: refuse, never let in
     sock.curve_secretkey = secret
     sock.curve_publickey = public
@@ -357,7 +390,7 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
     """Writes ``NAME.key`` (public) and ``NAME.key_secret`` (both halves) in ``directory``, as
     ``zmq.auth.create_certificates`` does, readable by their owner only (the public one may be
     shared: it is made world-readable afterwards). For ``name == 'server'`` it also creates the
-    empty ``authorized/`` folder that ``-auth_dir`` expects.
+    empty ``authorized/`` and ``authorized_workers/`` folders that ``-auth_dir`` expects.
 
     Raises:
         ConfigError: ``name`` is not a plain file name, or a file of that pair exists already (a
@@ -377,6 +410,7 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
         zmq.auth.create_certificates(folder, name)
         if name == 'server':
             (folder / AUTHORIZED_DIR).mkdir(mode=0o700, exist_ok=True)
+            (folder / WORKERS_DIR).mkdir(mode=0o700, exist_ok=True)
     finally:
         os.umask(old_umask)
     public.chmod(0o644)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import platform
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from bert_serving.client import __version__
 from bert_serving.client.protocol import PROTOCOL_VERSION, WIRE_RELEASE, Command, pack_request
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
-from .config import EngineConfig, ServerConfig
+from .config import EngineConfig, PoolingStrategy, ServerConfig
 from .errors import ConfigError
 from .engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
 from .engine.features import token_counts
@@ -83,6 +84,10 @@ class BertServer(threading.Thread):
         self.server_config = cfg = ServerConfig.from_namespace(args)
         self.logger = get_logger('VENTILATOR', cfg.verbose)
         self.auth = AuthConfig.from_namespace(args)  # checks -auth_dir and -bind now, not at the first peer
+        if cfg.port_worker is not None:
+            self.auth.check_worker_keys()
+        # Tags the pieces handed to workers (messages.piece_tag): only the ventilator and the sink hold it.
+        self.tag_secret = os.urandom(32)
         # The HTTP proxy connects to the server over TCP: with Curve on, it gets a key pair of its own.
         self.proxy_keys = local_peer_keys(self.auth)
         self.proxy_settings = None
@@ -116,6 +121,8 @@ class BertServer(threading.Thread):
         self.scheduler = Scheduler(SchedulerConfig(
             num_worker=cfg.num_worker, max_batch_size=cfg.max_batch_size,
             priority_batch_size=cfg.priority_batch_size, max_queue_rows=cfg.max_queue_rows,
+            max_queue_bytes=cfg.max_queue_bytes, reply_row_bytes=self._reply_row_bytes(),
+            max_reply_bytes=cfg.max_reply_bytes,
             batch_timeout=cfg.batch_timeout, heartbeat_timeout=cfg.heartbeat_timeout),
             lengths=None if self.graph is None else functools.partial(token_counts, BertTokenizer(
                 self.graph.files.vocab_path, self.engine_config.do_lower_case, word_cache_size=VENTILATOR_WORD_CACHE)))
@@ -136,6 +143,16 @@ class BertServer(threading.Thread):
             'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
             **self._model_status(),
         }
+
+    def _reply_row_bytes(self) -> int:
+        """The most bytes one input adds to a reply: its vector, or with NONE pooling its
+        max_seq_len vectors (max_position_embeddings when max_seq_len is NONE)."""
+        e = self.engine_config
+        row = self._model_status()['output_dim'] * (2 if e.fp16 else 4)
+        if e.pooling_strategy == PoolingStrategy.NONE:
+            longest = e.max_seq_len or (512 if self.graph is None else self.graph.bert_config.max_position_embeddings)
+            row *= longest
+        return row
 
     def _model_status(self) -> dict:
         if self.graph is None:
@@ -180,7 +197,9 @@ class BertServer(threading.Thread):
                 sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
                     SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
                                  port_worker_sink=cfg.port_worker_sink, bind_host=self.auth.bind_host,
-                                 auth_dir=self.auth.auth_dir, extra_public_keys=extra_keys, verbose=cfg.verbose)))
+                                 auth_dir=self.auth.auth_dir, extra_public_keys=extra_keys,
+                                 tag_secret=self.tag_secret.hex(), max_result_bytes=cfg.max_reply_bytes + (16 << 20),
+                                 verbose=cfg.verbose)))
                 sink.start()
                 self.supervisor.add_service(sink, 'see the SINK log')
                 # The sink binds port_out; if it cannot, it exits, and without this wait the server
@@ -195,7 +214,8 @@ class BertServer(threading.Thread):
                            max_request_bytes=cfg.max_request_bytes, request_timeout=cfg.request_timeout,
                            drain_timeout=cfg.drain_timeout, fingerprint=self.fingerprint,
                            show_tokens_to_client=cfg.show_tokens_to_client, auth=self.auth,
-                           secure=functools.partial(secure_server_socket, auth=self.auth)).run(ctx)
+                           secure=functools.partial(secure_server_socket, auth=self.auth),
+                           tag_secret=self.tag_secret).run(ctx)
         except Exception as e:  # e.g. a port already in use
             self.fatal(f'{type(e).__name__}: {e}')
         finally:

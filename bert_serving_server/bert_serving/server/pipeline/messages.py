@@ -21,23 +21,32 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
-    [REGISTER, client, req_id, JSON {"n", "serial", "timeout"}]   a data request to reassemble
-    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens"}, bytes]
-    [JSON_REPLY, client, req_id, JSON]                            publish as is (config / status)
-    [FAIL, client, req_id, JSON {"message", "code", "serial", "piece"}]
+    [REGISTER, client, req_id, JSON {"n", "serial", "timeout", "key"}]   a data request to reassemble
+    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens", "tag"}, bytes]
+    [JSON_REPLY, client, req_id, key, JSON]                       publish as is (config / status)
+    [FAIL, client, req_id, JSON {"message", "code", "serial", "piece", "tag", "key"}]
         fail a request; "serial" null = refused before it was registered; "piece" set when a
         worker failed one piece (the sink confirms that piece)
+
+``key`` is the z85 Curve key the client's request came with (empty without ``-auth_dir``): the
+sink publishes the reply on ``reply_topic(client, key)``, which only that key's subscription
+matches. ``tag`` is :func:`piece_tag` of the piece as the ventilator dispatched it: the sink takes
+a worker's RESULT or FAIL only with the tag of a piece sent to that channel (the local workers'
+ipc socket, or the Curve key of a remote worker), so a peer cannot forge or cancel others' work.
 
 Sink PUSH -> ventilator PULL (binds ``feedback``)::
 
     [CONFIRM, JSON {"pieces": [piece ids]}]      the sink holds these pieces' rows (or their failure)
-    [FINISHED, JSON {"serials": [serials]}]      these requests were answered or failed
+    [FINISHED, JSON {"serials": [serials], "dropped": n}]   these requests were answered or failed;
+                                                 n: worker messages the sink refused so far
 
 ``serial`` numbers the data requests the ventilator accepted; with the client's identity and req_id
 it names one request (clients may reuse identities and ids). ``piece`` numbers pieces.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
@@ -53,7 +62,8 @@ __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', '
            'pack_ready', 'pack_heartbeat', 'pack_done', 'pack_fatal', 'unpack_worker',
            'pack_batch', 'unpack_batch',
            'pack_register', 'pack_result', 'pack_json_reply', 'pack_fail', 'unpack_sink',
-           'pack_confirm', 'pack_finished', 'unpack_feedback']
+           'pack_confirm', 'pack_finished', 'unpack_feedback', 'pack_piece_fail', 'piece_tag', 'LOCAL_CHANNEL',
+           'remote_channel']
 
 READY, HEARTBEAT, DONE, FATAL, BATCH = b'READY', b'HEARTBEAT', b'DONE', b'FATAL', b'BATCH'
 HELLO, WELCOME, REJECT, PONG, REGISTER_AGAIN = b'HELLO', b'WELCOME', b'REJECT', b'PONG', b'REGISTER_AGAIN'
@@ -97,6 +107,7 @@ class Piece:
         serial: the ventilator's number for the request.
         piece_id: the ventilator's number for this piece.
         attempt: how often a worker was lost while holding this piece.
+        tag: :func:`piece_tag` for the worker it was last sent to; echoed in its RESULT or FAIL.
     """
     client: bytes
     req_id: int
@@ -107,6 +118,7 @@ class Piece:
     serial: int = 0
     piece_id: int = 0
     attempt: int = 0
+    tag: str = ''
 
     @property
     def key(self) -> RequestKey:
@@ -123,9 +135,25 @@ class Piece:
             return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=[int(r) for r in d['rows']],
                        texts=list(d['texts']), is_tokenized=bool(d['is_tokenized']),
                        show_tokens=bool(d.get('show_tokens', False)), serial=int(d['serial']),
-                       piece_id=int(d['piece_id']), attempt=int(d.get('attempt', 0)))
+                       piece_id=int(d['piece_id']), attempt=int(d.get('attempt', 0)), tag=str(d.get('tag', '')))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadMessage(f'a piece lacks or mistypes a field ({e!r})') from None
+
+
+LOCAL_CHANNEL = b'local'  # the local workers' ipc socket
+
+
+def remote_channel(curve_key: bytes) -> bytes:
+    """The channel of a remote worker: its z85 Curve key (empty without -auth_dir)."""
+    return b'remote:' + curve_key
+
+
+def piece_tag(secret: bytes, channel: bytes, client: bytes, req_id: int, serial: int, piece_id: int) -> str:
+    """An HMAC-SHA256 (128 bits, hex) of a piece as dispatched: who asked (client, req_id, serial),
+    which piece, and the channel of the worker it went to. Only the ventilator and the sink hold
+    ``secret``, so a valid tag proves the piece was sent to that channel."""
+    data = b'%d:%s|%d|%d|%d|%s' % (len(client), client, req_id, serial, piece_id, channel)
+    return hmac.new(secret, data, hashlib.sha256).hexdigest()[:32]
 
 
 # -- worker <-> ventilator -------------------------------------------------------------------------
@@ -259,6 +287,8 @@ class SinkMessage:
         tokens: RESULT: token lists, or None.
         body: JSON_REPLY: the bytes to publish.
         message, code: FAIL.
+        key: REGISTER, FAIL of an unregistered request, JSON_REPLY: the requester's Curve key.
+        tag: RESULT, and FAIL of one piece: the piece's :func:`piece_tag`.
     """
     kind: bytes
     client: bytes
@@ -273,31 +303,46 @@ class SinkMessage:
     body: bytes = b''
     message: str = ''
     code: Optional[str] = None
+    curve_key: bytes = b''
+    tag: str = ''
 
     @property
     def key(self) -> RequestKey:
         return self.client, self.req_id, self.serial
 
 
-def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float]) -> List[bytes]:
-    return [REGISTER, client, b'%d' % req_id, json.dumps({'n': n, 'serial': serial, 'timeout': timeout}).encode()]
+def _text(key: bytes) -> str:
+    return key.decode('latin-1')
+
+
+def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float],
+                  key: bytes = b'') -> List[bytes]:
+    body = {'n': n, 'serial': serial, 'timeout': timeout, 'key': _text(key)}
+    return [REGISTER, client, b'%d' % req_id, json.dumps(body).encode()]
 
 
 def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list]) -> List[Any]:
     array = np.ascontiguousarray(array)
     header = {'serial': piece.serial, 'piece': piece.piece_id, 'rows': piece.rows, 'dtype': str(array.dtype),
-              'shape': list(array.shape), 'tokens': tokens}
+              'shape': list(array.shape), 'tokens': tokens, 'tag': piece.tag}
     return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(), raw_bytes(array)]
 
 
-def pack_json_reply(client: bytes, req_id: int, body: bytes) -> List[bytes]:
-    return [JSON_REPLY, client, b'%d' % req_id, body]
+def pack_json_reply(client: bytes, req_id: int, body: bytes, key: bytes = b'') -> List[bytes]:
+    return [JSON_REPLY, client, b'%d' % req_id, key, body]
 
 
 def pack_fail(client: bytes, req_id: int, message: str, *, code: Optional[str] = None,
-              serial: Optional[int] = None, piece_id: Optional[int] = None) -> List[bytes]:
-    body = {'message': message, 'code': code, 'serial': serial, 'piece': piece_id}
+              serial: Optional[int] = None, piece_id: Optional[int] = None, key: bytes = b'',
+              tag: str = '') -> List[bytes]:
+    body = {'message': message, 'code': code, 'serial': serial, 'piece': piece_id, 'key': _text(key), 'tag': tag}
     return [FAIL, client, b'%d' % req_id, json.dumps(body).encode()]
+
+
+def pack_piece_fail(piece: Piece, message: str, code: str) -> List[bytes]:
+    """A worker fails one piece (bad input, model error); the sink checks its tag."""
+    return pack_fail(piece.client, piece.req_id, message, code=code, serial=piece.serial,
+                     piece_id=piece.piece_id, tag=piece.tag)
 
 
 def unpack_sink(frames: Sequence) -> SinkMessage:
@@ -306,20 +351,24 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
         raise BadMessage(f'a sink message has at least 4 frames, got {len(frames)}')
     kind, client, req_id = bytes(frames[0]), bytes(frames[1]), _int(frames[2])
     if kind == JSON_REPLY:
-        return SinkMessage(kind, client, req_id, body=bytes(frames[3]))
+        if len(frames) != 5:
+            raise BadMessage('a JSON_REPLY has 5 frames')
+        return SinkMessage(kind, client, req_id, curve_key=bytes(frames[3]), body=bytes(frames[4]))
     body = _json(frames[3])
     if not isinstance(body, dict):
         raise BadMessage(f'{kind[:16]!r} carries a JSON object')
     try:
+        curve_key = str(body.get('key') or '').encode('latin-1')
         if kind == REGISTER:
             timeout = body.get('timeout')
             return SinkMessage(kind, client, req_id, serial=int(body['serial']), n=int(body['n']),
-                               timeout=None if timeout is None else float(timeout))
+                               timeout=None if timeout is None else float(timeout), curve_key=curve_key)
         if kind == FAIL:
             serial, piece = body.get('serial'), body.get('piece')
             return SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
                                piece_id=None if piece is None else int(piece), message=str(body['message']),
-                               code=body['code'] if isinstance(body.get('code'), str) else None)
+                               code=body['code'] if isinstance(body.get('code'), str) else None,
+                               curve_key=curve_key, tag=str(body.get('tag') or ''))
         if kind == RESULT:
             if len(frames) != 5:
                 raise BadMessage('a RESULT has 5 frames')
@@ -328,7 +377,7 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
             if len(rows) != (array.shape[0] if array.ndim else -1):
                 raise BadMessage(f'a RESULT has {len(rows)} rows but an array of shape {array.shape}')
             return SinkMessage(kind, client, req_id, serial=int(body['serial']), piece_id=int(body['piece']),
-                               rows=rows, array=array, tokens=body.get('tokens'))
+                               rows=rows, array=array, tokens=body.get('tokens'), tag=str(body.get('tag') or ''))
     except BadMessage:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -338,17 +387,19 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
 
 # -- sink -> ventilator ----------------------------------------------------------------------------
 class Feedback(NamedTuple):
-    """CONFIRM (``ids`` are piece ids) or FINISHED (``ids`` are request serials)."""
+    """CONFIRM (``ids`` are piece ids) or FINISHED (``ids`` are request serials; ``dropped``: worker
+    messages the sink refused since it started)."""
     kind: bytes
     ids: List[int]
+    dropped: int = 0
 
 
 def pack_confirm(piece_ids: Sequence[int]) -> List[bytes]:
     return [CONFIRM, json.dumps({'pieces': list(piece_ids)}).encode()]
 
 
-def pack_finished(serials: Sequence[int]) -> List[bytes]:
-    return [FINISHED, json.dumps({'serials': list(serials)}).encode()]
+def pack_finished(serials: Sequence[int], dropped: int = 0) -> List[bytes]:
+    return [FINISHED, json.dumps({'serials': list(serials), 'dropped': dropped}).encode()]
 
 
 def unpack_feedback(frames: Sequence[bytes]) -> Feedback:
@@ -359,6 +410,6 @@ def unpack_feedback(frames: Sequence[bytes]) -> Feedback:
     if name is None or not isinstance(body, dict) or not isinstance(body.get(name), list):
         raise BadMessage(f'malformed feedback {kind[:16]!r}')
     try:
-        return Feedback(kind, [int(i) for i in body[name]])
+        return Feedback(kind, [int(i) for i in body[name]], int(body.get('dropped', 0)))
     except (TypeError, ValueError):
         raise BadMessage(f'{kind[:16]!r} holds a non-integer id') from None

@@ -33,6 +33,7 @@ class WorkerInfo:
     remote: bool
     state: str = 'loading'
     since: float = field(default_factory=time.time)
+    channel: bytes = b'local'  # where its results come from (messages.LOCAL_CHANNEL / remote_channel(key))
 
 
 class WorkerRegistry:
@@ -48,8 +49,9 @@ class WorkerRegistry:
         self.remote_enabled = remote_enabled
         self.known: Dict[bytes, WorkerInfo] = {}
 
-    def hello(self, identity: bytes, info: dict, remote: bool) -> Optional[str]:
-        """Registers a worker that said HELLO on the local (ipc) or the remote (TCP) socket.
+    def hello(self, identity: bytes, info: dict, remote: bool, channel: bytes = b'local') -> Optional[str]:
+        """Registers a worker that said HELLO on the local (ipc) or the remote (TCP) socket; ``channel``
+        names the socket (and Curve key) its results must come from.
 
         Returns:
             None if welcome, else why it is refused (the worker gets the reason and exits).
@@ -68,7 +70,7 @@ class WorkerRegistry:
         if remote:
             label = f'REMOTE-{info["host"]}-{info["pid"]}'
         self.known[identity] = WorkerInfo(label if remote else f'WORKER-{label}', label, info['host'],
-                                          info['device'], remote=remote)
+                                          info['device'], remote=remote, channel=channel)
         return None
 
     def get(self, identity: bytes, remote: bool) -> Optional[WorkerInfo]:

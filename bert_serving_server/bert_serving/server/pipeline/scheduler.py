@@ -41,6 +41,11 @@ class SchedulerConfig:
         max_batch_size: most rows per batch (and per piece).
         priority_batch_size: requests with at most this many rows use the priority queue.
         max_queue_rows: most rows of accepted, unfinished requests; more is refused as busy.
+        max_queue_bytes: most payload bytes of accepted, unfinished requests; more is refused as busy.
+        reply_row_bytes: the most bytes one input may add to a reply (width x 4, times max_seq_len
+            for NONE pooling); 0 = not checked.
+        max_reply_bytes: the largest reply a request may produce; a request whose worst case is
+            larger is refused before anything is computed.
         batch_timeout: seconds a worker may hold a batch before it is declared hung.
         heartbeat_timeout: seconds of silence after which a ready worker is declared lost.
     """
@@ -48,6 +53,9 @@ class SchedulerConfig:
     max_batch_size: int = 256
     priority_batch_size: int = 16
     max_queue_rows: int = 200_000
+    max_queue_bytes: int = 512 << 20
+    reply_row_bytes: int = 0
+    max_reply_bytes: int = 1 << 30
     batch_timeout: float = 60.0
     heartbeat_timeout: float = 10.0
 
@@ -82,6 +90,7 @@ class _Request:
     client: bytes
     req_id: int
     rows: int
+    size: int = 0  # payload bytes
     pieces: Set[int] = field(default_factory=set)  # unconfirmed piece ids
     failed: bool = False
 
@@ -133,6 +142,7 @@ class Scheduler:
         self.queued: Set[int] = set()
         self.workers: Dict[bytes, _Worker] = {}
         self.open_rows = 0
+        self.open_bytes = 0
         self.accepting = True
         self._serials = itertools.count(1)
         self._piece_ids = itertools.count(1)
@@ -142,24 +152,35 @@ class Scheduler:
 
     # -- requests --------------------------------------------------------------------------------
     def accept(self, client: bytes, req_id: int, texts: list, is_tokenized: bool,
-               show_tokens: bool = False) -> int:
+               show_tokens: bool = False, size: int = 0) -> int:
         """Splits a request into length-bucketed pieces and queues them.
+
+        Args:
+            size: the request's payload bytes (counted against max_queue_bytes).
 
         Returns:
             the request's serial.
 
         Raises:
-            Refused: shutting down, bigger than the whole queue, or the queue is full right now.
+            Refused: shutting down, bigger than the whole queue, a reply larger than max_reply_bytes,
+                or the queue is full right now.
         """
-        n = len(texts)
+        n, cfg = len(texts), self.cfg
         if not self.accepting:
             raise Refused('server shutting down: it takes no new requests', ErrorCode.SHUTTING_DOWN)
-        if n > self.cfg.max_queue_rows:
-            raise Refused(f'request of {n} inputs exceeds the server queue of {self.cfg.max_queue_rows} '
+        if n > cfg.max_queue_rows:
+            raise Refused(f'request of {n} inputs exceeds the server queue of {cfg.max_queue_rows} '
                           'inputs (-max_queue_rows); send fewer inputs per request', ErrorCode.BAD_REQUEST)
-        if self.open_rows + n > self.cfg.max_queue_rows:
+        if n * cfg.reply_row_bytes > cfg.max_reply_bytes:
+            raise Refused(f'the reply to {n} inputs could take up to {n * cfg.reply_row_bytes} bytes ({cfg.reply_row_bytes} '
+                          f'per input), over -max_reply_bytes {cfg.max_reply_bytes}; send at most '
+                          f'{cfg.max_reply_bytes // cfg.reply_row_bytes} inputs per request', ErrorCode.BAD_REQUEST)
+        if self.open_rows + n > cfg.max_queue_rows:
             raise Refused(f'server busy: {self.open_rows} inputs are queued or in progress and '
-                          f'-max_queue_rows is {self.cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
+                          f'-max_queue_rows is {cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
+        if self.open_bytes and self.open_bytes + size > cfg.max_queue_bytes:
+            raise Refused(f'server busy: {self.open_bytes} bytes of requests are queued or in progress and '
+                          f'-max_queue_bytes is {cfg.max_queue_bytes}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
         workers = max(self.cfg.num_worker, len(self.workers))  # remote workers count too
         num_pieces = max(math.ceil(n / self.cfg.max_batch_size), min(workers, n // 32), 1)
         if num_pieces == 1:
@@ -174,8 +195,9 @@ class Scheduler:
             size = math.ceil(n / num_pieces)
             orders = [by_len[i:i + size] for i in range(0, n, size)]
         serial = next(self._serials)
-        request = self.requests[serial] = _Request(client, req_id, n)
+        request = self.requests[serial] = _Request(client, req_id, n, size)
         self.open_rows += n
+        self.open_bytes += size
         queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
         for rows in orders:
             piece = Piece(client, req_id, rows, [texts[i] for i in rows], is_tokenized,
@@ -193,6 +215,7 @@ class Scheduler:
             if request is None:
                 continue
             self.open_rows -= request.rows
+            self.open_bytes -= request.size
             for piece_id in request.pieces:
                 self._forget_piece(piece_id)
         self._compact()
@@ -429,6 +452,7 @@ class Scheduler:
             'num_inflight_piece': len(self.holder),
             'num_open_request': len(self.requests),
             'num_open_rows': self.open_rows,
+            'num_open_bytes': self.open_bytes,
             'max_queue_rows': self.cfg.max_queue_rows,
             'accepting': self.accepting,
             'batches_per_worker': dict(sorted(self.batches_per_worker.items())),

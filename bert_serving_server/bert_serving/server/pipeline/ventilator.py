@@ -13,6 +13,12 @@ Every worker says HELLO with the fingerprint of its model and flags, on its own 
 WorkerRegistry decides who is in. A remote worker the ventilator does not know (the server restarted,
 or declared it lost) is asked to register again.
 
+Clients are told apart by identity and, with ``-auth_dir``, by the Curve key their request came with:
+the sink answers on a topic only that key's subscription matches. An identity the sink could not
+publish to (empty, over 256 bytes, holding a NUL) is refused and logged, never stored. Each piece
+handed to a worker carries a tag (``messages.piece_tag``) for that worker's channel; the sink takes
+its RESULT or FAIL only with that tag.
+
 Decisions live elsewhere: the Scheduler (queues, batches, pieces in flight, deadlines), the
 Supervisor (processes, restarts) and the WorkerRegistry. The loop only turns messages into their calls
 and their results into messages. A malformed message is logged and dropped.
@@ -24,6 +30,7 @@ failed with that reason, and the loop ends once the sink has answered everything
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,10 +42,11 @@ from bert_serving.client.errors import BadRequest, ProtocolError
 from bert_serving.client.protocol import Command, ErrorCode, unpack_request
 from bert_serving.client.validation import parse_payload
 
-from ..security import AuthConfig, bind_address, may_terminate, peer_of
+from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, peer_of
 from . import messages as msg
 from .registry import WorkerRegistry
 from .scheduler import Refused, Scheduler
+from .sink import MAX_IDENTITY_BYTES, valid_identity
 from .statistics import ServerStatistic
 from .supervisor import Supervisor
 
@@ -51,6 +59,7 @@ FINAL_GRACE_SECONDS = 3.0  # after the drain: time for the sink to answer the fa
 SINK_SILENCE_SECONDS = 15.0  # a sink that sends no feedback this long is stuck (stopped, wedged)
 MAX_OUTBOX = 100_000  # messages waiting for the sink; beyond, the sink is declared stuck
 WORKER_MAX_MSG_BYTES = 1 << 20  # what a worker sends the ventilator is small; refuse anything bigger
+MAX_LOGGED_REFUSALS = 20  # bad identities logged one by one; then every 1000th
 
 
 @dataclass(frozen=True)
@@ -77,13 +86,14 @@ class Ventilator:
         drain_timeout: seconds queued and in-flight requests get to finish when stopping.
         fingerprint: what every worker must match to join.
         show_tokens_to_client: send tokens with every result.
-        auth: who may reach the TCP sockets; ``secure`` applies it to a socket before it binds.
+        auth: who may reach the TCP sockets; ``secure(sock, domain)`` applies it to a socket before it binds.
+        tag_secret: the key of the pieces' tags, shared with the sink (random per server).
     """
 
     def __init__(self, server, scheduler: Scheduler, supervisor: Supervisor, addresses: Addresses, *,
                  num_worker: int, max_request_bytes: int, request_timeout, drain_timeout: float,
                  fingerprint: str, show_tokens_to_client: bool = False, auth: AuthConfig = AuthConfig(),
-                 secure=lambda sock: None):
+                 secure=lambda sock, domain=None: None, tag_secret: bytes = b''):
         self.server = server
         self.logger = server.logger
         self.scheduler = scheduler
@@ -96,6 +106,9 @@ class Ventilator:
         self.show_tokens_to_client = show_tokens_to_client
         self.auth = auth
         self.secure = secure
+        self.tag_secret = tag_secret or os.urandom(32)
+        self.refused_identities = 0
+        self.dropped_by_sink = 0  # worker messages the sink refused (bad tag, wrong port)
         self.stat = ServerStatistic()
         self.registry = WorkerRegistry(fingerprint, supervisor.label, addresses.port_worker is not None)
         self.outbox: deque = deque()  # for the sink, when it cannot take more right now
@@ -122,7 +135,7 @@ class Ventilator:
                                       (zmq.ROUTER_HANDOVER, 1),  # a worker that reconnects keeps its identity
                                       (zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 5000)):  # cut links
                     self.remote.setsockopt(option, value)
-                self.secure(self.remote)
+                self.secure(self.remote, domain=WORKER_DOMAIN)
                 self.remote.bind(bind_address(self.auth, a.port_worker))
             feedback.bind(a.feedback)
             self.to_sink.connect(a.sink)
@@ -150,8 +163,8 @@ class Ventilator:
             if feedback in events:
                 self._read(feedback, self._on_feedback)
             for sock, remote in ((self.local, False), (self.remote, True)):
-                if sock in events:
-                    self._read(sock, lambda frames, r=remote: self._on_worker(frames, r))
+                if sock in events:  # frames: the remote peer's Curve key
+                    self._read(sock, lambda frames, r=remote: self._on_worker(frames, r), copy=not remote)
             if frontend in events:
                 self._read(frontend, self._on_client, MAX_READS, copy=False)  # frames: peer key and address
             self._dispatch()
@@ -211,19 +224,39 @@ class Ventilator:
         while self.outbox and self._try_send(self.outbox[0]):
             self.outbox.popleft()
 
-    def _fail(self, client: bytes, req_id: int, message: str, *, code: str, serial=None) -> None:
-        self._send_sink(msg.pack_fail(client, req_id, message, code=code, serial=serial))
+    def _fail(self, client: bytes, req_id: int, message: str, *, code: str, serial=None, key: bytes = b'') -> None:
+        self._send_sink(msg.pack_fail(client, req_id, message, code=code, serial=serial, key=key))
 
     # -- clients ---------------------------------------------------------------------------------
+    def _curve_key(self, frame) -> bytes:
+        """The z85 key a client's message came with (empty without -auth_dir)."""
+        if not self.auth.enabled:
+            return b''
+        try:
+            return frame.get('User-Id').encode('latin-1')
+        except (zmq.ZMQError, AttributeError):
+            return b''
+
+    def _refuse_identity(self, identity: bytes, first) -> None:
+        self.refused_identities += 1
+        if self.refused_identities <= MAX_LOGGED_REFUSALS or self.refused_identities % 1000 == 0:
+            self.logger.warning('refused a request from %s: its identity of %d bytes is empty, longer than %d bytes '
+                                'or holds a NUL, so no reply could reach it (%d refused so far)', peer_of(first),
+                                len(identity), MAX_IDENTITY_BYTES, self.refused_identities)
+
     def _on_client(self, zmq_frames) -> None:
         first = zmq_frames[0] if zmq_frames else None
+        if first is not None and not valid_identity(first.bytes[:MAX_IDENTITY_BYTES + 1]):
+            self._refuse_identity(first.bytes[:MAX_IDENTITY_BYTES + 1], first)
+            return
+        key = self._curve_key(first)
         try:
             req = unpack_request([f.bytes for f in zmq_frames])
         except ProtocolError as e:
             who, req_id = getattr(e, 'identity', None), getattr(e, 'req_id', None)
             self.logger.warning('malformed request from %r: %s', (who or b'?')[:40], e)
             if who is not None and req_id is not None:
-                self._fail(who, req_id, str(e), code=ErrorCode.BAD_REQUEST)
+                self._fail(who, req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key)
             return
         command = req.command
         self.stat.update(req.identity, req.msg_len if command is None else 0, command is not None)
@@ -235,30 +268,35 @@ class Ventilator:
             self.server.request_stop()
         elif command in (Command.SHOW_CONFIG, Command.SHOW_STATUS):
             statistic = self.stat.value if command == Command.SHOW_STATUS else None
-            snapshot = dict(self.scheduler.snapshot(),
-                            workers=self.registry.status(self.scheduler.batches_per_worker))
+            snapshot = dict(self.scheduler.snapshot(), workers=self.registry.status(self.scheduler.batches_per_worker),
+                            num_dropped_worker_message=self.dropped_by_sink,
+                            num_refused_identity=self.refused_identities)
             info = self.server.describe(req.identity, statistic, snapshot)
-            self._send_sink(msg.pack_json_reply(req.identity, req.req_id, json.dumps(info, default=str).encode()))
+            self._send_sink(msg.pack_json_reply(req.identity, req.req_id, json.dumps(info, default=str).encode(), key))
         else:
             try:
                 texts, is_tokenized, show_tokens = parse_payload(req.payload, req.msg_len, self.max_request_bytes)
                 serial = self.scheduler.accept(req.identity, req.req_id, texts, is_tokenized,
-                                               show_tokens or self.show_tokens_to_client)
+                                               show_tokens or self.show_tokens_to_client, size=len(req.payload))
             except BadRequest as e:
                 self.logger.warning('bad request %d from %r: %s', req.req_id, req.identity[:40], e)
-                self._fail(req.identity, req.req_id, str(e), code=ErrorCode.BAD_REQUEST)
+                self._fail(req.identity, req.req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key)
                 return
             except Refused as e:
                 self.logger.info('request %d from %r refused: %s', req.req_id, req.identity[:40], e)
-                self._fail(req.identity, req.req_id, str(e), code=e.code)
+                self._fail(req.identity, req.req_id, str(e), code=e.code, key=key)
                 return
-            self._send_sink(msg.pack_register(req.identity, req.req_id, len(texts), serial, self.request_timeout))
+            self._send_sink(msg.pack_register(req.identity, req.req_id, len(texts), serial, self.request_timeout, key))
 
     # -- workers ---------------------------------------------------------------------------------
     def _on_worker(self, frames, remote: bool) -> None:
+        channel = msg.LOCAL_CHANNEL
+        if remote:  # zmq.Frames: the Curve key of the peer names its channel
+            channel = msg.remote_channel(self._curve_key(frames[0]))
+            frames = [f.bytes for f in frames]
         m = msg.unpack_worker(frames)
         if m.kind == msg.HELLO:
-            self._on_hello(m, remote)
+            self._on_hello(m, remote, channel)
             return
         info = self.registry.get(m.identity, remote)
         if info is None:
@@ -288,10 +326,10 @@ class Ventilator:
         elif m.kind == msg.HEARTBEAT and info.state == 'loading':
             self._reply(m.identity, remote, [msg.PONG])
 
-    def _on_hello(self, m: msg.WorkerMessage, remote: bool) -> None:
+    def _on_hello(self, m: msg.WorkerMessage, remote: bool, channel: bytes) -> None:
         if self.registry.get(m.identity, remote) is not None:  # it lost us and came back
             self._lose(m.identity, 'registered again')
-        reason = self.registry.hello(m.identity, m.info, remote)
+        reason = self.registry.hello(m.identity, m.info, remote, channel)
         if reason is not None:
             self.logger.warning('refused a worker from %s (pid %s): %s', m.info['host'], m.info['pid'], reason)
             self._reply(m.identity, remote, msg.pack_reject(reason))
@@ -318,6 +356,9 @@ class Ventilator:
         for batch in self.scheduler.take_batches():
             info = self.registry.known.get(batch.worker)
             sock = self.remote if info is not None and info.remote else self.local
+            channel = msg.LOCAL_CHANNEL if info is None else info.channel
+            for p in batch.pieces:
+                p.tag = msg.piece_tag(self.tag_secret, channel, p.client, p.req_id, p.serial, p.piece_id)
             try:
                 sock.send_multipart([batch.worker] + msg.pack_batch(batch.batch_id, batch.pieces), zmq.NOBLOCK)
             except zmq.ZMQError as e:  # not connected right now: retry shortly, maybe elsewhere
@@ -332,6 +373,7 @@ class Ventilator:
             self.scheduler.confirm(fb.ids)
         else:
             self.scheduler.finished(fb.ids)
+            self.dropped_by_sink = fb.dropped
 
     def _check(self, now: float) -> None:
         if self.server.stopping and self.server.failure:

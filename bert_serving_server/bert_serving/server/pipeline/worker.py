@@ -377,8 +377,7 @@ class Worker:
         good = [(p, f) for p, f, err in prepared if err is None]
         for p, _, err in prepared:
             if err is not None:
-                sink.send_multipart(msg.pack_fail(p.client, p.req_id, err, code=ErrorCode.BAD_REQUEST,
-                                                  serial=p.serial, piece_id=p.piece_id))
+                sink.send_multipart(msg.pack_piece_fail(p, err, ErrorCode.BAD_REQUEST))
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
@@ -388,9 +387,8 @@ class Worker:
         except Exception as e:  # a model failure fails this batch's requests, not the worker
             self.logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
             for p, _ in good:
-                sink.send_multipart(msg.pack_fail(p.client, p.req_id,
-                                                  f'the model failed on this request: {type(e).__name__}: {e}',
-                                                  code=ErrorCode.FAILED, serial=p.serial, piece_id=p.piece_id))
+                sink.send_multipart(msg.pack_piece_fail(p, f'the model failed on this request: {type(e).__name__}: {e}',
+                                                        ErrorCode.FAILED))
             return
         self.logger.debug('batch %d: %d pieces, %d sequences in %.1f ms', batch_id, len(good), len(features),
                           1000 * (time.perf_counter() - t0))
