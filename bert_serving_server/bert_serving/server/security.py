@@ -26,6 +26,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import stat
 import threading
 import weakref
 from dataclasses import dataclass
@@ -360,12 +361,16 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
     empty ``authorized/`` folder that ``-auth_dir`` expects.
 
     Raises:
-        ConfigError: ``name`` is not a plain file name, or a file of that pair exists already (a
-            pair is never overwritten: peers may hold its public key).
+        ConfigError: ``name`` is not a plain file name, a file of that pair exists already (a
+            pair is never overwritten: peers may hold its public key), or ``directory`` (or its
+            ``authorized/``) exists but is owned by another user or writable by group or others,
+            who could then read the secret key or add keys of their own.
     """
     if not name or name != Path(name).name or name.startswith('.'):
         raise ConfigError(f'the key name must be a plain file name such as "server" or "alice", got {name!r}')
     folder = Path(directory)
+    for path in (folder, folder / AUTHORIZED_DIR):
+        _check_private_folder(path)
     public, secret = folder / f'{name}.key', folder / f'{name}.key_secret'
     for path in (public, secret):
         if path.exists():
@@ -381,3 +386,20 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
         os.umask(old_umask)
     public.chmod(0o644)
     return public, secret
+
+
+def _check_private_folder(path: Path) -> None:
+    """Refuses an existing folder that someone else could write into or that is not ours."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # write_keypair creates it, private
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f'{path} exists and is not a folder; give a folder for the keys')
+    if hasattr(os, 'geteuid') and st.st_uid != os.geteuid():
+        raise ConfigError(f'{path} belongs to another user (uid {st.st_uid}), who could read or replace the keys; '
+                          f'use a folder of your own, or take it over: chown {os.geteuid()} {path}')
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f'{path} is writable by {"others" if st.st_mode & stat.S_IWOTH else "its group"} '
+                          f'(mode {stat.S_IMODE(st.st_mode):o}), who could swap the keys; make it private: '
+                          f'chmod 700 {path}')
