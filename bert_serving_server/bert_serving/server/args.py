@@ -159,9 +159,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     security.add_argument('-bind', dest='bind_host', type=str, default='*',
                           help='interface the ZeroMQ ports bind: * for all (as the original), 127.0.0.1 for this '
                                'machine only')
-    security.add_argument('-no_remote_terminate', action='store_true', default=False,
-                          help="obey TERMINATE only from this machine's loopback; SIGTERM and Ctrl-C still stop "
-                               'the server')
+    terminate = security.add_mutually_exclusive_group()
+    terminate.add_argument('-no_remote_terminate', action='store_true', default=False,
+                           help="obey TERMINATE only from this machine's loopback (the default with -auth_dir); "
+                                'SIGTERM and Ctrl-C still stop the server')
+    terminate.add_argument('-remote_terminate', action='store_true', default=False,
+                           help='(new) with -auth_dir, let every authorised key stop the server with TERMINATE '
+                                "(by default only this machine's loopback may); use it when you stop the server "
+                                'from another host with bert-serving-terminate. Without -auth_dir it is on already')
     security.add_argument('-http_token', type=str, default=None,
                           help='the HTTP proxy requires "Authorization: Bearer TOKEN" on every endpoint but '
                                '/health; visible in ps: prefer -http_token_file')

@@ -77,8 +77,9 @@ class AuthConfig:
         auth_dir: the ``-auth_dir`` folder (layout in the module docstring); None: no CurveZMQ.
         bind_host: the interface the TCP sockets bind (``-bind``): ``*`` for all (1.10's choice),
             an address such as ``127.0.0.1`` or ``::1``, or an interface name such as ``eth0``.
-        allow_remote_terminate: False (``-no_remote_terminate``): a TERMINATE that comes from anywhere
-            but this machine's loopback is ignored (see :func:`may_terminate`).
+        allow_remote_terminate: False: a TERMINATE that comes from anywhere but this machine's
+            loopback is ignored (see :func:`may_terminate`). :meth:`from_namespace` makes it False
+            with ``-auth_dir`` unless ``-remote_terminate`` is given, and with ``-no_remote_terminate``.
 
     Raises:
         ConfigError: the bind host is malformed; with ``auth_dir``: libzmq lacks CURVE, the folder
@@ -156,10 +157,22 @@ class AuthConfig:
 
     @classmethod
     def from_namespace(cls, args) -> 'AuthConfig':
-        """Takes ``-auth_dir``, ``-bind`` and ``-no_remote_terminate`` from parsed flags (absent ones
-        keep their defaults)."""
-        return cls(auth_dir=getattr(args, 'auth_dir', None), bind_host=getattr(args, 'bind_host', '*') or '*',
-                   allow_remote_terminate=not getattr(args, 'no_remote_terminate', False))
+        """Takes ``-auth_dir``, ``-bind``, ``-remote_terminate`` and ``-no_remote_terminate`` from parsed
+        flags (absent ones keep their defaults).
+
+        Remote TERMINATE: without ``-auth_dir`` it is obeyed from anyone, as in 1.10, unless
+        ``-no_remote_terminate``; with ``-auth_dir`` (a server shared between keys) only with
+        ``-remote_terminate``, so that no authorised client can stop everyone's server.
+
+        Raises:
+            ConfigError: both ``-remote_terminate`` and ``-no_remote_terminate`` are given.
+        """
+        auth_dir = getattr(args, 'auth_dir', None)
+        remote, no_remote = getattr(args, 'remote_terminate', False), getattr(args, 'no_remote_terminate', False)
+        if remote and no_remote:
+            raise ConfigError('give -remote_terminate or -no_remote_terminate, not both')
+        return cls(auth_dir=auth_dir, bind_host=getattr(args, 'bind_host', '*') or '*',
+                   allow_remote_terminate=not no_remote and (auth_dir is None or bool(remote)))
 
 
 class _KeyRing:
@@ -293,10 +306,10 @@ def _peer_address(frame) -> Optional[str]:
 def may_terminate(auth: AuthConfig, frame) -> bool:
     """Whether to obey a TERMINATE whose first frame is ``frame``.
 
-    With ``allow_remote_terminate`` (the default), yes, as in 1.10; with CurveZMQ on, only keys in
-    ``authorized/`` get a message through at all. Without it (``-no_remote_terminate``), only a
-    TERMINATE from this machine's loopback is obeyed (``bert-serving-terminate`` on the server's host);
-    SIGTERM and Ctrl-C always work.
+    With ``allow_remote_terminate`` (without ``-auth_dir``, or with ``-remote_terminate``), yes, as in
+    1.10; with CurveZMQ on, only keys in ``authorized/`` get a message through at all. Without it
+    (``-auth_dir`` alone, or ``-no_remote_terminate``), only a TERMINATE from this machine's loopback
+    is obeyed (``bert-serving-terminate`` on the server's host); SIGTERM and Ctrl-C always work.
 
     Args:
         frame: the request's first frame as a ``zmq.Frame`` (received with ``copy=False``), whose

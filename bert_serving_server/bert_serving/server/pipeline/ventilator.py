@@ -231,7 +231,8 @@ class Ventilator:
         self.stat.update(req.identity, req.msg_len if command is None else 0, command is not None)
         if command == Command.TERMINATE:
             if not may_terminate(self.auth, first):
-                self.logger.warning('ignored a TERMINATE from %s: -no_remote_terminate', peer_of(first))
+                self.logger.warning('ignored a TERMINATE from %s: only this machine may send one (-auth_dir without '
+                                    '-remote_terminate, or -no_remote_terminate)', peer_of(first))
                 return
             self.logger.info('termination requested by %s', peer_of(first))
             self.server.request_stop()
