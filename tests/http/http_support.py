@@ -3,7 +3,8 @@ a standard-library HTTP call, and a fake backend that stands in for the server. 
 it by name (pytest puts this folder on ``sys.path``); the fixtures live in ``conftest.py``.
 
 The fake stands in for ZmqBackend: its "model" maps text i of a request to
-float32 [len(text), number of words, i, -1] and its tokens are [CLS] + words + [SEP].
+float32 [len(text), number of words, i, -1] and its tokens, sent only when asked for, are
+[CLS] + words + [SEP].
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ class FakeBackend:
         array = np.array([[len(t), len(w), i, -1] for i, (t, w) in enumerate(zip(texts, words))], dtype=np.float32)
         if self.token_level:
             array = array[:, None, :].repeat(3, axis=1)
-        tokens = [['[CLS]', *w, '[SEP]'] for w in words]
+        tokens = [['[CLS]', *w, '[SEP]'] for w in words] if show_tokens else None
         return Reply('result', 1, array=array, tokens=tokens)
 
     async def wait_calls(self, n: int) -> None:

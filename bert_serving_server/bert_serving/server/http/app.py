@@ -16,10 +16,13 @@ token; auth.py has the rules, including how the dashboard's browser gets in.
 The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
 The backend only needs ``encode(texts, show_tokens)``, ``server_status()``, ``server_config()``
-and ``client_status()``, so tests can stand a fake in for the server.
+and ``client_status()``, so tests can stand a fake in for the server. It is asked for word pieces
+only when the HTTP caller asks for them (``/encode`` with ``show_tokens``); ``/v1/embeddings``
+counts its ``usage`` tokens in the proxy (usage.py).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib import resources
 from pathlib import PurePath
@@ -33,6 +36,7 @@ from .errors import BadForm, HttpError
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
 from .settings import ProxySettings
+from .usage import TokenCounter
 
 __all__ = ['create_app', 'model_name', 'LIMITED_ENDPOINTS']
 
@@ -55,8 +59,9 @@ def model_name(model_dir: Optional[str]) -> str:
 class _Routes:
     """The handlers; they raise :mod:`.errors` exceptions and leave status codes to the middleware."""
 
-    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str):
+    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str, tokens: TokenCounter):
         self.backend = backend
+        self.tokens = tokens
         self.metrics = metrics
         self.dashboard = dashboard
         self._model: Optional[str] = None
@@ -91,10 +96,12 @@ class _Routes:
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = schemas.parse_embeddings(await self._body(request))
-        reply = await self.backend.encode(req.inputs, show_tokens=True)
+        # The usage count runs in a thread while the server encodes: it adds no latency.
+        reply, counts = await asyncio.gather(self.backend.encode(req.inputs, show_tokens=False),
+                                             asyncio.to_thread(self.tokens.counts, req.inputs))
         self.metrics.sequences.labels('/v1/embeddings').inc(len(req.inputs))
         model = req.model or await self._model_name()
-        return web.json_response(schemas.embeddings_reply(req, model, reply.array, reply.tokens))
+        return web.json_response(schemas.embeddings_reply(req, model, reply.array, sum(counts)))
 
     async def models(self, request: web.Request) -> web.Response:
         name = await self._model_name()
@@ -147,7 +154,9 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     """
     logger = logger or logging.getLogger(__name__)
     metrics = metrics or ProxyMetrics()
-    routes = _Routes(backend, metrics, _dashboard_html())
+    tokens = TokenCounter(settings.vocab_file, settings.do_lower_case, settings.max_seq_len,
+                          settings.max_position_embeddings)
+    routes = _Routes(backend, metrics, _dashboard_html(), tokens)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
         cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
         max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,

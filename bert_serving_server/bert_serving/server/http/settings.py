@@ -40,6 +40,10 @@ class ProxySettings:
         metrics_public: /metrics needs no token (-metrics_public).
         curve_server_key, curve_public_key, curve_secret_key: z85 keys of the proxy's CurveZMQ
             connection to a server with -auth_dir (``security.local_peer_keys``); '' for a plain one.
+        vocab_file: the model's WordPiece vocabulary, with which the proxy counts the tokens of
+            /v1/embeddings (usage.py); '' with the fake engine.
+        do_lower_case, max_seq_len: the server's tokenizer flags, for the same count.
+        max_position_embeddings: the model's position limit, which bounds -max_seq_len NONE.
         verbose: debug logging, including an access log.
         parent_pid: the server's pid; the proxy stops when its parent changes.
     """
@@ -58,6 +62,10 @@ class ProxySettings:
     curve_server_key: str = ''
     curve_public_key: str = ''
     curve_secret_key: str = field(default='', repr=False)
+    vocab_file: str = ''
+    do_lower_case: bool = True
+    max_seq_len: Optional[int] = 25
+    max_position_embeddings: int = 512
     verbose: bool = False
     parent_pid: int = 0
 
@@ -79,7 +87,8 @@ class ProxySettings:
         return CurveKeys(*keys)
 
     @classmethod
-    def from_namespace(cls, args, parent_pid: int = 0, curve_keys: Optional[CurveKeys] = None) -> 'ProxySettings':
+    def from_namespace(cls, args, parent_pid: int = 0, curve_keys: Optional[CurveKeys] = None,
+                       vocab_file: str = '', max_position_embeddings: int = 512) -> 'ProxySettings':
         """Takes the proxy's fields from the server's parsed flags.
 
         Args:
@@ -87,6 +96,7 @@ class ProxySettings:
             parent_pid: the server's pid.
             curve_keys: the proxy's keys when the server runs with -auth_dir
                 (``security.local_peer_keys``).
+            vocab_file, max_position_embeddings: of the server's model ('' for the fake engine).
 
         Raises:
             ConfigError: a token flag is wrong (see ``auth.read_token``).
@@ -98,6 +108,8 @@ class ProxySettings:
         return cls(http_port=args.http_port, port=args.port, port_out=args.port_out,
                    max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
                    token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
+                   vocab_file=vocab_file, do_lower_case=bool(getattr(args, 'do_lower_case', True)),
+                   max_seq_len=getattr(args, 'max_seq_len', 25), max_position_embeddings=max_position_embeddings,
                    verbose=bool(getattr(args, 'verbose', False)), parent_pid=parent_pid, **curve)
 
 
