@@ -14,7 +14,10 @@ from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertSer
                                         BertServerShuttingDownError, BertTimeoutError)
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.http.app import model_name
+from bert_serving.server.args import get_args_parser
+from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
+from bert_serving.server.http.settings import MAX_INPUTS, ProxySettings
 
 from http_support import READY_STATUS, metric_sample, serve
 
@@ -135,6 +138,30 @@ def test_a_body_over_the_limit_is_413(fake):
         assert (await client.post('/encode', json={'texts': ['x' * 500]})).status == 200
 
     serve(fake, check, max_body_bytes=1000)
+
+
+def test_more_inputs_than_max_inputs_is_413_saying_the_limit_and_what_to_do(fake):
+    async def check(client):
+        for reply in (await client.post('/encode', json={'texts': ['a'] * 4}),
+                      await client.post('/encode', data={'texts': ['a'] * 4}),
+                      await client.post('/v1/embeddings', json={'input': ['a'] * 4})):
+            body = await reply.json()
+            assert reply.status == body['status'] == body['error']['code'] == 413
+            message = body['error']['message']
+            assert 'holds 4 inputs' in message and 'at most 3' in message and '-http_max_inputs' in message
+        assert (await client.post('/encode', json={'texts': ['a'] * 3})).status == 200
+        assert (await client.post('/v1/embeddings', json={'input': ['a'] * 3})).status == 200
+
+    serve(fake, check, max_inputs=3)
+    assert [len(texts) for texts, _ in fake.calls] == [3, 3], 'a refused request reached the server'
+
+
+def test_max_inputs_comes_from_its_flag():
+    parse = get_args_parser().parse_args
+    assert ProxySettings.from_namespace(parse(['-http_port', '1'])).max_inputs == MAX_INPUTS == 2048
+    assert ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '10'])).max_inputs == 10
+    with pytest.raises(ConfigError, match='-http_max_inputs'):
+        ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '0']))
 
 
 def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):

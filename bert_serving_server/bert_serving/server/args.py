@@ -122,6 +122,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='start an HTTP proxy on this port')
     serving.add_argument('-http_max_connect', type=int, default=10,
                          help='HTTP requests in flight before the proxy answers 429')
+    serving.add_argument('-http_max_inputs', type=int, default=2048,
+                         help='(new) most texts in one HTTP request; more get 413. Raise it for trusted batch '
+                              'jobs that send large requests, lower it to keep one caller from filling the queue')
     serving.add_argument('-cors', type=str, default='*',
                          help='Access-Control-Allow-Origin of HTTP responses')
     serving.add_argument('-num_worker', type=int, default=1,

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from . import openapi, schemas
 from .auth import TokenCheck
-from .errors import BadForm, HttpError
+from .errors import BadForm, HttpError, TooManyInputs
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
 from .settings import ProxySettings
@@ -59,9 +59,10 @@ def model_name(model_dir: Optional[str]) -> str:
 class _Routes:
     """The handlers; they raise :mod:`.errors` exceptions and leave status codes to the middleware."""
 
-    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str, tokens: TokenCounter):
+    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str, tokens: TokenCounter, max_inputs: int):
         self.backend = backend
         self.tokens = tokens
+        self.max_inputs = max_inputs
         self.metrics = metrics
         self.dashboard = dashboard
         self._model: Optional[str] = None
@@ -82,6 +83,10 @@ class _Routes:
             self._model = model_name((await self.backend.server_config()).get('model_dir'))
         return self._model
 
+    def _check_size(self, count: int) -> None:
+        if count > self.max_inputs:
+            raise TooManyInputs(count, self.max_inputs)
+
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.dashboard, content_type='text/html')
 
@@ -90,12 +95,14 @@ class _Routes:
             req = schemas.parse_encode_form(await self._form(request))
         else:
             req = schemas.parse_encode(await self._body(request))
+        self._check_size(len(req.texts))
         reply = await self.backend.encode(req.texts, show_tokens=req.show_tokens)
         self.metrics.sequences.labels('/encode').inc(len(req.texts))
         return web.json_response(schemas.encode_reply(req, reply.array, reply.tokens))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = schemas.parse_embeddings(await self._body(request))
+        self._check_size(len(req.inputs))
         # The usage count runs in a thread while the server encodes: it adds no latency.
         reply, counts = await asyncio.gather(self.backend.encode(req.inputs, show_tokens=False),
                                              asyncio.to_thread(self.tokens.counts, req.inputs))
@@ -156,7 +163,7 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     metrics = metrics or ProxyMetrics()
     tokens = TokenCounter(settings.vocab_file, settings.do_lower_case, settings.max_seq_len,
                           settings.max_position_embeddings)
-    routes = _Routes(backend, metrics, _dashboard_html(), tokens)
+    routes = _Routes(backend, metrics, _dashboard_html(), tokens, settings.max_inputs)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
         cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
         max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,

@@ -9,11 +9,16 @@ from bert_serving.client.security import CurveKeys
 
 from ..errors import ConfigError
 
-__all__ = ['ProxySettings', 'read_token', 'MAX_BODY_BYTES', 'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS']
+__all__ = ['ProxySettings', 'read_token', 'MAX_BODY_BYTES', 'MAX_INPUTS', 'REQUEST_TIMEOUT_SECONDS',
+           'STATUS_TIMEOUT_SECONDS']
 
 # A request body above this is refused with 413 before it is parsed. 16 MiB of JSON is about
 # 100k short sentences: far more than one request should carry; send several instead.
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# Inputs one HTTP request may carry (-http_max_inputs), as OpenAI's embeddings endpoint takes: one
+# request of 100k short texts fits in the body limit but would hold the proxy (JSON of the reply)
+# and the server's queue for everyone; split jobs are answered in about the same total time.
+MAX_INPUTS = 2048
 # An encoding request that the server has not answered by then fails with 504, so no HTTP
 # client waits forever on a server that died or was restarted.
 REQUEST_TIMEOUT_SECONDS = 60.0
@@ -36,6 +41,7 @@ class ProxySettings:
         request_timeout: seconds an encoding request may wait for the server.
         status_timeout: seconds a status request may wait for the server.
         max_body_bytes: largest request body accepted.
+        max_inputs: most inputs (texts) in one request (-http_max_inputs); more get 413.
         token: the bearer token every endpoint but /health needs (-http_token); '' for none.
         metrics_public: /metrics needs no token (-metrics_public).
         curve_server_key, curve_public_key, curve_secret_key: z85 keys of the proxy's CurveZMQ
@@ -57,6 +63,7 @@ class ProxySettings:
     request_timeout: float = REQUEST_TIMEOUT_SECONDS
     status_timeout: float = STATUS_TIMEOUT_SECONDS
     max_body_bytes: int = MAX_BODY_BYTES
+    max_inputs: int = MAX_INPUTS
     token: str = field(default='', repr=False)
     metrics_public: bool = False
     curve_server_key: str = ''
@@ -72,6 +79,8 @@ class ProxySettings:
     def __post_init__(self):
         if self.max_connect < 1:
             raise ValueError(f'http_max_connect must be at least 1, got {self.max_connect}')
+        if self.max_inputs < 1:
+            raise ConfigError(f'-http_max_inputs must be at least 1, got {self.max_inputs}')
         if self.token:
             read_token(self.token)
         self.curve_keys  # all three keys or none, each a z85 key: fail here, not at the first request
@@ -107,6 +116,7 @@ class ProxySettings:
                                                'curve_secret_key': curve_keys.secret}
         return cls(http_port=args.http_port, port=args.port, port_out=args.port_out,
                    max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
+                   max_inputs=getattr(args, 'http_max_inputs', MAX_INPUTS),
                    token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
                    vocab_file=vocab_file, do_lower_case=bool(getattr(args, 'do_lower_case', True)),
                    max_seq_len=getattr(args, 'max_seq_len', 25), max_position_embeddings=max_position_embeddings,
