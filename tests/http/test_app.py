@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from bert_serving.server.http.app import model_name
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
+from bert_serving.server.http.middleware import INTERNAL_ERROR
 from bert_serving.server.http.settings import MAX_INPUTS, ProxySettings
 
 from http_support import READY_STATUS, metric_sample, serve
@@ -179,7 +181,6 @@ def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):
     (BackendError('the server failed this request: boom'), 502),
     (BackendUnavailable('closed'), 503),
     (BackendTimeout('no reply'), 504),
-    (RuntimeError('a bug'), 500),
 ])
 def test_backend_failures_map_to_status_codes(fake, error, status):
     fake.error = error
@@ -191,6 +192,22 @@ def test_backend_failures_map_to_status_codes(fake, error, status):
         assert str(error) in body['error']['message']
 
     serve(fake, check)
+
+
+def test_a_bug_is_500_internal_error_and_only_the_log_has_the_detail(fake, caplog):
+    fake.error = KeyError('/srv/secret/path and the text "my private sentence"')
+
+    async def check(client):
+        r = await client.post('/encode', json={'texts': ['my private sentence']})
+        body = await r.json()
+        assert (r.status, body['status'], body['error']['type']) == (500, 500, 'server_error')
+        assert body['error']['message'] == INTERNAL_ERROR and 'internal error' in INTERNAL_ERROR
+        assert 'secret' not in await r.text() and 'KeyError' not in await r.text()
+
+    with caplog.at_level(logging.ERROR):
+        serve(fake, check)
+    failed = [r for r in caplog.records if r.getMessage() == 'POST /encode failed']
+    assert len(failed) == 1 and failed[0].exc_info[0] is KeyError and '/srv/secret/path' in caplog.text
 
 
 def test_requests_beyond_max_connect_get_429_at_once_while_status_stays_open(fake):
