@@ -102,7 +102,8 @@ READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queu
 class FakeBackend:
     """Steer it through attributes: ``delay`` (seconds per encode), ``hold`` (an asyncio.Event every
     encode waits for, if set to one), ``error`` (raised by encode), ``status`` (SHOW_STATUS reply, or
-    an exception to raise), ``token_level`` (3-D results). ``calls`` lists every encode as it starts."""
+    an exception to raise), ``token_level`` (3-D results). ``calls`` lists every encode as it starts,
+    ``status_calls`` counts the SHOW_STATUS requests."""
 
     def __init__(self):
         self.delay = 0.0
@@ -111,6 +112,7 @@ class FakeBackend:
         self.status = dict(READY_STATUS)
         self.token_level = False
         self.calls = []
+        self.status_calls = 0
 
     async def encode(self, texts, show_tokens=False):
         self.calls.append((list(texts), show_tokens))
@@ -138,6 +140,8 @@ class FakeBackend:
             pytest.fail(f'{len(self.calls)} encodes started, not {n}')
 
     async def server_status(self):
+        self.status_calls += 1
+        await asyncio.sleep(0)  # as a real request, it lets other callers run meanwhile
         if isinstance(self.status, Exception):
             raise self.status
         return dict(self.status)

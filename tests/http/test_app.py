@@ -271,7 +271,7 @@ def test_health_is_503_until_every_worker_is_ready(fake):
         r = await client.get('/health')
         assert r.status == 503 and (await r.json())['status'] == 'unavailable'
 
-    serve(fake, check)
+    serve(fake, check, health_cache_seconds=0)
 
 
 def test_health_of_a_front_counts_remote_workers(fake):
@@ -283,7 +283,38 @@ def test_health_of_a_front_counts_remote_workers(fake):
         fake.status = {**READY_STATUS, 'ready': True, 'num_worker': 2, 'num_ready_worker': 3}  # + a remote
         assert (await client.get('/health')).status == 200
 
-    serve(fake, check)
+    serve(fake, check, health_cache_seconds=0)
+
+
+def test_health_answers_from_a_status_cached_for_a_while(fake):
+    async def check(client):
+        replies = await asyncio.gather(*(client.get('/health') for _ in range(20)))
+        assert [r.status for r in replies] == [200] * 20
+        for _ in range(10):
+            assert (await client.get('/health')).status == 200
+        assert fake.status_calls == 1, 'every /health call made the server build a SHOW_STATUS reply'
+        await client.get('/status/server')  # the dashboard's poll stays live
+        assert fake.status_calls == 2
+
+    serve(fake, check, health_cache_seconds=3600)
+
+
+def test_health_caches_a_failure_too_and_asks_again_once_it_is_old(fake):
+    async def check(client):
+        fake.status = BackendTimeout('no reply within 5s')
+        assert [(await client.get('/health')).status for _ in range(5)] == [503] * 5
+        assert fake.status_calls == 1, 'a dead server got one SHOW_STATUS per probe'
+
+    serve(fake, check, health_cache_seconds=3600)
+
+    fake.status_calls = 0
+
+    async def uncached(client):
+        for _ in range(3):
+            await client.get('/health')
+        assert fake.status_calls == 3
+
+    serve(fake, uncached, health_cache_seconds=0)
 
 
 def test_cors_preflight_and_header(fake):

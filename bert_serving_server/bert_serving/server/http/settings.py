@@ -10,7 +10,7 @@ from bert_serving.client.security import CurveKeys
 from ..errors import ConfigError
 
 __all__ = ['ProxySettings', 'read_token', 'MAX_BODY_BYTES', 'MAX_INPUTS', 'REQUEST_TIMEOUT_SECONDS',
-           'STATUS_TIMEOUT_SECONDS']
+           'STATUS_TIMEOUT_SECONDS', 'HEALTH_CACHE_SECONDS']
 
 # A request body above this is refused with 413 before it is parsed. 16 MiB of JSON is about
 # 100k short sentences: far more than one request should carry; send several instead.
@@ -24,6 +24,9 @@ MAX_INPUTS = 2048
 REQUEST_TIMEOUT_SECONDS = 60.0
 # /health, /metrics and /status/server must answer quickly even when the server is gone.
 STATUS_TIMEOUT_SECONDS = 5.0
+# /health needs no credentials and probes call it often: it answers from a status this old at most,
+# so that no number of callers makes the server build more than one SHOW_STATUS reply a second.
+HEALTH_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ProxySettings:
         server_ip: address of the server's ZeroMQ ports; the proxy runs beside the server.
         request_timeout: seconds an encoding request may wait for the server.
         status_timeout: seconds a status request may wait for the server.
+        health_cache_seconds: how long /health reuses the server's status (and its failure).
         max_body_bytes: largest request body accepted.
         max_inputs: most inputs (texts) in one request (-http_max_inputs); more get 413.
         token: the bearer token every endpoint but /health needs (-http_token); '' for none.
@@ -62,6 +66,7 @@ class ProxySettings:
     server_ip: str = '127.0.0.1'
     request_timeout: float = REQUEST_TIMEOUT_SECONDS
     status_timeout: float = STATUS_TIMEOUT_SECONDS
+    health_cache_seconds: float = HEALTH_CACHE_SECONDS
     max_body_bytes: int = MAX_BODY_BYTES
     max_inputs: int = MAX_INPUTS
     token: str = field(default='', repr=False)
