@@ -1,5 +1,5 @@
-"""Fixtures of the security tests: real ``-engine fake`` servers on free ports, started with the
-flags a test needs and stopped with it.
+"""Fixtures of the security tests (the helpers they share are in ``security_support``): real
+``-engine fake`` servers on free ports, started with the flags a test needs and stopped with it.
 
 A server started here::
 
@@ -11,9 +11,7 @@ A server started here::
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import pytest
@@ -21,24 +19,9 @@ import pytest
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.service import BertServer
 
+from security_support import Running, assert_port_free
+
 READY_SECONDS = 60
-
-
-@dataclass
-class Running:
-    """A ready server: the BertServer thread and its two client ports."""
-    server: BertServer
-    port: int
-    port_out: int
-
-
-def assert_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(('0.0.0.0', port))
-        except OSError as e:
-            pytest.fail(f'port {port} is still in use after the server stopped: {e}')
 
 
 @pytest.fixture

@@ -120,6 +120,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='port on which results are published to clients')
     serving.add_argument('-http_port', type=int, default=None,
                          help='start an HTTP proxy on this port')
+    serving.add_argument('-http_host', type=str, default=None,
+                         help='(new) address the HTTP proxy listens on; default: that of -bind (all interfaces '
+                              'with *). Give 127.0.0.1 to keep HTTP on this machine while the ZeroMQ ports stay '
+                              'open, or an interface name such as eth0')
     serving.add_argument('-http_max_connect', type=int, default=10,
                          help='HTTP requests in flight before the proxy answers 429')
     serving.add_argument('-http_max_inputs', type=int, default=2048,
@@ -160,8 +164,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                'public keys let in; bert-serving-keygen DIR NAME writes them). Use it whenever '
                                'other machines can reach the ports')
     security.add_argument('-bind', dest='bind_host', type=str, default='*',
-                          help='interface the ZeroMQ ports bind: * for all (as the original), 127.0.0.1 for this '
-                               'machine only')
+                          help='interface the ZeroMQ ports and the HTTP proxy (unless -http_host) bind: * for all '
+                               '(as the original), 127.0.0.1 for this machine only, an address, or an interface '
+                               'name such as eth0')
     terminate = security.add_mutually_exclusive_group()
     terminate.add_argument('-no_remote_terminate', action='store_true', default=False,
                            help="obey TERMINATE only from this machine's loopback (the default with -auth_dir); "

@@ -62,8 +62,8 @@ class HttpProxy:
             await runner.setup()
             site = web.TCPSite(runner, s.host, s.http_port, shutdown_timeout=SHUTDOWN_SECONDS, reuse_address=True)
             await site.start()
-            logger.info('HTTP proxy listening on http://%s:%d (server ports %d/%d)',
-                        s.host, s.http_port, s.port, s.port_out)
+            logger.info('HTTP proxy listening on http://%s:%d (server ports %d/%d on %s)',
+                        f'[{s.host}]' if ':' in s.host else s.host, s.http_port, s.port, s.port_out, s.server_ip)
             while self._alive():
                 await asyncio.sleep(POLL_SECONDS)
         finally:

@@ -1,16 +1,29 @@
-"""The HTTP proxy's configuration: one frozen dataclass, filled in from the server's flags."""
+"""The HTTP proxy's configuration: one frozen dataclass, filled in from the server's flags.
+
+Where the proxy listens and how it reaches the server come from ``-bind`` (and ``-http_host``):
+
+    -bind          HTTP listens on (default)   the proxy connects to the ZeroMQ ports at
+    *              0.0.0.0                     127.0.0.1
+    0.0.0.0 / ::   the same                    127.0.0.1 / ::1
+    10.0.0.5, ::1  that address                that address
+    eth0, a name   its address, as ZeroMQ      that address
+                   resolves it for the ports
+"""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
+
+import zmq
 
 from bert_serving.client.security import CurveKeys
 
 from ..errors import ConfigError
 
-__all__ = ['ProxySettings', 'read_token', 'MAX_BODY_BYTES', 'MAX_INPUTS', 'REQUEST_TIMEOUT_SECONDS',
-           'STATUS_TIMEOUT_SECONDS', 'HEALTH_CACHE_SECONDS']
+__all__ = ['ProxySettings', 'read_token', 'resolve_host', 'proxy_hosts', 'MAX_BODY_BYTES', 'MAX_INPUTS',
+           'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS', 'HEALTH_CACHE_SECONDS']
 
 # A request body above this is refused with 413 before it is parsed. 16 MiB of JSON is about
 # 100k short sentences: far more than one request should carry; send several instead.
@@ -39,8 +52,8 @@ class ProxySettings:
         port_out: the server's result port (the sink's XPUB).
         max_connect: encoding requests in flight before the proxy answers 429 (-http_max_connect).
         cors: value of Access-Control-Allow-Origin (-cors).
-        host: address the proxy listens on.
-        server_ip: address of the server's ZeroMQ ports; the proxy runs beside the server.
+        host: address the proxy listens on (-http_host, default the -bind address; see ``proxy_hosts``).
+        server_ip: address through which the proxy, beside the server, reaches its ZeroMQ ports.
         request_timeout: seconds an encoding request may wait for the server.
         status_timeout: seconds a status request may wait for the server.
         health_cache_seconds: how long /health reuses the server's status (and its failure).
@@ -113,13 +126,15 @@ class ProxySettings:
             vocab_file, max_position_embeddings: of the server's model ('' for the fake engine).
 
         Raises:
-            ConfigError: a token flag is wrong (see ``auth.read_token``).
+            ConfigError: a token flag is wrong (see ``read_token``), or ``-bind`` / ``-http_host`` names
+                no address of this machine.
         """
         token = read_token(getattr(args, 'http_token', None), getattr(args, 'http_token_file', None))
+        host, server_ip = proxy_hosts(getattr(args, 'bind_host', '*') or '*', getattr(args, 'http_host', None))
         curve = {} if curve_keys is None else {'curve_server_key': curve_keys.server_public,
                                                'curve_public_key': curve_keys.public,
                                                'curve_secret_key': curve_keys.secret}
-        return cls(http_port=args.http_port, port=args.port, port_out=args.port_out,
+        return cls(http_port=args.http_port, port=args.port, port_out=args.port_out, host=host, server_ip=server_ip,
                    max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
                    max_inputs=getattr(args, 'http_max_inputs', MAX_INPUTS),
                    token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
@@ -155,3 +170,49 @@ def read_token(token: Optional[str] = None, token_file: Optional[str] = None) ->
         raise ConfigError('the HTTP token must be printable ASCII without spaces (it is sent in a header); '
                           'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"')
     return token
+
+
+def resolve_host(host: str, flag: str = '-bind') -> str:
+    """The address a host flag stands for: ``*`` is 0.0.0.0, an address is itself (IPv6 without
+    brackets), an interface or host name is the address ZeroMQ binds for it, as the server's
+    ports do (so ``eth0`` means the same for the HTTP port as for the ZeroMQ ports).
+
+    Raises:
+        ConfigError: the name is no interface nor host name of this machine.
+    """
+    bare = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+    if bare == '*':
+        return '0.0.0.0'
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    # Ask ZeroMQ, which resolves names for the ports: bind a throwaway socket, read where it went.
+    with zmq.Context() as ctx, ctx.socket(zmq.PULL) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(f'tcp://{bare}:*')
+        except zmq.ZMQError as e:
+            raise ConfigError(f'{flag} {host}: no interface or address of this machine has that name ({e}); '
+                              'give an address such as 127.0.0.1, * for all interfaces, or an interface '
+                              'that has an address (see `ip addr`)') from e
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)  # tcp://ADDRESS:PORT, IPv6 in brackets
+    return endpoint[len('tcp://'):].rsplit(':', 1)[0].strip('[]')
+
+
+def proxy_hosts(bind_host: str, http_host: Optional[str] = None) -> Tuple[str, str]:
+    """(where the proxy listens, where it connects to the ZeroMQ ports) for ``-bind`` and ``-http_host``.
+
+    The ZeroMQ ports listen on ``bind_host``, so the proxy connects there, or to the loopback of
+    the same family when they listen on every interface; the HTTP port listens on ``http_host``,
+    by default on the ``bind_host`` address.
+
+    Raises:
+        ConfigError: a name that is no interface of this machine (see ``resolve_host``).
+    """
+    ports = resolve_host(bind_host, '-bind')
+    listen = ports if http_host is None else resolve_host(http_host, '-http_host')
+    connect = ports
+    if ipaddress.ip_address(ports).is_unspecified:
+        connect = '::1' if ipaddress.ip_address(ports).version == 6 else '127.0.0.1'
+    return listen, connect

@@ -82,8 +82,13 @@ class ZmqBackend:
             sock.setsockopt(zmq.LINGER, 0)
             secure_client_socket(sock, self.curve_keys)
         self._sub.setsockopt(zmq.SUBSCRIBE, self.identity)
-        self._push.connect(f'tcp://{self.server_ip}:{self.port}')
-        self._sub.connect(f'tcp://{self.server_ip}:{self.port_out}')
+        host = self.server_ip
+        if ':' in host:  # an IPv6 address: ZeroMQ needs it in brackets, and IPv6 on
+            host = f'[{host}]'
+            for sock in (self._push, self._sub):
+                sock.setsockopt(zmq.IPV6, 1)
+        self._push.connect(f'tcp://{host}:{self.port}')
+        self._sub.connect(f'tcp://{host}:{self.port_out}')
         self._reader = asyncio.get_running_loop().create_task(self._read(), name='zmq-reader')
 
     async def close(self) -> None:
