@@ -180,6 +180,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                '/health; visible in ps: prefer -http_token_file')
     security.add_argument('-http_token_file', type=str, default=None,
                           help='the same, read from the first line of this file')
+    security.add_argument('-http_secure_cookie', action='store_true', default=False,
+                          help='(new) mark the dashboard\'s session cookie Secure (HTTPS only) even when the proxy '
+                               'sees plain HTTP; give it behind a TLS reverse proxy that sends no X-Forwarded-Proto')
     security.add_argument('-metrics_public', action='store_true', default=False,
                           help='with a token, /metrics answers without it (trusted monitoring network)')
 

@@ -12,7 +12,8 @@
     GET  /openapi.json     the OpenAPI description of all of the above (openapi.py)
 
 With -http_token every route but /health (and /metrics with -metrics_public) needs the bearer
-token; auth.py has the rules, including how the dashboard's browser gets in.
+token; auth.py has the rules, including how the dashboard's browser signs in (GET/POST /login, which
+only exist then).
 
 The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
@@ -213,7 +214,7 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
         cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
         max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,
-        token=TokenCheck(settings.token, settings.metrics_public)))
+        token=TokenCheck(settings.token, settings.metrics_public, settings.session_seconds, settings.secure_cookie)))
     app.router.add_get('/', routes.index)
     app.router.add_post('/encode', routes.encode)
     app.router.add_post('/v1/embeddings', routes.embeddings)

@@ -21,6 +21,7 @@ import zmq
 from bert_serving.client.security import CurveKeys
 
 from ..errors import ConfigError
+from .auth import SESSION_SECONDS
 
 __all__ = ['ProxySettings', 'read_token', 'resolve_host', 'proxy_hosts', 'MAX_BODY_BYTES', 'MAX_INPUTS',
            'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS', 'HEALTH_CACHE_SECONDS']
@@ -61,6 +62,9 @@ class ProxySettings:
         max_inputs: most inputs (texts) in one request (-http_max_inputs); more get 413.
         token: the bearer token every endpoint but /health needs (-http_token); '' for none.
         metrics_public: /metrics needs no token (-metrics_public).
+        session_seconds: how long a dashboard sign-in lasts (auth.py).
+        secure_cookie: mark the session cookie Secure even on plain HTTP (-http_secure_cookie; it is
+            Secure anyway on a request that came over TLS).
         curve_server_key, curve_public_key, curve_secret_key: z85 keys of the proxy's CurveZMQ
             connection to a server with -auth_dir (``security.local_peer_keys``); '' for a plain one.
         vocab_file: the model's WordPiece vocabulary, with which the proxy counts the tokens of
@@ -84,6 +88,8 @@ class ProxySettings:
     max_inputs: int = MAX_INPUTS
     token: str = field(default='', repr=False)
     metrics_public: bool = False
+    session_seconds: int = SESSION_SECONDS
+    secure_cookie: bool = False
     curve_server_key: str = ''
     curve_public_key: str = ''
     curve_secret_key: str = field(default='', repr=False)
@@ -138,6 +144,7 @@ class ProxySettings:
                    max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
                    max_inputs=getattr(args, 'http_max_inputs', MAX_INPUTS),
                    token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
+                   secure_cookie=bool(getattr(args, 'http_secure_cookie', False)),
                    vocab_file=vocab_file, do_lower_case=bool(getattr(args, 'do_lower_case', True)),
                    max_seq_len=getattr(args, 'max_seq_len', 25), max_position_embeddings=max_position_embeddings,
                    verbose=bool(getattr(args, 'verbose', False)), parent_pid=parent_pid, **curve)
