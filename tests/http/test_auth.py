@@ -155,8 +155,9 @@ def test_a_session_expires_and_cannot_be_forged_or_extended(fake):
     now = time.time()
     expired = signer.session_cookie(now=now - SESSION_SECONDS - 60)
     expiry, mac = signer.session_cookie(now=now).split('.')
-    forged = [expired, f'{int(expiry) + 10**6}.{mac}', f'{expiry}.{mac[:-1]}0' if mac[-1] != '0' else f'{expiry}.{mac[:-1]}1',
-              TOKEN, f'{expiry}.{TOKEN}', f'{expiry}.', 'x' * 40, TokenCheck('another-token').session_cookie()]
+    flipped = mac[:-1] + ('1' if mac[-1] == '0' else '0')
+    forged = [expired, f'{int(expiry) + 10**6}.{mac}', f'{expiry}.{flipped}', TOKEN, f'{expiry}.{TOKEN}',
+              f'{expiry}.', 'x' * 40, TokenCheck('another-token').session_cookie()]
 
     async def check(client):
         client.session.cookie_jar.clear()

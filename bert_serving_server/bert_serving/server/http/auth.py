@@ -98,7 +98,7 @@ class TokenCheck:
         if request.method not in _SAFE_METHODS or cookie is None:
             return False
         expiry, _, mac = cookie.partition('.')
-        if not expiry.isdigit() or len(expiry) > 12:
+        if not (expiry.isascii() and expiry.isdigit()) or len(expiry) > 12:
             return False
         now = now if now is not None else time.time()
         return int(expiry) > now and self._matches(mac, self._mac(int(expiry)))
@@ -117,8 +117,8 @@ class TokenCheck:
         if self._login_page is None:
             self._login_page = resources.files(__package__).joinpath('login.html').read_text(encoding='utf-8')
         body = self._login_page.replace(_MESSAGE_MARK, f'<p class="message">{message}</p>' if message else '')
-        return web.Response(text=body, content_type='text/html', status=status, headers={
-            **_NO_STORE, 'WWW-Authenticate': 'Bearer realm="bert-serving"'})
+        challenge = {'WWW-Authenticate': 'Bearer realm="bert-serving"'} if status == 401 else {}
+        return web.Response(text=body, content_type='text/html', status=status, headers={**_NO_STORE, **challenge})
 
     async def login(self, request: web.Request) -> web.Response:
         """``GET /login``: the page; ``POST /login`` with the form field ``token``: a redirect to the
