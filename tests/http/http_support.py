@@ -3,7 +3,8 @@ a standard-library HTTP call, and a fake backend that stands in for the server. 
 it by name (pytest puts this folder on ``sys.path``); the fixtures live in ``conftest.py``.
 
 The fake stands in for ZmqBackend: its "model" maps text i of a request to
-float32 [len(text), number of words, i, -1] and its tokens are [CLS] + words + [SEP].
+float32 [len(text), number of words, i, -1] and its tokens, sent only when asked for, are
+[CLS] + words + [SEP].
 """
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ READY_STATUS = {'ready': True, 'num_worker': 2, 'num_ready_worker': 2, 'num_queu
 class FakeBackend:
     """Steer it through attributes: ``delay`` (seconds per encode), ``hold`` (an asyncio.Event every
     encode waits for, if set to one), ``error`` (raised by encode), ``status`` (SHOW_STATUS reply, or
-    an exception to raise), ``token_level`` (3-D results). ``calls`` lists every encode as it starts."""
+    an exception to raise), ``token_level`` (3-D results). ``calls`` lists every encode as it starts,
+    ``status_calls`` counts the SHOW_STATUS requests."""
 
     def __init__(self):
         self.delay = 0.0
@@ -110,6 +112,7 @@ class FakeBackend:
         self.status = dict(READY_STATUS)
         self.token_level = False
         self.calls = []
+        self.status_calls = 0
 
     async def encode(self, texts, show_tokens=False):
         self.calls.append((list(texts), show_tokens))
@@ -123,7 +126,7 @@ class FakeBackend:
         array = np.array([[len(t), len(w), i, -1] for i, (t, w) in enumerate(zip(texts, words))], dtype=np.float32)
         if self.token_level:
             array = array[:, None, :].repeat(3, axis=1)
-        tokens = [['[CLS]', *w, '[SEP]'] for w in words]
+        tokens = [['[CLS]', *w, '[SEP]'] for w in words] if show_tokens else None
         return Reply('result', 1, array=array, tokens=tokens)
 
     async def wait_calls(self, n: int) -> None:
@@ -137,6 +140,8 @@ class FakeBackend:
             pytest.fail(f'{len(self.calls)} encodes started, not {n}')
 
     async def server_status(self):
+        self.status_calls += 1
+        await asyncio.sleep(0)  # as a real request, it lets other callers run meanwhile
         if isinstance(self.status, Exception):
             raise self.status
         return dict(self.status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -14,7 +15,11 @@ from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertSer
                                         BertServerShuttingDownError, BertTimeoutError)
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.http.app import model_name
+from bert_serving.server.args import get_args_parser
+from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
+from bert_serving.server.http.middleware import INTERNAL_ERROR
+from bert_serving.server.http.settings import MAX_INPUTS, ProxySettings
 
 from http_support import READY_STATUS, metric_sample, serve
 
@@ -52,7 +57,8 @@ def test_embeddings_have_the_openai_shape_and_count_tokens(fake, encoding_format
         assert vectors == [[11.0, 2.0, 0.0, -1.0], [5.0, 3.0, 1.0, -1.0]]
 
     serve(fake, check)
-    assert fake.calls == [(['hello world', 'a b c'], True)]  # always asks the server for tokens
+    # The server is not asked for the word pieces (the texts themselves): the proxy counts them.
+    assert fake.calls == [(['hello world', 'a b c'], False)]
 
 
 def test_embeddings_default_model_is_the_server_model_and_a_string_input_is_one_text(fake):
@@ -136,6 +142,30 @@ def test_a_body_over_the_limit_is_413(fake):
     serve(fake, check, max_body_bytes=1000)
 
 
+def test_more_inputs_than_max_inputs_is_413_saying_the_limit_and_what_to_do(fake):
+    async def check(client):
+        for reply in (await client.post('/encode', json={'texts': ['a'] * 4}),
+                      await client.post('/encode', data={'texts': ['a'] * 4}),
+                      await client.post('/v1/embeddings', json={'input': ['a'] * 4})):
+            body = await reply.json()
+            assert reply.status == body['status'] == body['error']['code'] == 413
+            message = body['error']['message']
+            assert 'holds 4 inputs' in message and 'at most 3' in message and '-http_max_inputs' in message
+        assert (await client.post('/encode', json={'texts': ['a'] * 3})).status == 200
+        assert (await client.post('/v1/embeddings', json={'input': ['a'] * 3})).status == 200
+
+    serve(fake, check, max_inputs=3)
+    assert [len(texts) for texts, _ in fake.calls] == [3, 3], 'a refused request reached the server'
+
+
+def test_max_inputs_comes_from_its_flag():
+    parse = get_args_parser().parse_args
+    assert ProxySettings.from_namespace(parse(['-http_port', '1'])).max_inputs == MAX_INPUTS == 2048
+    assert ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '10'])).max_inputs == 10
+    with pytest.raises(ConfigError, match='-http_max_inputs'):
+        ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '0']))
+
+
 def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):
     async def check(client):
         r = await client.get('/nope')
@@ -151,7 +181,6 @@ def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):
     (BackendError('the server failed this request: boom'), 502),
     (BackendUnavailable('closed'), 503),
     (BackendTimeout('no reply'), 504),
-    (RuntimeError('a bug'), 500),
 ])
 def test_backend_failures_map_to_status_codes(fake, error, status):
     fake.error = error
@@ -163,6 +192,22 @@ def test_backend_failures_map_to_status_codes(fake, error, status):
         assert str(error) in body['error']['message']
 
     serve(fake, check)
+
+
+def test_a_bug_is_500_internal_error_and_only_the_log_has_the_detail(fake, caplog):
+    fake.error = KeyError('/srv/secret/path and the text "my private sentence"')
+
+    async def check(client):
+        r = await client.post('/encode', json={'texts': ['my private sentence']})
+        body = await r.json()
+        assert (r.status, body['status'], body['error']['type']) == (500, 500, 'server_error')
+        assert body['error']['message'] == INTERNAL_ERROR and 'internal error' in INTERNAL_ERROR
+        assert 'secret' not in await r.text() and 'KeyError' not in await r.text()
+
+    with caplog.at_level(logging.ERROR):
+        serve(fake, check)
+    failed = [r for r in caplog.records if r.getMessage() == 'POST /encode failed']
+    assert len(failed) == 1 and failed[0].exc_info[0] is KeyError and '/srv/secret/path' in caplog.text
 
 
 def test_requests_beyond_max_connect_get_429_at_once_while_status_stays_open(fake):
@@ -226,7 +271,7 @@ def test_health_is_503_until_every_worker_is_ready(fake):
         r = await client.get('/health')
         assert r.status == 503 and (await r.json())['status'] == 'unavailable'
 
-    serve(fake, check)
+    serve(fake, check, health_cache_seconds=0)
 
 
 def test_health_of_a_front_counts_remote_workers(fake):
@@ -238,7 +283,38 @@ def test_health_of_a_front_counts_remote_workers(fake):
         fake.status = {**READY_STATUS, 'ready': True, 'num_worker': 2, 'num_ready_worker': 3}  # + a remote
         assert (await client.get('/health')).status == 200
 
-    serve(fake, check)
+    serve(fake, check, health_cache_seconds=0)
+
+
+def test_health_answers_from_a_status_cached_for_a_while(fake):
+    async def check(client):
+        replies = await asyncio.gather(*(client.get('/health') for _ in range(20)))
+        assert [r.status for r in replies] == [200] * 20
+        for _ in range(10):
+            assert (await client.get('/health')).status == 200
+        assert fake.status_calls == 1, 'every /health call made the server build a SHOW_STATUS reply'
+        await client.get('/status/server')  # the dashboard's poll stays live
+        assert fake.status_calls == 2
+
+    serve(fake, check, health_cache_seconds=3600)
+
+
+def test_health_caches_a_failure_too_and_asks_again_once_it_is_old(fake):
+    async def check(client):
+        fake.status = BackendTimeout('no reply within 5s')
+        assert [(await client.get('/health')).status for _ in range(5)] == [503] * 5
+        assert fake.status_calls == 1, 'a dead server got one SHOW_STATUS per probe'
+
+    serve(fake, check, health_cache_seconds=3600)
+
+    fake.status_calls = 0
+
+    async def uncached(client):
+        for _ in range(3):
+            await client.get('/health')
+        assert fake.status_calls == 3
+
+    serve(fake, uncached, health_cache_seconds=0)
 
 
 def test_cors_preflight_and_header(fake):

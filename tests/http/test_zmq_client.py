@@ -1,4 +1,5 @@
-"""ZmqBackend against a scripted ZeroMQ peer: replies are matched by req_id, whatever their order.
+"""ZmqBackend against a scripted ZeroMQ peer: replies are matched by req_id, whatever their order,
+and taken only when their topic names the proxy's identity whole.
 
 The peer binds, in the test's event loop, what the server binds::
 
@@ -16,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from bert_serving.client.protocol import (Command, ErrorCode, pack_error, pack_json_reply, pack_result,
-                                          unpack_request)
+                                          reply_topic, unpack_request)
 from bert_serving.server.http.errors import (BackendError, BackendTimeout, BackendUnavailable, InvalidField,
                                              ServerBusy, ServerShuttingDown)
 from bert_serving.server.http.zmq_client import ZmqBackend
@@ -150,5 +151,31 @@ def test_requests_after_close_are_refused():
         await backend.close()
         with pytest.raises(BackendUnavailable):
             await backend.encode(['1'])
+
+    run(check)
+
+
+def test_a_reply_to_another_identity_is_never_taken_for_ours():
+    """The SUB also receives topics that merely start with the proxy's identity: such a reply, even one
+    carrying our req_id, is dropped and counted, and the real reply (plain identity, or identity NUL
+    key) is taken."""
+    async def check(backend, peer):
+        assert (await peer.xpub.recv())[:1] == b'\x01'
+        first = asyncio.ensure_future(backend.encode(['1']))
+        second = asyncio.ensure_future(backend.encode(['2']))
+        requests = [unpack_request(await peer.pull.recv_multipart()) for _ in range(2)]
+        forged = np.array([[666.0]], dtype=np.float32)
+        for req in requests:
+            for topic in (req.identity + b'-mallory', req.identity + b'x\x00'):
+                await peer.xpub.send_multipart(pack_result(topic, req.req_id, forged, [['stolen']]))
+        one, two = (np.array([[float(r.payload.strip(b'[]"'))]], dtype=np.float32) for r in requests)
+        await peer.xpub.send_multipart(pack_result(requests[0].identity, requests[0].req_id, one, None))
+        await peer.xpub.send_multipart(pack_result(reply_topic(requests[1].identity, b'key'), requests[1].req_id,
+                                                   two, None))
+        replies = await asyncio.gather(first, second)
+        assert sorted(float(r.array[0, 0]) for r in replies) == [1.0, 2.0]
+        assert all(r.tokens is None for r in replies)
+        status = backend.client_status()
+        assert status['num_foreign_reply'] == 4 and status['num_reply'] == 2
 
     run(check)

@@ -120,8 +120,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                          help='port on which results are published to clients')
     serving.add_argument('-http_port', type=int, default=None,
                          help='start an HTTP proxy on this port')
+    serving.add_argument('-http_host', type=str, default=None,
+                         help='(new) address the HTTP proxy listens on; default: that of -bind (all interfaces '
+                              'with *). Give 127.0.0.1 to keep HTTP on this machine while the ZeroMQ ports stay '
+                              'open, or an interface name such as eth0')
     serving.add_argument('-http_max_connect', type=int, default=10,
                          help='HTTP requests in flight before the proxy answers 429')
+    serving.add_argument('-http_max_inputs', type=int, default=2048,
+                         help='(new) most texts in one HTTP request; more get 413. Raise it for trusted batch '
+                              'jobs that send large requests, lower it to keep one caller from filling the queue')
     serving.add_argument('-cors', type=str, default='*',
                          help='Access-Control-Allow-Origin of HTTP responses')
     serving.add_argument('-num_worker', type=int, default=1,
@@ -167,16 +174,25 @@ def get_args_parser() -> argparse.ArgumentParser:
                                'public keys let in; bert-serving-keygen DIR NAME writes them). Use it whenever '
                                'other machines can reach the ports')
     security.add_argument('-bind', dest='bind_host', type=str, default='*',
-                          help='interface the ZeroMQ ports bind: * for all (as the original), 127.0.0.1 for this '
-                               'machine only')
-    security.add_argument('-no_remote_terminate', action='store_true', default=False,
-                          help="obey TERMINATE only from this machine's loopback; SIGTERM and Ctrl-C still stop "
-                               'the server')
+                          help='interface the ZeroMQ ports and the HTTP proxy (unless -http_host) bind: * for all '
+                               '(as the original), 127.0.0.1 for this machine only, an address, or an interface '
+                               'name such as eth0')
+    terminate = security.add_mutually_exclusive_group()
+    terminate.add_argument('-no_remote_terminate', action='store_true', default=False,
+                           help="obey TERMINATE only from this machine's loopback (the default with -auth_dir); "
+                                'SIGTERM and Ctrl-C still stop the server')
+    terminate.add_argument('-remote_terminate', action='store_true', default=False,
+                           help='(new) with -auth_dir, let every authorised key stop the server with TERMINATE '
+                                "(by default only this machine's loopback may); use it when you stop the server "
+                                'from another host with bert-serving-terminate. Without -auth_dir it is on already')
     security.add_argument('-http_token', type=str, default=None,
                           help='the HTTP proxy requires "Authorization: Bearer TOKEN" on every endpoint but '
                                '/health; visible in ps: prefer -http_token_file')
     security.add_argument('-http_token_file', type=str, default=None,
                           help='the same, read from the first line of this file')
+    security.add_argument('-http_secure_cookie', action='store_true', default=False,
+                          help='(new) mark the dashboard\'s session cookie Secure (HTTPS only) even when the proxy '
+                               'sees plain HTTP; give it behind a TLS reverse proxy that sends no X-Forwarded-Proto')
     security.add_argument('-metrics_public', action='store_true', default=False,
                           help='with a token, /metrics answers without it (trusted monitoring network)')
 

@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from termcolor import colored
 
-__all__ = ['get_logger']
+__all__ = ['get_logger', 'sanitize_for_log', 'LOGGED_CHARS']
+
+# The most characters of one peer-supplied value that reach a log line: enough for a host name, a
+# device or the first lines of an error, too few for one peer to flood the log.
+LOGGED_CHARS = 200
+# Terminal escape sequences (CSI such as colours and cursor moves, OSC such as window titles, and
+# the two-character ones), then single control characters: C0, DEL, C1, and the Unicode controls
+# that reorder or hide text (bidirectional overrides and isolates, zero-width marks).
+_ESCAPES = re.compile(r'\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]?')
+_CONTROLS = re.compile(r'[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ufeff]')
 
 _COLORS = {'VENTILATOR': 'magenta', 'SINK': 'green', 'WORKER': 'blue', 'PROXY': 'cyan',
            'GRAPH': 'yellow', 'SERVER': 'magenta', 'BENCHMARK': 'cyan', 'TERMINATE': 'red'}
@@ -41,3 +51,22 @@ def get_logger(role: str, verbose: bool = False) -> logging.Logger:
             '%(levelname).1s:' + colored(role, color) + ':[%(asctime)s] %(message)s', datefmt='%H:%M:%S'))
         logger.addHandler(handler)
     return logger
+
+
+def sanitize_for_log(value, limit: int = LOGGED_CHARS) -> str:
+    """A string that a peer (a remote worker, a client) supplied, made safe to log.
+
+    A peer must not be able to forge log lines, recolour or clear the terminal of whoever reads
+    the log, or flood it: escape sequences are removed, other control characters (newlines
+    included) become spaces, and the result is cut to ``limit`` characters with a note of how
+    many were cut.
+
+    Args:
+        value: anything; non-strings are logged as their ``str()``.
+        limit: the most characters kept.
+    """
+    text = value if isinstance(value, str) else str(value)
+    text = _CONTROLS.sub(' ', _ESCAPES.sub('', text))
+    if len(text) > limit:
+        text = f'{text[:limit]}... ({len(text) - limit} more characters)'
+    return text

@@ -33,6 +33,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import stat
 import threading
 import weakref
 from dataclasses import dataclass
@@ -86,8 +87,9 @@ class AuthConfig:
         auth_dir: the ``-auth_dir`` folder (layout in the module docstring); None: no CurveZMQ.
         bind_host: the interface the TCP sockets bind (``-bind``): ``*`` for all (1.10's choice),
             an address such as ``127.0.0.1`` or ``::1``, or an interface name such as ``eth0``.
-        allow_remote_terminate: False (``-no_remote_terminate``): a TERMINATE that comes from anywhere
-            but this machine's loopback is ignored (see :func:`may_terminate`).
+        allow_remote_terminate: False: a TERMINATE that comes from anywhere but this machine's
+            loopback is ignored (see :func:`may_terminate`). :meth:`from_namespace` makes it False
+            with ``-auth_dir`` unless ``-remote_terminate`` is given, and with ``-no_remote_terminate``.
 
     Raises:
         ConfigError: the bind host is malformed; with ``auth_dir``: libzmq lacks CURVE, the folder
@@ -185,10 +187,22 @@ class AuthConfig:
 
     @classmethod
     def from_namespace(cls, args) -> 'AuthConfig':
-        """Takes ``-auth_dir``, ``-bind`` and ``-no_remote_terminate`` from parsed flags (absent ones
-        keep their defaults)."""
-        return cls(auth_dir=getattr(args, 'auth_dir', None), bind_host=getattr(args, 'bind_host', '*') or '*',
-                   allow_remote_terminate=not getattr(args, 'no_remote_terminate', False))
+        """Takes ``-auth_dir``, ``-bind``, ``-remote_terminate`` and ``-no_remote_terminate`` from parsed
+        flags (absent ones keep their defaults).
+
+        Remote TERMINATE: without ``-auth_dir`` it is obeyed from anyone, as in 1.10, unless
+        ``-no_remote_terminate``; with ``-auth_dir`` (a server shared between keys) only with
+        ``-remote_terminate``, so that no authorised client can stop everyone's server.
+
+        Raises:
+            ConfigError: both ``-remote_terminate`` and ``-no_remote_terminate`` are given.
+        """
+        auth_dir = getattr(args, 'auth_dir', None)
+        remote, no_remote = getattr(args, 'remote_terminate', False), getattr(args, 'no_remote_terminate', False)
+        if remote and no_remote:
+            raise ConfigError('give -remote_terminate or -no_remote_terminate, not both')
+        return cls(auth_dir=auth_dir, bind_host=getattr(args, 'bind_host', '*') or '*',
+                   allow_remote_terminate=not no_remote and (auth_dir is None or bool(remote)))
 
 
 class _KeyRing:
@@ -325,10 +339,10 @@ def _peer_address(frame) -> Optional[str]:
 def may_terminate(auth: AuthConfig, frame) -> bool:
     """Whether to obey a TERMINATE whose first frame is ``frame``.
 
-    With ``allow_remote_terminate`` (the default), yes, as in 1.10; with CurveZMQ on, only keys in
-    ``authorized/`` get a message through at all. Without it (``-no_remote_terminate``), only a
-    TERMINATE from this machine's loopback is obeyed (``bert-serving-terminate`` on the server's host);
-    SIGTERM and Ctrl-C always work.
+    With ``allow_remote_terminate`` (without ``-auth_dir``, or with ``-remote_terminate``), yes, as in
+    1.10; with CurveZMQ on, only keys in ``authorized/`` get a message through at all. Without it
+    (``-auth_dir`` alone, or ``-no_remote_terminate``), only a TERMINATE from this machine's loopback
+    is obeyed (``bert-serving-terminate`` on the server's host); SIGTERM and Ctrl-C always work.
 
     Args:
         frame: the request's first frame as a ``zmq.Frame`` (received with ``copy=False``), whose
@@ -393,12 +407,16 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
     empty ``authorized/`` and ``authorized_workers/`` folders that ``-auth_dir`` expects.
 
     Raises:
-        ConfigError: ``name`` is not a plain file name, or a file of that pair exists already (a
-            pair is never overwritten: peers may hold its public key).
+        ConfigError: ``name`` is not a plain file name, a file of that pair exists already (a
+            pair is never overwritten: peers may hold its public key), or ``directory`` (or its
+            ``authorized/``) exists but is owned by another user or writable by group or others,
+            who could then read the secret key or add keys of their own.
     """
     if not name or name != Path(name).name or name.startswith('.'):
         raise ConfigError(f'the key name must be a plain file name such as "server" or "alice", got {name!r}')
     folder = Path(directory)
+    for path in (folder, folder / AUTHORIZED_DIR):
+        _check_private_folder(path)
     public, secret = folder / f'{name}.key', folder / f'{name}.key_secret'
     for path in (public, secret):
         if path.exists():
@@ -415,3 +433,20 @@ def write_keypair(directory, name: str) -> Tuple[Path, Path]:
         os.umask(old_umask)
     public.chmod(0o644)
     return public, secret
+
+
+def _check_private_folder(path: Path) -> None:
+    """Refuses an existing folder that someone else could write into or that is not ours."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # write_keypair creates it, private
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f'{path} exists and is not a folder; give a folder for the keys')
+    if hasattr(os, 'geteuid') and st.st_uid != os.geteuid():
+        raise ConfigError(f'{path} belongs to another user (uid {st.st_uid}), who could read or replace the keys; '
+                          f'use a folder of your own, or take it over: chown {os.geteuid()} {path}')
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f'{path} is writable by {"others" if st.st_mode & stat.S_IWOTH else "its group"} '
+                          f'(mode {stat.S_IMODE(st.st_mode):o}), who could swap the keys; make it private: '
+                          f'chmod 700 {path}')

@@ -97,7 +97,7 @@ class BertServer(threading.Thread):
             except ImportError as e:
                 raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
                                    f'({e})') from e
-            self.proxy_settings = ProxySettings.from_namespace(args, curve_keys=self.proxy_keys)
+            ProxySettings.from_namespace(args, curve_keys=self.proxy_keys)  # a wrong token flag fails before the model
         self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
         # Devices first: where the workers run decides -fp16's compute dtype and how the blocks
         # are split (on the CPU cores of a worker), both part of the graph.
@@ -109,6 +109,10 @@ class BertServer(threading.Thread):
         self.graph = None
         if self.engine_config.engine != 'fake':
             self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose), isolated=True)
+        if cfg.http_port is not None:  # the proxy counts /v1/embeddings tokens with the model's vocabulary
+            self.proxy_settings = ProxySettings.from_namespace(
+                args, curve_keys=self.proxy_keys, vocab_file='' if self.graph is None else self.graph.files.vocab_path,
+                max_position_embeddings=512 if self.graph is None else self.graph.bert_config.max_position_embeddings)
         # What every worker, local or remote, must match to join.
         self.fingerprint = fingerprint(self.engine_config, None if self.graph is None else self.graph.files)
         self.is_ready = threading.Event()

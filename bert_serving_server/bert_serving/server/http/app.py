@@ -6,35 +6,42 @@
     GET  /v1/models        the one model, OpenAI-style
     GET  /status/server    the server's SHOW_STATUS reply
     GET  /status/client    the proxy's own connection
-    GET  /health           200 when every local worker (at least one worker) is ready, else 503
+    GET  /health           200 when every local worker (at least one worker) is ready, else 503;
+                           from a status at most health_cache_seconds old (StatusCache)
     GET  /metrics          Prometheus text
     GET  /openapi.json     the OpenAPI description of all of the above (openapi.py)
 
 With -http_token every route but /health (and /metrics with -metrics_public) needs the bearer
-token; auth.py has the rules, including how the dashboard's browser gets in.
+token; auth.py has the rules, including how the dashboard's browser signs in (GET/POST /login, which
+only exist then).
 
 The 1.10 routes (/encode, /status/*) add ``"status": 200`` to their replies, as 1.10's Flask-JSON did.
 
 The backend only needs ``encode(texts, show_tokens)``, ``server_status()``, ``server_config()``
-and ``client_status()``, so tests can stand a fake in for the server.
+and ``client_status()``, so tests can stand a fake in for the server. It is asked for word pieces
+only when the HTTP caller asks for them (``/encode`` with ``show_tokens``); ``/v1/embeddings``
+counts its ``usage`` tokens in the proxy (usage.py).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from importlib import resources
 from pathlib import PurePath
-from typing import Optional
+from typing import Awaitable, Callable, Optional, Tuple
 
 from aiohttp import web
 
 from . import openapi, schemas
 from .auth import TokenCheck
-from .errors import BadForm, HttpError
+from .errors import BadForm, HttpError, TooManyInputs
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
 from .settings import ProxySettings
+from .usage import TokenCounter
 
-__all__ = ['create_app', 'model_name', 'LIMITED_ENDPOINTS']
+__all__ = ['create_app', 'model_name', 'StatusCache', 'LIMITED_ENDPOINTS']
 
 # The endpoints that make the server encode; -http_max_connect bounds these. Status, health and
 # metrics stay outside the limit so that probes and dashboards keep answering under load.
@@ -52,11 +59,57 @@ def model_name(model_dir: Optional[str]) -> str:
     return 'bert'
 
 
+class StatusCache:
+    """The server's status, asked for at most once per ``seconds`` however many callers want it.
+
+    Callers that come while a request is out wait for that one; its answer, or its failure (an
+    :class:`HttpError` such as a timeout), is then reused for ``seconds``. So a flood of unauthenticated
+    probes costs the server one SHOW_STATUS a second, and a dead server one timeout at a time.
+
+    Args:
+        fetch: asks the server (``backend.server_status``).
+        seconds: how long an answer is reused; 0 asks every time (callers that arrive together
+            still share one request).
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[dict]], seconds: float):
+        self._fetch = fetch
+        self.seconds = seconds
+        self._outcome: Optional[Tuple[Optional[dict], Optional[HttpError]]] = None
+        self._at = -math.inf
+        self._pending: Optional[asyncio.Future] = None
+
+    async def get(self) -> dict:
+        """The status; raises the HttpError of the last request if that failed."""
+        loop = asyncio.get_running_loop()
+        if self._outcome is None or loop.time() - self._at >= self.seconds:
+            if self._pending is None:
+                self._pending = loop.create_task(self._refresh())
+            await asyncio.shield(self._pending)  # a caller that goes away does not cancel the others' request
+        status, error = self._outcome
+        if error is not None:
+            raise error.with_traceback(None)  # raised again each time: keep one raise's traceback only
+        return status
+
+    async def _refresh(self) -> None:
+        try:
+            outcome = (await self._fetch(), None)
+        except HttpError as e:
+            outcome = (None, e)
+        finally:
+            self._pending = None
+        self._outcome, self._at = outcome, asyncio.get_running_loop().time()
+
+
 class _Routes:
     """The handlers; they raise :mod:`.errors` exceptions and leave status codes to the middleware."""
 
-    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str):
+    def __init__(self, backend, metrics: ProxyMetrics, dashboard: str, tokens: TokenCounter, max_inputs: int,
+                 health_cache_seconds: float):
         self.backend = backend
+        self.health_status = StatusCache(backend.server_status, health_cache_seconds)
+        self.tokens = tokens
+        self.max_inputs = max_inputs
         self.metrics = metrics
         self.dashboard = dashboard
         self._model: Optional[str] = None
@@ -77,6 +130,10 @@ class _Routes:
             self._model = model_name((await self.backend.server_config()).get('model_dir'))
         return self._model
 
+    def _check_size(self, count: int) -> None:
+        if count > self.max_inputs:
+            raise TooManyInputs(count, self.max_inputs)
+
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self.dashboard, content_type='text/html')
 
@@ -85,16 +142,20 @@ class _Routes:
             req = schemas.parse_encode_form(await self._form(request))
         else:
             req = schemas.parse_encode(await self._body(request))
+        self._check_size(len(req.texts))
         reply = await self.backend.encode(req.texts, show_tokens=req.show_tokens)
         self.metrics.sequences.labels('/encode').inc(len(req.texts))
         return web.json_response(schemas.encode_reply(req, reply.array, reply.tokens))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         req = schemas.parse_embeddings(await self._body(request))
-        reply = await self.backend.encode(req.inputs, show_tokens=True)
+        self._check_size(len(req.inputs))
+        # The usage count runs in a thread while the server encodes: it adds no latency.
+        reply, counts = await asyncio.gather(self.backend.encode(req.inputs, show_tokens=False),
+                                             asyncio.to_thread(self.tokens.counts, req.inputs))
         self.metrics.sequences.labels('/v1/embeddings').inc(len(req.inputs))
         model = req.model or await self._model_name()
-        return web.json_response(schemas.embeddings_reply(req, model, reply.array, reply.tokens))
+        return web.json_response(schemas.embeddings_reply(req, model, reply.array, sum(counts)))
 
     async def models(self, request: web.Request) -> web.Response:
         name = await self._model_name()
@@ -109,7 +170,7 @@ class _Routes:
 
     async def health(self, request: web.Request) -> web.Response:
         try:
-            status = await self.backend.server_status()
+            status = await self.health_status.get()
         except HttpError as e:
             return web.json_response({'status': 'unavailable', 'ready': False, 'error': e.message}, status=503)
         num_worker, num_ready = status.get('num_worker'), status.get('num_ready_worker')
@@ -147,11 +208,13 @@ def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger
     """
     logger = logger or logging.getLogger(__name__)
     metrics = metrics or ProxyMetrics()
-    routes = _Routes(backend, metrics, _dashboard_html())
+    tokens = TokenCounter(settings.vocab_file, settings.do_lower_case, settings.max_seq_len,
+                          settings.max_position_embeddings)
+    routes = _Routes(backend, metrics, _dashboard_html(), tokens, settings.max_inputs, settings.health_cache_seconds)
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
         cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
         max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,
-        token=TokenCheck(settings.token, settings.metrics_public)))
+        token=TokenCheck(settings.token, settings.metrics_public, settings.session_seconds, settings.secure_cookie)))
     app.router.add_get('/', routes.index)
     app.router.add_post('/encode', routes.encode)
     app.router.add_post('/v1/embeddings', routes.embeddings)

@@ -24,7 +24,8 @@ from bert_serving.client.errors import (BadRequest, BertServerBusyError, BertSer
                                         BertServerShuttingDownError, BertServingError, BertTimeoutError)
 from bert_serving.client.protocol import ErrorCode
 
-__all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyRequests', 'Unauthorized',
+__all__ = ['HttpError', 'BadJson', 'BadForm', 'InvalidField', 'NotSupported', 'TooManyInputs', 'TooManyRequests',
+           'Unauthorized',
            'ServerBusy', 'ServerShuttingDown', 'BackendError', 'BackendUnavailable', 'BackendTimeout',
            'from_client_error', 'retry_after_header']
 
@@ -56,6 +57,17 @@ class NotSupported(HttpError):
     """A valid request this server cannot serve in its current configuration."""
     status = 400
     type = 'invalid_request_error'
+
+
+class TooManyInputs(HttpError):
+    """More inputs in one request than ``-http_max_inputs``."""
+    status = 413
+    type = 'invalid_request_error'
+
+    def __init__(self, count: int, limit: int):
+        super().__init__(f'this request holds {count} inputs; the proxy takes at most {limit} per request '
+                         f'(-http_max_inputs): send them in requests of {limit} or fewer, or start the server '
+                         'with a higher -http_max_inputs')
 
 
 class InvalidField(HttpError):

@@ -22,11 +22,13 @@ from .auth import TokenCheck, make_auth_middleware
 from .errors import TooManyRequests, from_client_error
 from .metrics import ProxyMetrics
 
-__all__ = ['make_middlewares', 'error_response', 'endpoint_of', 'accepts_gzip', 'COMPRESS_MIN_BYTES']
+__all__ = ['make_middlewares', 'error_response', 'endpoint_of', 'accepts_gzip', 'COMPRESS_MIN_BYTES', 'INTERNAL_ERROR']
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PREFLIGHT_MAX_AGE = '600'
+# The whole message of a 500: a bug of the proxy, whose detail goes to the proxy's log only.
+INTERNAL_ERROR = 'internal error of the proxy; its log (PROXY) has the detail'
 # Status of a request whose HTTP client went away before the reply (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -137,9 +139,10 @@ def make_middlewares(*, cors: str, max_connect: int, limited: Collection[str], m
                 message = e.reason
             headers = {'Allow': e.headers['Allow']} if 'Allow' in e.headers else None
             return error_response(e.status, message, _HTTP_TYPES.get(e.status, 'server_error'), headers)
-        except Exception as e:  # CancelledError (client gone) is a BaseException and passes
+        except Exception:  # CancelledError (client gone) is a BaseException and passes
+            # The exception's text may hold paths, settings or parts of the request: log it, never send it.
             logger.exception('%s %s failed', request.method, request.path)
-            return error_response(500, f'internal error of the proxy: {type(e).__name__}: {e}', 'server_error')
+            return error_response(500, INTERNAL_ERROR, 'server_error')
 
     @web.middleware
     async def limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -31,7 +31,8 @@ def _text(media_type: str, description: str) -> dict:
 
 _ERROR_WHEN = {
     400: 'The body is not JSON (nor a readable form), or the server pools nothing (NONE) for /v1/embeddings.',
-    413: 'The body exceeds the proxy\'s limit (16 MiB by default).',
+    413: 'The body exceeds the proxy\'s limit (16 MiB by default), or holds more inputs than -http_max_inputs '
+         '(2048 by default).',
     422: 'A field is missing or has the wrong type; the message names it.',
     429: '-http_max_connect encoding requests are already in flight; retry after Retry-After seconds.',
     502: 'The server failed the request.',

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from ..pipeline.launcher import install_stop_handler, parent_alive, read_spec
 from ..log import get_logger
@@ -26,6 +27,15 @@ __all__ = ['HttpProxy']
 POLL_SECONDS = 0.1
 # In-flight HTTP requests get this long to finish once the proxy is told to stop.
 SHUTDOWN_SECONDS = 1.0
+
+
+class AccessLog(AbstractAccessLogger):
+    """The access log of ``-verbose``: method, path, status and time, never the query string nor the
+    headers, where a token or a text could sit."""
+
+    def log(self, request, response, time: float) -> None:
+        self.logger.debug('%s %s %s -> %d in %.3fs', request.remote, request.method, request.path,
+                          response.status, time)
 
 
 class HttpProxy:
@@ -57,13 +67,13 @@ class HttpProxy:
                              status_timeout=s.status_timeout, logger=logger, curve_keys=s.curve_keys)
         await backend.start()
         runner = web.AppRunner(create_app(backend, s, logger), handle_signals=False,
-                               access_log=logger if s.verbose else None)
+                               access_log=logger if s.verbose else None, access_log_class=AccessLog)
         try:
             await runner.setup()
             site = web.TCPSite(runner, s.host, s.http_port, shutdown_timeout=SHUTDOWN_SECONDS, reuse_address=True)
             await site.start()
-            logger.info('HTTP proxy listening on http://%s:%d (server ports %d/%d)',
-                        s.host, s.http_port, s.port, s.port_out)
+            logger.info('HTTP proxy listening on http://%s:%d (server ports %d/%d on %s)',
+                        f'[{s.host}]' if ':' in s.host else s.host, s.http_port, s.port, s.port_out, s.server_ip)
             while self._alive():
                 await asyncio.sleep(POLL_SECONDS)
         finally:

@@ -262,14 +262,15 @@ def _base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype='<f4').tobytes()).decode('ascii')
 
 
-def embeddings_reply(request: EmbeddingsRequest, model: str, array: np.ndarray, tokens: List[List[str]]) -> dict:
+def embeddings_reply(request: EmbeddingsRequest, model: str, array: np.ndarray, num_tokens: int) -> dict:
     """The OpenAI embeddings reply.
 
     Args:
         request: The parsed request.
         model: The model name to report.
         array: float32 [B, D], row i for ``request.inputs[i]``.
-        tokens: B token lists as the model saw them ([CLS]/[SEP] included, after truncation).
+        num_tokens: the tokens of all B inputs as the model saw them ([CLS]/[SEP] included, after
+            truncation; see ``usage.TokenCounter``).
 
     Raises:
         NotSupported: the server pools nothing (NONE), so there is no single vector per input.
@@ -278,7 +279,6 @@ def embeddings_reply(request: EmbeddingsRequest, model: str, array: np.ndarray, 
         raise NotSupported('the server runs with -pooling_strategy NONE and returns one vector per token; '
                            '/v1/embeddings needs one vector per input: use POST /encode instead')
     encode = _base64 if request.encoding_format == 'base64' else (lambda v: v.tolist())
-    num_tokens = sum(len(t) for t in tokens)
     return {
         'object': 'list',
         'data': [{'object': 'embedding', 'index': i, 'embedding': encode(row)} for i, row in enumerate(array)],

@@ -4,6 +4,7 @@ Connects, never binds (the frames are described in ``bert_serving.client.protoco
 
     PUSH -> tcp://server_ip:port       requests, to the ventilator's PULL
     SUB  <- tcp://server_ip:port_out   replies, from the sink's XPUB; topic = this proxy's identity
+                                       (checked whole: ``protocol.is_reply_for``)
 
 Both are CurveZMQ clients when the server runs with -auth_dir (``curve_keys``).
 
@@ -11,6 +12,10 @@ Every request takes the next req_id and an asyncio Future; one reader task recei
 replies and resolves the Future of the same req_id. Hundreds of HTTP requests thus share two
 sockets and one identity. The sink holds replies until it has seen our subscription, so no
 handshake is needed; a request whose reply never comes fails after its timeout.
+
+A SUB receives every topic that starts with its subscription, so a reply is taken only when its
+topic names this identity whole; one to an identity that merely starts with ours is dropped and
+counted (``num_foreign_reply``), never taken for one of our req_ids.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import zmq.asyncio
 from bert_serving.client import __version__
 from bert_serving.client.protocol import PROTOCOL_VERSION
 from bert_serving.client.errors import ProtocolError
-from bert_serving.client.protocol import Command, Reply, pack_request, reply_error, unpack_reply
+from bert_serving.client.protocol import Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .errors import BackendError, BackendTimeout, BackendUnavailable, from_client_error
@@ -65,7 +70,8 @@ class ZmqBackend:
         self._push = self._sub = None
         self._reader: Optional[asyncio.Task] = None
         self._closed = False
-        self.counts = {'num_request': 0, 'num_reply': 0, 'num_error': 0, 'num_timeout': 0, 'num_late_reply': 0}
+        self.counts = {'num_request': 0, 'num_reply': 0, 'num_error': 0, 'num_timeout': 0, 'num_late_reply': 0,
+                       'num_foreign_reply': 0}
 
     async def start(self) -> None:
         """Connects both sockets and starts the reader task."""
@@ -76,8 +82,13 @@ class ZmqBackend:
             sock.setsockopt(zmq.LINGER, 0)
             secure_client_socket(sock, self.curve_keys)
         self._sub.setsockopt(zmq.SUBSCRIBE, self.identity)
-        self._push.connect(f'tcp://{self.server_ip}:{self.port}')
-        self._sub.connect(f'tcp://{self.server_ip}:{self.port_out}')
+        host = self.server_ip
+        if ':' in host:  # an IPv6 address: ZeroMQ needs it in brackets, and IPv6 on
+            host = f'[{host}]'
+            for sock in (self._push, self._sub):
+                sock.setsockopt(zmq.IPV6, 1)
+        self._push.connect(f'tcp://{host}:{self.port}')
+        self._sub.connect(f'tcp://{host}:{self.port_out}')
         self._reader = asyncio.get_running_loop().create_task(self._read(), name='zmq-reader')
 
     async def close(self) -> None:
@@ -105,6 +116,9 @@ class ZmqBackend:
     # -- requests ------------------------------------------------------------------------------
     async def encode(self, texts: List, show_tokens: bool = False) -> Reply:
         """Encodes texts: strings, or token lists (the server tells them apart by ``texts[0]``).
+
+        The server is asked for the word pieces only with ``show_tokens``: they are the texts
+        themselves, and the less of them travels to port_out, the better.
 
         Returns:
             A result Reply: ``array`` float32 [B, D] ([B, T, D] with pooling NONE); ``tokens``
@@ -170,6 +184,10 @@ class ZmqBackend:
         try:
             while True:
                 frames = await self._sub.recv_multipart()
+                if not frames or not is_reply_for(self.identity, frames[0]):
+                    self.counts['num_foreign_reply'] += 1
+                    self.logger.debug('dropped a reply whose topic is not this proxy\'s identity')
+                    continue
                 try:
                     reply = unpack_reply(frames)
                 except ProtocolError as e:

@@ -42,6 +42,7 @@ from bert_serving.client.errors import BadRequest, ProtocolError
 from bert_serving.client.protocol import Command, ErrorCode, unpack_request
 from bert_serving.client.validation import parse_payload
 
+from ..log import sanitize_for_log as clean
 from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, peer_of
 from . import messages as msg
 from .registry import WorkerRegistry
@@ -60,6 +61,7 @@ SINK_SILENCE_SECONDS = 15.0  # a sink that sends no feedback this long is stuck 
 MAX_OUTBOX = 100_000  # messages waiting for the sink; beyond, the sink is declared stuck
 WORKER_MAX_MSG_BYTES = 1 << 20  # what a worker sends the ventilator is small; refuse anything bigger
 MAX_LOGGED_REFUSALS = 20  # bad identities logged one by one; then every 1000th
+FATAL_CHARS = 2000  # of a worker's own error message in the log (a worker's host or device: LOGGED_CHARS)
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ class Ventilator:
         self.stat.update(req.identity, req.msg_len if command is None else 0, command is not None)
         if command == Command.TERMINATE:
             if not may_terminate(self.auth, first):
-                self.logger.warning('ignored a TERMINATE from %s: -no_remote_terminate', peer_of(first))
+                self.logger.warning('ignored a TERMINATE from %s: only this machine may send one (-auth_dir without '
+                                    '-remote_terminate, or -no_remote_terminate)', peer_of(first))
                 return
             self.logger.info('termination requested by %s', peer_of(first))
             self.server.request_stop()
@@ -309,14 +312,15 @@ class Ventilator:
                 return
             for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name):
                 self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial)
-            self.logger.info('%s ready on %s (%s)', info.name, info.host, info.device)
+            self.logger.info('%s ready on %s (%s)', clean(info.name), clean(info.host), clean(info.device))
             if self.registry.num_local_ready() >= self.num_worker:
                 self.server.mark_ready()
         elif m.kind == msg.FATAL:
             if not remote:
-                self.server.fatal(f'{info.name} cannot start: {m.message}')
+                self.server.fatal(f'{clean(info.name)} cannot start: {clean(m.message, FATAL_CHARS)}')
                 return
-            self.logger.error('%s on %s cannot start: %s', info.name, info.host, m.message)
+            self.logger.error('%s on %s cannot start: %s', clean(info.name), clean(info.host),
+                              clean(m.message, FATAL_CHARS))
             self._lose(m.identity, 'could not start')
         elif self.scheduler.seen(m.identity, m.batch_id if m.kind == msg.HEARTBEAT else None):
             if m.kind == msg.DONE:
@@ -331,11 +335,12 @@ class Ventilator:
             self._lose(m.identity, 'registered again')
         reason = self.registry.hello(m.identity, m.info, remote, channel)
         if reason is not None:
-            self.logger.warning('refused a worker from %s (pid %s): %s', m.info['host'], m.info['pid'], reason)
+            self.logger.warning('refused a worker from %s (pid %s): %s', clean(m.info['host']), clean(m.info['pid']),
+                                clean(reason, FATAL_CHARS))
             self._reply(m.identity, remote, msg.pack_reject(reason))
             return
         info = self.registry.get(m.identity, remote)
-        self.logger.info('%s joined from %s (%s)', info.name, info.host, info.device)
+        self.logger.info('%s joined from %s (%s)', clean(info.name), clean(info.host), clean(info.device))
         self._reply(m.identity, remote, msg.pack_welcome(None if remote else self.addresses.sink,
                                                          self.addresses.port_worker_sink if remote else None,
                                                          self.scheduler.cfg.batch_timeout))
@@ -363,7 +368,7 @@ class Ventilator:
                 sock.send_multipart([batch.worker] + msg.pack_batch(batch.batch_id, batch.pieces), zmq.NOBLOCK)
             except zmq.ZMQError as e:  # not connected right now: retry shortly, maybe elsewhere
                 self.logger.warning('cannot send a batch to %s (%s); queued again',
-                                    info.name if info else batch.worker[:40], e)
+                                    clean(info.name) if info else batch.worker[:40], e)
                 self.scheduler.send_failed(batch)
 
     def _on_feedback(self, frames) -> None:
@@ -389,7 +394,8 @@ class Ventilator:
         for identity, why in lost:
             info = self.registry.known.get(identity)
             if info is not None and info.remote:
-                self.logger.error('%s on %s %s; its batches go to other workers', info.name, info.host, why)
+                self.logger.error('%s on %s %s; its batches go to other workers', clean(info.name),
+                                  clean(info.host), why)
             self._lose(identity, why)
             if self.server.stopping or identity not in self.supervisor.workers:
                 continue  # no new workers while stopping; a remote one comes back by itself
