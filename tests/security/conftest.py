@@ -1,7 +1,10 @@
-"""Fixtures of the security tests (the helpers they share are in ``security_support``): real
-``-engine fake`` servers on free ports, started with the flags a test needs and stopped with it.
+"""Fixtures of the attack tests.
 
-A server started here::
+Each test here plays an unfriendly peer against a real server on loopback (real processes, real
+sockets): a stranger on port_out, a peer that never reads, a sender of huge identities, a client key
+posing as a worker, a forger on the workers' results port, a worker that sends hostile strings.
+The servers come from tests/service's fixtures (``launch``, ``server_factory``, ``raw_peer``,
+``fake_vectors``), which check on exit that every process ended and every port is free::
 
     test process ─ BertServer thread (ventilator)   PULL  binds tcp://BIND:port (and port_worker)
                  ├ SINK process                     XPUB  binds tcp://BIND:port_out
@@ -10,43 +13,35 @@ A server started here::
 """
 from __future__ import annotations
 
-import contextlib
-import time
-from typing import Iterator, Sequence
-
+import shutil
+import sys
+from pathlib import Path
 import pytest
 
-from bert_serving.server.args import get_args_parser
-from bert_serving.server.service import BertServer
+from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR, write_keypair
 
-from security_support import Running, assert_port_free
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'service'))  # service_support, by name
+from service.conftest import fake_vectors, launch, raw_peer, server_factory  # noqa: E402,F401 - fixtures
+from service_support import FAKE  # noqa: E402
 
-READY_SECONDS = 60
+CLIENTS = ('alice', 'bob')
+WORKERS = ('worker',)
 
 
 @pytest.fixture
-def fake_server(pick_port):
-    """``with fake_server(['-num_worker', '1', ...]) as running:`` -> Running, once it is ready.
+def fake_server(launch):  # noqa: F811 - launch is the imported fixture
+    """``with fake_server(['-num_worker', '1', ...]) as running:`` -> RunningServer of ``-engine fake``."""
+    return lambda flags=(): launch(FAKE, flags)
 
-    On exit the server is closed, and every process of it must have ended and its ports be free.
-    """
-    @contextlib.contextmanager
-    def start(flags: Sequence[str] = ()) -> Iterator[Running]:
-        port, port_out = pick_port(), pick_port()
-        args = get_args_parser().parse_args(['-engine', 'fake', '-cpu', '-port', str(port),
-                                             '-port_out', str(port_out), *flags])
-        server = BertServer(args)
-        server.start()
-        try:
-            deadline = time.monotonic() + READY_SECONDS
-            while not server.is_ready.wait(0.2):
-                if not server.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError(f'the server did not become ready (failure: {server.failure})')
-            yield Running(server, port, port_out)
-        finally:
-            server.close()
-        assert not server.is_alive() and all(not p.is_alive() for p in server.processes)
-        for p in (port, port_out):
-            assert_port_free(p)
 
-    return start
+@pytest.fixture(scope='module')
+def keys(tmp_path_factory):
+    """``keys / 'dir'`` is an -auth_dir whose authorized/ holds alice and bob (clients) and whose
+    authorized_workers/ holds worker; each name's pair is in ``keys / NAME``."""
+    root = tmp_path_factory.mktemp('keys')
+    write_keypair(root / 'dir', 'server')
+    for name, folder in [(c, AUTHORIZED_DIR) for c in CLIENTS] + [(w, WORKERS_DIR) for w in WORKERS]:
+        write_keypair(root / name, name)
+        shutil.copy(root / name / f'{name}.key', root / 'dir' / folder / f'{name}.key')
+    return root
+

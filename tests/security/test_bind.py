@@ -20,7 +20,7 @@ from bert_serving.server.args import get_args_parser
 from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.settings import ProxySettings, proxy_hosts
 
-from security_support import assert_port_free
+from service_support import assert_port_free
 
 READY_SECONDS = 60
 HTTP_TIMEOUT = 30

@@ -20,7 +20,7 @@ import zmq
 
 from ._version import PROTOCOL_VERSION, __version__
 from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
-from .protocol import Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
+from .protocol import MAX_IDENTITY_BYTES, Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
 from .security import CurveKeys, secure_client_socket
 from .validation import validate_texts
 
@@ -87,6 +87,9 @@ class BertClient:
         if isinstance(identity, str):
             identity = identity.encode('ascii')
         self.identity = identity or str(uuid.uuid4()).encode('ascii')
+        if len(self.identity) > MAX_IDENTITY_BYTES or b'\x00' in self.identity:
+            raise ValueError(f'identity must be 1-{MAX_IDENTITY_BYTES} bytes without NUL (the server answers no other); '
+                             f'got {len(self.identity)} bytes. Leave it out for a fresh UUID')
         self.ip, self.port, self.port_out = ip, port, port_out
         self.output_fmt, self.timeout = output_fmt, timeout
         self._curve = CurveKeys.from_files(server_key, client_key)  # before any socket: a bad key opens none

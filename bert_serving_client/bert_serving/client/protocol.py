@@ -40,7 +40,7 @@ import numpy as np
 from ._version import PROTOCOL_VERSION, WIRE_RELEASE
 from .errors import BertServerBusyError, BertServerError, BertServerShuttingDownError, ProtocolError
 
-__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'is_reply_for', 'reply_topic', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
+__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'is_reply_for', 'reply_topic', 'MAX_IDENTITY_BYTES', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
            'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'reply_error', 'array_header',
            'raw_bytes']
 
@@ -98,6 +98,9 @@ class Reply:
     error: Optional[str] = None
     code: Optional[str] = None
     retry_after: Optional[float] = None
+
+
+MAX_IDENTITY_BYTES = 256  # the server refuses a longer identity (and one that holds a NUL)
 
 
 def reply_topic(identity: bytes, key: bytes = b'') -> bytes:

@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from bert_serving.client import protocol
-from bert_serving.client.protocol import ErrorCode
+from bert_serving.client.protocol import MAX_IDENTITY_BYTES, ErrorCode
 
 from ..log import get_logger
 from ..security import WORKER_DOMAIN, AuthConfig, authenticator, bind_address, secure_server_socket
@@ -60,7 +60,6 @@ CLIENT_BACKLOG_BYTES = 256 << 20  # bytes of replies one slow client may have wa
 FINISHED_MEMORY = 100_000  # finished requests remembered, to drop their late or repeated pieces
 ORPHAN_SECONDS = 60.0  # pieces of a request that was never registered are dropped after this
 SNDHWM = 256  # replies queued in ZeroMQ per connection; more wait in the sink, bounded in bytes
-MAX_IDENTITY_BYTES = 256  # a longer subscription is not applied (the ventilator refuses such identities)
 # MAXMSGSIZE of the XPUB: a peer sending more is cut off. Subscriptions are 1 + 256 bytes at most, but
 # the limit also applies to the CurveZMQ handshake (its INITIATE is ~300 bytes with metadata).
 SUBSCRIPTION_MAX_BYTES = 4096

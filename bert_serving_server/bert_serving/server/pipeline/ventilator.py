@@ -39,7 +39,7 @@ from typing import Optional
 import zmq
 
 from bert_serving.client.errors import BadRequest, ProtocolError
-from bert_serving.client.protocol import Command, ErrorCode, unpack_request
+from bert_serving.client.protocol import MAX_IDENTITY_BYTES, Command, ErrorCode, unpack_request
 from bert_serving.client.validation import parse_payload
 
 from ..log import sanitize_for_log as clean
@@ -47,7 +47,7 @@ from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, p
 from . import messages as msg
 from .registry import WorkerRegistry
 from .scheduler import Refused, Scheduler
-from .sink import MAX_IDENTITY_BYTES, valid_identity
+from .sink import valid_identity
 from .statistics import ServerStatistic
 from .supervisor import Supervisor
 
@@ -248,8 +248,8 @@ class Ventilator:
 
     def _on_client(self, zmq_frames) -> None:
         first = zmq_frames[0] if zmq_frames else None
-        if first is not None and not valid_identity(first.bytes[:MAX_IDENTITY_BYTES + 1]):
-            self._refuse_identity(first.bytes[:MAX_IDENTITY_BYTES + 1], first)
+        if first is not None and not valid_identity(first.bytes):
+            self._refuse_identity(first.bytes, first)
             return
         key = self._curve_key(first)
         try:
