@@ -385,6 +385,30 @@ def test_busy_when_the_queue_is_full_and_finished_frees_room(clock):
     assert s.snapshot()['num_open_rows'] == 10
 
 
+def test_busy_when_the_queued_bytes_are_full_and_finished_frees_them(clock):
+    s = make(clock, max_queue_bytes=1000)
+    first = s.accept(b'a', 1, words(2), False, size=900)
+    with pytest.raises(Refused) as busy:
+        s.accept(b'b', 1, words(1), False, size=101)
+    assert busy.value.code == ErrorCode.BUSY and '-max_queue_bytes' in str(busy.value)
+    second = s.accept(b'b', 2, words(1), False, size=100)  # exactly full fits
+    s.finished([first])
+    assert s.snapshot()['num_open_bytes'] == 100
+    s.finished([second])
+    s.accept(b'c', 1, words(1), False, size=5000)  # into an empty queue, a bigger one still goes
+    assert s.snapshot()['num_open_bytes'] == 5000
+
+
+def test_a_reply_over_max_reply_bytes_is_refused_before_anything_is_computed(clock):
+    s = make(clock, reply_row_bytes=25 * 768 * 4, max_reply_bytes=1 << 20)  # NONE pooling, 25 tokens of 768
+    s.accept(b'a', 1, words(13), False)  # 13 x 76,800 bytes fit in 1 MiB
+    with pytest.raises(Refused) as refused:
+        s.accept(b'a', 2, words(14), False)
+    assert refused.value.code == ErrorCode.BAD_REQUEST
+    assert '-max_reply_bytes' in str(refused.value) and 'at most 13 inputs' in str(refused.value)
+    assert s.snapshot()['num_open_request'] == 1
+
+
 def test_a_request_bigger_than_the_queue_is_a_bad_request(clock):
     s = make(clock, max_queue_rows=10)
     with pytest.raises(Refused) as refused:

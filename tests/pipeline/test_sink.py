@@ -291,3 +291,32 @@ def test_clients_get_only_their_own_replies(harness):
     harness.send(msg.pack_json_reply(b'client-a', 2, b'"for a"'))
     assert harness.reply(a).data == 'for a'
     assert harness.reply(b).data == 'for b'
+
+
+def test_a_client_that_never_reads_holds_up_only_its_own_replies_within_a_byte_bound(harness, records, monkeypatch):
+    monkeypatch.setattr(sink_module, 'CLIENT_BACKLOG_BYTES', 300_000)
+    slow = harness.client(b'slow')
+    slow.setsockopt(zmq.RCVHWM, 1)
+    fast = harness.client(b'fast')
+    time.sleep(0.3)  # both subscriptions are in
+    body = b'"' + b'x' * 100_000 + b'"'
+    for req_id in range(400):  # 40 MB: past ZeroMQ's queue (SNDHWM replies) and the socket buffers
+        harness.send(msg.pack_json_reply(b'slow', req_id, body))
+    harness.send(msg.pack_json_reply(b'fast', 1, b'{"served": true}'))
+    reply = harness.reply(fast)
+    assert (reply.kind, reply.data) == ('json', {'served': True})
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not any('does not read its replies' in m for m in records.messages()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any('does not read its replies' in m for m in records.messages())
+    topic = protocol.reply_topic(b'slow')
+    assert 0 < harness.sink.blocked.bytes[topic] <= 300_000 + len(body) + 100
+
+
+def test_replies_reach_only_whole_identity_subscriptions(harness):
+    spies = [harness.client(topic) for topic in (b'', b'c', b'cl', b'client-')]
+    own = harness.client(b'client-a')
+    time.sleep(0.3)
+    harness.send(msg.pack_json_reply(b'client-a', 1, b'"mine"'))
+    assert harness.reply(own).data == 'mine'
+    assert all(not spy.poll(300) for spy in spies)

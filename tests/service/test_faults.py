@@ -107,7 +107,7 @@ def test_anonymous_garbage_is_dropped(faults_server, raw_peer, case, frames):
 
 
 def test_far_oversized_frame_drops_only_that_connection(faults_server, raw_peer):
-    """ZeroMQ disconnects a peer whose frame is over 4x the limit (MAXMSGSIZE) before the
+    """ZeroMQ disconnects a peer whose frame is over 2x the limit (MAXMSGSIZE) before the
     ventilator sees it: no reply, but the server and other clients go on."""
     peer = raw_peer(faults_server, b'faulty-huge')
     peer.send([peer.identity, _list_of_bytes(5 * MAX_REQUEST_BYTES), b'1', b'1'])

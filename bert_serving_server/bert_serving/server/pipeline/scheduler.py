@@ -192,8 +192,8 @@ class Scheduler:
             except Exception:  # a measure must never lose a request: fall back to characters
                 lengths = _character_lengths(texts, is_tokenized)
             by_len = sorted(range(n), key=lengths.__getitem__)
-            size = math.ceil(n / num_pieces)
-            orders = [by_len[i:i + size] for i in range(0, n, size)]
+            per_piece = math.ceil(n / num_pieces)
+            orders = [by_len[i:i + per_piece] for i in range(0, n, per_piece)]
         serial = next(self._serials)
         request = self.requests[serial] = _Request(client, req_id, n, size)
         self.open_rows += n

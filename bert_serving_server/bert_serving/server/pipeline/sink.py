@@ -43,7 +43,7 @@ import zmq
 from bert_serving.client import protocol
 from bert_serving.client.protocol import MAX_IDENTITY_BYTES, ErrorCode
 
-from ..log import get_logger
+from ..log import get_logger, sanitize_for_log as clean
 from ..security import WORKER_DOMAIN, AuthConfig, authenticator, bind_address, secure_server_socket
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
@@ -397,7 +397,7 @@ class Sink:
             self.pending.setdefault(key, _Assembly()).failure = (message, code)
             return
         self._finish(key)
-        self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], message)
+        self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], clean(message, 2000))
         self._publish(key[0], job.curve_key, protocol.pack_error(key[0], key[1], message, code=code))
 
     def _tag_ok(self, m: msg.SinkMessage, channel: bytes) -> bool:
@@ -421,7 +421,7 @@ class Sink:
             if m.piece_id is not None:
                 self.confirmed.append(m.piece_id)
             if m.serial is None:  # refused before it was registered: nothing to clean up
-                self.logger.info('request %d of client %r refused: %s', m.req_id, m.client[:40], m.message)
+                self.logger.info('request %d of client %r refused: %s', m.req_id, m.client[:40], clean(m.message, 2000))
                 retry = 1.0 if m.code == ErrorCode.BUSY else None
                 self._publish(m.client, m.curve_key, protocol.pack_error(m.client, m.req_id, m.message, code=m.code,
                                                                          retry_after=retry))
