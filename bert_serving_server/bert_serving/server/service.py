@@ -158,6 +158,14 @@ class BertServer(threading.Thread):
             row *= longest
         return row
 
+    def _max_result_bytes(self) -> int:
+        """The largest frame a remote worker may send the sink: the vectors of one full batch (or of
+        the largest reply, if smaller), or its word pieces as JSON, whichever is larger."""
+        cfg = self.server_config
+        vectors = min(cfg.max_reply_bytes, cfg.max_batch_size * self.scheduler.cfg.reply_row_bytes)
+        longest = self.engine_config.max_seq_len or 512
+        return max(vectors, cfg.max_batch_size * longest * 64) + (1 << 20)  # 64 bytes a word piece in JSON
+
     def _model_status(self) -> dict:
         if self.graph is None:
             from .engine.fake import FAKE_WIDTH
@@ -202,7 +210,7 @@ class BertServer(threading.Thread):
                     SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
                                  port_worker_sink=cfg.port_worker_sink, bind_host=self.auth.bind_host,
                                  auth_dir=self.auth.auth_dir, extra_public_keys=extra_keys,
-                                 tag_secret=self.tag_secret.hex(), max_result_bytes=cfg.max_reply_bytes + (16 << 20),
+                                 tag_secret=self.tag_secret.hex(), max_result_bytes=self._max_result_bytes(),
                                  verbose=cfg.verbose)))
                 sink.start()
                 self.supervisor.add_service(sink, 'see the SINK log')
