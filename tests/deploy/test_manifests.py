@@ -190,11 +190,41 @@ def test_front_auth_dir_holds_the_server_pair_and_authorized_keys():
     files = mounted_files(_pod(FRONT), _container(FRONT))
     auth_dir = args.auth_dir.rstrip('/')
     assert f'{auth_dir}/server.key_secret' in files
-    authorized = {path.rsplit('/', 1)[1] for path in files if path.startswith(f'{auth_dir}/authorized/')}
-    assert authorized == {'worker.key', 'client.key'}
+    # Client keys (client ports) and worker keys (worker ports) live in folders of their own.
+    for folder, expected in (('authorized', {'client.key'}), ('authorized_workers', {'worker.key'})):
+        keys = {path.rsplit('/', 1)[1] for path in files if path.startswith(f'{auth_dir}/{folder}/')}
+        assert keys == expected, f'{auth_dir}/{folder}/ should hold {expected}, not {keys}'
+        # Secret halves never sit among the public keys the front lets in.
+        assert not any(p.startswith(f'{auth_dir}/{folder}/') and p.endswith('_secret') for p in files)
     assert args.http_token_file in files, '-http_token_file must be a file of the token Secret'
-    # Secret halves never sit among the public keys the front lets in.
-    assert not any(p.startswith(f'{auth_dir}/authorized/') and p.endswith('_secret') for p in files)
+
+
+def test_the_mounted_keys_let_the_worker_in_on_the_worker_ports_only(tmp_path):
+    """The front's key files, laid out as its volume mounts them (keys from our keygen), pass the
+    server's own -auth_dir checks; the workers' key is a worker key, and the client's a client key."""
+    from bert_serving.client.security import load_keypair, load_public_key
+    from bert_serving.server.security import AuthConfig
+
+    made = tmp_path / 'made'
+    for name in ('server', 'worker', 'client'):
+        run_keygen([str(made), name])
+    args = _args(FRONT)
+    auth_dir = args.auth_dir.rstrip('/')
+    root = tmp_path / 'front'
+    for path, (_, key) in mounted_files(_pod(FRONT), _container(FRONT)).items():
+        if path.startswith(f'{auth_dir}/'):
+            target = root / path[len(auth_dir) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((made / key).read_bytes())
+    mounted = copy.copy(args)
+    mounted.auth_dir = str(root)
+    auth = AuthConfig.from_namespace(mounted)
+    auth.check_worker_keys()  # with -port_worker, the server refuses to start without a worker key
+    worker_key = _args(WORKERS).client_key.rsplit('/', 1)[1]  # the pair the workers hold
+    worker_public = load_keypair(made / worker_key, 'worker')[0]
+    client_public = load_public_key(made / 'client.key', 'client')
+    assert worker_public in auth.worker_keys() and worker_public not in auth.authorized_keys()
+    assert client_public in auth.authorized_keys() and client_public not in auth.worker_keys()
 
 
 def test_worker_key_files_are_mounted():

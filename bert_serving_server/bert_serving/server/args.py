@@ -170,9 +170,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     security = parser.add_argument_group('Security (new)', 'who may reach the ports')
     security.add_argument('-auth_dir', type=str, default=None,
-                          help='CurveZMQ on every TCP port: DIR holds server.key_secret and authorized/*.key (the '
-                               'public keys let in; bert-serving-keygen DIR NAME writes them). Use it whenever '
-                               'other machines can reach the ports')
+                          help='CurveZMQ on every TCP port: DIR holds server.key_secret, authorized/*.key (the '
+                               'public keys of clients let in) and authorized_workers/*.key (of remote workers); '
+                               'bert-serving-keygen DIR NAME writes them. Use it whenever other machines can reach '
+                               'the ports')
     security.add_argument('-bind', dest='bind_host', type=str, default='*',
                           help='interface the ZeroMQ ports and the HTTP proxy (unless -http_host) bind: * for all '
                                '(as the original), 127.0.0.1 for this machine only, an address, or an interface '
@@ -208,7 +209,7 @@ def _add_key_args(parser) -> None:
                              '(default $BERT_SERVING_SERVER_KEY)')
     parser.add_argument('-client_key', type=str, default=None,
                         help='(new) with -server_key: your NAME.key_secret, whose NAME.key is in the server\'s '
-                             'authorized/ (default $BERT_SERVING_CLIENT_KEY)')
+                             'authorized/ (a client) or authorized_workers/ (a worker) (default $BERT_SERVING_CLIENT_KEY)')
 
 
 def get_worker_parser() -> argparse.ArgumentParser:

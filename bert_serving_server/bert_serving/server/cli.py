@@ -111,7 +111,7 @@ def keygen(argv: Optional[List[str]] = None) -> int:
     Returns:
         0 once written; 2 if NAME is not a plain name, the pair exists, or DIR is not writable.
     """
-    from .security import AUTHORIZED_DIR, SERVER_SECRET_FILE, write_keypair
+    from .security import AUTHORIZED_DIR, SERVER_SECRET_FILE, WORKERS_DIR, write_keypair
     args = get_keygen_parser().parse_args(argv)
     try:
         public, secret = write_keypair(args.dir, args.name)
@@ -122,10 +122,11 @@ def keygen(argv: Optional[List[str]] = None) -> int:
     if args.name == 'server':
         print(f'- {secret.name} stays on the server: start it with `bert-serving-start -auth_dir {args.dir} ...`\n'
               f'- copy {public} to every client and worker (BertClient(server_key=...), -server_key)\n'
-              f'- put the public NAME.key of each client and worker into {public.parent / AUTHORIZED_DIR}/ '
-              '(created, empty)')
+              f'- put the public NAME.key of each client into {public.parent / AUTHORIZED_DIR}/ and of each '
+              f'remote worker into {public.parent / WORKERS_DIR}/ (both created, empty)')
     else:
-        print(f'- copy {public} into the server\'s -auth_dir {AUTHORIZED_DIR}/ folder to let this peer in\n'
+        print(f'- copy {public} into the server\'s -auth_dir {AUTHORIZED_DIR}/ folder to let this client in, or '
+              f'into {WORKERS_DIR}/ for a remote worker (bert-serving-worker)\n'
               f'- give {secret} to this client or worker only (BertClient(client_key=...), -client_key), '
               f'together with the server\'s public server.key (not {SERVER_SECRET_FILE})')
     return 0
