@@ -280,13 +280,13 @@ class Ventilator:
                 return
             self.logger.error('%s on %s cannot start: %s', info.name, info.host, m.message)
             self._lose(m.identity, 'could not start')
-        elif self.scheduler.seen(m.identity, m.batch_id if m.kind == msg.HEARTBEAT else None):
-            if m.kind == msg.DONE:
-                self.scheduler.done(m.identity, m.batch_id)
-            elif m.kind == msg.HEARTBEAT:
-                self._reply(m.identity, remote, [msg.PONG])
+        elif m.kind == msg.HEARTBEAT and self.scheduler.seen(m.identity, m.batch_id, m.holds, m.pong):
+            # The mark: every batch sent to it so far goes before this PONG (see Scheduler.seen).
+            self._reply(m.identity, remote, msg.pack_pong(self.scheduler.mark(m.identity)))
+        elif m.kind == msg.DONE and self.scheduler.seen(m.identity):
+            self.scheduler.done(m.identity, m.batch_id)
         elif m.kind == msg.HEARTBEAT and info.state == 'loading':
-            self._reply(m.identity, remote, [msg.PONG])
+            self._reply(m.identity, remote, msg.pack_pong())
 
     def _on_hello(self, m: msg.WorkerMessage, remote: bool) -> None:
         if self.registry.get(m.identity, remote) is not None:  # it lost us and came back
