@@ -393,8 +393,8 @@ class Scheduler:
             elif (w.undelivered_since is not None and now - w.undelivered_since > self.cfg.batch_timeout
                   and any(d.resent for d in w.delivered.values())):
                 found.append((identity, f'said its results were sent, but the sink did not get them for '
-                                        f'{now - w.undelivered_since:.0f}s (-batch_timeout {self.cfg.batch_timeout:g}s; '
-                                        'can the worker reach -port_worker_sink?)'))
+                                        f'{now - w.undelivered_since:.0f}s (-batch_timeout '
+                                        f'{self.cfg.batch_timeout:g}s; can the worker reach -port_worker_sink?)'))
         return found
 
     def _check_deliveries(self, identity: bytes, worker: _Worker, now: float) -> None:
