@@ -476,7 +476,7 @@ def test_results_that_never_reach_the_sink_declare_the_worker_lost_without_an_at
     have not reached the sink for -batch_timeout, it is lost. No attempt counts against the piece."""
     s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
     s.accept(b'c', 1, words(2), False)
-    s.add_worker(b'w', credit=1, label='0')
+    s.add_worker(b'w', credit=1, label='0', remote=True)
     sent = 0
     for _ in range(60):  # 30 s
         for batch in s.take_batches():
@@ -521,7 +521,7 @@ def test_a_batch_no_heartbeat_names_is_sent_again_without_an_attempt(clock):
     s = make(clock, max_batch_size=2, batch_timeout=600.0, heartbeat_timeout=10.0)
     s.accept(b'c', 1, words(2), False)
     s.accept(b'c', 2, words(2), False)
-    s.add_worker(b'w', credit=2, label='0')
+    s.add_worker(b'w', credit=2, label='0', remote=True)
     first, lost = s.take_batches()
     assert s.mark(b'w') == lost.batch_id
     clock.advance(HEARTBEAT_SECONDS)
@@ -574,9 +574,9 @@ def test_unconfirmed_results_are_sent_again_and_answered_once(clock):
     the sink confirms first ends it; the other is harmless."""
     s = make(clock, batch_timeout=600.0)
     serial = s.accept(b'c', 1, words(3), False)
-    s.add_worker(b'w1', credit=1, label='1')
+    s.add_worker(b'w1', credit=1, label='1', remote=True)
     [batch] = s.take_batches()
-    s.add_worker(b'w2', credit=1, label='2')
+    s.add_worker(b'w2', credit=1, label='2', remote=True)
     s.done(b'w1', batch.batch_id)
     clock.advance(DELIVERY_GRACE_SECONDS + 0.5)
     assert s.overdue() == []
@@ -596,7 +596,7 @@ def test_the_delivery_window_grows_with_slow_deliveries_and_shrinks_back(clock):
     """Large results over a slow link take long to be confirmed: after one such delivery, the next
     ones are not sent twice; after many quick ones, the window is short again."""
     s = make(clock, max_batch_size=1, batch_timeout=600.0, priority_batch_size=0)
-    s.add_worker(b'w', credit=1, label='0')
+    s.add_worker(b'w', credit=1, label='0', remote=True)
 
     def deliver(seconds: float) -> bool:
         """One batch confirmed ``seconds`` after its DONE; True if it was sent again meanwhile."""
@@ -619,6 +619,27 @@ def test_the_delivery_window_grows_with_slow_deliveries_and_shrinks_back(clock):
     for _ in range(40):
         assert deliver(0.5) is False
     assert deliver(10.0) is True
+
+
+def test_a_local_workers_unconfirmed_results_wait_for_batch_timeout(clock):
+    """Results over ipc are not lost in a dropped connection: a sink slow to confirm them gets no copy
+    to compute. Results still unconfirmed after -batch_timeout declare the local worker lost."""
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    for _ in range(60):
+        clock.advance(0.5)
+        assert beat(s, b'w', [])
+        assert s.overdue() == [] and queued_pieces(s) == []
+    clock.advance(0.5)
+    assert beat(s, b'w', [])
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and 'sink did not get them' in reason
+    assert s.remove_worker(b'w', reason) == []
+    [again] = queued_pieces(s)
+    assert again.attempt == 0
 
 
 def test_a_failed_send_keeps_the_worker_but_skips_it_for_the_backoff(clock):
@@ -758,7 +779,7 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
         nonlocal workers
         workers += 1
         identity = b'w%d' % workers
-        s.add_worker(identity, credit=rng.randint(1, 3), label=str(workers))
+        s.add_worker(identity, credit=rng.randint(1, 3), label=str(workers), remote=rng.random() < 0.5)
         computing[identity] = []
 
     def lose(identity, reason):

@@ -15,9 +15,10 @@ Nothing sent is lost to a dropped connection (a cut link: ZeroMQ drops what its 
     - A worker's heartbeat names every batch it holds, and echoes the mark of the last PONG it got,
       the last batch id sent to it before that PONG. A batch up to the mark that the heartbeat does
       not name was lost on its way, or done with its DONE lost: the worker gets its credit back.
-    - A batch the worker is done with, by DONE or by that rule, whose pieces the sink has not
-      confirmed within the delivery window, has those pieces queued again at the front. Neither
-      counts as a loss against the pieces; the worker keeps its place.
+    - A batch a remote worker is done with, by DONE or by that rule, whose pieces the sink has not
+      confirmed within the delivery window, has those pieces queued again at the front (a local
+      worker's results cross no connection that drops: they get -batch_timeout). Neither counts as
+      a loss against the pieces; the worker keeps its place.
 The delivery window is DELIVERY_GRACE_SECONDS plus twice the time the worker's results have taken
 to reach the sink lately, so that a worker whose large results cross a slow link has them sent twice
 once, not every time. A worker whose results have not reached the sink for -batch_timeout (every
@@ -118,6 +119,7 @@ class _Worker:
     name: str
     credit: int
     last_seen: float
+    remote: bool = False
     batches: Dict[int, Tuple[List[int], float]] = field(default_factory=dict)
     delivered: Dict[int, _Delivery] = field(default_factory=dict)
     pieces: Set[int] = field(default_factory=set)  # dispatched, unconfirmed
@@ -260,14 +262,18 @@ class Scheduler:
         return [(r.client, r.req_id, s) for s, r in self.requests.items()]
 
     # -- workers ---------------------------------------------------------------------------------
-    def add_worker(self, identity: bytes, credit: int, label: str, name: Optional[str] = None) -> List[Failure]:
-        """A worker said READY with ``credit`` batches of room.
+    def add_worker(self, identity: bytes, credit: int, label: str, name: Optional[str] = None,
+                   remote: bool = False) -> List[Failure]:
+        """A worker said READY with ``credit`` batches of room. Only a ``remote`` worker's results
+        cross a connection that can drop (tcp -port_worker_sink), so only they are sent again after
+        the delivery window; a local worker's wait for -batch_timeout (a sink slow to confirm is
+        not given more work).
 
         Returns:
             requests to fail, if this identity was a worker already (its old pieces are lost).
         """
         failures = self.remove_worker(identity, 'registered again') if identity in self.workers else []
-        self.workers[identity] = _Worker(label, name or label, max(1, credit), self.clock())
+        self.workers[identity] = _Worker(label, name or label, max(1, credit), self.clock(), remote=remote)
         return failures
 
     def mark(self, identity: bytes) -> Optional[int]:
@@ -401,7 +407,9 @@ class Scheduler:
         """Forgets deliveries the sink has confirmed whole, learning how long they took; queues again
         the unconfirmed pieces of those past the window (their results were lost, or are late: the
         sink answers a piece once, whichever copy comes first)."""
-        window = min(DELIVERY_GRACE_SECONDS + 2 * worker.delivery_seconds, self.cfg.batch_timeout)
+        window = self.cfg.batch_timeout
+        if worker.remote:
+            window = min(DELIVERY_GRACE_SECONDS + 2 * worker.delivery_seconds, window)
         for batch_id, delivery in list(worker.delivered.items()):
             waiting = [p for p in delivery.pieces if p in self.pieces]
             if not waiting:

@@ -269,7 +269,7 @@ class Ventilator:
             credit = self.registry.ready(m.identity, m.credit)
             if credit is None:
                 return
-            for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name):
+            for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name, info.remote):
                 self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial)
             self.logger.info('%s ready on %s (%s)', info.name, info.host, info.device)
             if self.registry.num_local_ready() >= self.num_worker:
