@@ -592,15 +592,36 @@ def test_unconfirmed_results_are_sent_again_and_answered_once(clock):
     assert (s.open_rows, s.pieces, s.holder) == (0, {}, {})
 
 
+def test_the_window_starts_when_the_results_have_left_the_worker(clock):
+    """Large results over a slow link take a while to leave the worker; its heartbeats say so, and
+    the delivery window starts only once they have left."""
+    s = make(clock, batch_timeout=600.0)
+    s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0', remote=True)
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    for _ in range(40):  # 20 s of sending
+        clock.advance(0.5)
+        assert s.seen(b'w', None, [], s.mark(b'w'), sending=[batch.batch_id])
+        assert s.overdue() == [] and queued_pieces(s) == []
+    assert beat(s, b'w', [])  # they have left: the window starts now
+    clock.advance(DELIVERY_GRACE_SECONDS - 0.5)
+    assert s.overdue() == [] and queued_pieces(s) == []
+    clock.advance(1.0)
+    assert s.overdue() == []
+    [again] = queued_pieces(s)
+    assert again.attempt == 0
+
+
 def test_the_delivery_window_grows_with_slow_deliveries_and_shrinks_back(clock):
-    """Large results over a slow link take long to be confirmed: after one such delivery, the next
-    ones are not sent twice; after many quick ones, the window is short again."""
+    """Deliveries that take most of the window make it longer, so a slower one is not sent twice;
+    after many quick ones it is short again."""
     s = make(clock, max_batch_size=1, batch_timeout=600.0, priority_batch_size=0)
     s.add_worker(b'w', credit=1, label='0', remote=True)
 
     def deliver(seconds: float) -> bool:
         """One batch confirmed ``seconds`` after its DONE; True if it was sent again meanwhile."""
-        s.accept(b'c', len(s.requests) + 1000 * len(s.pieces), words(1), False)
+        s.accept(b'c', len(s.pieces), words(1), False)
         [batch] = s.take_batches()
         s.done(b'w', batch.batch_id)
         resent = False
@@ -611,15 +632,15 @@ def test_the_delivery_window_grows_with_slow_deliveries_and_shrinks_back(clock):
         s.confirm(dispatched_ids([batch]))
         s.overdue()
         s.finished(list(s.requests))
+        s.take_batches()  # a resent copy, now confirmed: nothing to send
         return resent
 
-    assert deliver(10.0) is True  # the first slow one is sent again (the copy is dropped by the sink)
-    assert deliver(10.0) is False
-    assert deliver(12.0) is False
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is True
+    assert deliver(DELIVERY_GRACE_SECONDS - 0.5) is False
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is False  # the window grew with the last one
     for _ in range(40):
         assert deliver(0.5) is False
-    assert deliver(10.0) is True
-
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is True
 
 def test_a_local_workers_unconfirmed_results_wait_for_batch_timeout(clock):
     """Results over ipc are not lost in a dropped connection: a sink slow to confirm them gets no copy

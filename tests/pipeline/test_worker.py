@@ -76,6 +76,13 @@ class WorkerHarness:
         piece = Piece(b'client', batch_id, list(range(len(texts))), list(texts), serial=batch_id, piece_id=batch_id)
         self.router.send_multipart([self.identity] + msg.pack_batch(batch_id, [piece]))
 
+    def close_sink(self) -> None:
+        self.sink.close()
+
+    def open_sink(self) -> None:
+        self.sink = self._socket(zmq.PULL)
+        self.sink.bind(self.sink_addr)
+
     def result(self) -> msg.SinkMessage:
         assert self.sink.poll(WAIT_SECONDS * 1000), 'no result at the sink'
         return msg.unpack_sink(self.sink.recv_multipart())
@@ -140,3 +147,20 @@ def test_a_batch_the_worker_has_no_room_for_is_not_named(harness):
     assert sorted(harness.result().piece_id for _ in range(5)) == [1, 2, 3, 4, 5]
     assert sorted(harness.recv(msg.DONE).batch_id for _ in range(5)) == [1, 2, 3, 4, 5]
     assert harness.heartbeat(mark=7).holds == ()
+
+
+def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
+    """Results wait in the worker while the sink cannot be reached (or a slow link takes them): the
+    heartbeats say so after DONE, and stop once the results have left, so the server starts the
+    delivery window only then."""
+    harness.close_sink()
+    harness.send_batch(1, ['no sink yet'])
+    assert harness.recv(msg.DONE).batch_id == 1
+    beat = harness.heartbeat(mark=1)
+    assert (beat.holds, beat.sending) == ((), (1,))
+    harness.open_sink()
+    assert harness.result().piece_id == 1
+    beats = [harness.heartbeat(mark=1)]
+    while beats[-1].sending and len(beats) < 5:
+        beats.append(harness.heartbeat(mark=1))
+    assert (beats[-1].holds, beats[-1].sending) == ((), ())

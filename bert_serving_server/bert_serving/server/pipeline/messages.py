@@ -8,10 +8,12 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
 
     worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local"}]   who I am
                            [READY, JSON {"credit", "pid", "device"}]   model loaded
-                           [HEARTBEAT, JSON {"batch": id or null, "holds": [ids], "pong": mark or null}]
+                           [HEARTBEAT, JSON {"batch": id or null, "holds": [ids], "sending": [ids],
+                                             "pong": mark or null}]
                                                        every HEARTBEAT_SECONDS: the batch being computed,
                                                        every batch held (received, DONE not sent yet),
-                                                       the mark of the last PONG received
+                                                       the batches whose results are still leaving for
+                                                       the sink, the mark of the last PONG received
                            [DONE, batch_id]            results of the batch went to the sink; credit back
                            [FATAL, message]            the worker cannot start
     ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null,
@@ -148,6 +150,7 @@ class WorkerMessage(NamedTuple):
     info: Optional[dict] = None  # READY: pid, device; HELLO: fingerprint, host, pid, device, local
     message: str = ''  # FATAL
     holds: Optional[Tuple[int, ...]] = None  # HEARTBEAT: every batch held; None from a worker that does not say
+    sending: Tuple[int, ...] = ()  # HEARTBEAT: batches done whose results are still leaving for the sink
     pong: Optional[int] = None  # HEARTBEAT: the mark of the last PONG the worker received
 
 
@@ -160,8 +163,10 @@ def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
     return [READY, json.dumps({'credit': credit, 'pid': pid, 'device': device}).encode()]
 
 
-def pack_heartbeat(batch_id: Optional[int], holds: Sequence[int] = (), pong: Optional[int] = None) -> List[bytes]:
-    return [HEARTBEAT, json.dumps({'batch': batch_id, 'holds': list(holds), 'pong': pong}).encode()]
+def pack_heartbeat(batch_id: Optional[int], holds: Sequence[int] = (), pong: Optional[int] = None,
+                   sending: Sequence[int] = ()) -> List[bytes]:
+    return [HEARTBEAT, json.dumps({'batch': batch_id, 'holds': list(holds), 'sending': list(sending),
+                                   'pong': pong}).encode()]
 
 
 def pack_pong(mark: Optional[int] = None) -> List[bytes]:
@@ -199,11 +204,13 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
     if kind == HEARTBEAT:
         body = _json(frames[2])
         body = body if isinstance(body, dict) else {}
-        batch, holds, pong = body.get('batch'), body.get('holds'), body.get('pong')
-        if holds is not None and not (isinstance(holds, list) and all(_is_int(b) for b in holds)):
-            raise BadMessage('a HEARTBEAT\'s "holds" is a list of batch ids')
+        batch, holds, sending, pong = body.get('batch'), body.get('holds'), body.get('sending', []), body.get('pong')
+        for name, ids in (('holds', [] if holds is None else holds), ('sending', sending)):
+            if not (isinstance(ids, list) and all(_is_int(b) for b in ids)):
+                raise BadMessage(f'a HEARTBEAT\'s "{name}" is a list of batch ids')
         return WorkerMessage(identity, kind, batch_id=batch if _is_int(batch) else None,
-                             holds=None if holds is None else tuple(holds), pong=pong if _is_int(pong) else None)
+                             holds=None if holds is None else tuple(holds), sending=tuple(sending),
+                             pong=pong if _is_int(pong) else None)
     if kind == DONE:
         return WorkerMessage(identity, kind, batch_id=_int(frames[2]))
     if kind == FATAL:

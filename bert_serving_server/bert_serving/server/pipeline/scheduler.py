@@ -16,13 +16,13 @@ Nothing sent is lost to a dropped connection (a cut link: ZeroMQ drops what its 
       the last batch id sent to it before that PONG. A batch up to the mark that the heartbeat does
       not name was lost on its way, or done with its DONE lost: the worker gets its credit back.
     - A batch a remote worker is done with, by DONE or by that rule, whose pieces the sink has not
-      confirmed within the delivery window, has those pieces queued again at the front (a local
-      worker's results cross no connection that drops: they get -batch_timeout). Neither counts as
-      a loss against the pieces; the worker keeps its place.
-The delivery window is DELIVERY_GRACE_SECONDS plus twice the time the worker's results have taken
-to reach the sink lately, so that a worker whose large results cross a slow link has them sent twice
-once, not every time. A worker whose results have not reached the sink for -batch_timeout (every
-delivery since needed sending again) is declared lost.
+      confirmed within the delivery window after its results left the worker (the heartbeat names
+      the batches whose results are still leaving: large ones over a slow link take a while), has
+      those pieces queued again at the front. A local worker's results cross no connection that
+      drops: they get -batch_timeout. Neither counts as a loss against the pieces.
+The delivery window is DELIVERY_GRACE_SECONDS plus twice the time the worker's deliveries took
+lately. A worker is declared lost when results it said were sent have not reached the sink for
+-batch_timeout: one delivery, or every one since a delivery had to be sent again.
 
 A request is open from ``accept`` until the sink says it FINISHED (answered or failed). Open requests
 count against ``max_queue_rows``: a request that does not fit is refused at once (server busy).
@@ -108,6 +108,7 @@ class _Delivery:
     """A batch its worker is done with, some of whose pieces the sink had not confirmed then."""
     pieces: List[int]
     since: float  # when the ventilator learnt that the worker was done with it
+    left: Optional[float]  # since when its results have left the worker (None: still leaving)
     resent: bool = False  # its unconfirmed pieces were queued again
 
 
@@ -283,12 +284,13 @@ class Scheduler:
         return None if worker is None else worker.last_sent
 
     def seen(self, identity: bytes, computing: Optional[int] = None, holds: Optional[Sequence[int]] = None,
-             pong: Optional[int] = None) -> bool:
+             pong: Optional[int] = None, sending: Sequence[int] = ()) -> bool:
         """Any message of a worker proves it alive. A heartbeat also names the batch it computes,
         whose deadline starts then (not when it was sent: a prefetched batch waits its turn), every
-        batch it holds, and ``pong``, the mark of the last PONG it got. A batch sent before that PONG
-        (so before it on the same connection) that the worker does not hold is done with, as if by
-        DONE: it never arrived (a dropped connection lost it), or its DONE was lost.
+        batch it holds, the batches whose results are still leaving it, and ``pong``, the mark of
+        the last PONG it got. A batch sent before that PONG (so before it on the same connection)
+        that the worker does not hold is done with, as if by DONE: it never arrived (a dropped
+        connection lost it), or its DONE was lost.
 
         Returns:
             False for an unknown worker.
@@ -304,6 +306,13 @@ class Scheduler:
             held = set(holds)
             for batch_id in [b for b in worker.batches if b <= pong and b not in held]:
                 self._done(identity, worker, batch_id)
+        if holds is not None:
+            leaving = set(sending)
+            for batch_id, delivery in worker.delivered.items():
+                if batch_id in leaving:
+                    delivery.left = None
+                elif delivery.left is None:
+                    delivery.left = now
         return True
 
     def done(self, identity: bytes, batch_id: int) -> None:
@@ -318,7 +327,8 @@ class Scheduler:
         worker.credit += 1
         waiting = [p for p in piece_ids if self.holder.get(p) == identity]
         if waiting:
-            worker.delivered[batch_id] = _Delivery(waiting, self.clock())
+            now = self.clock()
+            worker.delivered[batch_id] = _Delivery(waiting, now, left=now)  # a heartbeat may say otherwise
 
     def remove_worker(self, identity: bytes, reason: str) -> List[Failure]:
         """The worker is gone (dead, silent or hung). Its unconfirmed pieces are queued again at
@@ -396,10 +406,12 @@ class Scheduler:
             elif any(deadline < now for _, deadline in w.batches.values()):
                 found.append((identity, f'held a batch for more than -batch_timeout '
                                         f'{self.cfg.batch_timeout:g}s'))
-            elif (w.undelivered_since is not None and now - w.undelivered_since > self.cfg.batch_timeout
-                  and any(d.resent for d in w.delivered.values())):
+            elif (any(not d.resent and now - d.since > self.cfg.batch_timeout for d in w.delivered.values())
+                  or (w.undelivered_since is not None and now - w.undelivered_since > self.cfg.batch_timeout
+                      and any(d.resent for d in w.delivered.values()))):
+                since = min([d.since for d in w.delivered.values()] + [w.undelivered_since or now])
                 found.append((identity, f'said its results were sent, but the sink did not get them for '
-                                        f'{now - w.undelivered_since:.0f}s (-batch_timeout '
+                                        f'{now - since:.0f}s (-batch_timeout '
                                         f'{self.cfg.batch_timeout:g}s; can the worker reach -port_worker_sink?)'))
         return found
 
@@ -414,11 +426,11 @@ class Scheduler:
             waiting = [p for p in delivery.pieces if p in self.pieces]
             if not waiting:
                 del worker.delivered[batch_id]
-                # A resent delivery counts too (the copy may have been first: the estimate errs long).
-                worker.delivery_seconds = max(now - delivery.since, DELIVERY_DECAY * worker.delivery_seconds)
-                if not delivery.resent:
+                if not delivery.resent:  # else the copy may have come first: it tells nothing
+                    took = now - (delivery.since if delivery.left is None else delivery.left)
+                    worker.delivery_seconds = max(took, DELIVERY_DECAY * worker.delivery_seconds)
                     worker.undelivered_since = None
-            elif not delivery.resent and now - delivery.since > window:
+            elif not delivery.resent and delivery.left is not None and now - delivery.left > window:
                 delivery.resent = True
                 if worker.undelivered_since is None:
                     worker.undelivered_since = delivery.since

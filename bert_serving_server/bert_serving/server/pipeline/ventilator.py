@@ -280,7 +280,7 @@ class Ventilator:
                 return
             self.logger.error('%s on %s cannot start: %s', info.name, info.host, m.message)
             self._lose(m.identity, 'could not start')
-        elif m.kind == msg.HEARTBEAT and self.scheduler.seen(m.identity, m.batch_id, m.holds, m.pong):
+        elif m.kind == msg.HEARTBEAT and self.scheduler.seen(m.identity, m.batch_id, m.holds, m.pong, m.sending):
             # The mark: every batch sent to it so far goes before this PONG (see Scheduler.seen).
             self._reply(m.identity, remote, msg.pack_pong(self.scheduler.mark(m.identity)))
         elif m.kind == msg.DONE and self.scheduler.seen(m.identity):

@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import zmq
 
@@ -132,6 +132,8 @@ class Worker:
         self._computing: Optional[int] = None  # reported in heartbeats
         self._started: Optional[float] = None  # when the current batch started (watchdog)
         self._batch_timeout: Optional[float] = None  # the server's, from WELCOME
+        self._results_lock = threading.Lock()
+        self._results_leaving: Dict[int, zmq.MessageTracker] = {}  # batch id -> its last result, still queued
 
     def run(self) -> int:
         """Serves until stopped. Returns the exit code: 0 stopped, 1 a helper thread died, 3 rejected."""
@@ -158,6 +160,7 @@ class Worker:
                 if welcome is None:
                     return 0
                 self._batch_timeout = welcome.batch_timeout
+                sink.copy_threshold = 0  # every result zero-copy, so that its tracker tells when it left
                 sink.connect(welcome.sink or f'tcp://{s.server_host}:{welcome.sink_port}')
                 try:
                     encoder = self._load()
@@ -310,8 +313,9 @@ class Worker:
         """The io thread owns the DEALER: heartbeats, registration again, batches in, DONE out. It
         never waits on anything else (a batch is parsed and tokenized by the featurize thread), so a
         heartbeat goes out every HEARTBEAT_SECONDS however large the batches. Each heartbeat names
-        every batch held (received, DONE not sent yet) and the mark of the last PONG: the server
-        sends again what is not held (see Scheduler.seen)."""
+        every batch held (received, DONE not sent yet), those whose results are still leaving, and
+        the mark of the last PONG: the server sends again what is not held, and results that do
+        not reach the sink soon after they left (see Scheduler.seen)."""
         s = self.settings
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
@@ -326,7 +330,7 @@ class Worker:
             while undelivered and self._send(dealer, msg.pack_done(undelivered[0])):
                 held.discard(undelivered.pop(0))
             if not registering and now >= next_beat:
-                self._send(dealer, msg.pack_heartbeat(self._computing, sorted(held), pong))
+                self._send(dealer, msg.pack_heartbeat(self._computing, sorted(held), pong, self._still_leaving()))
                 next_beat = now + msg.HEARTBEAT_SECONDS
             if not registering and now - last_contact > s.server_timeout:
                 self.logger.warning('no word from the server for %.0fs; registering again', now - last_contact)
@@ -381,12 +385,21 @@ class Worker:
                 self._rejected = True
                 self._leaving.set()
 
+    def _still_leaving(self) -> List[int]:
+        """Batches whose results are still queued for the sink (a slow link, or no connection)."""
+        with self._results_lock:
+            for batch_id in [b for b, tracker in self._results_leaving.items() if tracker.done]:
+                del self._results_leaving[batch_id]
+            return sorted(self._results_leaving)
+
     def _forget_work(self, incoming: 'queue.Queue', held: Set[int], undelivered: list) -> None:
         """The server forgot us: the batches we hold are being computed elsewhere; drop them (the
         other threads skip work of an older generation)."""
         self._generation += 1
         held.clear()
         undelivered.clear()
+        with self._results_lock:
+            self._results_leaving.clear()
         while True:
             try:
                 incoming.get_nowait()
@@ -454,7 +467,10 @@ class Worker:
             if trim:  # the sink pads every piece to the longest input of its request
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
             tokens = [list(f.tokens) for f in feats] if piece.show_tokens else None
-            sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
+            tracker = sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False, track=True)
+        if not tracker.done:  # one pipe, in order: the last result leaves last
+            with self._results_lock:
+                self._results_leaving[batch_id] = tracker
 
 
 def leave(code: int) -> None:
