@@ -154,7 +154,7 @@ def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
     heartbeats say so after DONE, and stop once the results have left, so the server starts the
     delivery window only then."""
     harness.close_sink()
-    harness.send_batch(1, ['no sink yet'])
+    harness.send_batch(1, ['no sink yet'] * 3000)  # 96 KB of results (pyzmq copies under 64 KB: gone at once)
     assert harness.recv(msg.DONE).batch_id == 1
     beat = harness.heartbeat(mark=1)
     assert (beat.holds, beat.sending) == ((), (1,))

@@ -160,7 +160,6 @@ class Worker:
                 if welcome is None:
                     return 0
                 self._batch_timeout = welcome.batch_timeout
-                sink.copy_threshold = 0  # every result zero-copy, so that its tracker tells when it left
                 sink.connect(welcome.sink or f'tcp://{s.server_host}:{welcome.sink_port}')
                 try:
                     encoder = self._load()
@@ -468,7 +467,9 @@ class Worker:
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
             tokens = [list(f.tokens) for f in feats] if piece.show_tokens else None
             tracker = sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False, track=True)
-        if not tracker.done:  # one pipe, in order: the last result leaves last
+        # One pipe, in order: the last result leaves last. pyzmq copies a result under 64 KB (its
+        # tracker is done at once: small results leave fast); a larger one is sent from its array.
+        if not tracker.done:
             with self._results_lock:
                 self._results_leaving[batch_id] = tracker
 
