@@ -348,9 +348,9 @@ class Worker:
                         undelivered.append(batch_id)
             if dealer not in events:
                 continue
-            frames = dealer.recv_multipart(copy=False)
+            frames = dealer.recv_multipart()
             last_contact = time.monotonic()
-            if frames and frames[0].bytes == msg.BATCH:
+            if frames and frames[0] == msg.BATCH:
                 try:
                     batch_id = msg.peek_batch(frames)
                 except msg.BadMessage as e:
@@ -365,7 +365,7 @@ class Worker:
                     self.logger.warning('dropped batch %d: %d batches wait already', batch_id, incoming.qsize())
                 continue
             try:
-                control = msg.unpack_control([f.bytes for f in frames])
+                control = msg.unpack_control(frames)
             except msg.BadMessage as e:
                 self.logger.warning('dropped a message from the ventilator: %s', e)
                 continue
@@ -416,7 +416,7 @@ class Worker:
             if generation != self._generation:
                 continue
             try:
-                _, pieces = msg.unpack_batch([f.bytes for f in frames])
+                _, pieces = msg.unpack_batch(frames)
                 prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
             except msg.BadMessage as e:  # DONE with nothing computed: its pieces go out again
                 self.logger.warning('dropped a malformed batch from the ventilator: %s', e)
