@@ -267,8 +267,8 @@ class Scheduler:
                    remote: bool = False) -> List[Failure]:
         """A worker said READY with ``credit`` batches of room. Only a ``remote`` worker's results
         cross a connection that can drop (tcp -port_worker_sink), so only they are sent again after
-        the delivery window; a local worker's wait for -batch_timeout (a sink slow to confirm is
-        not given more work).
+        the delivery window; a local worker's wait -batch_timeout (a sink slow to confirm them
+        must not be given more work).
 
         Returns:
             requests to fail, if this identity was a worker already (its old pieces are lost).
