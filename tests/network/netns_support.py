@@ -85,6 +85,12 @@ class Hosts:
         """Cuts (or restores) B's end of the cable."""
         _ip('-n', self.b, 'link', 'set', self.veth_b, 'up' if up else 'down')
 
+    def drop_connections(self, ns: str, port: int) -> None:
+        """Destroys the TCP connections of namespace ``ns`` to ``port`` (``ss -K``): what their
+        kernel buffers held is gone, as when a router or NAT forgets them."""
+        subprocess.run(['ip', 'netns', 'exec', ns, 'ss', '-K', 'dport', '=', str(port)], capture_output=True,
+                       text=True, timeout=30)
+
     def _command(self, ns: str, argv: Sequence[str]) -> List[str]:
         return ['ip', 'netns', 'exec', ns, 'env', f'PYTHONPATH={PYTHONPATH}', *argv]
 

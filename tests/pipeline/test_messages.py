@@ -35,6 +35,43 @@ def test_heartbeat_round_trips(batch_id):
     assert (m.identity, m.kind, m.batch_id) == (ID, msg.HEARTBEAT, batch_id)
 
 
+def test_heartbeat_names_the_batches_held_and_leaving_and_the_last_pong():
+    m = msg.unpack_worker([ID] + msg.pack_heartbeat(5, holds=[5, 6], pong=6, sending=[4]))
+    assert (m.batch_id, m.holds, m.sending, m.pong) == (5, (5, 6), (4,), 6)
+    m = msg.unpack_worker([ID] + msg.pack_heartbeat(None))
+    assert (m.batch_id, m.holds, m.sending, m.pong) == (None, (), (), None)
+    # A worker that does not say what it holds (an older one) is judged by deadlines only.
+    m = msg.unpack_worker([ID, msg.HEARTBEAT, b'{"batch": 3}'])
+    assert (m.batch_id, m.holds, m.sending, m.pong) == (3, None, (), None)
+    assert msg.unpack_worker([ID, msg.HEARTBEAT, b'{"holds": [], "pong": true}']).pong is None
+
+
+_ODD_IDS = [b'"1"', b'[1, "2"]', b'[1.5]', b'[true]', b'{"1": 1}']
+
+
+@pytest.mark.parametrize('body', [b'{"holds": %s}' % ids for ids in _ODD_IDS]
+                         + [b'{"holds": [], "sending": %s}' % ids for ids in _ODD_IDS + [b'null']])
+def test_a_heartbeat_with_odd_batch_lists_is_malformed(body):
+    with pytest.raises(BadMessage):
+        msg.unpack_worker([ID, msg.HEARTBEAT, body])
+
+
+def test_pong_carries_the_mark():
+    assert msg.unpack_control(msg.pack_pong(12)) == msg.Control(msg.PONG, mark=12)
+    assert msg.unpack_control(msg.pack_pong()) == msg.Control(msg.PONG)
+    with pytest.raises(BadMessage):
+        msg.unpack_control([msg.PONG, b'x'])
+
+
+def test_peek_batch_reads_the_id_only():
+    frames = msg.pack_batch(77, [piece()])
+    assert msg.peek_batch(frames) == 77
+    assert msg.peek_batch([msg.BATCH, b'78', b'not even json']) == 78
+    for frames in ([msg.BATCH, b'x', b'{}'], [msg.BATCH, b'1']):
+        with pytest.raises(BadMessage):
+            msg.peek_batch(frames)
+
+
 def test_done_round_trips():
     m = msg.unpack_worker([ID] + msg.pack_done(99))
     assert (m.identity, m.kind, m.batch_id) == (ID, msg.DONE, 99)

@@ -6,8 +6,9 @@ import random
 import pytest
 
 from bert_serving.client.protocol import ErrorCode
-from bert_serving.server.pipeline.scheduler import (MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused, Scheduler,
-                                                    SchedulerConfig)
+from bert_serving.server.pipeline.messages import HEARTBEAT_SECONDS
+from bert_serving.server.pipeline.scheduler import (DELIVERY_GRACE_SECONDS, MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused,
+                                                    Scheduler, SchedulerConfig)
 
 
 class FakeClock:
@@ -494,16 +495,21 @@ def test_a_prefetched_batch_deadline_starts_when_a_heartbeat_names_it(clock):
 
 
 def test_results_that_never_reach_the_sink_declare_the_worker_lost_without_an_attempt(clock):
-    """DONE came, but the sink never confirmed (the worker cannot reach -port_worker_sink)."""
+    """DONE comes, but the sink never confirms (the worker cannot reach -port_worker_sink): each time
+    its pieces are sent again after the delivery window, here to the same worker; once its results
+    have not reached the sink for -batch_timeout, it is lost. No attempt counts against the piece."""
     s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
     s.accept(b'c', 1, words(2), False)
-    s.add_worker(b'w', credit=1, label='0')
-    [batch] = s.take_batches()
-    s.done(b'w', batch.batch_id)
-    for _ in range(6):
-        clock.advance(5.0)
+    s.add_worker(b'w', credit=1, label='0', remote=True)
+    sent = 0
+    for _ in range(60):  # 30 s
+        for batch in s.take_batches():
+            sent += 1
+            s.done(b'w', batch.batch_id)
+        clock.advance(0.5)
         s.seen(b'w')
         assert s.overdue() == []
+    assert sent > 3
     clock.advance(0.5)
     s.seen(b'w')
     [(identity, reason)] = s.overdue()
@@ -524,6 +530,161 @@ def test_confirmed_results_clear_the_delivery_deadline(clock):
         clock.advance(5.0)
         s.seen(b'w')
     assert s.overdue() == []
+
+
+# -- batches and results lost to a dropped connection -------------------------------------------
+def beat(s: Scheduler, worker: bytes, holds, computing=None, pong='now') -> bool:
+    """A heartbeat naming ``holds``, echoing the PONG the worker got last (by default, one sent now)."""
+    return s.seen(worker, computing, list(holds), s.mark(worker) if pong == 'now' else pong)
+
+
+def test_a_batch_no_heartbeat_names_is_sent_again_without_an_attempt(clock):
+    """A cut link: the second batch was in the pipe ZeroMQ dropped. The heartbeat after the PONG that
+    followed it does not name it: the worker gets its credit back at once, and the batch's pieces
+    go out again after the delivery window. Nobody is lost, and no attempt counts."""
+    s = make(clock, max_batch_size=2, batch_timeout=600.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.accept(b'c', 2, words(2), False)
+    s.add_worker(b'w', credit=2, label='0', remote=True)
+    first, lost = s.take_batches()
+    assert s.mark(b'w') == lost.batch_id
+    clock.advance(HEARTBEAT_SECONDS)
+    assert beat(s, b'w', [first.batch_id], computing=first.batch_id)
+    assert s.workers[b'w'].credit == 1  # the lost one's credit is back
+    clock.advance(DELIVERY_GRACE_SECONDS - 0.5)
+    assert s.overdue() == [] and queued_pieces(s) == []  # its results might still be on their way
+    clock.advance(1.0)
+    assert s.overdue() == []
+    [again] = queued_pieces(s)
+    assert again.piece_id == lost.pieces[0].piece_id and again.attempt == 0
+    [resent] = s.take_batches()
+    assert resent.worker == b'w' and dispatched_ids([resent]) == dispatched_ids([lost])
+    assert s.snapshot()['num_ready_worker'] == 1
+
+
+def test_only_batches_sent_before_the_echoed_pong_are_judged(clock):
+    """A batch sent after the PONG the worker echoes may still be on its way: not named, not lost."""
+    s = make(clock, max_batch_size=2)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    before = s.mark(b'w')
+    [batch] = s.take_batches()
+    assert beat(s, b'w', [], pong=before)
+    assert beat(s, b'w', [], pong=None)  # no PONG echoed yet (a worker that just registered)
+    clock.advance(DELIVERY_GRACE_SECONDS + 1)
+    assert s.overdue() == [] and queued_pieces(s) == [] and s.workers[b'w'].credit == 0
+    assert s.seen(b'w', None, [batch.batch_id], None)
+    assert s.seen(b'w', batch.batch_id)  # a worker that does not say what it holds: judged by deadlines only
+    assert s.workers[b'w'].credit == 0
+
+
+def test_a_lost_done_returns_the_credit_and_confirmed_pieces_stay_done(clock):
+    """The results reached the sink but the DONE was in the dropped pipe: the heartbeat does not name
+    the batch, so the credit comes back; its confirmed pieces never go out again."""
+    s = make(clock, batch_timeout=600.0)
+    s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.confirm(dispatched_ids([batch]))
+    assert beat(s, b'w', [])
+    assert s.workers[b'w'].credit == 1
+    clock.advance(DELIVERY_GRACE_SECONDS + 1)
+    assert s.overdue() == [] and queued_pieces(s) == [] and s.snapshot()['num_inflight_piece'] == 0
+
+
+def test_unconfirmed_results_are_sent_again_and_answered_once(clock):
+    """DONE came, the results did not (lost in a dropped connection to -port_worker_sink, or late):
+    after the delivery window the piece goes to another worker, without an attempt. Whichever copy
+    the sink confirms first ends it; the other is harmless."""
+    s = make(clock, batch_timeout=600.0)
+    serial = s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w1', credit=1, label='1', remote=True)
+    [batch] = s.take_batches()
+    s.add_worker(b'w2', credit=1, label='2', remote=True)
+    s.done(b'w1', batch.batch_id)
+    clock.advance(DELIVERY_GRACE_SECONDS + 0.5)
+    assert s.overdue() == []
+    [resent] = s.take_batches()
+    assert resent.worker in (b'w1', b'w2') and resent.pieces[0].attempt == 0
+    s.confirm(dispatched_ids([batch]))  # the late original
+    s.done(resent.worker, resent.batch_id)
+    s.confirm(dispatched_ids([resent]))  # the copy: the sink drops it
+    clock.advance(DELIVERY_GRACE_SECONDS + 0.5)
+    assert s.overdue() == [] and queued_pieces(s) == [] and s.take_batches() == []
+    assert s.snapshot()['num_inflight_piece'] == 0
+    s.finished([serial])
+    assert (s.open_rows, s.pieces, s.holder) == (0, {}, {})
+
+
+def test_the_window_starts_when_the_results_have_left_the_worker(clock):
+    """Large results over a slow link take a while to leave the worker; its heartbeats say so, and
+    the delivery window starts only once they have left."""
+    s = make(clock, batch_timeout=600.0)
+    s.accept(b'c', 1, words(3), False)
+    s.add_worker(b'w', credit=1, label='0', remote=True)
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    for _ in range(40):  # 20 s of sending
+        clock.advance(0.5)
+        assert s.seen(b'w', None, [], s.mark(b'w'), sending=[batch.batch_id])
+        assert s.overdue() == [] and queued_pieces(s) == []
+    assert beat(s, b'w', [])  # they have left: the window starts now
+    clock.advance(DELIVERY_GRACE_SECONDS - 0.5)
+    assert s.overdue() == [] and queued_pieces(s) == []
+    clock.advance(1.0)
+    assert s.overdue() == []
+    [again] = queued_pieces(s)
+    assert again.attempt == 0
+
+
+def test_the_delivery_window_grows_with_slow_deliveries_and_shrinks_back(clock):
+    """Deliveries that take most of the window make it longer, so a slower one is not sent twice;
+    after many quick ones it is short again."""
+    s = make(clock, max_batch_size=1, batch_timeout=600.0, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0', remote=True)
+
+    def deliver(seconds: float) -> bool:
+        """One batch confirmed ``seconds`` after its DONE; True if it was sent again meanwhile."""
+        s.accept(b'c', len(s.pieces), words(1), False)
+        [batch] = s.take_batches()
+        s.done(b'w', batch.batch_id)
+        resent = False
+        for _ in range(int(seconds / 0.5)):
+            clock.advance(0.5)
+            s.overdue()
+            resent = resent or bool(queued_pieces(s))
+        s.confirm(dispatched_ids([batch]))
+        s.overdue()
+        s.finished(list(s.requests))
+        s.take_batches()  # a resent copy, now confirmed: nothing to send
+        return resent
+
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is True
+    assert deliver(DELIVERY_GRACE_SECONDS - 0.5) is False
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is False  # the window grew with the last one
+    for _ in range(40):
+        assert deliver(0.5) is False
+    assert deliver(DELIVERY_GRACE_SECONDS + 2) is True
+
+def test_a_local_workers_unconfirmed_results_wait_for_batch_timeout(clock):
+    """Results over ipc are not lost in a dropped connection: a sink slow to confirm them gets no copy
+    to compute. Results still unconfirmed after -batch_timeout declare the local worker lost."""
+    s = make(clock, batch_timeout=30.0, heartbeat_timeout=10.0)
+    s.accept(b'c', 1, words(2), False)
+    s.add_worker(b'w', credit=1, label='0')
+    [batch] = s.take_batches()
+    s.done(b'w', batch.batch_id)
+    for _ in range(60):
+        clock.advance(0.5)
+        assert beat(s, b'w', [])
+        assert s.overdue() == [] and queued_pieces(s) == []
+    clock.advance(0.5)
+    assert beat(s, b'w', [])
+    [(identity, reason)] = s.overdue()
+    assert identity == b'w' and 'sink did not get them' in reason
+    assert s.remove_worker(b'w', reason) == []
+    [again] = queued_pieces(s)
+    assert again.attempt == 0
 
 
 def test_a_failed_send_keeps_the_worker_but_skips_it_for_the_backoff(clock):
@@ -663,7 +824,7 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
         nonlocal workers
         workers += 1
         identity = b'w%d' % workers
-        s.add_worker(identity, credit=rng.randint(1, 3), label=str(workers))
+        s.add_worker(identity, credit=rng.randint(1, 3), label=str(workers), remote=rng.random() < 0.5)
         computing[identity] = []
 
     def lose(identity, reason):
@@ -703,10 +864,14 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
             if busy:
                 worker = rng.choice(busy)
                 batch = computing[worker].pop(rng.randrange(len(computing[worker])))
-                for p in batch.pieces:
-                    sink.result(p)
-                s.seen(worker)
-                s.done(worker, batch.batch_id)
+                fate = rng.random()  # a dropped connection loses the batch, its rows, or its DONE
+                if fate > 0.1:
+                    for p in batch.pieces:
+                        if fate > 0.15 or rng.random() < 0.5:
+                            sink.result(p)
+                if fate > 0.2:
+                    s.seen(worker)
+                    s.done(worker, batch.batch_id)
         elif op < 0.8:
             sink.deliver_feedback()
         elif op < 0.85 and computing:
@@ -715,8 +880,9 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
         elif op < 0.9:
             clock.advance(rng.choice([0.5, 2.0, 6.0]))
             for identity in list(computing):
-                if rng.random() < 0.7:
-                    s.seen(identity)
+                if rng.random() < 0.7:  # a heartbeat: the batches it holds, after a PONG sent now or not yet
+                    s.seen(identity, None, [b.batch_id for b in computing[identity]],
+                           s.mark(identity) if rng.random() < 0.8 else None)
             for identity, reason in s.overdue():
                 lose(identity, reason)
                 add_worker()
@@ -740,13 +906,16 @@ def test_random_operations_answer_every_row_once_or_fail_the_request(clock, seed
         clock.advance(SEND_BACKOFF_SECONDS)
         dispatch()
         for worker in list(computing):
-            s.seen(worker)
+            s.seen(worker, None, [], s.mark(worker))
             for batch in computing[worker]:
                 for p in batch.pieces:
                     sink.result(p)
                 s.done(worker, batch.batch_id)
             computing[worker] = []
         sink.deliver_feedback(everything=True)
+        for identity, reason in s.overdue():  # results lost earlier are sent again
+            lose(identity, reason)
+            add_worker()
     assert not s.requests and not sink.rows
 
     assert set(sink.answered) | set(sink.failed) == set(accepted)

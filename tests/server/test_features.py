@@ -1,10 +1,12 @@
 """Tests for bert_serving.server.engine.features."""
 
 import dataclasses
+import random
 
 import numpy as np
 import pytest
 
+from bert_serving.server.engine import features as features_module
 from bert_serving.server.engine.features import Feature, pad_batch, to_features
 from bert_serving.server.engine.tokenization import BertTokenizer
 
@@ -119,6 +121,59 @@ def test_single_is_cut_on_the_right(tok):
     assert feature.tokens == ("[CLS]", "one", "two", "three", "[SEP]")
     (feature,) = to_features(tok, ["one two"], is_tokenized=False, max_seq_len=2)
     assert feature.tokens == ("[CLS]", "[SEP]")
+
+
+# --- long texts are tokenized on a prefix ------------------------------------------------------
+
+# Characters that test where a prefix may end: words, punctuation, accents (composed and combining),
+# a capital sigma whose lower case depends on what follows, CJK, spaces the tokenizer treats as
+# whitespace (U+3000, U+00A0) or drops (U+200B, controls), U+FFFD, and words longer than 100 chars.
+_PIECES = ["the", "quick", "Brown", "fox", "jumps", ".", ",", "!", "(", "café", "cafe\u0301", "naïve",
+           "ΟΔΟΣ", "Σ", "ςσ", "中", "文字", "İstanbul", "ﬁne", "\u200b", "\x00", "\x1c", "\ufffd", "\u0301",
+           "x" * 120, "ab" * 30, "unaffable", "résumé", "\u3000", "\u00a0", "|||", "1234"]
+_SPACES = [" ", " ", " ", "  ", "\t", "\n", "\r\n", "", "", "\u3000", "\u00a0", "\x1c", "\u2028"]
+
+
+def _random_text(rng, words: int) -> str:
+    return "".join(rng.choice(_PIECES) + rng.choice(_SPACES) for _ in range(words))
+
+
+def _features_with_cut(tok, monkeypatch, chars_per_piece, texts, max_seq_len):
+    monkeypatch.setattr(features_module, "CUT_CHARS_PER_PIECE", chars_per_piece)
+    return to_features(tok, texts, is_tokenized=False, max_seq_len=max_seq_len)
+
+
+@pytest.mark.parametrize("max_seq_len", [3, 5, 8, 25, 64, None])
+def test_tokenizing_a_prefix_gives_the_features_of_the_whole_text(tok, monkeypatch, max_seq_len):
+    """The cut never changes a feature: 200 random texts of up to 2,000 words (some of them pairs),
+    with the default prefix, one of a character per piece (always too short: it grows), and none."""
+    rng = random.Random(max_seq_len or 0)
+    texts = []
+    for i in range(200):
+        text = _random_text(rng, rng.choice([1, 5, 40, 300, 2000]))
+        if i % 3 == 0:
+            text += " ||| " + _random_text(rng, rng.choice([1, 5, 40, 300, 2000]))
+        texts.append(text)
+    whole = _features_with_cut(tok, monkeypatch, 10**12, texts, max_seq_len)
+    for chars_per_piece in (features_module.CUT_CHARS_PER_PIECE, 1):
+        assert _features_with_cut(tok, monkeypatch, chars_per_piece, texts, max_seq_len) == whole
+
+
+def test_a_text_of_mostly_dropped_characters_is_still_whole(tok, monkeypatch):
+    # Words the tokenizer drops give a prefix no pieces: it grows until it has enough, or is all.
+    text = " ".join(["\x00\u200b"] * 5000 + ["kept", "words", "at", "the", "end"])
+    (feature,) = to_features(tok, [text], is_tokenized=False, max_seq_len=25)
+    assert feature.tokens == ("[CLS]", "kept", "words", "at", "the", "end", "[SEP]")
+
+
+def test_a_long_text_is_tokenized_on_a_prefix_only(tok, monkeypatch):
+    seen = []
+    original = tok.tokenize
+    monkeypatch.setattr(tok, "tokenize", lambda text: seen.append(len(text)) or original(text))
+    text = "many words here " * 400_000  # 6.4 MB
+    (feature,) = to_features(tok, [text], is_tokenized=False, max_seq_len=25)
+    assert feature.tokens == ("[CLS]",) + ("many", "words", "here") * 7 + ("many", "words", "[SEP]")
+    assert seen and max(seen) <= 25 * features_module.CUT_CHARS_PER_PIECE
 
 
 def test_pair_truncation_matches_pop_loop(tok):

@@ -8,6 +8,7 @@ import pytest
 
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
+from bert_serving.server.engine import features
 from bert_serving.server.engine.features import pad_batch
 
 ATOL = 1e-5
@@ -258,3 +259,17 @@ def test_empty_string_is_cls_sep_and_keeps_rows_in_place(case, tiny_google_dir, 
     np.testing.assert_allclose(with_empty[[0, 3]], without, atol=ATOL, rtol=0)
     np.testing.assert_allclose(with_empty[1:3], np.concatenate([empty_alone] * 2), atol=ATOL, rtol=0)
     np.testing.assert_allclose(empty_tokenized, empty_alone, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize('max_seq_len', [32, None])
+def test_a_long_text_gives_the_vector_of_its_whole_text(tiny_google_dir, encoders, monkeypatch, max_seq_len):
+    """A worker tokenizes a long text on a prefix only (engine/features.py): the word pieces and the
+    vectors are those of the whole text, for a single text and for each side of a pair."""
+    encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=max_seq_len)
+    texts = [LONG_TEXT * 2000, 'how old are you? ||| ' + LONG_TEXT * 500, LONG_TEXT * 300 + ' ||| ' + LONG_TEXT * 300,
+             'Ωραία ΟΔΟΣ\u3000café ' * 4000, 'hello world']
+    cut, cut_tokens = encoder.encode(texts)
+    monkeypatch.setattr(features, 'CUT_CHARS_PER_PIECE', 10**12)  # no prefix: every text whole
+    whole, whole_tokens = encoder.encode(texts)
+    assert cut_tokens == whole_tokens
+    np.testing.assert_array_equal(cut, whole)

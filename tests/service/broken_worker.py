@@ -1,4 +1,4 @@
-"""A worker process whose receiver thread dies: its engine's featurize raises KeyError (a type the
+"""A worker process whose featurize thread dies: its engine's featurize raises KeyError (a type the
 worker does not expect from a tokenizer) on inputs holding ``__receiver_bug__``; otherwise it is the
 fake engine. test_lifecycle.py starts it in place of ``bert_serving.server.pipeline.worker``.
 

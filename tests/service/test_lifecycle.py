@@ -1,5 +1,5 @@
 """Nothing lost, nobody waits forever (issue 9): workers that die, hang, freeze or lose their
-receiver thread, and a full queue, on ``-engine fake`` servers (workers ready in about a second).
+featurize thread, and a full queue, on ``-engine fake`` servers (workers ready in about a second).
 
 Each test breaks its own server (``server_factory``). The scheduler runs in the BertServer thread of
 this process, so a test can watch its state (``server.scheduler``) to act at the right moment; it
@@ -214,7 +214,7 @@ def test_full_queue_refuses_at_once_with_retry_after(server_factory):
     assert scheduler.open_rows == 0
 
 
-# -- a worker whose receiver thread dies ---------------------------------------------------------
+# -- a worker whose featurize thread dies --------------------------------------------------------
 
 BROKEN_WORKER = Path(__file__).with_name('broken_worker.py')
 
@@ -229,8 +229,8 @@ class _BrokenWorkerProcess(ChildProcess):
         super().__init__(name, module, spec)
 
 
-def test_worker_whose_receiver_thread_dies_exits_and_is_replaced(server_factory, monkeypatch):
-    """No input reaches an unexpected exception in the receiver thread of a real worker (malformed
+def test_worker_whose_featurize_thread_dies_exits_and_is_replaced(server_factory, monkeypatch):
+    """No input reaches an unexpected exception in the featurize thread of a real worker (malformed
     batches are dropped, bad inputs fail their piece), so a worker with a broken featurize stands in
     for a tokenizer bug. Each worker that gets the input exits with code 1 and is replaced; the
     request fails after its retry; other requests are served."""

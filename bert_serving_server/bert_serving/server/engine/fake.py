@@ -6,10 +6,11 @@ Each token has a fixed pseudo-random vector of width FAKE_WIDTH; an input's vect
 its tokens' (REDUCE_MEAN, any other strategy but NONE) or the matrix of them (NONE), so a test can
 compute the expected answer in-process with a FakeEngine of its own.
 
-Three words make the fake misbehave, to test the pipeline's fault handling:
+Four words make the fake misbehave, to test the pipeline's fault handling:
     __fail__   run() raises (a model failure);
     __crash__  the process exits at once with code 17 (a worker crash);
-    __hang__   run() sleeps for an hour (a hung TensorFlow call; heartbeats go on).
+    __hang__   run() sleeps for an hour (a hung TensorFlow call; heartbeats go on);
+    __slow__   run() sleeps SLOW_SECONDS per input holding it (requests stay in flight a while).
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from ..config import PoolingStrategy
 from .base import Engine
 from .features import Feature
 
-__all__ = ['FakeEngine', 'FAKE_WIDTH']
+__all__ = ['FakeEngine', 'FAKE_WIDTH', 'SLOW_SECONDS']
 
 FAKE_WIDTH = 8
+SLOW_SECONDS = 0.05
 _PAIR = '|||'
 
 
@@ -83,6 +85,8 @@ class FakeEngine(Engine):
             os._exit(17)
         if '__hang__' in words:
             time.sleep(3600)
+        if '__slow__' in words:
+            time.sleep(SLOW_SECONDS * sum(1 for f in features if '__slow__' in f.tokens))
         if self.is_token_level:
             t = token_axis or self.token_axis_length(features)
             out = np.zeros((len(features), t, FAKE_WIDTH), dtype=np.float32)

@@ -24,6 +24,10 @@ __all__ = ["Feature", "pad_batch", "to_features", "token_counts"]
 
 _PAIR_MARK = " ||| "
 _PAIR_SPLIT = "|||"
+# A text is tokenized on a prefix of about this many characters per word piece it may keep (English
+# averages 4-6 per piece); if the prefix has too few pieces, a longer one is tried.
+CUT_CHARS_PER_PIECE = 16
+_CUT_SPACES = (" ", "\t", "\n", "\r")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,10 @@ def to_features(
     if is_tokenized:
         parts = [_split_tokenized(tokenizer, tokens) for tokens in texts]
     else:
-        parts = [_split_text(tokenizer, text) for text in texts]
+        # No side of an input keeps more word pieces than the limit (the longest input's length,
+        # capped at max_position_embeddings, when there is none).
+        need = max_seq_len if isinstance(max_seq_len, int) and max_seq_len > 0 else max_position_embeddings
+        parts = [_split_text(tokenizer, text, need) for text in texts]
 
     if max_seq_len is None:
         longest = max((_full_length(a, b, specials) for a, b in parts), default=0)
@@ -177,11 +184,34 @@ def _check_texts(texts, is_tokenized: bool) -> None:
             raise TypeError(f"texts[{index}] is {type(item).__name__}, but it must be str{hint}")
 
 
-def _split_text(tokenizer: BertTokenizer, text: str) -> tuple[list[str], list[str] | None]:
+def _split_text(tokenizer: BertTokenizer, text: str, need: int) -> tuple[list[str], list[str] | None]:
     if _PAIR_MARK in text:
         first, second = text.split(_PAIR_SPLIT, 1)
-        return tokenizer.tokenize(first.strip()), tokenizer.tokenize(second.strip())
-    return tokenizer.tokenize(text), None
+        return _leading_pieces(tokenizer, first.strip(), need), _leading_pieces(tokenizer, second.strip(), need)
+    return _leading_pieces(tokenizer, text, need), None
+
+
+def _leading_pieces(tokenizer: BertTokenizer, text: str, need: int) -> list[str]:
+    """The word pieces of ``text``, or of a prefix of it that has at least ``need`` of them.
+
+    A text of up to 64 MiB would take seconds to tokenize whole, for at most ``need`` pieces. The
+    prefix ends at a space, tab or line break, which the tokenizer treats as whitespace: every step
+    before WordPiece maps characters one by one (the Greek final sigma, lower-cased by context, ends
+    at whitespace too), and splitting into words comes before anything else that spans characters,
+    so the prefix's pieces are the first pieces of the whole text. ``need`` of them leave the layout
+    unchanged: a single input keeps at most limit - 2, each side of a pair at most limit - 3, and
+    the side of a pair that has more than the budget loses the same tokens whatever its length.
+    A prefix with fewer (words the tokenizer drops, long words with no space) is grown fourfold.
+    """
+    chars = need * CUT_CHARS_PER_PIECE
+    while chars < len(text):
+        cut = max(text.rfind(space, 0, chars) for space in _CUT_SPACES)
+        if cut > 0:
+            pieces = tokenizer.tokenize(text[:cut])
+            if len(pieces) >= need:
+                return pieces
+        chars *= 4
+    return tokenizer.tokenize(text)
 
 
 def _split_tokenized(tokenizer: BertTokenizer, tokens: Sequence[str]) -> tuple[list[str], list[str] | None]:

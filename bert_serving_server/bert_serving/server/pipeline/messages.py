@@ -8,13 +8,21 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
 
     worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local"}]   who I am
                            [READY, JSON {"credit", "pid", "device"}]   model loaded
-                           [HEARTBEAT, JSON {"batch": id or null}]    every HEARTBEAT_SECONDS
+                           [HEARTBEAT, JSON {"batch": id or null, "holds": [ids], "sending": [ids],
+                                             "pong": mark or null}]
+                                                       every HEARTBEAT_SECONDS: the batch being computed,
+                                                       every batch held (received, DONE not sent yet),
+                                                       the batches whose results are still leaving for
+                                                       the sink, the mark of the last PONG received
                            [DONE, batch_id]            results of the batch went to the sink; credit back
                            [FATAL, message]            the worker cannot start
     ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null,
                                         "batch_timeout": seconds}]
                            [REJECT, reason]            e.g. a different model: the worker exits
-                           [PONG]                      answers a heartbeat: the server is there
+                           [PONG, mark]                answers a heartbeat: the server is there. mark:
+                                                       the last batch id sent to this worker (0 if none;
+                                                       no mark while it loads). Every BATCH up to it went
+                                                       out before this PONG, on the same connection
                            [REGISTER_AGAIN]            an unknown worker spoke (server restarted, or
                                                        the worker was declared lost): say HELLO again
                            [BATCH, batch_id, JSON {"pieces": [piece, ...]}]
@@ -59,8 +67,8 @@ __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', '
            'pack_hello', 'pack_welcome', 'pack_reject', 'unpack_control', 'Control', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
            'CONFIRM', 'FINISHED', 'HEARTBEAT_SECONDS', 'BadMessage', 'RequestKey', 'Piece',
            'WorkerMessage', 'SinkMessage', 'Feedback',
-           'pack_ready', 'pack_heartbeat', 'pack_done', 'pack_fatal', 'unpack_worker',
-           'pack_batch', 'unpack_batch',
+           'pack_ready', 'pack_heartbeat', 'pack_pong', 'pack_done', 'pack_fatal', 'unpack_worker',
+           'pack_batch', 'peek_batch', 'unpack_batch',
            'pack_register', 'pack_result', 'pack_json_reply', 'pack_fail', 'unpack_sink',
            'pack_confirm', 'pack_finished', 'unpack_feedback', 'pack_piece_fail', 'piece_tag', 'LOCAL_CHANNEL',
            'remote_channel']
@@ -84,6 +92,10 @@ def _json(frame) -> Any:
         return json.loads(bytes(frame))
     except (ValueError, TypeError, RecursionError) as e:
         raise BadMessage(f'a JSON frame does not parse ({e})') from None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _int(frame) -> int:
@@ -165,6 +177,9 @@ class WorkerMessage(NamedTuple):
     credit: int = 0  # READY
     info: Optional[dict] = None  # READY: pid, device; HELLO: fingerprint, host, pid, device, local
     message: str = ''  # FATAL
+    holds: Optional[Tuple[int, ...]] = None  # HEARTBEAT: every batch held; None from a worker that does not say
+    sending: Tuple[int, ...] = ()  # HEARTBEAT: batches done whose results are still leaving for the sink
+    pong: Optional[int] = None  # HEARTBEAT: the mark of the last PONG the worker received
 
 
 def pack_hello(fingerprint: str, host: str, pid: int, device: str, local: bool) -> List[bytes]:
@@ -176,8 +191,14 @@ def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
     return [READY, json.dumps({'credit': credit, 'pid': pid, 'device': device}).encode()]
 
 
-def pack_heartbeat(batch_id: Optional[int]) -> List[bytes]:
-    return [HEARTBEAT, json.dumps({'batch': batch_id}).encode()]
+def pack_heartbeat(batch_id: Optional[int], holds: Sequence[int] = (), pong: Optional[int] = None,
+                   sending: Sequence[int] = ()) -> List[bytes]:
+    return [HEARTBEAT, json.dumps({'batch': batch_id, 'holds': list(holds), 'sending': list(sending),
+                                   'pong': pong}).encode()]
+
+
+def pack_pong(mark: Optional[int] = None) -> List[bytes]:
+    return [PONG] if mark is None else [PONG, b'%d' % mark]
 
 
 def pack_done(batch_id: int) -> List[bytes]:
@@ -210,8 +231,14 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
             raise BadMessage('READY lacks an integer "credit"') from None
     if kind == HEARTBEAT:
         body = _json(frames[2])
-        batch = body.get('batch') if isinstance(body, dict) else None
-        return WorkerMessage(identity, kind, batch_id=batch if isinstance(batch, int) else None)
+        body = body if isinstance(body, dict) else {}
+        batch, holds, sending, pong = body.get('batch'), body.get('holds'), body.get('sending', []), body.get('pong')
+        for name, ids in (('holds', [] if holds is None else holds), ('sending', sending)):
+            if not (isinstance(ids, list) and all(_is_int(b) for b in ids)):
+                raise BadMessage(f'a HEARTBEAT\'s "{name}" is a list of batch ids')
+        return WorkerMessage(identity, kind, batch_id=batch if _is_int(batch) else None,
+                             holds=None if holds is None else tuple(holds), sending=tuple(sending),
+                             pong=pong if _is_int(pong) else None)
     if kind == DONE:
         return WorkerMessage(identity, kind, batch_id=_int(frames[2]))
     if kind == FATAL:
@@ -226,6 +253,7 @@ class Control(NamedTuple):
     sink_port: Optional[int] = None  # WELCOME: the TCP port of the sink on the server's host (remote)
     batch_timeout: Optional[float] = None  # WELCOME: the server's -batch_timeout (the worker's watchdog)
     reason: str = ''  # REJECT
+    mark: Optional[int] = None  # PONG: the last batch id sent to this worker before it
 
 
 def pack_welcome(sink: Optional[str], sink_port: Optional[int], batch_timeout: Optional[float] = None) -> List[bytes]:
@@ -252,6 +280,8 @@ def unpack_control(frames: Sequence[bytes]) -> Control:
         return Control(kind, reason=bytes(frames[1]).decode('utf-8', 'replace'))
     if kind in (PONG, REGISTER_AGAIN) and len(frames) == 1:
         return Control(kind)
+    if kind == PONG and len(frames) == 2:
+        return Control(kind, mark=_int(frames[1]))
     raise BadMessage(f'unknown or malformed control message {kind[:16]!r}')
 
 
@@ -260,6 +290,13 @@ def pack_batch(batch_id: int, pieces: Sequence[Piece]) -> List[bytes]:
     # surrogatepass: a lone surrogate is valid in JSON input (\ud800) and must not kill the ventilator;
     # json.loads of bytes decodes with surrogatepass too.
     return [BATCH, b'%d' % batch_id, body.encode('utf-8', 'surrogatepass')]
+
+
+def peek_batch(frames: Sequence) -> int:
+    """The batch id of a BATCH, without parsing its pieces (frames may be zmq.Frame)."""
+    if len(frames) != 3:
+        raise BadMessage('a batch is [BATCH, batch_id, JSON]')
+    return _int(frames[1])
 
 
 def unpack_batch(frames: Sequence[bytes]) -> Tuple[int, List[Piece]]:

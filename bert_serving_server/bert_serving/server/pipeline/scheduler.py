@@ -11,6 +11,19 @@ dies after DONE but before its rows reached the sink leaves unconfirmed pieces, 
 again. A piece whose worker is lost twice fails its request. The sink drops rows it already has, so
 a piece computed twice is answered once.
 
+Nothing sent is lost to a dropped connection (a cut link: ZeroMQ drops what its pipe held):
+    - A worker's heartbeat names every batch it holds, and echoes the mark of the last PONG it got,
+      the last batch id sent to it before that PONG. A batch up to the mark that the heartbeat does
+      not name was lost on its way, or done with its DONE lost: the worker gets its credit back.
+    - A batch a remote worker is done with, by DONE or by that rule, whose pieces the sink has not
+      confirmed within the delivery window after its results left the worker (the heartbeat names
+      the batches whose results are still leaving: large ones over a slow link take a while), has
+      those pieces queued again at the front. A local worker's results cross no connection that
+      drops: they get -batch_timeout. Neither counts as a loss against the pieces.
+The delivery window is DELIVERY_GRACE_SECONDS plus twice the time the worker's deliveries took
+lately. A worker is declared lost when results it said were sent have not reached the sink for
+-batch_timeout: one delivery, or every one since a delivery had to be sent again.
+
 A request is open from ``accept`` until the sink says it FINISHED (answered or failed). Open requests
 count against ``max_queue_rows``: a request that does not fit is refused at once (server busy).
 """
@@ -25,13 +38,17 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, 
 
 from bert_serving.client.protocol import ErrorCode
 
-from .messages import Piece
+from .messages import HEARTBEAT_SECONDS, Piece
 
 __all__ = ['SchedulerConfig', 'Scheduler', 'Refused', 'Failure', 'Batch']
 
 # A worker whose send failed is skipped this long, so a transient error does not spin the loop.
 SEND_BACKOFF_SECONDS = 0.5
 MAX_ATTEMPTS = 2  # a piece whose worker is lost this many times fails its request
+# The sink confirms results within milliseconds of their arrival; a batch done this long (plus twice
+# the worker's recent delivery time) without its confirmation has its pieces sent again.
+DELIVERY_GRACE_SECONDS = 3 * HEARTBEAT_SECONDS
+DELIVERY_DECAY = 0.9  # each delivery keeps this share of the slowest recent one in the estimate
 
 
 @dataclass(frozen=True)
@@ -96,18 +113,31 @@ class _Request:
 
 
 @dataclass
+class _Delivery:
+    """A batch its worker is done with, some of whose pieces the sink had not confirmed then."""
+    pieces: List[int]
+    since: float  # when the ventilator learnt that the worker was done with it
+    left: Optional[float]  # since when its results have left the worker (None: still leaving)
+    resent: bool = False  # its unconfirmed pieces were queued again
+
+
+@dataclass
 class _Worker:
     """A ready worker. ``batches`` are sent and not DONE: id -> (piece ids, deadline); ``delivered``
-    are DONE but with pieces the sink has not confirmed: id -> (piece ids, deadline)."""
+    are done, with pieces the sink had not confirmed: id -> _Delivery."""
     label: str
     name: str
     credit: int
     last_seen: float
+    remote: bool = False
     batches: Dict[int, Tuple[List[int], float]] = field(default_factory=dict)
-    delivered: Dict[int, Tuple[Set[int], float]] = field(default_factory=dict)
+    delivered: Dict[int, _Delivery] = field(default_factory=dict)
     pieces: Set[int] = field(default_factory=set)  # dispatched, unconfirmed
     computing: Optional[int] = None  # the batch its last heartbeat named
     skip_until: float = 0.0
+    last_sent: int = 0  # the last batch id sent to it: the mark of the next PONG
+    delivery_seconds: float = 0.0  # how long its results took to be confirmed lately (decaying maximum)
+    undelivered_since: Optional[float] = None  # a delivery had to be sent again, and none arrived whole since
 
 
 def _character_lengths(texts: list, is_tokenized: bool) -> List[int]:
@@ -237,11 +267,8 @@ class Scheduler:
         worker = self.workers.get(self.holder.pop(piece_id, None))
         if worker is not None:
             worker.pieces.discard(piece_id)
-            for batch_id, (waiting, _) in list(worker.delivered.items()):
-                waiting.discard(piece_id)
-                if not waiting:
-                    del worker.delivered[batch_id]
-        # Its id, if queued, is skipped in _take or dropped by _compact.
+        # Its id, if queued, is skipped in _take or dropped by _compact; deliveries that name it see
+        # it gone in _check_deliveries.
 
     def _compact(self) -> None:
         """Drops forgotten ids from the queues once they outnumber the waiting ones: requests that
@@ -259,19 +286,34 @@ class Scheduler:
         return [(r.client, r.req_id, s) for s, r in self.requests.items()]
 
     # -- workers ---------------------------------------------------------------------------------
-    def add_worker(self, identity: bytes, credit: int, label: str, name: Optional[str] = None) -> List[Failure]:
-        """A worker said READY with ``credit`` batches of room.
+    def add_worker(self, identity: bytes, credit: int, label: str, name: Optional[str] = None,
+                   remote: bool = False) -> List[Failure]:
+        """A worker said READY with ``credit`` batches of room. Only a ``remote`` worker's results
+        cross a connection that can drop (tcp -port_worker_sink), so only they are sent again after
+        the delivery window; a local worker's wait -batch_timeout (a sink slow to confirm them
+        must not be given more work).
 
         Returns:
             requests to fail, if this identity was a worker already (its old pieces are lost).
         """
         failures = self.remove_worker(identity, 'registered again') if identity in self.workers else []
-        self.workers[identity] = _Worker(label, name or label, max(1, credit), self.clock())
+        self.workers[identity] = _Worker(label, name or label, max(1, credit), self.clock(), remote=remote)
         return failures
 
-    def seen(self, identity: bytes, computing: Optional[int] = None) -> bool:
-        """Any message of a worker proves it alive; a heartbeat also names the batch it computes,
-        whose deadline starts then (not when it was sent: a prefetched batch waits its turn).
+    def mark(self, identity: bytes) -> Optional[int]:
+        """What the PONG to this worker's heartbeat carries: the last batch id sent to it (None for a
+        worker that is not ready)."""
+        worker = self.workers.get(identity)
+        return None if worker is None else worker.last_sent
+
+    def seen(self, identity: bytes, computing: Optional[int] = None, holds: Optional[Sequence[int]] = None,
+             pong: Optional[int] = None, sending: Sequence[int] = ()) -> bool:
+        """Any message of a worker proves it alive. A heartbeat also names the batch it computes,
+        whose deadline starts then (not when it was sent: a prefetched batch waits its turn), every
+        batch it holds, the batches whose results are still leaving it, and ``pong``, the mark of
+        the last PONG it got. A batch sent before that PONG (so before it on the same connection)
+        that the worker does not hold is done with, as if by DONE: it never arrived (a dropped
+        connection lost it), or its DONE was lost.
 
         Returns:
             False for an unknown worker.
@@ -283,19 +325,33 @@ class Scheduler:
         if computing is not None and computing != worker.computing and computing in worker.batches:
             worker.batches[computing] = (worker.batches[computing][0], now + self.cfg.batch_timeout)
         worker.computing = computing
+        if holds is not None and pong is not None:
+            held = set(holds)
+            for batch_id in [b for b in worker.batches if b <= pong and b not in held]:
+                self._done(identity, worker, batch_id)
+        if holds is not None:
+            leaving = set(sending)
+            for batch_id, delivery in worker.delivered.items():
+                if batch_id in leaving:
+                    delivery.left = None
+                elif delivery.left is None:
+                    delivery.left = now
         return True
 
     def done(self, identity: bytes, batch_id: int) -> None:
-        """The worker pushed a batch's results to the sink; it has room for one more. Its pieces
-        must be confirmed by the sink within -batch_timeout, else the worker's results do not
-        reach the sink and it is declared lost (see overdue)."""
+        """The worker pushed a batch's results to the sink; it has room for one more. Pieces the sink
+        has not confirmed are sent again after the delivery window (see _check_deliveries)."""
         worker = self.workers.get(identity)
-        batch = None if worker is None else worker.batches.pop(batch_id, None)
-        if batch is not None:
-            worker.credit += 1
-            waiting = {p for p in batch[0] if self.holder.get(p) == identity}
-            if waiting:
-                worker.delivered[batch_id] = (waiting, self.clock() + self.cfg.batch_timeout)
+        if worker is not None and batch_id in worker.batches:
+            self._done(identity, worker, batch_id)
+
+    def _done(self, identity: bytes, worker: _Worker, batch_id: int) -> None:
+        piece_ids, _ = worker.batches.pop(batch_id)
+        worker.credit += 1
+        waiting = [p for p in piece_ids if self.holder.get(p) == identity]
+        if waiting:
+            now = self.clock()
+            worker.delivered[batch_id] = _Delivery(waiting, now, left=now)  # a heartbeat may say otherwise
 
     def remove_worker(self, identity: bytes, reason: str) -> List[Failure]:
         """The worker is gone (dead, silent or hung). Its unconfirmed pieces are queued again at
@@ -359,20 +415,53 @@ class Scheduler:
             self._requeue(piece.piece_id)
 
     def overdue(self) -> List[Tuple[bytes, str]]:
-        """Ready workers that went silent or hold a batch past its deadline, with the reason."""
+        """Runs the deadlines (the ventilator calls it a few times a second): queues again the
+        pieces of deliveries past their window, and returns the ready workers that went silent,
+        hold a batch past its deadline, or whose results have not reached the sink for
+        -batch_timeout, with the reason."""
         now = self.clock()
         found = []
         for identity, w in self.workers.items():
+            self._check_deliveries(identity, w, now)
             if now - w.last_seen > self.cfg.heartbeat_timeout:
                 found.append((identity, f'was silent for {now - w.last_seen:.0f}s '
                                         f'(-heartbeat_timeout {self.cfg.heartbeat_timeout:g}s)'))
             elif any(deadline < now for _, deadline in w.batches.values()):
                 found.append((identity, f'held a batch for more than -batch_timeout '
                                         f'{self.cfg.batch_timeout:g}s'))
-            elif any(deadline < now for _, deadline in w.delivered.values()):
-                found.append((identity, f'said its results were sent, but the sink did not get them within '
-                                        f'{self.cfg.batch_timeout:g}s (can the worker reach -port_worker_sink?)'))
+            elif (any(not d.resent and now - d.since > self.cfg.batch_timeout for d in w.delivered.values())
+                  or (w.undelivered_since is not None and now - w.undelivered_since > self.cfg.batch_timeout
+                      and any(d.resent for d in w.delivered.values()))):
+                since = min([d.since for d in w.delivered.values()] + [w.undelivered_since or now])
+                found.append((identity, f'said its results were sent, but the sink did not get them for '
+                                        f'{now - since:.0f}s (-batch_timeout '
+                                        f'{self.cfg.batch_timeout:g}s; can the worker reach -port_worker_sink?)'))
         return found
+
+    def _check_deliveries(self, identity: bytes, worker: _Worker, now: float) -> None:
+        """Forgets deliveries the sink has confirmed whole, learning how long they took; queues again
+        the unconfirmed pieces of those past the window (their results were lost, or are late: the
+        sink answers a piece once, whichever copy comes first)."""
+        window = self.cfg.batch_timeout
+        if worker.remote:
+            window = min(DELIVERY_GRACE_SECONDS + 2 * worker.delivery_seconds, window)
+        for batch_id, delivery in list(worker.delivered.items()):
+            waiting = [p for p in delivery.pieces if p in self.pieces]
+            if not waiting:
+                del worker.delivered[batch_id]
+                if not delivery.resent:  # else the copy may have come first: it tells nothing
+                    took = now - (delivery.since if delivery.left is None else delivery.left)
+                    worker.delivery_seconds = max(took, DELIVERY_DECAY * worker.delivery_seconds)
+                    worker.undelivered_since = None
+            elif not delivery.resent and delivery.left is not None and now - delivery.left > window:
+                delivery.resent = True
+                if worker.undelivered_since is None:
+                    worker.undelivered_since = delivery.since
+                for piece_id in reversed(waiting):
+                    if self.holder.get(piece_id) == identity:
+                        del self.holder[piece_id]
+                        worker.pieces.discard(piece_id)
+                        self._requeue(piece_id)
 
     # -- batching --------------------------------------------------------------------------------
     def take_batches(self) -> List[Batch]:
@@ -395,7 +484,7 @@ class Scheduler:
             pieces = self._take()
             if not pieces:
                 break
-            batch_id = next(self._batch_ids)
+            batch_id = worker.last_sent = next(self._batch_ids)
             worker.credit -= 1
             # Behind the batches it holds already: its deadline starts when a heartbeat names it.
             waits = 1 + len(worker.batches)

@@ -312,7 +312,7 @@ class Ventilator:
             credit = self.registry.ready(m.identity, m.credit)
             if credit is None:
                 return
-            for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name):
+            for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name, info.remote):
                 self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial)
             self.logger.info('%s ready on %s (%s)', clean(info.name), clean(info.host), clean(info.device))
             if self.registry.num_local_ready() >= self.num_worker:
@@ -324,13 +324,13 @@ class Ventilator:
             self.logger.error('%s on %s cannot start: %s', clean(info.name), clean(info.host),
                               clean(m.message, FATAL_CHARS))
             self._lose(m.identity, 'could not start')
-        elif self.scheduler.seen(m.identity, m.batch_id if m.kind == msg.HEARTBEAT else None):
-            if m.kind == msg.DONE:
-                self.scheduler.done(m.identity, m.batch_id)
-            elif m.kind == msg.HEARTBEAT:
-                self._reply(m.identity, remote, [msg.PONG])
+        elif m.kind == msg.HEARTBEAT and self.scheduler.seen(m.identity, m.batch_id, m.holds, m.pong, m.sending):
+            # The mark: every batch sent to it so far goes before this PONG (see Scheduler.seen).
+            self._reply(m.identity, remote, msg.pack_pong(self.scheduler.mark(m.identity)))
+        elif m.kind == msg.DONE and self.scheduler.seen(m.identity):
+            self.scheduler.done(m.identity, m.batch_id)
         elif m.kind == msg.HEARTBEAT and info.state == 'loading':
-            self._reply(m.identity, remote, [msg.PONG])
+            self._reply(m.identity, remote, msg.pack_pong())
 
     def _on_hello(self, m: msg.WorkerMessage, remote: bool, channel: bytes) -> None:
         if self.registry.get(m.identity, remote) is not None:  # it lost us and came back

@@ -12,8 +12,9 @@ exit -> load the engine -> READY -> batches. A heartbeat goes out every second a
 it; a worker that hears nothing for ``server_timeout`` seconds, or is told REGISTER_AGAIN (the
 server restarted, or had declared it lost), says HELLO again, with backoff, until welcomed.
 
-Two threads overlap work: the receiver thread owns the DEALER and tokenizes the next batch while the
-main thread runs the model on the current one (TensorFlow releases the GIL).
+Three threads share the work. The io thread owns the DEALER and only moves messages, so nothing
+delays its heartbeats; the featurize thread parses and tokenizes the next batch while the main thread
+runs the model on the current one (TensorFlow releases the GIL) and sends the results.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import zmq
 
@@ -125,14 +126,17 @@ class Worker:
         self.stop_event = stop_event
         self.logger = get_logger(settings.name, settings.verbose)
         self._leaving = threading.Event()
-        self._receiver_died = False
+        self._thread_died = False
+        self._generation = 0  # bumped when the server forgets us: work of an older one is dropped
         self._rejected = False
         self._computing: Optional[int] = None  # reported in heartbeats
         self._started: Optional[float] = None  # when the current batch started (watchdog)
         self._batch_timeout: Optional[float] = None  # the server's, from WELCOME
+        self._results_lock = threading.Lock()
+        self._results_leaving: Dict[int, zmq.MessageTracker] = {}  # batch id -> its last result, still queued
 
     def run(self) -> int:
-        """Serves until stopped. Returns the exit code: 0 stopped, 1 receiver died, 3 rejected."""
+        """Serves until stopped. Returns the exit code: 0 stopped, 1 a helper thread died, 3 rejected."""
         s = self.settings
         threading.Thread(target=self._watchdog, name='watchdog', daemon=True).start()
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
@@ -145,7 +149,10 @@ class Worker:
                     self._secure(sock)
                 dealer.setsockopt(zmq.IDENTITY, s.identity.encode('latin-1'))
                 dealer.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a server that is not there
-                dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)  # zmq's own backoff, up to 5 s
+                # zmq's own backoff, up to 1 s: back within a second of a cut link's return, before
+                # the server's -heartbeat_timeout; a connect that hangs (SYNs lost) is tried afresh.
+                dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+                dealer.setsockopt(zmq.CONNECT_TIMEOUT, 3000)
                 dealer.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # notice a dead TCP peer (cut link)
                 dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
                 dealer.connect(s.backend_addr)
@@ -161,7 +168,7 @@ class Worker:
                     self._send(dealer, msg.pack_fatal(f'{type(e).__name__}: {e}'))
                     return 2
                 self._serve(ctx, dealer, sink, encoder)
-                return 3 if self._rejected else 1 if self._receiver_died else 0
+                return 3 if self._rejected else 1 if self._thread_died else 0
             except Rejected as e:
                 self.logger.error('the server refused this worker: %s', e)
                 return 3
@@ -247,15 +254,20 @@ class Worker:
         return encoder
 
     def _serve(self, ctx, dealer, sink, encoder) -> None:
+        """Runs the model on the calling thread; the io and featurize threads feed it."""
         s = self.settings
-        work: 'queue.Queue' = queue.Queue(maxsize=max(1, s.credit))
+        incoming: 'queue.Queue' = queue.Queue(maxsize=s.credit + 2)  # (generation, batch id, frames)
+        work: 'queue.Queue' = queue.Queue(maxsize=1)  # (generation, batch id, prepared pieces or None)
         done_addr = f'inproc://done-{s.identity}'
         done_pull = ctx.socket(zmq.PULL)
         done_pull.bind(done_addr)
-        receiver = threading.Thread(target=self._receive, name='receiver',
-                                    args=(dealer, done_pull, work, encoder), daemon=True)
+        threads = [threading.Thread(target=self._guard, name='io', daemon=True,
+                                    args=(self._io_loop, dealer, done_pull, incoming)),
+                   threading.Thread(target=self._guard, name='featurize', daemon=True,
+                                    args=(self._featurize_loop, incoming, work, encoder))]
         self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
-        receiver.start()
+        for thread in threads:
+            thread.start()
         done_push = ctx.socket(zmq.PUSH)
         done_push.setsockopt(zmq.LINGER, 0)
         done_push.connect(done_addr)
@@ -263,11 +275,13 @@ class Worker:
         try:
             while self._alive():
                 try:
-                    batch_id, prepared = work.get(timeout=POLL_MS / 1000)
+                    generation, batch_id, prepared = work.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     continue
+                if generation != self._generation:
+                    continue  # the server forgot us since: others compute it
                 self._computing, self._started = batch_id, time.monotonic()
-                self._compute(batch_id, prepared, sink, encoder)
+                self._compute(batch_id, prepared or [], sink, encoder)
                 self._computing = self._started = None
                 done_push.send(b'%d' % batch_id)
                 # TensorFlow frees its per-batch buffers but glibc keeps the pages: ~120 MB after
@@ -278,75 +292,89 @@ class Worker:
                     last_trim = now
         finally:
             self._leaving.set()
-            receiver.join(timeout=2)
+            for thread in threads:
+                thread.join(timeout=2)
             done_push.close()
             done_pull.close()
 
-    def _receive(self, dealer, done_pull, work, encoder) -> None:
-        """Receiver thread. If it dies, the worker leaves (exit code 1) and is replaced, rather than
-        keep its credit and its batches forever."""
+    def _guard(self, loop, *args) -> None:
+        """Runs a helper thread's loop. If it dies, the worker leaves (exit code 1) and is replaced,
+        rather than keep its credit and its batches forever."""
         try:
-            self._receive_loop(dealer, done_pull, work, encoder)
+            loop(*args)
         except Exception:  # noqa: BLE001 - anything here means this worker can no longer serve
-            self.logger.exception('the receiver thread died; this worker exits and is replaced')
-            self._receiver_died = True
+            self.logger.exception('the %s thread died; this worker exits and is replaced',
+                                  threading.current_thread().name)
+            self._thread_died = True
             self._leaving.set()
 
-    def _receive_loop(self, dealer, done_pull, work, encoder) -> None:
-        """Owns the DEALER: heartbeats, registration again, batches (tokenized here), credit."""
+    def _io_loop(self, dealer, done_pull, incoming) -> None:
+        """The io thread owns the DEALER: heartbeats, registration again, batches in, DONE out. It
+        never waits on anything else (a batch is parsed and tokenized by the featurize thread), so a
+        heartbeat goes out every HEARTBEAT_SECONDS however large the batches. Each heartbeat names
+        every batch held (received, DONE not sent yet), those whose results are still leaving, and
+        the mark of the last PONG: the server sends again what is not held, and results that do
+        not reach the sink soon after they left (see Scheduler.seen)."""
         s = self.settings
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(done_pull, zmq.POLLIN)
         next_beat, last_contact = 0.0, time.monotonic()
         registering, next_hello, backoff = False, 0.0, 1.0
-        undelivered: List[bytes] = []  # DONE frames the server could not take yet
+        held: Set[int] = set()
+        pong: Optional[int] = None
+        undelivered: List[int] = []  # DONE the server could not take yet (not connected right now)
         while self._alive():
             now = time.monotonic()
-            while undelivered and self._send(dealer, msg.pack_done(int(undelivered[0]))):
-                undelivered.pop(0)
+            while undelivered and self._send(dealer, msg.pack_done(undelivered[0])):
+                held.discard(undelivered.pop(0))
             if not registering and now >= next_beat:
-                self._send(dealer, msg.pack_heartbeat(self._computing))
+                self._send(dealer, msg.pack_heartbeat(self._computing, sorted(held), pong, self._still_leaving()))
                 next_beat = now + msg.HEARTBEAT_SECONDS
             if not registering and now - last_contact > s.server_timeout:
                 self.logger.warning('no word from the server for %.0fs; registering again', now - last_contact)
-                registering, next_hello, backoff = True, 0.0, 1.0
-                self._drop_stale(work, undelivered)
+                registering, next_hello, backoff, pong = True, 0.0, 1.0, None
+                self._forget_work(incoming, held, undelivered)
             if registering and now >= next_hello:
                 self._hello(dealer)
                 next_hello, backoff = now + backoff, min(BACKOFF_MAX_SECONDS, backoff * 2)
             events = dict(poller.poll(POLL_MS))
             if done_pull in events:
-                done = done_pull.recv()
-                if not registering and not self._send(dealer, msg.pack_done(int(done))):
-                    undelivered.append(done)  # while registering it is stale: the server forgot it
+                batch_id = int(done_pull.recv())
+                if batch_id in held and batch_id not in undelivered:  # else the server forgot it
+                    if self._send(dealer, msg.pack_done(batch_id)):
+                        held.discard(batch_id)
+                    else:
+                        undelivered.append(batch_id)
             if dealer not in events:
                 continue
             frames = dealer.recv_multipart()
             last_contact = time.monotonic()
-            if frames and bytes(frames[0]) == msg.BATCH:
+            if frames and frames[0] == msg.BATCH:
                 try:
-                    batch_id, pieces = msg.unpack_batch(frames)
+                    batch_id = msg.peek_batch(frames)
                 except msg.BadMessage as e:
                     self.logger.warning('dropped a malformed batch from the ventilator: %s', e)
                     continue
-                prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
-                while self._alive():
-                    try:
-                        work.put((batch_id, prepared), timeout=POLL_MS / 1000)
-                        break
-                    except queue.Full:
-                        continue
+                if registering:
+                    continue  # sent before the server forgot us: it goes to others
+                try:
+                    incoming.put_nowait((self._generation, batch_id, frames))
+                    held.add(batch_id)
+                except queue.Full:  # not held, so the server sends it again (elsewhere, or later)
+                    self.logger.warning('dropped batch %d: %d batches wait already', batch_id, incoming.qsize())
                 continue
             try:
                 control = msg.unpack_control(frames)
             except msg.BadMessage as e:
                 self.logger.warning('dropped a message from the ventilator: %s', e)
                 continue
-            if control.kind == msg.REGISTER_AGAIN and not registering:
+            if control.kind == msg.PONG and control.mark is not None:
+                pong = control.mark
+            elif control.kind == msg.REGISTER_AGAIN and not registering:
                 self.logger.info('the server does not know this worker (restarted?); registering again')
-                registering, next_hello, backoff = True, 0.0, 1.0
-                self._drop_stale(work, undelivered)
+                registering, next_hello, backoff, pong = True, 0.0, 1.0, None
+                self._forget_work(incoming, held, undelivered)
             elif control.kind == msg.WELCOME and registering:
                 registering = False
                 self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
@@ -356,14 +384,50 @@ class Worker:
                 self._rejected = True
                 self._leaving.set()
 
-    def _drop_stale(self, work: 'queue.Queue', undelivered: list) -> None:
-        """The server forgot us: the batches we hold are being computed elsewhere; drop them."""
+    def _still_leaving(self) -> List[int]:
+        """Batches whose results are still queued for the sink (a slow link, or no connection)."""
+        with self._results_lock:
+            for batch_id in [b for b, tracker in self._results_leaving.items() if tracker.done]:
+                del self._results_leaving[batch_id]
+            return sorted(self._results_leaving)
+
+    def _forget_work(self, incoming: 'queue.Queue', held: Set[int], undelivered: list) -> None:
+        """The server forgot us: the batches we hold are being computed elsewhere; drop them (the
+        other threads skip work of an older generation)."""
+        self._generation += 1
+        held.clear()
         undelivered.clear()
+        with self._results_lock:
+            self._results_leaving.clear()
         while True:
             try:
-                work.get_nowait()
+                incoming.get_nowait()
             except queue.Empty:
                 return
+
+    def _featurize_loop(self, incoming, work, encoder) -> None:
+        """The featurize thread: parses each batch and tokenizes its pieces while the model computes
+        the one before."""
+        while self._alive():
+            try:
+                generation, batch_id, frames = incoming.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                continue
+            if generation != self._generation:
+                continue
+            try:
+                _, pieces = msg.unpack_batch(frames)
+                prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
+            except msg.BadMessage as e:  # DONE with nothing computed: its pieces go out again
+                self.logger.warning('dropped a malformed batch from the ventilator: %s', e)
+                prepared = None
+            del frames  # up to 64 MiB of text
+            while self._alive() and generation == self._generation:
+                try:
+                    work.put((generation, batch_id, prepared), timeout=POLL_MS / 1000)
+                    break
+                except queue.Full:
+                    continue
 
     @staticmethod
     def _featurize(encoder, piece) -> Tuple[Optional[list], Optional[str]]:
@@ -400,7 +464,12 @@ class Worker:
             if trim:  # the sink pads every piece to the longest input of its request
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
             tokens = [list(f.tokens) for f in feats] if piece.show_tokens else None
-            sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False)
+            tracker = sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False, track=True)
+        # One pipe, in order: the last result leaves last. pyzmq copies a result under 64 KB (its
+        # tracker is done at once: small results leave fast); a larger one is sent from its array.
+        if not tracker.done:
+            with self._results_lock:
+                self._results_leaving[batch_id] = tracker
 
 
 def leave(code: int) -> None:

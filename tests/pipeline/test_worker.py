@@ -1,0 +1,166 @@
+"""Worker: a real Worker.run() in a thread, between a ROUTER that stands in for the ventilator and a
+PULL that stands in for the sink. Its engine is the fake, whose featurize the test can hold: the
+heartbeats must go on meanwhile, naming every batch the worker holds. Every wait is a bounded poll."""
+import threading
+
+import pytest
+import zmq
+
+from bert_serving.server.config import EngineConfig
+from bert_serving.server.engine import fake
+from bert_serving.server.pipeline import messages as msg
+from bert_serving.server.pipeline.messages import Piece
+from bert_serving.server.pipeline.worker import Worker, WorkerSettings
+
+WAIT_SECONDS = 10.0  # bound of every wait; a heartbeat comes every HEARTBEAT_SECONDS
+HOLD_WORD = '__hold__'
+
+
+class HeldFakeEngine(fake.FakeEngine):
+    """The fake, whose featurize waits for ``release`` on a piece with HOLD_WORD in it (a tokenizer
+    busy with a very large batch)."""
+    release = threading.Event()
+    holding = threading.Event()  # set while a featurize waits
+
+    def featurize(self, texts, is_tokenized=False):
+        if any(isinstance(t, str) and HOLD_WORD in t for t in texts) and not self.release.is_set():
+            self.holding.set()
+            assert self.release.wait(WAIT_SECONDS), 'the test never released the featurize'
+        return super().featurize(texts, is_tokenized)
+
+
+class WorkerHarness:
+    """The worker's neighbours: the ventilator's ROUTER and the sink's PULL."""
+
+    def __init__(self, tmp_path):
+        self.ctx = zmq.Context()
+        self.router = self._socket(zmq.ROUTER)
+        self.router.bind(f'ipc://{tmp_path}/backend')
+        self.sink_addr = f'ipc://{tmp_path}/sink'
+        self.sink = self._socket(zmq.PULL)
+        self.sink.bind(self.sink_addr)
+        settings = WorkerSettings(name='WORKER-T', identity='worker-t', fingerprint='f', device_id=-1,
+                                  backend_addr=f'ipc://{tmp_path}/backend', credit=2, server_timeout=60.0)
+        self.stop = threading.Event()
+        self.worker = Worker(EngineConfig(engine='fake'), settings, None, self.stop)
+        self.thread = threading.Thread(target=self.worker.run, name='worker', daemon=True)
+        self.identity = b''
+
+    def _socket(self, kind):
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def start(self) -> None:
+        self.thread.start()
+        hello = self.recv(msg.HELLO)
+        self.identity = hello.identity
+        self.router.send_multipart([self.identity] + msg.pack_welcome(self.sink_addr, None))
+        self.recv(msg.READY)
+
+    def recv(self, kind: bytes) -> msg.WorkerMessage:
+        """The next message of this kind from the worker (others are dropped)."""
+        while True:
+            assert self.router.poll(WAIT_SECONDS * 1000), f'no {kind!r} from the worker'
+            m = msg.unpack_worker(self.router.recv_multipart())
+            if m.kind == kind:
+                return m
+
+    def heartbeat(self, mark: int) -> msg.WorkerMessage:
+        """The next heartbeat, answered with a PONG carrying ``mark``."""
+        m = self.recv(msg.HEARTBEAT)
+        self.router.send_multipart([self.identity] + msg.pack_pong(mark))
+        return m
+
+    def send_batch(self, batch_id: int, texts) -> None:
+        piece = Piece(b'client', batch_id, list(range(len(texts))), list(texts), serial=batch_id, piece_id=batch_id)
+        self.router.send_multipart([self.identity] + msg.pack_batch(batch_id, [piece]))
+
+    def close_sink(self) -> None:
+        self.sink.close()
+
+    def open_sink(self) -> None:
+        self.sink = self._socket(zmq.PULL)
+        self.sink.bind(self.sink_addr)
+
+    def result(self) -> msg.SinkMessage:
+        assert self.sink.poll(WAIT_SECONDS * 1000), 'no result at the sink'
+        return msg.unpack_sink(self.sink.recv_multipart())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WAIT_SECONDS)
+        assert not self.thread.is_alive(), 'the worker did not stop'
+        self.router.close()
+        self.sink.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def harness(tmp_path, monkeypatch):
+    # In-process: no watchdog (it ends the process some seconds after a stop), and the fake engine
+    # whose featurize the test holds (create_engine reads it from the module when it runs).
+    monkeypatch.setattr(Worker, '_watchdog', lambda self: None)
+    monkeypatch.setattr(fake, 'FakeEngine', HeldFakeEngine)
+    monkeypatch.setattr(HeldFakeEngine, 'release', threading.Event())
+    monkeypatch.setattr(HeldFakeEngine, 'holding', threading.Event())
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '-1')  # Worker.run sets both; restored after the test
+    monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '3')
+    made = WorkerHarness(tmp_path)
+    made.start()
+    yield made
+    HeldFakeEngine.release.set()
+    made.close()
+
+
+def test_heartbeats_go_on_and_name_a_batch_while_it_is_tokenized(harness):
+    """A batch whose tokenizing takes long (up to 64 MiB of text) delays no heartbeat: each names it
+    as held, not yet computed, and echoes the mark of the PONG that came after it."""
+    harness.send_batch(1, [f'{HOLD_WORD} one two'])
+    beats = []
+    while sum(1 for b in beats if b.pong == 1) < 3:
+        beats.append(harness.heartbeat(mark=1))
+        assert len(beats) < 10, beats
+    # A heartbeat sent before the PONG may precede the batch; the ones after it cannot.
+    assert all(b.holds == (1,) and b.batch_id is None for b in beats if b.pong == 1)
+    HeldFakeEngine.release.set()
+    result = harness.result()
+    assert (result.kind, result.piece_id, result.rows) == (msg.RESULT, 1, [0])
+    assert harness.recv(msg.DONE).batch_id == 1
+    after = harness.heartbeat(mark=1)
+    assert (after.holds, after.batch_id, after.pong) == ((), None, 1)
+
+
+def test_a_batch_the_worker_has_no_room_for_is_not_named(harness):
+    """Batches beyond what it can queue (more than its credit: the server lost track) are dropped,
+    and no heartbeat names them, so the server sends them again. The others are all computed."""
+    harness.send_batch(1, [f'{HOLD_WORD} batch 1'])
+    assert HeldFakeEngine.holding.wait(WAIT_SECONDS)
+    for batch_id in range(2, 8):
+        harness.send_batch(batch_id, [f'{HOLD_WORD} batch {batch_id}'])
+    beat = harness.heartbeat(mark=7)
+    while beat.pong != 7:
+        beat = harness.heartbeat(mark=7)
+    # One in the featurize thread, credit + 2 = 4 queued behind it.
+    assert beat.holds == (1, 2, 3, 4, 5)
+    HeldFakeEngine.release.set()
+    assert sorted(harness.result().piece_id for _ in range(5)) == [1, 2, 3, 4, 5]
+    assert sorted(harness.recv(msg.DONE).batch_id for _ in range(5)) == [1, 2, 3, 4, 5]
+    assert harness.heartbeat(mark=7).holds == ()
+
+
+def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
+    """Results wait in the worker while the sink cannot be reached (or a slow link takes them): the
+    heartbeats say so after DONE, and stop once the results have left, so the server starts the
+    delivery window only then."""
+    harness.close_sink()
+    harness.send_batch(1, ['no sink yet'] * 3000)  # 96 KB of results (pyzmq copies under 64 KB: gone at once)
+    assert harness.recv(msg.DONE).batch_id == 1
+    beat = harness.heartbeat(mark=1)
+    assert (beat.holds, beat.sending) == ((), (1,))
+    harness.open_sink()
+    assert harness.result().piece_id == 1
+    beats = [harness.heartbeat(mark=1)]
+    while beats[-1].sending and len(beats) < 5:
+        beats.append(harness.heartbeat(mark=1))
+    assert (beats[-1].holds, beats[-1].sending) == ((), ())
