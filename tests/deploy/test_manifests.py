@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy_support import (K8S, START, WORKER, container_argv, engine_flags, generated_secrets, k8s_object,
+from deploy_support import (K8S, container_argv, engine_flags, generated_secrets, k8s_object,
                             kustomization, manifest_files, mounted_files, parse_command, resolve_port, resources,
                             run_keygen, secret_references, without_marker)
 

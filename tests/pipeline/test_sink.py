@@ -11,7 +11,7 @@ import zmq
 from bert_serving.client import protocol
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.pipeline import messages as msg
-from bert_serving.server.pipeline import sink as sink_module
+from bert_serving.server.pipeline import publisher as publisher_module
 from bert_serving.server.pipeline.messages import Piece
 from bert_serving.server.pipeline.sink import Sink, SinkSettings
 
@@ -243,7 +243,7 @@ def test_replies_wait_for_a_client_that_subscribes_late(harness):
 
 
 def test_held_replies_are_bounded_oldest_dropped_first(harness, records, monkeypatch):
-    monkeypatch.setattr(sink_module, 'MAX_HELD', 2)
+    monkeypatch.setattr(publisher_module, 'MAX_HELD', 2)
     for serial in (1, 2, 3):
         harness.send(msg.pack_register(b'away', serial, n=1, serial=serial, timeout=None))
         harness.send(msg.pack_fail(b'away', serial, f'reply {serial}', code=ErrorCode.FAILED, serial=serial))
@@ -294,7 +294,7 @@ def test_clients_get_only_their_own_replies(harness):
 
 
 def test_a_client_that_never_reads_holds_up_only_its_own_replies_within_a_byte_bound(harness, records, monkeypatch):
-    monkeypatch.setattr(sink_module, 'CLIENT_BACKLOG_BYTES', 300_000)
+    monkeypatch.setattr(publisher_module, 'CLIENT_BACKLOG_BYTES', 300_000)
     slow = harness.client(b'slow')
     slow.setsockopt(zmq.RCVHWM, 1)
     fast = harness.client(b'fast')
@@ -310,7 +310,7 @@ def test_a_client_that_never_reads_holds_up_only_its_own_replies_within_a_byte_b
         time.sleep(0.05)
     assert any('does not read its replies' in m for m in records.messages())
     topic = protocol.reply_topic(b'slow')
-    assert 0 < harness.sink.blocked.bytes[topic] <= 300_000 + len(body) + 100
+    assert 0 < harness.sink.publisher.blocked.bytes[topic] <= 300_000 + len(body) + 100
 
 
 def test_replies_reach_only_whole_identity_subscriptions(harness):

@@ -12,7 +12,7 @@ import pytest
 
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine import devices
-from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME
+from bert_serving.server.engine.modeling import NARROW_PREFIX
 
 
 @pytest.mark.parametrize('env, machine, flags, expected', [

@@ -7,10 +7,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-import zmq
 
-from bert_serving.client import BertClient, BertTimeoutError
-from bert_serving.client.protocol import Command, pack_request
+from bert_serving.client import BertTimeoutError
 from bert_serving.server.security import AUTHORIZED_DIR, write_keypair
 from bert_serving.server.service import BertServer
 

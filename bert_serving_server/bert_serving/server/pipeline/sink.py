@@ -8,20 +8,9 @@ Sockets (created in ``run``, inside the process):
           failed) to the ventilator, which keeps a piece in flight until it is confirmed.
     XPUB  binds tcp://*:port_out: replies to clients (SUB, topic = identity).
 
-XPUB in manual mode: the sink decides what each subscription means. A client subscribes to its
-identity; the sink subscribes that connection to ``identity + NUL + curve key`` instead
-(``protocol.reply_topic``; the key is empty without ``-auth_dir``), and publishes every reply on
-the topic of the request's identity and the key it came with. ZeroMQ matches topics by prefix; the
-NUL ends the identity, so a subscription matches one whole identity and, under CurveZMQ, only the
-key that sent the request: an empty subscription, a prefix, or another key's subscription to a
-known identity receives nothing. Subscriptions that are empty, over 256 bytes or hold a NUL are
-not applied.
-
-The sink sees each subscription, so a reply to a client whose subscription has not arrived yet is
-held back (for a bounded time, count and size) instead of being dropped: that closes the "slow
-joiner" race of a fresh client. XPUB_NODROP makes a client that reads slowly visible: since its
-topic reaches its own connections only, only its replies wait; they wait here, bounded in bytes per
-client and in all, and beyond that bound they are dropped and logged.
+The XPUB is driven by the Publisher (publisher.py): it subscribes each connection to whole
+identities and Curve keys only, holds replies for clients not subscribed yet, and bounds in bytes
+what waits for clients that read slowly.
 
 Remote workers' results arrive on a PULL of their own (tcp ``port_worker_sink``), which takes only
 RESULT and piece FAIL messages. Every RESULT and piece FAIL must carry the tag the ventilator gave
@@ -33,37 +22,28 @@ from __future__ import annotations
 import heapq
 import hmac
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import zmq
 
 from bert_serving.client import protocol
-from bert_serving.client.protocol import MAX_IDENTITY_BYTES, ErrorCode
+from bert_serving.client.protocol import ErrorCode
 
 from ..log import get_logger, sanitize_for_log as clean
 from ..security import WORKER_DOMAIN, AuthConfig, authenticator, bind_address, secure_server_socket
 from . import messages as msg
 from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
+from .publisher import Publisher, connection_property
 
 __all__ = ['Sink', 'SinkSettings']
 
 POLL_MS = 50
-HOLD_SECONDS = 10.0  # how long a reply waits for its client's subscription
-MAX_HELD = 10_000  # replies held for clients not subscribed yet, over all clients
-MAX_HELD_BYTES = 256 << 20  # ... and their bytes
-MAX_BLOCKED = 100_000  # replies waiting for clients that read slowly, over all clients
-MAX_BLOCKED_BYTES = 1 << 30  # ... and their bytes
-CLIENT_BACKLOG_BYTES = 256 << 20  # bytes of replies one slow client may have waiting here (one reply always fits)
 FINISHED_MEMORY = 100_000  # finished requests remembered, to drop their late or repeated pieces
 ORPHAN_SECONDS = 60.0  # pieces of a request that was never registered are dropped after this
-SNDHWM = 256  # replies queued in ZeroMQ per connection; more wait in the sink, bounded in bytes
-# MAXMSGSIZE of the XPUB: a peer sending more is cut off. Subscriptions are 1 + 256 bytes at most, but
-# the limit also applies to the CurveZMQ handshake (its INITIATE is ~300 bytes with metadata).
-SUBSCRIPTION_MAX_BYTES = 4096
-MAX_LOGGED = 20  # refused subscriptions and worker messages logged one by one; then every 1000th
+MAX_LOGGED = 20  # dropped worker messages logged one by one; then every 1000th
 FEEDBACK_SECONDS = 1.0  # the sink speaks to the ventilator at least this often (it is alive)
 FLUSH_LINGER_MS = 2000  # on stop, time for published replies to leave
 
@@ -127,58 +107,6 @@ class _Assembly:
         return out, tokens
 
 
-class _Backlog:
-    """Replies waiting in the sink, per topic, oldest first, bounded in count and bytes."""
-
-    def __init__(self):
-        self.queues: 'OrderedDict[bytes, Deque]' = OrderedDict()  # topic -> (expiry, size, frames)
-        self.bytes: Counter = Counter()  # topic -> bytes waiting
-        self.count = 0
-        self.total = 0
-
-    def add(self, topic: bytes, frames, size: int, expiry: float = 0.0) -> None:
-        self.queues.setdefault(topic, deque()).append((expiry, size, frames))
-        self.bytes[topic] += size
-        self.count += 1
-        self.total += size
-
-    def popleft(self, topic: bytes):
-        queue = self.queues[topic]
-        _, size, frames = queue.popleft()
-        self.count -= 1
-        self.total -= size
-        self.bytes[topic] -= size
-        if not queue:
-            del self.queues[topic]
-            del self.bytes[topic]
-        return frames
-
-    def pop_all(self, topic: bytes) -> int:
-        queue = self.queues.pop(topic, ())
-        self.count -= len(queue)
-        self.total -= self.bytes.pop(topic, 0)
-        return len(queue)
-
-
-def _size(frames) -> int:
-    return sum(len(f) if isinstance(f, (bytes, memoryview)) else getattr(f, 'nbytes', 0) for f in frames)
-
-
-def _property(frame, name: str) -> Optional[bytes]:
-    """A connection property of a received frame; None where there is none (a message that libzmq
-    made itself, such as the unsubscription of a connection that closed)."""
-    try:
-        value = frame.get(name)
-    except zmq.ZMQError:
-        return None
-    return value.encode('latin-1') if isinstance(value, str) else value
-
-
-def valid_identity(identity: bytes) -> bool:
-    """A client identity the sink can publish to: 1-256 bytes without NUL (NUL ends a topic)."""
-    return 0 < len(identity) <= MAX_IDENTITY_BYTES and b'\x00' not in identity
-
-
 class Sink:
     """Reassembles results, enforces deadlines, and publishes every reply to clients.
 
@@ -198,11 +126,8 @@ class Sink:
         self.pending: Dict[msg.RequestKey, _Assembly] = {}
         self.deadlines: List[Tuple[float, msg.RequestKey]] = []  # heap
         self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
-        self.subscribers: Dict[bytes, Counter] = {}  # identity -> Counter of the keys subscribed to it
-        self.held = _Backlog()  # replies to clients not subscribed yet (expire after HOLD_SECONDS)
-        self.blocked = _Backlog()  # replies to clients that read slowly
+        self.publisher: Optional[Publisher] = None  # made in run(), with its socket
         self.dropped_messages = 0  # worker messages refused (bad tag, wrong port)
-        self.refused_subscriptions = 0
         self.last_feedback = 0.0
         self.confirmed: List[int] = []
         self.done: List[int] = []
@@ -212,15 +137,13 @@ class Sink:
         auth = AuthConfig(auth_dir=s.auth_dir, bind_host=s.bind_host)
         with zmq.Context() as ctx, authenticator(ctx, auth, s.extra_public_keys):
             receiver, self.pub, self.feedback = ctx.socket(zmq.PULL), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
+            self.publisher = Publisher(self.pub, self.curve, self.logger)
             remote = ctx.socket(zmq.PULL) if s.port_worker_sink is not None else None
             try:
                 for sock in (receiver, self.pub, self.feedback, remote):
                     if sock is not None:
                         sock.setsockopt(zmq.LINGER, 0)
-                self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
-                self.pub.setsockopt(zmq.XPUB_NODROP, 1)
-                self.pub.setsockopt(zmq.SNDHWM, SNDHWM)
-                self.pub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_MAX_BYTES)
+                self.publisher.configure()
                 receiver.bind(s.sink_addr)
                 secure_server_socket(self.pub, auth)
                 self.pub.bind(bind_address(auth, s.port_out))
@@ -250,11 +173,11 @@ class Sink:
         while not self.stop_event.is_set() and parent_alive(self.settings.parent_pid):
             events = dict(poller.poll(POLL_MS))
             if self.pub in events:
-                self._read_subscriptions()
+                self.publisher.read_subscriptions()
             for sock, from_remote in ((receiver, False), (remote, True)):
                 if sock in events:
                     self._drain(sock, from_remote)
-            self._retry_blocked()
+            self.publisher.retry()
             self._expire()
             self._send_feedback()
 
@@ -266,7 +189,7 @@ class Sink:
                 return
             channel = msg.LOCAL_CHANNEL
             if from_remote:
-                channel = msg.remote_channel((_property(frames[0], 'User-Id') or b'') if self.curve else b'')
+                channel = msg.remote_channel((connection_property(frames[0], 'User-Id') or b'') if self.curve else b'')
             try:
                 self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)], channel)
             except msg.BadMessage as e:
@@ -278,107 +201,6 @@ class Sink:
         self.dropped_messages += 1
         if self.dropped_messages <= MAX_LOGGED or self.dropped_messages % 1000 == 0:
             self.logger.warning('dropped %s (%d dropped so far)', what, self.dropped_messages)
-
-    # -- subscriptions -------------------------------------------------------------------------
-    def _read_subscriptions(self) -> None:
-        for _ in range(1000):
-            try:
-                frame = self.pub.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._on_subscription(frame)
-
-    def _on_subscription(self, frame) -> None:
-        """Applies a (un)subscription to the connection it came from (XPUB_MANUAL), as the topic of
-        its identity and its Curve key."""
-        event = frame.bytes
-        kind, identity = event[:1], event[1:]
-        if kind not in (b'\x00', b'\x01'):
-            return  # not a subscription: ignored
-        if not valid_identity(identity):
-            if kind == b'\x01':
-                self.refused_subscriptions += 1
-                if self.refused_subscriptions <= MAX_LOGGED or self.refused_subscriptions % 1000 == 0:
-                    self.logger.warning('ignored a subscription to %d bytes %r from %s: a client subscribes to its '
-                                        'identity of 1-%d bytes without NUL (%d ignored so far)', len(identity),
-                                        identity[:40], (_property(frame, 'Peer-Address') or b'?').decode('latin-1'),
-                                        MAX_IDENTITY_BYTES, self.refused_subscriptions)
-            return
-        connected = _property(frame, 'Peer-Address') is not None  # else: libzmq says a connection closed
-        key = (_property(frame, 'User-Id') or b'') if self.curve and connected else b''
-        keys = self.subscribers.setdefault(identity, Counter())
-        if kind == b'\x01':
-            topic = protocol.reply_topic(identity, key)
-            self.pub.setsockopt(zmq.SUBSCRIBE, topic)
-            keys[key] += 1
-            while topic in self.held.queues:
-                self._send(topic, self.held.popleft(topic))
-            return
-        if connected:
-            self.pub.setsockopt(zmq.UNSUBSCRIBE, protocol.reply_topic(identity, key))
-        elif keys:  # the connection closed; libzmq names the identity, not the key: one of them
-            key = max(keys, key=keys.__getitem__)
-        keys[key] -= 1
-        if keys[key] <= 0:
-            del keys[key]
-            dropped = self.blocked.pop_all(protocol.reply_topic(identity, key))
-            if dropped:
-                self.logger.warning('dropped %d replies to client %r: it left before reading them', dropped,
-                                    identity[:40])
-        if not keys:
-            del self.subscribers[identity]
-
-    def _subscribed(self, identity: bytes, key: bytes) -> bool:
-        keys = self.subscribers.get(identity)
-        return keys is not None and keys.get(key, 0) > 0
-
-    # -- publishing ----------------------------------------------------------------------------
-    def _send(self, topic: bytes, frames) -> None:
-        """Publishes, or, if the client's queue is full (it reads slowly), keeps the reply for later
-        within the client's and the total byte bounds; beyond them the reply is dropped and logged."""
-        if topic not in self.blocked.queues:
-            try:
-                self.pub.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                return
-            except zmq.Again:
-                pass
-        size = _size(frames)
-        waiting = self.blocked.bytes.get(topic, 0)
-        if waiting and (waiting + size > CLIENT_BACKLOG_BYTES or self.blocked.total + size > MAX_BLOCKED_BYTES
-                        or self.blocked.count >= MAX_BLOCKED):
-            self.logger.warning('request %s of client %r failed: the client does not read its replies (%d bytes '
-                                'wait for it); its reply of %d bytes is dropped', bytes(frames[-1]).decode('latin-1'),
-                                topic.split(b'\x00', 1)[0][:40], waiting, size)
-            return
-        self.blocked.add(topic, frames, size)
-
-    def _retry_blocked(self) -> None:
-        for topic in list(self.blocked.queues):
-            while topic in self.blocked.queues:
-                try:
-                    self.pub.send_multipart(self.blocked.queues[topic][0][2], zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                self.blocked.popleft(topic)
-
-    def _publish(self, client: bytes, key: bytes, frames) -> None:
-        """Sends a reply (its first frame becomes its topic) to the client and key that asked."""
-        if not valid_identity(client):
-            self.logger.warning('dropped a reply to an identity of %d bytes: no client can subscribe to it', len(client))
-            return
-        topic = protocol.reply_topic(client, key)
-        frames = [topic] + list(frames[1:])
-        if self._subscribed(client, key):
-            self._send(topic, frames)
-            return
-        size = _size(frames)
-        while self.held.count and (self.held.count >= MAX_HELD or self.held.total + size > MAX_HELD_BYTES):
-            oldest = next(iter(self.held.queues))
-            self.logger.warning('dropped a held reply to client %r: %d replies (%d bytes) wait for clients that never '
-                                'subscribed to port_out', oldest.split(b'\x00', 1)[0][:40], self.held.count,
-                                self.held.total)
-            self.held.popleft(oldest)
-        self.held.add(topic, frames, size, time.monotonic() + HOLD_SECONDS)
 
     # -- request lifecycle ---------------------------------------------------------------------
     def _finish(self, key) -> None:
@@ -398,7 +220,7 @@ class Sink:
             return
         self._finish(key)
         self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], clean(message, 2000))
-        self._publish(key[0], job.curve_key, protocol.pack_error(key[0], key[1], message, code=code))
+        self.publisher.publish(key[0], job.curve_key, protocol.pack_error(key[0], key[1], message, code=code))
 
     def _tag_ok(self, m: msg.SinkMessage, channel: bytes) -> bool:
         expected = msg.piece_tag(self.secret, channel, m.client, m.req_id, m.serial, m.piece_id)
@@ -414,7 +236,7 @@ class Sink:
                        f'{m.client[:40]!r}: its tag does not match a piece sent to that worker')
             return
         if m.kind == msg.JSON_REPLY:
-            self._publish(m.client, m.curve_key, [m.client, m.body, b'%d' % m.req_id])
+            self.publisher.publish(m.client, m.curve_key, [m.client, m.body, b'%d' % m.req_id])
             return
         if m.kind == msg.FAIL:
             m.code = m.code if m.code in ErrorCode.ALL else ErrorCode.FAILED
@@ -423,7 +245,7 @@ class Sink:
             if m.serial is None:  # refused before it was registered: nothing to clean up
                 self.logger.info('request %d of client %r refused: %s', m.req_id, m.client[:40], clean(m.message, 2000))
                 retry = 1.0 if m.code == ErrorCode.BUSY else None
-                self._publish(m.client, m.curve_key, protocol.pack_error(m.client, m.req_id, m.message, code=m.code,
+                self.publisher.publish(m.client, m.curve_key, protocol.pack_error(m.client, m.req_id, m.message, code=m.code,
                                                                          retry_after=retry))
             else:
                 self._fail(m.key, m.message, m.code)
@@ -456,7 +278,7 @@ class Sink:
                 return
             self._finish(key)
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
-            self._publish(key[0], job.curve_key, protocol.pack_result(key[0], key[1], array, tokens))
+            self.publisher.publish(key[0], job.curve_key, protocol.pack_result(key[0], key[1], array, tokens))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -468,11 +290,7 @@ class Sink:
         if len(self.deadlines) > 2 * len(self.pending) + 1000:  # answered requests leave their entries
             self.deadlines = [d for d in self.deadlines if d[1] in self.pending]
             heapq.heapify(self.deadlines)
-        for topic in [t for t, items in self.held.queues.items() if items[0][0] < now]:
-            while topic in self.held.queues and self.held.queues[topic][0][0] < now:
-                self.held.popleft(topic)
-                self.logger.warning('dropped a reply to client %r: it never subscribed to port_out',
-                                    topic.split(b'\x00', 1)[0][:40])
+        self.publisher.expire(now)
         if len(self.pending) and now - next(iter(self.pending.values())).created > ORPHAN_SECONDS:
             for key in [k for k, job in self.pending.items() if job.n is None and now - job.created > ORPHAN_SECONDS]:
                 self.logger.warning('dropped pieces of request %d of client %r: it was never registered',

@@ -47,7 +47,7 @@ from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, p
 from . import messages as msg
 from .registry import WorkerRegistry
 from .scheduler import Refused, Scheduler
-from .sink import valid_identity
+from .publisher import valid_identity
 from .statistics import ServerStatistic
 from .supervisor import Supervisor
 
