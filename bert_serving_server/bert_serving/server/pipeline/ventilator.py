@@ -45,9 +45,9 @@ from bert_serving.client.validation import parse_payload
 from ..log import sanitize_for_log as clean
 from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, peer_of
 from . import messages as msg
+from .publisher import connection_property, valid_identity
 from .registry import WorkerRegistry
 from .scheduler import Refused, Scheduler
-from .publisher import valid_identity
 from .statistics import ServerStatistic
 from .supervisor import Supervisor
 
@@ -234,12 +234,7 @@ class Ventilator:
     # -- clients ---------------------------------------------------------------------------------
     def _curve_key(self, frame) -> bytes:
         """The z85 key a client's message came with (empty without -auth_dir)."""
-        if not self.auth.enabled:
-            return b''
-        try:
-            return frame.get('User-Id').encode('latin-1')
-        except (zmq.ZMQError, AttributeError):
-            return b''
+        return (connection_property(frame, 'User-Id') or b'') if self.auth.enabled and frame is not None else b''
 
     def _refuse_identity(self, identity: bytes, first) -> None:
         self.refused_identities += 1
@@ -304,6 +299,9 @@ class Ventilator:
             self._on_hello(m, remote, channel)
             return
         info = self.registry.get(m.identity, remote)
+        if info is not None and info.channel != channel:  # another key speaks for this worker's identity
+            self.logger.warning('dropped a %s for %s from another Curve key', m.kind.decode('latin-1'), clean(info.name))
+            return
         if info is None:
             if remote:  # a server restart, or it was declared lost: it must say HELLO again
                 self._reply(m.identity, remote, [msg.REGISTER_AGAIN])
