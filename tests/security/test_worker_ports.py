@@ -44,8 +44,8 @@ def _start_worker(port_worker: int, log, keys=None, name=None) -> subprocess.Pop
 def test_a_client_key_cannot_serve_as_a_worker_nor_a_worker_key_as_a_client(launch, keys, pick_port, tmp_path,
                                                                             fake_vectors):
     port_worker = pick_port()
-    pick_port()  # port_worker + 1 is the default -port_worker_sink; keep it out of others' hands
-    flags = ['-num_worker', '1', '-auth_dir', str(keys / 'dir'), '-port_worker', str(port_worker)]
+    flags = ['-num_worker', '1', '-auth_dir', str(keys / 'dir'), '-port_worker', str(port_worker),
+             '-port_worker_sink', str(pick_port())]  # not port_worker + 1: another process may hold it
     with launch(FAKE, flags) as running:
         impostor = _start_worker(port_worker, tmp_path / 'impostor.log', keys, 'alice')
         try:

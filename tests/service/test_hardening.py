@@ -27,7 +27,8 @@ def test_a_stranger_on_the_worker_port_cannot_pose_as_a_local_worker(server_fact
     """1.10-era code trusted any identity: here a peer on -port_worker naming itself worker-0-0 can
     neither stop the server with FATAL nor receive batches with READY."""
     port_worker = pick_port()
-    running = server_factory(FAKE, ['-num_worker', '1', '-port_worker', str(port_worker)])
+    running = server_factory(FAKE, ['-num_worker', '1', '-port_worker', str(port_worker),
+                                     '-port_worker_sink', str(pick_port())])  # not port_worker + 1: it may be taken
     with zmq.Context() as ctx:
         stranger = ctx.socket(zmq.DEALER)
         stranger.setsockopt(zmq.LINGER, 0)
@@ -76,7 +77,8 @@ def test_a_hung_remote_worker_leaves_by_itself(server_factory, pick_port, tmp_pa
     """A remote worker's process is nobody's child on the server: past -batch_timeout its watchdog
     ends it (exit 1), so systemd or Kubernetes can start a fresh one."""
     port_worker = pick_port()
-    running = server_factory(FAKE, ['-num_worker', '1', '-port_worker', str(port_worker), '-batch_timeout', '2'])
+    running = server_factory(FAKE, ['-num_worker', '1', '-port_worker', str(port_worker), '-batch_timeout', '2',
+                                     '-port_worker_sink', str(pick_port())])
     log = tmp_path / 'remote.log'
     with open(log, 'w') as out:
         remote = subprocess.Popen(
