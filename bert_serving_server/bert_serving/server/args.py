@@ -143,8 +143,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     life = parser.add_argument_group('Request lifecycle (new)', 'bounds on waiting, queueing and stopping')
     life.add_argument('-request_timeout', type=float, default=300.0,
-                      help='seconds an accepted request may take; then it fails with a reason instead of '
-                           'hanging. Raise it for huge requests on slow hardware; 0 = no bound')
+                      help='seconds an accepted request may go without progress (a piece of it computed and '
+                           'back at the sink); then it fails with a reason instead of hanging. A request whose '
+                           'pieces keep coming has no time bound, however big. Raise it if one batch can take '
+                           'longer on your hardware; 0 = no bound')
     life.add_argument('-max_queue_rows', type=int, default=200_000,
                       help='most inputs accepted and not yet answered; a request beyond it is refused at '
                            'once with "server busy, retry". Lower it to bound memory and latency')

@@ -266,7 +266,8 @@ class ServerConfig:
         max_request_bytes: largest request payload accepted.
         max_queue_bytes: most payload bytes of accepted, unfinished requests; more is refused as busy.
         max_reply_bytes: largest reply a request may produce (checked before it is computed).
-        request_timeout: seconds an accepted request may take before it fails (None: no bound).
+        request_timeout: seconds an accepted request may go without progress (a piece of it reaching
+            the sink) before it fails (None: no bound).
         max_queue_rows: most inputs of accepted, unfinished requests; more is refused as busy.
         drain_timeout: seconds work in progress gets to finish when the server stops.
         heartbeat_timeout: seconds of silence after which a worker is replaced.
