@@ -106,6 +106,9 @@ def _add_compute_args(group) -> None:
                             'max_position_embeddings so every result has the same shape')
     group.add_argument('-engine', choices=('tensorflow', 'fake'), default='tensorflow',
                        help='fake: a numpy stand-in model for testing the pipeline without TensorFlow')
+    group.add_argument('-fake_row_seconds', type=float, default=0.0,
+                       help='with -engine fake: seconds the fake model takes per input, to test the service '
+                            'at a real model\'s speed (BERT-base on a CPU takes ~0.02); ignored otherwise')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -148,14 +151,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                            'pieces keep coming has no time bound, however big. Raise it if one batch can take '
                            'longer on your hardware; 0 = no bound')
     life.add_argument('-max_queue_rows', type=int, default=200_000,
-                      help='most inputs accepted and not yet answered; a request beyond it is refused at '
-                           'once with "server busy, retry". Lower it to bound memory and latency')
+                      help='most inputs accepted and not computed yet; a request beyond the room left is '
+                           'refused at once with "server busy, retry", except one that comes alone, which goes '
+                           'whatever its size and frees room as its pieces are done. Lower it to bound memory '
+                           'and latency')
     life.add_argument('-max_request_bytes', type=int, default=64 * 1024 * 1024,
                       help='largest request payload (JSON bytes) a client may send; a bigger one is refused with '
                            '"send fewer sentences per request". Raise it for huge calls, lower it on a shared server')
     life.add_argument('-max_queue_bytes', type=int, default=512 * 1024 * 1024,
-                      help='most payload bytes accepted and not yet answered (with -max_queue_rows); more is '
-                           'refused at once with "server busy, retry". Lower it to bound the memory of the server')
+                      help='most payload bytes accepted and not computed yet (with -max_queue_rows); more is '
+                           'refused at once with "server busy, retry", except a request alone. Lower it to bound '
+                           'the memory of the server')
     life.add_argument('-max_reply_bytes', type=int, default=1024 * 1024 * 1024,
                       help='largest reply one request may produce, checked before anything is computed (it '
                            'matters with -pooling_strategy NONE: inputs x max_seq_len x width x 4 bytes). Lower '
