@@ -80,8 +80,10 @@ def _add_compute_args(group) -> None:
     """Devices and batching of a worker (shared with bert-serving-worker)."""
     group.add_argument('-max_batch_size', type=int, default=256,
                        help='most sequences per batch; bigger requests are split')
-    group.add_argument('-max_batch_tokens', type=int, default=4096,
-                       help='(new) most padded tokens per batch; lower it if memory runs short')
+    group.add_argument('-max_batch_tokens', type=int, default=None,
+                       help='(new) most padded tokens (inputs x longest input) per model call; a batch is cut '
+                            'into calls under it. Default by device: on a GPU max_batch_size x max_seq_len (the '
+                            'original\'s batch), on a CPU 4096 (measured fastest). Lower it if memory runs short')
     group.add_argument('-cpu', action='store_true', default=False,
                        help='run on CPU even where a GPU exists')
     group.add_argument('-xla', action='store_true', default=False,

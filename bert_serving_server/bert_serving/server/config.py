@@ -261,7 +261,8 @@ class ServerConfig:
         cors: Access-Control-Allow-Origin of the HTTP proxy.
         num_worker: worker processes, each holding one copy of the graph.
         max_batch_size: most sequences in one batch for a worker.
-        max_batch_tokens: most padded tokens (sequences x longest) in one batch.
+        max_batch_tokens: most padded tokens (sequences x longest) in one model call; None = by
+            device (engine.devices.batch_token_budget).
         priority_batch_size: requests with at most this many sequences jump the queue.
         prefetch_size: batches a worker may hold beyond the one it computes (0 = none).
         cpu: run on CPU even where a GPU exists.
@@ -291,7 +292,7 @@ class ServerConfig:
     cors: str = '*'
     num_worker: int = 1
     max_batch_size: int = 256
-    max_batch_tokens: int = 4096
+    max_batch_tokens: Optional[int] = None
     priority_batch_size: int = 16
     prefetch_size: int = 10
     cpu: bool = False
@@ -323,7 +324,7 @@ class ServerConfig:
                   ('max_request_bytes', self.max_request_bytes >= 1024),
                   ('max_queue_bytes', self.max_queue_bytes >= 1), ('max_reply_bytes', self.max_reply_bytes >= 1024),
                   ('heartbeat_timeout', self.heartbeat_timeout > 0), ('batch_timeout', self.batch_timeout > 0),
-                  ('max_batch_tokens', self.max_batch_tokens >= 1),
+                  ('max_batch_tokens', self.max_batch_tokens is None or self.max_batch_tokens >= 1),
                   ('priority_batch_size', self.priority_batch_size >= 0),
                   ('prefetch_size', self.prefetch_size >= 0),
                   ('http_max_connect', self.http_max_connect >= 1)]
