@@ -435,6 +435,25 @@ def test_a_request_bigger_than_the_queue_goes_alone_and_frees_room_as_its_pieces
     assert (s.open_rows, s.open_bytes, s.requests) == (0, 0, {})
 
 
+def test_the_normal_queue_takes_turns_between_requests(clock):
+    # A request queued behind a big one gets a piece every few batches, not after the whole of it.
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    big = s.accept(b'big', 1, words(40), False)  # 10 pieces
+    s.add_worker(b'w', credit=1, label='0')
+    [first] = s.take_batches()
+    small = s.accept(b'small', 1, words(8), False)  # 2 pieces
+    other = s.accept(b'other', 1, words(4), False)  # 1 piece
+    assert [p.serial for p in queued_pieces(s)] == [big, small, other, big, small] + [big] * 7
+    order = []
+    for _ in range(12):
+        s.done(b'w', first.batch_id)
+        s.confirm([p.piece_id for p in first.pieces])
+        [first] = s.take_batches()
+        order.append(first.pieces[0].serial)
+    assert order[:5] == [big, small, other, big, small]
+    assert sorted(len(p.rows) for p in first.pieces) == [4]
+
+
 def test_confirming_a_piece_twice_frees_its_room_once(clock):
     s = make(clock, max_batch_size=2, priority_batch_size=0)
     serial = s.accept(b'a', 1, words(4), False, size=41)

@@ -235,15 +235,34 @@ class Scheduler:
         request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size)
         self.open_rows += n
         self.open_bytes += size
-        queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
+        priority = n <= self.cfg.priority_batch_size
         for rows in orders:
             piece = Piece(client, req_id, rows, [texts[i] for i in rows], is_tokenized,
                           show_tokens=show_tokens, serial=serial, piece_id=next(self._piece_ids))
             self.pieces[piece.piece_id] = piece
             request.pieces.add(piece.piece_id)
-            queue.append(piece.piece_id)
+            (self.priority if priority else self.normal).append(piece.piece_id)
             self.queued.add(piece.piece_id)
+        if not priority:
+            self._take_turns()
         return serial
+
+    def _take_turns(self) -> None:
+        """Orders the normal queue round-robin between its requests: the first queued piece of each,
+        oldest request first, then the second of each, and so on. A request queued behind a big one
+        (a 250,000-input call is ~1,000 pieces) then gets a piece computed every few batches instead
+        of waiting for the whole of it, and never goes -request_timeout without progress because of
+        it. O(queued pieces) per request that enters this queue."""
+        turns: Dict[int, int] = {}
+        order = []
+        for piece_id in self.normal:
+            piece = self.pieces.get(piece_id)
+            if piece is None or piece_id not in self.queued:
+                continue  # forgotten or dispatched: dropped here as in _compact
+            turn = turns[piece.serial] = turns.get(piece.serial, -1) + 1
+            order.append((turn, piece.serial, piece_id))
+        order.sort()
+        self.normal = deque(piece_id for _, _, piece_id in order)
 
     def finished(self, serials) -> None:
         """The sink answered or failed these requests: forget them and their pieces."""
