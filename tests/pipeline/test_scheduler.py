@@ -411,28 +411,32 @@ def test_a_reply_over_max_reply_bytes_is_refused_before_anything_is_computed(clo
     assert s.snapshot()['num_open_request'] == 1
 
 
-def test_a_request_bigger_than_the_queue_goes_alone_and_frees_room_as_its_pieces_are_confirmed(clock):
+def test_one_request_bigger_than_the_queue_at_a_time_goes_and_frees_room_as_its_pieces_are_confirmed(clock):
     s = make(clock, max_queue_rows=10, max_queue_bytes=1000, max_batch_size=4, priority_batch_size=0)
-    s.accept(b'x', 1, words(1), False, size=10)
-    with pytest.raises(Refused) as busy:  # not alone: it waits for an empty queue
-        s.accept(b'a', 1, words(24), False, size=2400)
-    assert busy.value.code == ErrorCode.BUSY
-    s.finished([1])
-    big = s.accept(b'a', 2, words(24), False, size=2400)  # 6 pieces of 4 rows, 400 bytes each
-    assert (s.open_rows, s.open_bytes) == (24, 2400)
-    with pytest.raises(Refused):
+    first = s.accept(b'x', 1, words(9), False, size=10)
+    with pytest.raises(Refused):  # an ordinary request that does not fit waits
+        s.accept(b'x', 2, words(2), False, size=10)
+    big = s.accept(b'a', 1, words(24), False, size=2400)  # bigger than the queue: goes even so
+    assert (s.open_rows, s.open_bytes) == (33, 2410)
+    with pytest.raises(Refused) as busy:  # one at a time
+        s.accept(b'c', 1, words(11), False)
+    assert busy.value.code == ErrorCode.BUSY and 'another request bigger than the queue' in str(busy.value)
+    with pytest.raises(Refused):  # others wait until it has streamed down into the bound
         s.accept(b'b', 1, words(1), False)
+    s.finished([first])
     s.add_worker(b'w', credit=4, label='0')
     batches = s.take_batches()
-    s.confirm([p.piece_id for b in batches[:4] for p in b.pieces])  # 16 rows computed, 8 left
+    assert [p.serial for b in batches for p in b.pieces] == [big] * 4
+    s.confirm([p.piece_id for b in batches for p in b.pieces])  # 16 rows computed, 8 left
     assert (s.open_rows, s.open_bytes) == (8, 800)
     small = s.accept(b'b', 2, words(2), False, size=100)  # room freed by the big one's pieces
     with pytest.raises(Refused):
         s.accept(b'b', 3, words(1), False)  # 8 + 2 rows fill the 10
     s.finished([big])
     assert (s.open_rows, s.open_bytes) == (2, 100)
+    s.accept(b'c', 2, words(1), False, size=5000)  # the next big one (in bytes) goes
     s.finished([small])
-    assert (s.open_rows, s.open_bytes, s.requests) == (0, 0, {})
+    assert s.open_rows == 1 and s.oversize is not None
 
 
 def test_the_normal_queue_takes_turns_between_requests(clock):

@@ -68,7 +68,7 @@ def test_a_250k_input_call_bigger_than_the_queue_streams_through_without_timing_
         try:
             with running.client(timeout=CLIENT_TIMEOUT_MS) as client, running.client() as other:
                 client.encode(texts, blocking=False)
-                # Bigger than the queue, it goes only into an empty one: let it in before the other.
+                # In first, so that the other finds the queue full.
                 assert wait_until(lambda: scheduler.open_rows > 0, 60, 0.02)
                 medium = [sentence(ROWS + i) for i in range(100)]  # past -priority_batch_size: the normal queue
                 busy = 0

@@ -154,16 +154,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                            'longer on your hardware; 0 = no bound')
     life.add_argument('-max_queue_rows', type=int, default=200_000,
                       help='most inputs accepted and not computed yet; a request beyond the room left is '
-                           'refused at once with "server busy, retry", except one that comes alone, which goes '
-                           'whatever its size and frees room as its pieces are done. Lower it to bound memory '
-                           'and latency')
+                           'refused at once with "server busy, retry", except a request bigger than the whole '
+                           'queue: one at a time goes anyway and frees room as its pieces are done. Lower it to '
+                           'bound memory and latency')
     life.add_argument('-max_request_bytes', type=int, default=64 * 1024 * 1024,
                       help='largest request payload (JSON bytes) a client may send; a bigger one is refused with '
                            '"send fewer sentences per request". Raise it for huge calls, lower it on a shared server')
     life.add_argument('-max_queue_bytes', type=int, default=512 * 1024 * 1024,
                       help='most payload bytes accepted and not computed yet (with -max_queue_rows); more is '
-                           'refused at once with "server busy, retry", except a request alone. Lower it to bound '
-                           'the memory of the server')
+                           'refused at once with "server busy, retry", except one request bigger than the '
+                           'queue at a time. Lower it to bound the memory of the server')
     life.add_argument('-max_reply_bytes', type=int, default=1024 * 1024 * 1024,
                       help='largest reply one request may produce, checked before anything is computed (it '
                            'matters with -pooling_strategy NONE: inputs x max_seq_len x width x 4 bytes). Lower '

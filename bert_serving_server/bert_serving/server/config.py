@@ -271,12 +271,12 @@ class ServerConfig:
         show_tokens_to_client: send the word pieces back with every result.
         max_request_bytes: largest request payload accepted.
         max_queue_bytes: most payload bytes of accepted requests not computed yet; more is refused
-            as busy, except a request alone.
+            as busy, except one request bigger than the queue at a time.
         max_reply_bytes: largest reply a request may produce (checked before it is computed).
         request_timeout: seconds an accepted request may go without progress (a piece of it reaching
             the sink) before it fails (None: no bound).
         max_queue_rows: most inputs of accepted requests not computed yet; more is refused as busy,
-            except a request alone.
+            except one request bigger than the queue at a time.
         drain_timeout: seconds work in progress gets to finish when the server stops.
         heartbeat_timeout: seconds of silence after which a worker is replaced.
         batch_timeout: seconds a worker may hold one batch before it is replaced.

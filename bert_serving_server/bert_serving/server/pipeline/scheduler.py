@@ -28,10 +28,11 @@ A request is open from ``accept`` until the sink says it FINISHED (answered or f
 against ``max_queue_rows`` and ``max_queue_bytes`` is the part of the open requests not computed yet:
 the rows of their unconfirmed pieces, and the same share of their payload bytes. A confirmed piece
 frees its room at once, so a big request streams through the queue and others get in behind it as it
-goes. A request that does not fit in the room left is refused at once (server busy), unless nothing
-at all is open: a request alone is accepted whatever its size (it is bounded by -max_request_bytes
-and -max_reply_bytes), so one bigger than the whole queue waits for an empty queue instead of
-being refused for good.
+goes. A request that does not fit in the room left is refused at once (server busy), except one
+bigger than the whole queue (in rows or bytes): it is accepted whenever no other such request is
+open, whatever the queue holds, and others wait (busy) until it has streamed down into the bound.
+So the queue holds at most its bounds plus one big request, itself bounded by -max_request_bytes
+and -max_reply_bytes, and a big request is never refused for good nor starved by small traffic.
 """
 from __future__ import annotations
 
@@ -64,9 +65,9 @@ class SchedulerConfig:
         max_batch_size: most rows per batch (and per piece).
         priority_batch_size: requests with at most this many rows use the priority queue.
         max_queue_rows: most rows of accepted requests not computed yet; more is refused as busy,
-            except into an empty queue.
+            except one request bigger than the queue at a time.
         max_queue_bytes: most payload bytes of accepted requests not computed yet (each piece frees
-            its share); more is refused as busy, except into an empty queue.
+            its share); more is refused as busy, except one request bigger than the queue at a time.
         reply_row_bytes: the most bytes one input may add to a reply (width x 4, times max_seq_len
             for NONE pooling); 0 = not checked.
         max_reply_bytes: the largest reply a request may produce; a request whose worst case is
@@ -183,6 +184,7 @@ class Scheduler:
         self.workers: Dict[bytes, _Worker] = {}
         self.open_rows = 0
         self.open_bytes = 0
+        self.oversize: Optional[int] = None  # the serial of the open request bigger than the queue
         self.accepting = True
         self._serials = itertools.count(1)
         self._piece_ids = itertools.count(1)
@@ -202,8 +204,8 @@ class Scheduler:
             the request's serial.
 
         Raises:
-            Refused: shutting down, a reply larger than max_reply_bytes, or the room left in the queue
-                is too small (never when nothing is open: a request alone goes whatever its size).
+            Refused: shutting down, a reply larger than max_reply_bytes, the room left in the queue
+                is too small, or it is bigger than the queue and another such request is open.
         """
         n, cfg = len(texts), self.cfg
         if not self.accepting:
@@ -212,10 +214,15 @@ class Scheduler:
             raise Refused(f'the reply to {n} inputs could take up to {n * cfg.reply_row_bytes} bytes ({cfg.reply_row_bytes} '
                           f'per input), over -max_reply_bytes {cfg.max_reply_bytes}; send at most '
                           f'{cfg.max_reply_bytes // cfg.reply_row_bytes} inputs per request', ErrorCode.BAD_REQUEST)
-        if self.requests and self.open_rows + n > cfg.max_queue_rows:
+        oversize = n > cfg.max_queue_rows or size > cfg.max_queue_bytes
+        if oversize and self.oversize is not None:
+            raise Refused(f'server busy: another request bigger than the queue is in progress (at most one at a '
+                          f'time; -max_queue_rows {cfg.max_queue_rows}, -max_queue_bytes {cfg.max_queue_bytes}); '
+                          'retry shortly', ErrorCode.BUSY, retry_after=1.0)
+        if not oversize and self.open_rows + n > cfg.max_queue_rows:
             raise Refused(f'server busy: {self.open_rows} inputs are queued or in progress and '
                           f'-max_queue_rows is {cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
-        if self.requests and self.open_bytes + size > cfg.max_queue_bytes:
+        if not oversize and self.open_bytes + size > cfg.max_queue_bytes:
             raise Refused(f'server busy: {self.open_bytes} bytes of requests are queued or in progress and '
                           f'-max_queue_bytes is {cfg.max_queue_bytes}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
         workers = max(self.cfg.num_worker, len(self.workers))  # remote workers count too
@@ -233,6 +240,8 @@ class Scheduler:
             orders = [by_len[i:i + per_piece] for i in range(0, n, per_piece)]
         serial = next(self._serials)
         request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size)
+        if oversize:
+            self.oversize = serial
         self.open_rows += n
         self.open_bytes += size
         priority = n <= self.cfg.priority_batch_size
@@ -270,6 +279,8 @@ class Scheduler:
             request = self.requests.pop(serial, None)
             if request is None:
                 continue
+            if serial == self.oversize:
+                self.oversize = None
             self.open_rows -= request.open_rows
             self.open_bytes -= request.open_bytes
             for piece_id in request.pieces:
