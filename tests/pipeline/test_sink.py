@@ -230,6 +230,20 @@ def test_a_request_past_its_timeout_fails_with_timeout(harness):
     harness.wait_feedback(confirmed=[121])
 
 
+def test_a_request_that_keeps_making_progress_outlives_its_timeout(harness):
+    # -request_timeout bounds the time without progress, not the request: ten pieces, each well
+    # within the timeout of the one before, span twice the timeout.
+    sub = harness.client(b'c')
+    harness.send(msg.pack_register(b'c', 5, n=10, serial=20, timeout=1.5))
+    for i in range(10):
+        time.sleep(0.3)
+        harness.send(result(b'c', 5, 20, 200 + i, [i], rows_of(1, offset=i)))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id) == ('result', 5), reply.error
+    np.testing.assert_array_equal(reply.array, rows_of(10))
+    harness.wait_feedback(finished=[20])
+
+
 def test_replies_wait_for_a_client_that_subscribes_late(harness):
     harness.send(msg.pack_register(b'late', 1, n=2, serial=1, timeout=None))
     harness.send(result(b'late', 1, 1, 1, [0, 1], rows_of(2)))

@@ -124,6 +124,19 @@ def test_word_over_100_chars_is_unk(tiny):
     assert tiny.tokenize("b " + "a" * 101 + " b") == ["b", "[UNK]", "b"]
 
 
+def test_word_over_100_chars_is_unk_even_when_the_vocab_holds_it(tmp_path):
+    # The original checks max_input_chars_per_word (100) before looking the
+    # whole word up; so does the `tokenizers` library.
+    long_word, edge_word = "x" * 101, "y" * 100
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(TINY_VOCAB + [long_word, edge_word]) + "\n", encoding="utf-8")
+    texts = [long_word, edge_word, f"a {long_word} b", long_word + "!"]
+    ours = BertTokenizer(str(path))
+    assert ours.tokenize(long_word) == ["[UNK]"]
+    assert ours.tokenize(edge_word) == [edge_word]
+    assert [ours.tokenize(t) for t in texts] == _library_tokens(str(path), True, texts)
+
+
 def test_accents_are_stripped_only_when_lower_casing(tiny, tiny_cased):
     assert tiny.tokenize("CAFÉ Café cafe\u0301") == ["cafe", "cafe", "cafe"]
     assert tiny_cased.tokenize("café") == ["café"]

@@ -192,11 +192,13 @@ def test_frozen_worker_is_replaced_and_its_batch_goes_to_the_other(server_factor
 
 def test_full_queue_refuses_at_once_with_retry_after(server_factory):
     """-max_queue_rows 50 with both workers frozen: 50 accepted rows fill the queue, one more row
-    is refused as busy (not queued, not waited for), and every accepted request is answered."""
+    is refused as busy (not queued, not waited for), and every accepted request is answered. A
+    request bigger than the whole queue goes even so, one such request at a time."""
     running = server_factory(FAKE, ['-num_worker', '2', '-max_queue_rows', '50', '-heartbeat_timeout', '60'])
     scheduler = running.server.scheduler
     chunks = [[sentence(8000 + 10 * k + j) for j in range(10)] for k in range(5)]
-    with running.client() as filler, running.client() as late:
+    big = [sentence(i) for i in range(51)]
+    with running.client() as filler, running.client() as late, running.client() as huge:
         with paused(*[p.pid for p in running.workers()]):
             for chunk in chunks:
                 filler.encode(chunk, blocking=False)
@@ -204,14 +206,16 @@ def test_full_queue_refuses_at_once_with_retry_after(server_factory):
             with pytest.raises(BertServerBusyError, match=r'server busy: 50 inputs .* -max_queue_rows is 50') as busy:
                 late.encode(['one more'])
             assert busy.value.retry_after is not None and busy.value.retry_after > 0
-            with pytest.raises(BertServerError, match='exceeds the server queue of 50') as too_big:
-                late.encode([sentence(i) for i in range(51)])
-            assert too_big.value.code == ErrorCode.BAD_REQUEST  # no retry can help
-            assert scheduler.open_rows == 50
+            huge.encode(big, blocking=False)
+            assert wait_until(lambda: scheduler.open_rows == 101, 30, 0.02), scheduler.open_rows
+            with pytest.raises(BertServerBusyError, match='another request bigger than the queue'):
+                late.encode([sentence(i) for i in range(100, 160)])
         for chunk, got in zip(chunks, filler.fetch_all()):
             np.testing.assert_allclose(got, EXPECTED.many(chunk), atol=1e-6)
+        [got] = huge.fetch_all()
+        np.testing.assert_allclose(got, EXPECTED.many(big), atol=1e-6)
         np.testing.assert_allclose(late.encode(['one more']), EXPECTED.many(['one more']), atol=1e-6)
-    assert scheduler.open_rows == 0
+    assert wait_until(lambda: scheduler.open_rows == 0, 30, 0.02), scheduler.open_rows
 
 
 # -- a worker whose featurize thread dies --------------------------------------------------------

@@ -80,8 +80,10 @@ def _add_compute_args(group) -> None:
     """Devices and batching of a worker (shared with bert-serving-worker)."""
     group.add_argument('-max_batch_size', type=int, default=256,
                        help='most sequences per batch; bigger requests are split')
-    group.add_argument('-max_batch_tokens', type=int, default=4096,
-                       help='(new) most padded tokens per batch; lower it if memory runs short')
+    group.add_argument('-max_batch_tokens', type=int, default=None,
+                       help='(new) most padded tokens (inputs x longest input) per model call; a batch is cut '
+                            'into calls under it. Default by device: on a GPU max_batch_size x max_seq_len (the '
+                            'original\'s batch), on a CPU 4096 (measured fastest). Lower it if memory runs short')
     group.add_argument('-cpu', action='store_true', default=False,
                        help='run on CPU even where a GPU exists')
     group.add_argument('-xla', action='store_true', default=False,
@@ -106,6 +108,9 @@ def _add_compute_args(group) -> None:
                             'max_position_embeddings so every result has the same shape')
     group.add_argument('-engine', choices=('tensorflow', 'fake'), default='tensorflow',
                        help='fake: a numpy stand-in model for testing the pipeline without TensorFlow')
+    group.add_argument('-fake_row_seconds', type=float, default=0.0,
+                       help='with -engine fake: seconds the fake model takes per input, to test the service '
+                            'at a real model\'s speed (BERT-base on a CPU takes ~0.02); ignored otherwise')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -143,17 +148,22 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     life = parser.add_argument_group('Request lifecycle (new)', 'bounds on waiting, queueing and stopping')
     life.add_argument('-request_timeout', type=float, default=300.0,
-                      help='seconds an accepted request may take; then it fails with a reason instead of '
-                           'hanging. Raise it for huge requests on slow hardware; 0 = no bound')
+                      help='seconds an accepted request may go without progress (a piece of it computed and '
+                           'back at the sink); then it fails with a reason instead of hanging. A request whose '
+                           'pieces keep coming has no time bound, however big. Raise it if one batch can take '
+                           'longer on your hardware; 0 = no bound')
     life.add_argument('-max_queue_rows', type=int, default=200_000,
-                      help='most inputs accepted and not yet answered; a request beyond it is refused at '
-                           'once with "server busy, retry". Lower it to bound memory and latency')
+                      help='most inputs accepted and not computed yet; a request beyond the room left is '
+                           'refused at once with "server busy, retry", except a request bigger than the whole '
+                           'queue: one at a time goes anyway and frees room as its pieces are done. Lower it to '
+                           'bound memory and latency')
     life.add_argument('-max_request_bytes', type=int, default=64 * 1024 * 1024,
                       help='largest request payload (JSON bytes) a client may send; a bigger one is refused with '
                            '"send fewer sentences per request". Raise it for huge calls, lower it on a shared server')
     life.add_argument('-max_queue_bytes', type=int, default=512 * 1024 * 1024,
-                      help='most payload bytes accepted and not yet answered (with -max_queue_rows); more is '
-                           'refused at once with "server busy, retry". Lower it to bound the memory of the server')
+                      help='most payload bytes accepted and not computed yet (with -max_queue_rows); more is '
+                           'refused at once with "server busy, retry", except one request bigger than the '
+                           'queue at a time. Lower it to bound the memory of the server')
     life.add_argument('-max_reply_bytes', type=int, default=1024 * 1024 * 1024,
                       help='largest reply one request may produce, checked before anything is computed (it '
                            'matters with -pooling_strategy NONE: inputs x max_seq_len x width x 4 bytes). Lower '

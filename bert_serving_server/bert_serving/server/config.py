@@ -120,6 +120,8 @@ class EngineConfig:
             token axis to max_position_embeddings.
         engine: ``tensorflow`` (the model), or ``fake``, a numpy stand-in for testing the
             pipeline without TensorFlow (see engine/fake.py).
+        fake_row_seconds: the fake engine sleeps this long per input of each call, to stand in
+            for a real model's speed (ignored by TensorFlow).
     """
     model_dir: Optional[str] = None
     tuned_model_dir: Optional[str] = None
@@ -141,6 +143,7 @@ class EngineConfig:
     layer_shards: int = 1
     fixed_embed_length: bool = False
     engine: str = 'tensorflow'
+    fake_row_seconds: float = 0.0
     verbose: bool = False
 
     def __post_init__(self):
@@ -164,6 +167,8 @@ class EngineConfig:
             raise ConfigError(f'num_labels must be >= 1, got {self.num_labels}')
         if int(self.layer_shards) < 1:
             raise ConfigError(f'layer_shards must be >= 1, got {self.layer_shards}')
+        if not float(self.fake_row_seconds) >= 0:
+            raise ConfigError(f'fake_row_seconds must be >= 0, got {self.fake_row_seconds}')
 
     @classmethod
     def from_namespace(cls, args) -> 'EngineConfig':
@@ -256,7 +261,8 @@ class ServerConfig:
         cors: Access-Control-Allow-Origin of the HTTP proxy.
         num_worker: worker processes, each holding one copy of the graph.
         max_batch_size: most sequences in one batch for a worker.
-        max_batch_tokens: most padded tokens (sequences x longest) in one batch.
+        max_batch_tokens: most padded tokens (sequences x longest) in one model call; None = by
+            device (engine.devices.batch_token_budget).
         priority_batch_size: requests with at most this many sequences jump the queue.
         prefetch_size: batches a worker may hold beyond the one it computes (0 = none).
         cpu: run on CPU even where a GPU exists.
@@ -264,10 +270,13 @@ class ServerConfig:
         gpu_memory_fraction: share of a GPU's memory each worker may take.
         show_tokens_to_client: send the word pieces back with every result.
         max_request_bytes: largest request payload accepted.
-        max_queue_bytes: most payload bytes of accepted, unfinished requests; more is refused as busy.
+        max_queue_bytes: most payload bytes of accepted requests not computed yet; more is refused
+            as busy, except one request bigger than the queue at a time.
         max_reply_bytes: largest reply a request may produce (checked before it is computed).
-        request_timeout: seconds an accepted request may take before it fails (None: no bound).
-        max_queue_rows: most inputs of accepted, unfinished requests; more is refused as busy.
+        request_timeout: seconds an accepted request may go without progress (a piece of it reaching
+            the sink) before it fails (None: no bound).
+        max_queue_rows: most inputs of accepted requests not computed yet; more is refused as busy,
+            except one request bigger than the queue at a time.
         drain_timeout: seconds work in progress gets to finish when the server stops.
         heartbeat_timeout: seconds of silence after which a worker is replaced.
         batch_timeout: seconds a worker may hold one batch before it is replaced.
@@ -283,7 +292,7 @@ class ServerConfig:
     cors: str = '*'
     num_worker: int = 1
     max_batch_size: int = 256
-    max_batch_tokens: int = 4096
+    max_batch_tokens: Optional[int] = None
     priority_batch_size: int = 16
     prefetch_size: int = 10
     cpu: bool = False
@@ -315,7 +324,7 @@ class ServerConfig:
                   ('max_request_bytes', self.max_request_bytes >= 1024),
                   ('max_queue_bytes', self.max_queue_bytes >= 1), ('max_reply_bytes', self.max_reply_bytes >= 1024),
                   ('heartbeat_timeout', self.heartbeat_timeout > 0), ('batch_timeout', self.batch_timeout > 0),
-                  ('max_batch_tokens', self.max_batch_tokens >= 1),
+                  ('max_batch_tokens', self.max_batch_tokens is None or self.max_batch_tokens >= 1),
                   ('priority_batch_size', self.priority_batch_size >= 0),
                   ('prefetch_size', self.prefetch_size >= 0),
                   ('http_max_connect', self.http_max_connect >= 1)]

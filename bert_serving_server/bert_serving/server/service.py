@@ -33,7 +33,8 @@ from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, PoolingStrategy, ServerConfig
 from .errors import ConfigError
-from .engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
+from .engine.devices import (available_cores, batch_token_budget, cpu_oversubscription, cpu_threads, plan_devices,
+                             planned_layer_shards, session_threads)
 from .engine.features import token_counts
 from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensorflow_version
 from .engine.tokenization import BertTokenizer
@@ -102,7 +103,11 @@ class BertServer(threading.Thread):
         # Devices first: where the workers run decides -fp16's compute dtype and how the blocks
         # are split (on the CPU cores of a worker), both part of the graph.
         on_gpu = any(d >= 0 for d in self.devices)
-        self.cpu_threads = cpu_threads(sum(1 for d in self.devices if d < 0))
+        num_cpu = sum(1 for d in self.devices if d < 0)
+        self.cpu_threads = cpu_threads(num_cpu)
+        oversubscribed = cpu_oversubscription(num_cpu, self.cpu_threads, available_cores())
+        if oversubscribed:
+            self.logger.warning('%s', oversubscribed)
         self.engine_config = dataclasses.replace(
             EngineConfig.from_namespace(args), on_gpu=on_gpu,
             layer_shards=planned_layer_shards(self.cpu_threads, on_gpu))
@@ -113,6 +118,9 @@ class BertServer(threading.Thread):
             self.proxy_settings = ProxySettings.from_namespace(
                 args, curve_keys=self.proxy_keys, vocab_file='' if self.graph is None else self.graph.files.vocab_path,
                 max_position_embeddings=512 if self.graph is None else self.graph.bert_config.max_position_embeddings)
+        self.batch_tokens = [batch_token_budget(d, cfg.max_batch_tokens, cfg.max_batch_size,
+                                                self.engine_config.max_seq_len) for d in self.devices]
+        self._log_worker_plan()
         # What every worker, local or remote, must match to join.
         self.fingerprint = fingerprint(self.engine_config, None if self.graph is None else self.graph.files)
         self.is_ready = threading.Event()
@@ -145,8 +153,18 @@ class BertServer(threading.Thread):
             'worker -> sink': self.addresses.sink,
             'ventilator <-> sink': self.addresses.sink, 'num_concurrent_socket': 1,
             'worker_devices': {f'WORKER-{i}': 'cpu' if d < 0 else f'gpu:{d}' for i, d in enumerate(self.devices)},
+            'worker_max_batch_tokens': {f'WORKER-{i}': n for i, n in enumerate(self.batch_tokens)},
             **self._model_status(),
         }
+
+    def _log_worker_plan(self) -> None:
+        """The start-up table of the local workers: device, CPU threads, batch-token budget."""
+        shards = graph_layer_shards(self.engine_config, self.graph)
+        rows = [f'{"WORKER":>10}  {"DEVICE":<7}{"THREADS (intra x inter)":<26}MAX_BATCH_TOKENS']
+        for i, (device, tokens) in enumerate(zip(self.devices, self.batch_tokens)):
+            threads = '%d x %d' % session_threads(self.cpu_threads, shards) if device < 0 else '-'
+            rows.append(f'{"WORKER-%d" % i:>10}  {"cpu" if device < 0 else "gpu:%d" % device:<7}{threads:<26}{tokens}')
+        self.logger.info('workers:\n%s', '\n'.join(rows))
 
     def _reply_row_bytes(self) -> int:
         """The most bytes one input adds to a reply: its vector, or with NONE pooling its
@@ -246,7 +264,7 @@ class BertServer(threading.Thread):
             intra_op_threads=intra, inter_op_threads=inter,
             gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
-            max_batch_tokens=cfg.max_batch_tokens, verbose=cfg.verbose)
+            max_batch_tokens=self.batch_tokens[worker_id], verbose=cfg.verbose)
         proc = ChildProcess(settings.name, 'bert_serving.server.pipeline.worker',
                             worker_spec(self.engine_config, settings, self.graph))
         proc.start()

@@ -1,4 +1,5 @@
-"""Which device each worker runs on, how many CPU threads it gets, and what the CPU can do fast."""
+"""Which device each worker runs on, how many CPU threads and batch tokens it gets, and what the CPU
+can do fast."""
 from __future__ import annotations
 
 import functools
@@ -6,10 +7,16 @@ import logging
 import os
 import platform
 import sys
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ['plan_devices', 'cpu_threads', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16',
-           'onednn_enabled']
+__all__ = ['plan_devices', 'available_cores', 'cpu_threads', 'cpu_oversubscription', 'batch_token_budget',
+           'CPU_BATCH_TOKENS', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16', 'onednn_enabled']
+
+# Padded tokens per model call on a CPU: 4096 ran 1.5x faster than 16384 (smaller activations stay in
+# cache; docs/benchmark.md). A GPU wants whole batches; there the budget is the original's batch.
+CPU_BATCH_TOKENS = 4096
+# With -max_seq_len NONE an input is as long as BERT takes: the position embeddings of BERT-base.
+LONGEST_INPUT = 512
 
 # /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
 _BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
@@ -23,18 +30,23 @@ def _available_gpus(limit: int) -> Tuple[int, List[int]]:
     return len(gpus), list(free)
 
 
-def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int],
-                 logger: logging.Logger) -> List[int]:
+def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int], logger: logging.Logger,
+                 available: Callable[[int], Tuple[int, List[int]]] = _available_gpus) -> List[int]:
     """Returns one device id per worker, -1 meaning CPU.
 
     GPUs come from ``device_map`` if given (reused round-robin), else from the
     free GPUs GPUtil reports. Without nvidia-smi, or with no free GPU, every
-    worker falls back to the CPU with a warning.
+    worker falls back to the CPU with a warning. More workers than GPUs put
+    several workers on one GPU: one warning line says so, with the numbers.
+
+    Args:
+        available: ``available(limit)`` -> (GPUs seen, ids of the free ones); GPUtil's by
+            default (tests pass lists of their own).
     """
     if cpu:
         return [-1] * num_worker
     try:
-        total, free = _available_gpus(num_worker)
+        total, free = available(num_worker)
     except Exception as e:  # GPUtil raises when nvidia-smi is absent or fails
         logger.warning('no usable nvidia-smi (%s): no GPU on this machine? falling back to CPU', e)
         return [-1] * num_worker
@@ -42,16 +54,54 @@ def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int],
         logger.warning('no free GPU found, falling back to CPU')
         return [-1] * num_worker
     chosen = list(device_map) or free
-    if len(chosen) < num_worker:
-        logger.warning('%d workers share %d GPU(s) %s: this may not scale and may run out of memory',
-                       num_worker, len(chosen), chosen)
+    gpus = len(set(chosen))
+    if num_worker > gpus:
+        logger.warning('-num_worker %d exceeds the %d GPU(s) it can use %s (%d seen): %d workers share one GPU, '
+                       'each with a copy of the model; this may run it out of memory. Use -num_worker %d, or '
+                       '-device_map to choose', num_worker, gpus, sorted(set(chosen)), total,
+                       -(-num_worker // gpus), gpus)
     return [chosen[i % len(chosen)] for i in range(num_worker)]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
 def cpu_threads(num_cpu_workers: int) -> int:
     """The CPU cores each CPU worker gets: the cores split evenly, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-    return max(1, cores // max(1, num_cpu_workers))
+    return max(1, available_cores() // max(1, num_cpu_workers))
+
+
+def cpu_oversubscription(num_cpu_workers: int, threads: int, cores: int) -> Optional[str]:
+    """The warning (one line, with the numbers) when CPU workers x their threads exceed the cores,
+    else None. Each worker gets at least one thread, so that happens with more workers than cores."""
+    if num_cpu_workers * threads <= cores:
+        return None
+    return (f'{num_cpu_workers} CPU workers x {threads} thread(s) = {num_cpu_workers * threads} exceed the '
+            f'{cores} CPU core(s) this server may use: the workers slow each other down and each holds a copy '
+            f'of the model. Use -num_worker {max(1, cores // threads)} or fewer')
+
+
+def batch_token_budget(device_id: int, max_batch_tokens: Optional[int], max_batch_size: int,
+                       max_seq_len: Optional[int]) -> int:
+    """The most padded tokens (inputs x longest input) one model call of a worker may hold.
+
+    Args:
+        device_id: the worker's GPU, -1 for the CPU.
+        max_batch_tokens: the flag; None (its default) means by device.
+        max_batch_size: most inputs per batch.
+        max_seq_len: tokens per input; None = as long as the input (up to LONGEST_INPUT).
+
+    Returns:
+        the flag if set; else on a GPU ``max_batch_size x max_seq_len`` (the original's batch, so a
+        GPU gets whole batches), on a CPU CPU_BATCH_TOKENS (the measured optimum).
+    """
+    if max_batch_tokens is not None:
+        return int(max_batch_tokens)
+    if device_id >= 0:
+        return int(max_batch_size) * int(max_seq_len or LONGEST_INPUT)
+    return CPU_BATCH_TOKENS
 
 
 # A block split in two runs a one-sentence request in ~5 ms instead of ~7.5 on two cores

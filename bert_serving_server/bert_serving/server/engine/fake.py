@@ -11,6 +11,9 @@ Four words make the fake misbehave, to test the pipeline's fault handling:
     __crash__  the process exits at once with code 17 (a worker crash);
     __hang__   run() sleeps for an hour (a hung TensorFlow call; heartbeats go on);
     __slow__   run() sleeps SLOW_SECONDS per input holding it (requests stay in flight a while).
+
+``fake_row_seconds`` (EngineConfig, flag -fake_row_seconds) makes every call sleep that long per
+input, so the fake runs at a chosen model's speed (or that speed scaled down, for a test).
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ class FakeEngine(Engine):
             time.sleep(3600)
         if '__slow__' in words:
             time.sleep(SLOW_SECONDS * sum(1 for f in features if '__slow__' in f.tokens))
+        if self.config.fake_row_seconds:
+            time.sleep(self.config.fake_row_seconds * len(features))
         if self.is_token_level:
             t = token_axis or self.token_axis_length(features)
             out = np.zeros((len(features), t, FAKE_WIDTH), dtype=np.float32)

@@ -249,12 +249,14 @@ class BertTokenizer:
 
     def _wordpiece_uncached(self, word: str) -> tuple[str, ...]:
         """Greedy longest-match-first WordPiece split of a single word."""
-        vocab = self.vocab
-        if word in vocab:
-            return (word,)
+        # The length check comes first, as in the original: a word over the
+        # limit is [UNK] even when the vocabulary holds it whole.
         n = len(word)
         if n > _MAX_CHARS_PER_WORD:
             return (UNK_TOKEN,)
+        vocab = self.vocab
+        if word in vocab:
+            return (word,)
         pieces = []
         start = 0
         while start < n:

@@ -29,7 +29,7 @@ def run_remote(args) -> int:
     Returns:
         the exit code: 0 stopped, 2 cannot start, 3 refused by the server.
     """
-    from ..engine.devices import cpu_threads, plan_devices, planned_layer_shards, session_threads
+    from ..engine.devices import batch_token_budget, cpu_threads, plan_devices, planned_layer_shards, session_threads
     from ..engine.graph import fingerprint, graph_layer_shards, prepare_graph
 
     logger = get_logger('WORKER', args.verbose)
@@ -48,11 +48,13 @@ def run_remote(args) -> int:
         intra_op_threads=intra, inter_op_threads=inter,
         gpu_memory_fraction=None if devices[0] < 0 else args.gpu_memory_fraction,
         credit=2 if args.prefetch_size > 0 else 1, max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens, server_timeout=args.server_timeout,
+        max_batch_tokens=batch_token_budget(devices[0], args.max_batch_tokens, args.max_batch_size, engine.max_seq_len),
+        server_timeout=args.server_timeout,
         curve=None if keys is None else (keys.server_public, keys.public, keys.secret), verbose=args.verbose)
     stop = install_stop_handler()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # run by hand: Ctrl-C stops it
-    logger.info('joining the server at %s as %s', settings.backend_addr, settings.name)
+    logger.info('joining the server at %s as %s (%s, max_batch_tokens %d)', settings.backend_addr, settings.name,
+                'cpu' if devices[0] < 0 else f'gpu:{devices[0]}', settings.max_batch_tokens)
     return Worker(engine, settings, graph, stop).run()
 
 

@@ -24,8 +24,15 @@ The delivery window is DELIVERY_GRACE_SECONDS plus twice the time the worker's d
 lately. A worker is declared lost when results it said were sent have not reached the sink for
 -batch_timeout: one delivery, or every one since a delivery had to be sent again.
 
-A request is open from ``accept`` until the sink says it FINISHED (answered or failed). Open requests
-count against ``max_queue_rows``: a request that does not fit is refused at once (server busy).
+A request is open from ``accept`` until the sink says it FINISHED (answered or failed). What counts
+against ``max_queue_rows`` and ``max_queue_bytes`` is the part of the open requests not computed yet:
+the rows of their unconfirmed pieces, and the same share of their payload bytes. A confirmed piece
+frees its room at once, so a big request streams through the queue and others get in behind it as it
+goes. A request that does not fit in the room left is refused at once (server busy), except one
+bigger than the whole queue (in rows or bytes): it is accepted whenever no other such request is
+open, whatever the queue holds, and others wait (busy) until it has streamed down into the bound.
+So the queue holds at most its bounds plus one big request, itself bounded by -max_request_bytes
+and -max_reply_bytes, and a big request is never refused for good nor starved by small traffic.
 """
 from __future__ import annotations
 
@@ -57,8 +64,10 @@ class SchedulerConfig:
         num_worker: workers the server runs; big requests are split at least this many ways.
         max_batch_size: most rows per batch (and per piece).
         priority_batch_size: requests with at most this many rows use the priority queue.
-        max_queue_rows: most rows of accepted, unfinished requests; more is refused as busy.
-        max_queue_bytes: most payload bytes of accepted, unfinished requests; more is refused as busy.
+        max_queue_rows: most rows of accepted requests not computed yet; more is refused as busy,
+            except one request bigger than the queue at a time.
+        max_queue_bytes: most payload bytes of accepted requests not computed yet (each piece frees
+            its share); more is refused as busy, except one request bigger than the queue at a time.
         reply_row_bytes: the most bytes one input may add to a reply (width x 4, times max_seq_len
             for NONE pooling); 0 = not checked.
         max_reply_bytes: the largest reply a request may produce; a request whose worst case is
@@ -109,6 +118,8 @@ class _Request:
     rows: int
     size: int = 0  # payload bytes
     pieces: Set[int] = field(default_factory=set)  # unconfirmed piece ids
+    open_rows: int = 0  # rows of the unconfirmed pieces: what it holds of the queue
+    open_bytes: int = 0  # its payload bytes not freed by confirmed pieces
     failed: bool = False
 
 
@@ -173,6 +184,7 @@ class Scheduler:
         self.workers: Dict[bytes, _Worker] = {}
         self.open_rows = 0
         self.open_bytes = 0
+        self.oversize: Optional[int] = None  # the serial of the open request bigger than the queue
         self.accepting = True
         self._serials = itertools.count(1)
         self._piece_ids = itertools.count(1)
@@ -192,23 +204,25 @@ class Scheduler:
             the request's serial.
 
         Raises:
-            Refused: shutting down, bigger than the whole queue, a reply larger than max_reply_bytes,
-                or the queue is full right now.
+            Refused: shutting down, a reply larger than max_reply_bytes, the room left in the queue
+                is too small, or it is bigger than the queue and another such request is open.
         """
         n, cfg = len(texts), self.cfg
         if not self.accepting:
             raise Refused('server shutting down: it takes no new requests', ErrorCode.SHUTTING_DOWN)
-        if n > cfg.max_queue_rows:
-            raise Refused(f'request of {n} inputs exceeds the server queue of {cfg.max_queue_rows} '
-                          'inputs (-max_queue_rows); send fewer inputs per request', ErrorCode.BAD_REQUEST)
         if n * cfg.reply_row_bytes > cfg.max_reply_bytes:
             raise Refused(f'the reply to {n} inputs could take up to {n * cfg.reply_row_bytes} bytes ({cfg.reply_row_bytes} '
                           f'per input), over -max_reply_bytes {cfg.max_reply_bytes}; send at most '
                           f'{cfg.max_reply_bytes // cfg.reply_row_bytes} inputs per request', ErrorCode.BAD_REQUEST)
-        if self.open_rows + n > cfg.max_queue_rows:
+        oversize = n > cfg.max_queue_rows or size > cfg.max_queue_bytes
+        if oversize and self.oversize is not None:
+            raise Refused(f'server busy: another request bigger than the queue is in progress (at most one at a '
+                          f'time; -max_queue_rows {cfg.max_queue_rows}, -max_queue_bytes {cfg.max_queue_bytes}); '
+                          'retry shortly', ErrorCode.BUSY, retry_after=1.0)
+        if not oversize and self.open_rows + n > cfg.max_queue_rows:
             raise Refused(f'server busy: {self.open_rows} inputs are queued or in progress and '
                           f'-max_queue_rows is {cfg.max_queue_rows}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
-        if self.open_bytes and self.open_bytes + size > cfg.max_queue_bytes:
+        if not oversize and self.open_bytes + size > cfg.max_queue_bytes:
             raise Refused(f'server busy: {self.open_bytes} bytes of requests are queued or in progress and '
                           f'-max_queue_bytes is {cfg.max_queue_bytes}; retry shortly', ErrorCode.BUSY, retry_after=1.0)
         workers = max(self.cfg.num_worker, len(self.workers))  # remote workers count too
@@ -225,18 +239,39 @@ class Scheduler:
             per_piece = math.ceil(n / num_pieces)
             orders = [by_len[i:i + per_piece] for i in range(0, n, per_piece)]
         serial = next(self._serials)
-        request = self.requests[serial] = _Request(client, req_id, n, size)
+        request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size)
+        if oversize:
+            self.oversize = serial
         self.open_rows += n
         self.open_bytes += size
-        queue = self.priority if n <= self.cfg.priority_batch_size else self.normal
+        priority = n <= self.cfg.priority_batch_size
         for rows in orders:
             piece = Piece(client, req_id, rows, [texts[i] for i in rows], is_tokenized,
                           show_tokens=show_tokens, serial=serial, piece_id=next(self._piece_ids))
             self.pieces[piece.piece_id] = piece
             request.pieces.add(piece.piece_id)
-            queue.append(piece.piece_id)
+            (self.priority if priority else self.normal).append(piece.piece_id)
             self.queued.add(piece.piece_id)
+        if not priority:
+            self._take_turns()
         return serial
+
+    def _take_turns(self) -> None:
+        """Orders the normal queue round-robin between its requests: the first queued piece of each,
+        oldest request first, then the second of each, and so on. A request queued behind a big one
+        (a 250,000-input call is ~1,000 pieces) then gets a piece computed every few batches instead
+        of waiting for the whole of it, and never goes -request_timeout without progress because of
+        it. O(queued pieces) per request that enters this queue."""
+        turns: Dict[int, int] = {}
+        order = []
+        for piece_id in self.normal:
+            piece = self.pieces.get(piece_id)
+            if piece is None or piece_id not in self.queued:
+                continue  # forgotten or dispatched: dropped here as in _compact
+            turn = turns[piece.serial] = turns.get(piece.serial, -1) + 1
+            order.append((turn, piece.serial, piece_id))
+        order.sort()
+        self.normal = deque(piece_id for _, _, piece_id in order)
 
     def finished(self, serials) -> None:
         """The sink answered or failed these requests: forget them and their pieces."""
@@ -244,20 +279,28 @@ class Scheduler:
             request = self.requests.pop(serial, None)
             if request is None:
                 continue
-            self.open_rows -= request.rows
-            self.open_bytes -= request.size
+            if serial == self.oversize:
+                self.oversize = None
+            self.open_rows -= request.open_rows
+            self.open_bytes -= request.open_bytes
             for piece_id in request.pieces:
                 self._forget_piece(piece_id)
         self._compact()
 
     def confirm(self, piece_ids) -> None:
-        """The sink holds these pieces' rows."""
+        """The sink holds these pieces' rows: their room in the queue is free."""
         for piece_id in piece_ids:
             piece = self.pieces.get(piece_id)
             if piece is not None:
                 request = self.requests.get(piece.serial)
-                if request is not None:
+                if request is not None and piece_id in request.pieces:
                     request.pieces.discard(piece_id)
+                    rows = len(piece.rows)
+                    share = request.size * rows // request.rows  # the rest is freed by finished()
+                    request.open_rows -= rows
+                    request.open_bytes -= share
+                    self.open_rows -= rows
+                    self.open_bytes -= share
                 self._forget_piece(piece_id)
         self._compact()
 

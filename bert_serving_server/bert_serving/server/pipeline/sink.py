@@ -1,5 +1,6 @@
 """Sink process: owns each request's life. Puts its pieces back in order, publishes the reply, and
-fails it when its deadline passes.
+fails it when it makes no progress for its timeout (-request_timeout): each piece of it that arrives
+moves its deadline, so a huge request whose pieces keep coming has no wall-clock bound.
 
 Sockets (created in ``run``, inside the process):
     PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers;
@@ -75,6 +76,8 @@ class _Assembly:
     curve_key: bytes = b''  # the key the request came with (REGISTER)
     failure: Optional[Tuple[str, Optional[str]]] = None  # (message, code) of a failure before REGISTER
     created: float = field(default_factory=time.monotonic)
+    timeout: Optional[float] = None  # seconds without progress before it fails (None: no bound)
+    progress: float = 0.0  # when REGISTER or the last new piece arrived
     received: int = 0
     parts: List = field(default_factory=list)  # (rows, array, tokens)
     seen: Set[int] = field(default_factory=set)  # rows received
@@ -262,10 +265,13 @@ class Sink:
             if job.failure is not None:
                 self._fail(key, *job.failure)
                 return
+            job.progress = time.monotonic()
             if m.timeout is not None:
-                heapq.heappush(self.deadlines, (time.monotonic() + m.timeout, key, m.timeout))
+                job.timeout = m.timeout
+                heapq.heappush(self.deadlines, (job.progress + m.timeout, key))
         elif job.seen.isdisjoint(m.rows):
             # A piece computed twice (its worker was lost after sending it) counts once.
+            job.progress = time.monotonic()  # moves the deadline; _expire reads it when the old one comes up
             job.parts.append((m.rows, m.array, m.tokens))
             job.seen.update(m.rows)
             job.received += len(m.rows)
@@ -283,10 +289,16 @@ class Sink:
     def _expire(self) -> None:
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
-            _, key, timeout = heapq.heappop(self.deadlines)
-            if key in self.pending:
-                self._fail(key, f'the request was not answered within -request_timeout {timeout:g}s; the '
-                                'server is overloaded or its workers are failing (see the server log)', ErrorCode.TIMEOUT)
+            _, key = heapq.heappop(self.deadlines)
+            job = self.pending.get(key)
+            if job is None or job.timeout is None:
+                continue
+            if job.progress + job.timeout > now:  # a piece came since this deadline was set
+                heapq.heappush(self.deadlines, (job.progress + job.timeout, key))
+                continue
+            self._fail(key, f'the request made no progress for -request_timeout {job.timeout:g}s (no piece of it '
+                            f'was computed; {job.received} of {job.n} inputs done); the server is overloaded or '
+                            'its workers are failing (see the server log)', ErrorCode.TIMEOUT)
         if len(self.deadlines) > 2 * len(self.pending) + 1000:  # answered requests leave their entries
             self.deadlines = [d for d in self.deadlines if d[1] in self.pending]
             heapq.heapify(self.deadlines)

@@ -84,7 +84,8 @@ class Ventilator:
         addresses: sockets.
         num_worker: local workers to wait for before the server is ready.
         max_request_bytes: largest request payload accepted.
-        request_timeout: seconds each accepted request may take (None: no bound); the sink enforces it.
+        request_timeout: seconds each accepted request may go without progress (None: no bound); the
+            sink enforces it.
         drain_timeout: seconds queued and in-flight requests get to finish when stopping.
         fingerprint: what every worker must match to join.
         show_tokens_to_client: send tokens with every result.
