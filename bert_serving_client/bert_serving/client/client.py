@@ -171,7 +171,8 @@ class BertClient:
             if reply is None and deadline is None and time.monotonic() >= next_log:
                 logger.warning('waiting for a bert-serving server at %s (requests to "port"=%d, results from '
                                '"port_out"=%d) for %.0f s; start one with `bert-serving-start`, or check ip, port '
-                               'and port_out', self.ip, self.port, self.port_out, time.monotonic() - started)
+                               'and port_out; %s', self.ip, self.port, self.port_out, time.monotonic() - started,
+                               self._auth_hint().rstrip())
                 next_log += WAIT_LOG_INTERVAL_S
         for req_id in asked:
             self._settle(req_id)  # answers to the other asks are duplicates: drop them
