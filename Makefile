@@ -1,11 +1,12 @@
 # Developer entry points. Everything installs into ./.venv; nothing touches the system Python.
 #
 #   make install   build both wheels and install them (re-runs only when sources change)
-#   make test      run the test suite against the working tree
+#   make test      run the test suite against the working tree, then test-client-pythons
+#   make test-client-pythons   the client's own tests on CPython 3.9-3.13 (pyenv or pythonX.Y on PATH)
 #   make serve     start a server on the bundled default model (extra flags: ARGS='...')
 #   make bench     compare the service with sentence-transformers (extra flags: ARGS='...')
 #   make soak      10 minutes of mixed traffic and chaos; fails on any lost or wrong reply (SOAK_SECONDS=120 shortens it)
-#   make clean     remove build/, dist/ and .venv/
+#   make clean     remove build/, dist/, .venv/ and .venv-pythons/
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,7 +23,7 @@ CLIENT_WHEEL := dist/bert_serving_client-$(VERSION)-py3-none-any.whl
 SERVER_WHEEL := dist/bert_serving_server-$(VERSION)-py3-none-any.whl
 PACKAGE_FILES := $(shell find bert_serving_client bert_serving_server -type f \( -name '*.py' -o -name '*.html' -o -name '*.txt' \) -not -path '*/__pycache__/*')
 
-.PHONY: install test serve bench clean
+.PHONY: install test test-client-pythons serve bench clean
 
 install: $(STAMP)
 
@@ -54,6 +55,14 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 # PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
 test: install
 	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m pytest tests -q
+	$(MAKE) test-client-pythons
+
+# The client declares Python >= 3.9: its tests run on each version in a small venv of its own
+# (pyzmq, numpy, pytest and the client wheel only), under .venv-pythons/. A missing interpreter
+# is skipped with a message; the table at the end gives the result on each.
+CLIENT_PYTHONS ?= 3.9 3.10 3.11 3.12 3.13
+test-client-pythons: install
+	sh tests/client_pythons.sh $(CLIENT_WHEEL) .venv-pythons $(CLIENT_PYTHONS)
 
 serve: install
 	$(VENV)/bin/bert-serving-start $(ARGS)
@@ -71,4 +80,4 @@ soak: install
 	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m benchmarks.soak --seconds $(SOAK_SECONDS) $(ARGS)
 
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build dist $(VENV) .venv-pythons

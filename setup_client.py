@@ -51,6 +51,12 @@ setup(
     },
     classifiers=[
         'Programming Language :: Python :: 3',
+        # `make test-client-pythons` runs the client's tests on each of these.
+        'Programming Language :: Python :: 3.9',
+        'Programming Language :: Python :: 3.10',
+        'Programming Language :: Python :: 3.11',
+        'Programming Language :: Python :: 3.12',
+        'Programming Language :: Python :: 3.13',
         'Intended Audience :: Developers',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ],

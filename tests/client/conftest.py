@@ -76,7 +76,7 @@ class FakeServer:
     """
 
     def __init__(self, *, max_seq_len=25, show_tokens_to_client=False, protocol_version=1,
-                 server_version='2.0.0', omit=()):
+                 server_version='2.0.0', omit=(), ports=None):
         self.config = {'server_version': server_version, 'protocol_version': protocol_version,
                        'max_seq_len': max_seq_len, 'show_tokens_to_client': show_tokens_to_client,
                        'pooling_strategy': 'REDUCE_MEAN', 'num_worker': 1}
@@ -90,6 +90,7 @@ class FakeServer:
         self.max_outstanding = 0
         self._changed = threading.Condition()
         self._gated: list = []  # (event, frames, is data) held until their event is set
+        self._ports = ports  # (port, port_out) to bind; None: random free ports
         self.port = self.port_out = None
         self._outstanding = 0
         self._scheduled: list = []  # heap of (due time, sequence number, frames, is data)
@@ -150,8 +151,13 @@ class FakeServer:
         try:
             for sock in (pull, xpub):
                 sock.linger = 0
-            self.port = pull.bind_to_random_port('tcp://127.0.0.1')
-            self.port_out = xpub.bind_to_random_port('tcp://127.0.0.1')
+            if self._ports is None:
+                self.port = pull.bind_to_random_port('tcp://127.0.0.1')
+                self.port_out = xpub.bind_to_random_port('tcp://127.0.0.1')
+            else:
+                self.port, self.port_out = self._ports
+                pull.bind(f'tcp://127.0.0.1:{self.port}')
+                xpub.bind(f'tcp://127.0.0.1:{self.port_out}')
             self._ready.set()
             self._serve(pull, xpub)
         except BaseException as err:  # reported by start() or stop() in the test's thread

@@ -9,10 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from bert_serving.client import (BadRequest, BertClient, BertServerBusyError, BertServerError,
+from bert_serving.client import (BadRequest, BertClient, BertServerBusyError, BertServerError, BertServerGoneError,
                                  BertServerShuttingDownError, BertServingError, BertTimeoutError, Response,
                                  __version__)
 from bert_serving.client.protocol import ErrorCode
+from bert_serving.client import client as client_module
+from bert_serving.client import connection
 from bert_serving.client.client import ASYNC_MAX_IN_FLIGHT, HANDSHAKE_TIMEOUT_MS
 
 TEXTS = ['hello world', 'the quick brown fox', 'a', 'First do it ||| then do it right']
@@ -283,7 +285,7 @@ def test_handshake_gives_up_when_nothing_listens(free_port):
     port, port_out = free_port(), free_port()
     started = time.monotonic()
     with pytest.raises(BertTimeoutError) as info:
-        BertClient(ip='127.0.0.1', port=port, port_out=port_out)  # timeout=-1 by default
+        BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=60000)  # any finite timeout
     elapsed = time.monotonic() - started
     assert elapsed < HANDSHAKE_TIMEOUT_MS / 1000 + 4, 'the handshake must not hang'
     message = str(info.value)
@@ -299,6 +301,40 @@ def test_handshake_honours_a_smaller_timeout(free_port):
     assert time.monotonic() - started < HANDSHAKE_TIMEOUT_MS / 1000, 'the smaller timeout was ignored'
 
 
+def test_handshake_with_timeout_minus_one_waits_for_a_server_that_starts_later(fake_server, free_port, caplog,
+                                                                               monkeypatch):
+    """1.10's default: a client started before its server waits for it, logging where it waits."""
+    monkeypatch.setattr(client_module, 'WAIT_LOG_INTERVAL_S', 0.2)  # 10 s in use; the test needs no such wait
+    port, port_out = free_port(), free_port()
+    made = {}
+
+    def construct():
+        try:
+            made['client'] = BertClient(ip='127.0.0.1', port=port, port_out=port_out)  # timeout=-1 by default
+        except BaseException as err:  # reported by the test's thread
+            made['error'] = err
+
+    waiting = [r for r in caplog.records if 'waiting for a bert-serving server' in r.getMessage()]
+    with caplog.at_level('WARNING', logger='bert_serving.client'):
+        thread = threading.Thread(target=construct)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(waiting) < 2 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+            waiting = [r for r in caplog.records if 'waiting for a bert-serving server' in r.getMessage()]
+        assert len(waiting) >= 2 and thread.is_alive(), 'the constructor did not wait for the server'
+        message = waiting[0].getMessage()
+        assert '127.0.0.1' in message and f'"port"={port}' in message and f'"port_out"={port_out}' in message
+        fake = fake_server(ports=(port, port_out))
+        thread.join(30)
+    assert not thread.is_alive() and 'error' not in made, made.get('error')
+    with made['client'] as bc:
+        assert bc.length_limit == 25
+        np.testing.assert_array_equal(bc.encode(['late but there']), fake.encode(['late but there']))
+    # It asked once before the server was up, not once a second into an empty queue.
+    assert len(fake.commands(b'SHOW_CONFIG')) <= 2
+
+
 def test_handshake_asks_again_when_the_first_reply_is_lost(fake):
     fake.config_plan = ['drop']  # what a slow-joining SUB does to the first reply of an old server
     with fake.client() as bc:
@@ -312,7 +348,8 @@ def test_handshake_ignores_a_late_duplicate_reply(fake):
     fake.config_plan = [release]  # the first answer is held until the second ask was answered
     with fake.client() as bc:
         first_ask, second_ask = fake.commands(b'SHOW_CONFIG')
-        assert fake.sent == [(bc.identity, second_ask.req_id)]
+        # The fake records a reply just after sending it, so the client may be quicker: wait for the record.
+        assert fake.wait_sent(second_ask.req_id) == 0 and len(fake.sent) == 1
         release.set()
         duplicate_at = fake.wait_sent(first_ask.req_id)
         # The duplicate went out before this request's reply, so the client reads it first and must drop it.
@@ -473,3 +510,42 @@ def test_client_package_imports_neither_tensorflow_nor_the_server():
             'bad = [m for m in sys.modules if m.startswith(("tensorflow", "bert_serving.server"))]; '
             'assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+
+
+# -- a server that goes away ------------------------------------------------------------------------
+
+
+def _wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, 'the fake never reached the state the test waits for'
+        time.sleep(0.02)
+
+
+def test_a_pending_request_fails_when_the_server_goes_away(fake_server, monkeypatch):
+    monkeypatch.setattr(connection, 'GONE_AFTER_S', 1.0)  # 12 s in use; tests/service checks that
+    fake = fake_server()
+    fake.delay = threading.Event()  # never set: the request stays open until the server goes
+    with fake.client() as bc:  # timeout=-1: only the lost connection can end the wait
+        bc.encode(['never answered'], blocking=False)
+        _wait_for(lambda: fake.data_requests())
+        fake.stop()
+        with pytest.raises(BertServerGoneError, match='did not come back within 1 s') as info:
+            bc.fetch_all()
+        assert isinstance(info.value, ConnectionError) and f'"port"={fake.port}' in str(info.value)
+        assert bc.status['num_pending_request'] == 0
+        with pytest.raises(BertServerGoneError):  # still gone: a new request fails at once
+            bc.encode(['later'])
+
+
+def test_a_server_back_on_the_same_ports_loses_nothing(fake_server):
+    first = fake_server()
+    first.delay = threading.Event()  # the request dies with this server
+    with first.client() as bc:
+        bc.encode(['sent before the restart'], blocking=False)
+        _wait_for(lambda: first.data_requests())
+        first.stop()
+        second = fake_server(ports=(first.port, first.port_out))
+        result = bc.fetch_all(concat=True)  # sent again on reconnect; the old server never answered
+        np.testing.assert_array_equal(result, second.encode(['sent before the restart']))
+        np.testing.assert_array_equal(bc.encode(['after']), second.encode(['after']))

@@ -149,3 +149,44 @@ def test_a_concurrent_client_is_a_bert_client(fake):
     with _pool(fake, max_concurrency=2) as cbc:
         assert isinstance(cbc, BertClient)
         np.testing.assert_allclose(cbc.encode(['a b', 'c']), fake.encode(['a b', 'c']))
+
+
+def test_a_pool_waits_for_a_server_that_starts_later_and_notices_when_it_goes(fake_server, free_port, monkeypatch):
+    from bert_serving.client import BertServerGoneError, connection
+
+    monkeypatch.setattr(connection, 'GONE_AFTER_S', 1.0)  # 12 s in use
+    port, port_out = free_port(), free_port()
+    made = {}
+
+    def construct():
+        try:  # timeout=-1 by default: every client of the pool waits for the server
+            made['pool'] = ConcurrentBertClient(max_concurrency=2, ip='127.0.0.1', port=port, port_out=port_out)
+        except BaseException as err:  # reported by the test's thread
+            made['error'] = err
+
+    thread = threading.Thread(target=construct)
+    thread.start()
+    time.sleep(0.5)  # not a timing assertion: the server merely starts after the pool
+    assert thread.is_alive(), made.get('error')
+    fake = fake_server(ports=(port, port_out))
+    thread.join(WAIT_SECONDS * 3)
+    assert not thread.is_alive() and 'error' not in made, made.get('error')
+    with made['pool'] as pool:
+        np.testing.assert_array_equal(pool.encode(['late']), fake.encode(['late']))
+        fake.delay = threading.Event()  # never set: the next request is open when the server goes
+        failure = {}
+
+        def encode():
+            try:
+                pool.encode(['never answered'])
+            except BertServingError as err:
+                failure['error'] = err
+
+        caller = threading.Thread(target=encode)
+        caller.start()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while len(fake.data_requests()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fake.stop()
+        caller.join(WAIT_SECONDS)
+        assert not caller.is_alive() and isinstance(failure.get('error'), BertServerGoneError), failure

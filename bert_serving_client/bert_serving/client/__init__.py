@@ -11,8 +11,8 @@ Needs only pyzmq and numpy. Quick start::
 from ._version import PROTOCOL_VERSION, __version__
 from .client import BertClient, Response
 from .concurrent import ConcurrentBertClient
-from .errors import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError, BertServingError,
-                     BertTimeoutError, KeyFileError, ProtocolError)
+from .errors import (BadRequest, BertServerBusyError, BertServerError, BertServerGoneError, BertServerShuttingDownError,
+                     BertServingError, BertTimeoutError, KeyFileError, ProtocolError)
 
 __all__ = [
     'BertClient',
@@ -22,6 +22,7 @@ __all__ = [
     'BertServerError',
     'BertServerBusyError',
     'BertServerShuttingDownError',
+    'BertServerGoneError',
     'BertTimeoutError',
     'ProtocolError',
     'BadRequest',

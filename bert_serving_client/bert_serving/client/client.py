@@ -8,6 +8,7 @@ Connects, never binds (``protocol.py`` describes the frames)::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -19,19 +20,26 @@ import numpy as np
 import zmq
 
 from ._version import PROTOCOL_VERSION, __version__
-from .errors import BertServerError, BertServingError, BertTimeoutError, ProtocolError
+from .connection import ConnectionWatch, enable_heartbeats
+from .errors import BertServerError, BertServerGoneError, BertServingError, BertTimeoutError, ProtocolError
 from .protocol import MAX_IDENTITY_BYTES, Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
 from .security import CurveKeys, secure_client_socket
 from .validation import validate_texts
 
-__all__ = ['BertClient', 'Response', 'HANDSHAKE_TIMEOUT_MS', 'HANDSHAKE_RESEND_MS', 'ASYNC_MAX_IN_FLIGHT']
+__all__ = ['BertClient', 'Response', 'HANDSHAKE_TIMEOUT_MS', 'HANDSHAKE_RESEND_MS', 'WAIT_LOG_INTERVAL_S',
+           'ASYNC_MAX_IN_FLIGHT']
 
-# The first SHOW_CONFIG gives up after this long even with timeout=-1, so a constructor pointed at
-# an absent server fails with advice instead of hanging forever.
+logger = logging.getLogger('bert_serving.client')
+
+# With a finite ``timeout``, the first SHOW_CONFIG gives up after this long (or after ``timeout`` if
+# smaller), so a constructor pointed at an absent server fails with advice. With timeout=-1 it
+# waits, as 1.10 did, for a server that is not up yet (containers and units start in any order).
 HANDSHAKE_TIMEOUT_MS = 10000
 # A SUB socket drops whatever the server publishes before its subscription arrives (the ZeroMQ
 # "slow joiner"); an old server would then never answer the first SHOW_CONFIG, so we ask again.
 HANDSHAKE_RESEND_MS = 1000
+# A handshake that waits for a server logs a warning this often, naming the address it waits on.
+WAIT_LOG_INTERVAL_S = 10.0
 # encode_async keeps at most this many batches at the server, so a fast generator cannot flood it.
 ASYNC_MAX_IN_FLIGHT = 16
 
@@ -65,9 +73,12 @@ class BertClient:
         check_length: Warn when an input has more words than the server's ``max_seq_len``.
         check_token_info: Ask whether the server can return tokens (needed by ``show_tokens``).
         ignore_all_checks: Skip the three checks above and the handshake they need.
-        timeout: Milliseconds to wait for each reply; -1 waits forever. The handshake in the
-            constructor always gives up after ``HANDSHAKE_TIMEOUT_MS`` (or ``timeout`` if smaller),
-            raising BertTimeoutError.
+        timeout: Milliseconds to wait for each reply; -1 waits forever. With -1 the handshake in
+            the constructor waits for a server that is not up yet, logging a warning every
+            ``WAIT_LOG_INTERVAL_S``; otherwise it gives up after ``HANDSHAKE_TIMEOUT_MS`` (or
+            ``timeout`` if smaller), raising BertTimeoutError. Whatever ``timeout`` says, requests
+            fail with BertServerGoneError once a dropped connection stays down for
+            ``connection.GONE_AFTER_S``; a server back within it (same ports) loses nothing.
         server_key: Path of the server's public ``server.key``, for a server started with
             ``-auth_dir`` (CurveZMQ: encrypted, and only clients whose key the server holds get in).
             Default: ``$BERT_SERVING_SERVER_KEY``; neither connects in plain text, as 1.10.
@@ -97,6 +108,7 @@ class BertClient:
         self.length_limit = 0  # 0: no length check; None: the server sets no limit
         self.token_info_available = False
         self._pending: Dict[int, bool] = {}  # req_id -> whether tokens were asked for
+        self._sent: Dict[int, list] = {}  # req_id -> its frames, sent again to a server that restarted
         self._buffered: Dict[int, Reply] = {}  # replies that came while waiting for another
         self._closed = False
         self._context = zmq.Context()
@@ -105,11 +117,17 @@ class BertClient:
             self._sender.linger = 0
             self._sender.sndtimeo = max(int(timeout), -1)  # a PUSH with no peer blocks once its queue is full
             secure_client_socket(self._sender, self._curve)
-            self._sender.connect(f'tcp://{ip}:{port}')
             self._receiver = self._context.socket(zmq.SUB)
             self._receiver.linger = 0
             self._receiver.subscribe(self.identity)
             secure_client_socket(self._receiver, self._curve)
+            for sock in (self._sender, self._receiver):
+                enable_heartbeats(sock)
+            self._watch = ConnectionWatch({'requests': self._sender, 'results': self._receiver})
+            self._poller = zmq.Poller()
+            for sock in (self._receiver, *self._watch.monitors):
+                self._poller.register(sock, zmq.POLLIN)
+            self._sender.connect(f'tcp://{ip}:{port}')
             self._receiver.connect(f'tcp://{ip}:{port_out}')
             if not ignore_all_checks and (check_version or show_server_config or check_length or check_token_info):
                 self._apply_config(self._handshake(), show_server_config, check_version, check_length,
@@ -139,13 +157,25 @@ class BertClient:
 
     def _handshake(self) -> dict:
         budget = min(self.timeout, HANDSHAKE_TIMEOUT_MS) if self.timeout > 0 else HANDSHAKE_TIMEOUT_MS
-        deadline = time.monotonic() + budget / 1000
+        started = time.monotonic()
+        deadline = None if self.timeout < 0 else started + budget / 1000
+        next_log = started + WAIT_LOG_INTERVAL_S
         asked, reply = set(), None
-        while reply is None and time.monotonic() < deadline:
-            asked.add(self._send(Command.SHOW_CONFIG, 0))
-            reply = self._wait_reply(asked, min(deadline, time.monotonic() + HANDSHAKE_RESEND_MS / 1000))
+        while reply is None and (deadline is None or time.monotonic() < deadline):
+            # Ask once, then again only while connected: asks made while nothing listens would pile
+            # up in the PUSH queue for a server that is not up yet.
+            if not asked or self._watch.is_up('requests'):
+                asked.add(self._send(Command.SHOW_CONFIG, 0))
+            until = time.monotonic() + HANDSHAKE_RESEND_MS / 1000
+            reply = self._wait_reply(asked, until if deadline is None else min(deadline, until), watch_gone=False)
+            if reply is None and deadline is None and time.monotonic() >= next_log:
+                logger.warning('waiting for a bert-serving server at %s (requests to "port"=%d, results from '
+                               '"port_out"=%d) for %.0f s; start one with `bert-serving-start`, or check ip, port '
+                               'and port_out; %s', self.ip, self.port, self.port_out, time.monotonic() - started,
+                               self._auth_hint().rstrip())
+                next_log += WAIT_LOG_INTERVAL_S
         for req_id in asked:
-            self._pending.pop(req_id, None)  # answers to the other asks are duplicates: drop them
+            self._settle(req_id)  # answers to the other asks are duplicates: drop them
         if reply is None:
             raise BertTimeoutError(
                 f'no response from a bert-serving server at {self.ip} within {budget} ms of connecting (requests go '
@@ -266,7 +296,7 @@ class BertClient:
         if failures:
             first, *others = sorted(failures, key=lambda e: e.req_id)
             for other in others:
-                first.add_note(f'request {other.req_id} failed too: {other}')
+                _add_note(first, f'request {other.req_id} failed too: {other}')
             raise first
         if sort:
             done.sort(key=lambda item: item[0].id)
@@ -316,11 +346,13 @@ class BertClient:
             raise BertServingError('this BertClient is closed; create a new one')
         req_id = self.request_id + 1
         try:
-            self._sender.send_multipart(pack_request(self.identity, payload, req_id, msg_len))
+            frames = pack_request(self.identity, payload, req_id, msg_len)
+            self._sender.send_multipart(frames)
         except zmq.Again as err:
             raise BertTimeoutError(self._timeout_message()) from err
         self.request_id = req_id
         self._pending[req_id] = show_tokens
+        self._sent[req_id] = frames
         return req_id
 
     def _command(self, command: bytes) -> dict:
@@ -336,21 +368,36 @@ class BertClient:
         if reply is None:
             if give_up:
                 for req_id in wanted:
-                    self._pending.pop(req_id, None)
+                    self._settle(req_id)
             raise BertTimeoutError(self._timeout_message())
         return reply
 
-    def _wait_reply(self, wanted: Set[int], deadline: Optional[float]) -> Optional[Reply]:
+    def _wait_reply(self, wanted: Set[int], deadline: Optional[float], watch_gone=True) -> Optional[Reply]:
         """Returns the first reply to a request in ``wanted``, keeping other pending requests'
-        replies for later; None once ``deadline`` (a ``time.monotonic()`` value) has passed."""
+        replies for later; None once ``deadline`` (a ``time.monotonic()`` value) has passed.
+
+        Raises:
+            BertServerGoneError: ``watch_gone`` and a connection to the server has been down for
+                ``gone_after`` seconds; the ``wanted`` requests are no longer pending.
+        """
         ready = wanted & self._buffered.keys()
         if ready:
             return self._buffered.pop(min(ready))
         while True:
-            if deadline is not None:
-                wait_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-                if not self._receiver.poll(wait_ms, zmq.POLLIN):
+            self._follow_connection()
+            limit, lost = deadline, self._watch.lost_since()
+            if watch_gone and lost is not None:
+                gone_at = lost + self._watch.gone_after
+                if time.monotonic() >= gone_at:
+                    for req_id in wanted:
+                        self._settle(req_id)
+                    raise BertServerGoneError(self._gone_message())
+                limit = gone_at if limit is None else min(limit, gone_at)
+            wait_ms = -1 if limit is None else max(0, math.ceil((limit - time.monotonic()) * 1000))
+            if self._receiver not in dict(self._poller.poll(wait_ms)):
+                if deadline is not None and time.monotonic() >= deadline:
                     return None
+                continue  # a connection changed, or it is time to check for a gone server
             # As bytes, not zmq.Frame: np.frombuffer then makes a read-only, aligned view, no copy.
             frames = self._receiver.recv_multipart()
             if not is_reply_for(self.identity, frames[0]):  # SUB matches topics by prefix
@@ -362,9 +409,32 @@ class BertClient:
                 self._buffered[reply.req_id] = reply
             # else: the request timed out or was a duplicate handshake ask: drop the late reply
 
+    def _follow_connection(self):
+        """Reads the connection events; when the request connection is back after a drop, sends
+        every unanswered request again: a server that restarted never got them (one that only lost
+        the link answers twice, and the second answer is dropped as late)."""
+        reconnects = self._watch.reconnects
+        self._watch.update()
+        if self._watch.reconnects == reconnects:
+            return
+        again = sorted(self._sent.keys() - self._buffered.keys())
+        for req_id in again:
+            try:
+                self._sender.send_multipart(self._sent[req_id], zmq.NOBLOCK)
+            except zmq.Again:
+                break  # the queue to the server is full; the requests left fail or time out as usual
+        if again:
+            logger.warning('the connection to the bert-serving server at %s:%d is back; sent %d unanswered '
+                           'request(s) again', self.ip, self.port, len(again))
+
+    def _settle(self, req_id: int):
+        """Stops waiting for ``req_id``: a reply to it that comes later is dropped."""
+        self._pending.pop(req_id, None)
+        self._sent.pop(req_id, None)
+
     def _take(self, reply: Reply, kind: str):
         """Settles the request: a Response for kind 'result', the object for 'json', or the server's error."""
-        self._pending.pop(reply.req_id, None)
+        self._settle(reply.req_id)
         if reply.kind == 'error':
             raise reply_error(reply)
         if reply.kind != kind:
@@ -391,9 +461,24 @@ class BertClient:
         return ('the server lets in only keys it holds: is server_key the server\'s server.key, and is the '
                 'public .key of client_key in the server\'s authorized/ folder? ')
 
+    def _gone_message(self) -> str:
+        return (f'lost the connection to the bert-serving server at {self.ip} ({" and ".join(self._watch.down())} '
+                f'port down: "port"={self.port}, "port_out"={self.port_out}) and it did not come back within '
+                f'{self._watch.gone_after:.0f} s; the requests waiting for a reply failed. Is the server still '
+                'running (a restart on the same ports within that time loses nothing)? Is the network broken?')
+
     def _timeout_message(self) -> str:
         return (f'no response from the server (with "timeout"={self.timeout} ms), please check the following: '
                 f'is the server at {self.ip} still online? is the network broken? are "port"={self.port} and '
                 f'"port_out"={self.port_out} correct? are you encoding a huge amount of data whereas the '
                 f'timeout is too small for that? {self._auth_hint().rstrip()}')
 
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    """``err.add_note(note)`` (Python 3.11+); on 3.9/3.10 the note goes into ``err.__notes__``
+    all the same, where 3.11's traceback would look for it, so callers read it the same way."""
+    if hasattr(err, 'add_note'):
+        err.add_note(note)
+    else:
+        err.__notes__ = [*getattr(err, '__notes__', ()), note]

@@ -7,6 +7,7 @@ Every error this project raises derives from :class:`BertServingError`::
     │   ├── BertServerBusyError        the server's queue is full: retry after ``retry_after`` seconds
     │   └── BertServerShuttingDownError  the server stops and will not serve this request
     ├── BertTimeoutError               no reply in time (also a TimeoutError)
+    ├── BertServerGoneError            the connection to the server dropped and did not come back
     ├── ProtocolError                  a malformed message on the wire (also a ValueError)
     ├── BadRequest                     invalid input, named element by element (also a ValueError)
     └── KeyFileError                   a CurveZMQ key file is missing or of the wrong kind (also a ValueError)
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Optional
 
 __all__ = ['BertServingError', 'BertServerError', 'BertServerBusyError', 'BertServerShuttingDownError',
-           'BertTimeoutError', 'ProtocolError', 'BadRequest', 'KeyFileError']
+           'BertTimeoutError', 'BertServerGoneError', 'ProtocolError', 'BadRequest', 'KeyFileError']
 
 
 class BertServingError(Exception):
@@ -65,6 +66,12 @@ class BertServerShuttingDownError(BertServerError):
 
 class BertTimeoutError(BertServingError, TimeoutError):
     """No answer from the server in time; the message says what to check."""
+
+
+class BertServerGoneError(BertServingError, ConnectionError):
+    """The client's connection to the server dropped and did not come back in time (the server was
+    killed, stopped, or is unreachable); the requests still waiting for a reply failed. Raised
+    whatever ``timeout`` says; the message names the address and what to check."""
 
 
 class ProtocolError(BertServingError, ValueError):
