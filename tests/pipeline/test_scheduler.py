@@ -6,8 +6,7 @@ import random
 import pytest
 
 from bert_serving.client.protocol import ErrorCode
-from bert_serving.server.pipeline.messages import HEARTBEAT_SECONDS
-from bert_serving.server.pipeline.scheduler import (DELIVERY_GRACE_SECONDS, MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused,
+from bert_serving.server.pipeline.scheduler import (MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused,
                                                     Scheduler, SchedulerConfig)
 
 
