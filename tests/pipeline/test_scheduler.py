@@ -438,23 +438,33 @@ def test_one_request_bigger_than_the_queue_at_a_time_goes_and_frees_room_as_its_
     assert s.open_rows == 1 and s.oversize is not None
 
 
-def test_the_normal_queue_takes_turns_between_requests(clock):
-    # A request queued behind a big one gets a piece every few batches, not after the whole of it.
-    s = make(clock, max_batch_size=4, priority_batch_size=0)
-    big = s.accept(b'big', 1, words(40), False)  # 10 pieces
+def test_the_request_bigger_than_the_queue_takes_turns_with_the_others(clock):
+    # A request queued behind a big one gets a piece every other batch, not after the whole of it.
+    s = make(clock, max_batch_size=4, priority_batch_size=0, max_queue_rows=30)
+    big = s.accept(b'big', 1, words(40), False)  # 10 pieces, bigger than the queue
     s.add_worker(b'w', credit=1, label='0')
-    [first] = s.take_batches()
-    small = s.accept(b'small', 1, words(8), False)  # 2 pieces
-    other = s.accept(b'other', 1, words(4), False)  # 1 piece
-    assert [p.serial for p in queued_pieces(s)] == [big, small, other, big, small] + [big] * 7
+    for _ in range(4):  # until it has streamed down to 24 open rows
+        [batch] = s.take_batches()
+        s.done(b'w', batch.batch_id)
+        s.confirm([p.piece_id for p in batch.pieces])
+    small = s.accept(b'small', 1, words(4), False)  # 1 piece
+    other = s.accept(b'other', 1, words(2), False)  # 1 piece
+    assert [p.serial for p in queued_pieces(s)] == [big, small, big, other] + [big] * 4
     order = []
-    for _ in range(12):
-        s.done(b'w', first.batch_id)
-        s.confirm([p.piece_id for p in first.pieces])
-        [first] = s.take_batches()
-        order.append(first.pieces[0].serial)
-    assert order[:5] == [big, small, other, big, small]
-    assert sorted(len(p.rows) for p in first.pieces) == [4]
+    for _ in range(8):
+        [batch] = s.take_batches()
+        order.append(batch.pieces[0].serial)
+        s.done(b'w', batch.batch_id)
+        s.confirm([p.piece_id for p in batch.pieces])
+    assert order == [big, small, big, other] + [big] * 4
+
+
+def test_ordinary_requests_are_served_first_come_first_served(clock):
+    # Taking turns among ordinary requests would make all of them finish late together.
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    a = s.accept(b'a', 1, words(12), False)  # 3 pieces
+    b = s.accept(b'b', 1, words(8), False)  # 2 pieces
+    assert [p.serial for p in queued_pieces(s)] == [a, a, a, b, b]
 
 
 def test_confirming_a_piece_twice_frees_its_room_once(clock):

@@ -257,21 +257,23 @@ class Scheduler:
         return serial
 
     def _take_turns(self) -> None:
-        """Orders the normal queue round-robin between its requests: the first queued piece of each,
-        oldest request first, then the second of each, and so on. A request queued behind a big one
-        (a 250,000-input call is ~1,000 pieces) then gets a piece computed every few batches instead
-        of waiting for the whole of it, and never goes -request_timeout without progress because of
-        it. O(queued pieces) per request that enters this queue."""
-        turns: Dict[int, int] = {}
-        order = []
+        """Interleaves the one request bigger than the queue (a 250,000-input call is ~1,000 pieces)
+        with everything else in the normal queue, one piece each in turn; the others keep their first
+        come, first served order. A request queued behind the big one then gets a piece computed
+        every other batch instead of waiting for the whole of it (and never goes -request_timeout
+        without progress because of it), while ordinary requests still finish one after another
+        rather than all late together. O(queued pieces) per request that enters this queue."""
+        if self.oversize is None:
+            return
+        big, others = [], []
         for piece_id in self.normal:
             piece = self.pieces.get(piece_id)
             if piece is None or piece_id not in self.queued:
                 continue  # forgotten or dispatched: dropped here as in _compact
-            turn = turns[piece.serial] = turns.get(piece.serial, -1) + 1
-            order.append((turn, piece.serial, piece_id))
-        order.sort()
-        self.normal = deque(piece_id for _, _, piece_id in order)
+            (big if piece.serial == self.oversize else others).append(piece_id)
+        order = [piece_id for pair in zip(big, others) for piece_id in pair]
+        n = min(len(big), len(others))
+        self.normal = deque(order + big[n:] + others[n:])
 
     def finished(self, serials) -> None:
         """The sink answered or failed these requests: forget them and their pieces."""
