@@ -1,7 +1,7 @@
 # Developer entry points. Everything installs into ./.venv; nothing touches the system Python.
 #
 #   make install   build both wheels and install them (re-runs only when sources change)
-#   make test      run the test suite against the working tree, then test-client-pythons
+#   make test      check the import layers (.importlinter), run the test suite, then test-client-pythons
 #   make test-client-pythons   the client's own tests on CPython 3.9-3.13 (pyenv or pythonX.Y on PATH)
 #   make serve     start a server on the bundled default model (extra flags: ARGS='...')
 #   make bench     compare the service with sentence-transformers (extra flags: ARGS='...')
@@ -54,6 +54,7 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 
 # PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
 test: install
+	PYTHONPATH=bert_serving_server:bert_serving_client $(VENV)/bin/lint-imports --no-cache
 	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m pytest tests -q
 	$(MAKE) test-client-pythons
 

@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR, write_keypair
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR
 
 from netns_support import ADDR_A, wait_for
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.engine.base import create_engine
+from bert_serving.server.engine.factory import create_engine
 from bert_serving.server.engine.fake import FAKE_WIDTH, FakeEngine
 
 

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 import pytest
 
-from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR, write_keypair
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.security import AUTHORIZED_DIR, WORKERS_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'service'))  # service_support, by name
 from service.conftest import fake_vectors, launch, raw_peer, server_factory  # noqa: E402,F401 - fixtures

@@ -2,7 +2,7 @@
 limits it to this machine). With -auth_dir the server is shared between keys, so an authorised client
 may not stop it for everyone: only this machine may, unless ``-remote_terminate``.
 
-The decision is :func:`security.may_terminate` on the request's first frame; a frame without a peer
+The decision is :func:`pipeline.peers.may_terminate` on the request's first frame; a frame without a peer
 address (bytes) stands for a remote peer here. The cross-host test is
 tests/network/test_secure_network.py, where an authorised TERMINATE from another host is ignored.
 """
@@ -14,7 +14,9 @@ import pytest
 
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.errors import ConfigError
-from bert_serving.server.security import AUTHORIZED_DIR, AuthConfig, may_terminate, write_keypair
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.pipeline.peers import may_terminate
+from bert_serving.server.security import AUTHORIZED_DIR, AuthConfig
 
 REMOTE_FRAME = b'no peer address: counts as remote'
 

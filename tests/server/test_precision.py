@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bert_serving.server.engine import devices, graph
+from bert_serving.server import cpu as cpu_probe
+from bert_serving.server.engine import graph
 from bert_serving.server.engine.checkpoint import locate_model
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
@@ -20,7 +21,7 @@ def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def no_fast_bf16(monkeypatch):
     """Pretends this CPU lacks AVX512-BF16 and AMX."""
-    monkeypatch.setattr(devices, 'cpu_has_fast_bf16', lambda: False)
+    monkeypatch.setattr(cpu_probe, 'cpu_has_fast_bf16', lambda: False)
 
 
 @pytest.mark.parametrize('fields, compute, output', [
@@ -36,7 +37,7 @@ def test_dtypes_of_each_flag(fields, compute, output):
 
 @pytest.mark.parametrize('fast_bf16, compute', [(True, 'bfloat16'), (False, 'float32')])
 def test_fp16_on_a_cpu_computes_in_what_the_cpu_does_fast(fast_bf16, compute, monkeypatch):
-    monkeypatch.setattr(devices, 'cpu_has_fast_bf16', lambda: fast_bf16)
+    monkeypatch.setattr(cpu_probe, 'cpu_has_fast_bf16', lambda: fast_bf16)
     config = EngineConfig(fp16=True)
     assert (config.compute_dtype, config.output_dtype) == (compute, 'float16')
 

@@ -27,9 +27,11 @@ from bert_serving.client.protocol import Command, pack_json_reply, pack_request,
 from bert_serving.client.security import load_keypair, load_public_key
 from bert_serving.server.cli import keygen
 from bert_serving.server.errors import ConfigError
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.log import redact_args
+from bert_serving.server.pipeline.peers import is_loopback_address, may_terminate, peer_of
 from bert_serving.server.security import (AUTHORIZED_DIR, AuthConfig, CurveKeys, authenticator, bind_address,
-                                          is_loopback_address, local_peer_keys, may_terminate, peer_of,
-                                          redact_args, secure_client_socket, secure_server_socket, write_keypair)
+                                          local_peer_keys, secure_client_socket, secure_server_socket)
 
 WAIT_SECONDS = 10.0  # the most any wait for something that must happen may take
 NOTHING_MS = 1500  # how long a refused peer is watched; nothing may arrive in that time

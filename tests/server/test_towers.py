@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bert_serving.server.config import EngineConfig
-from bert_serving.server.engine import devices
+from bert_serving.server import cpu
 from bert_serving.server.engine.modeling import NARROW_PREFIX
 
 
@@ -31,10 +31,10 @@ def test_onednn_is_read_as_tensorflow_decides_it(monkeypatch, env, machine, flag
         monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
     else:
         monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', env)
-    monkeypatch.setattr(devices.platform, 'machine', lambda: machine)
-    monkeypatch.setattr(devices.sys, 'platform', 'linux')
-    monkeypatch.setattr(devices, '_cpu_flags', lambda: frozenset(flags))
-    assert devices.onednn_enabled() is expected
+    monkeypatch.setattr(cpu.platform, 'machine', lambda: machine)
+    monkeypatch.setattr(cpu.sys, 'platform', 'linux')
+    monkeypatch.setattr(cpu, '_cpu_flags', lambda: frozenset(flags))
+    assert cpu.onednn_enabled() is expected
 
 
 def test_layer_norms_are_fused_only_in_a_cpu_graph_with_onednn(monkeypatch):

@@ -9,7 +9,8 @@ import urllib.request
 import pytest
 
 from bert_serving.client import BertTimeoutError
-from bert_serving.server.security import AUTHORIZED_DIR, write_keypair
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.security import AUTHORIZED_DIR
 from bert_serving.server.service import BertServer
 
 from service_support import FAKE, REPLY_MS

@@ -23,7 +23,7 @@ from bert_serving.client import BertServerBusyError, BertServerError
 from bert_serving.client.protocol import ErrorCode, pack_request, unpack_reply
 from bert_serving.server import service
 from bert_serving.server.engine.fake import FAKE_WIDTH
-from bert_serving.server.pipeline.launcher import ChildProcess
+from bert_serving.server.launcher import ChildProcess
 
 from broken_worker import BROKEN_WORD
 from service_support import FAKE, fake_expected, paused, sentence, wait_until

@@ -3,7 +3,8 @@ threads and batch-token budget, the warning when CPU workers x threads exceed th
 budget in the server's status. (GPU plans are tested with given GPU lists in tests/server/test_devices.py.)"""
 import logging
 
-from bert_serving.server.engine.devices import CPU_BATCH_TOKENS, available_cores
+from bert_serving.server.cpu import available_cores
+from bert_serving.server.engine.devices import CPU_BATCH_TOKENS
 
 from service_support import FAKE
 

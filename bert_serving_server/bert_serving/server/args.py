@@ -290,7 +290,7 @@ def get_benchmark_parser() -> argparse.ArgumentParser:
 
 def format_args(args) -> str:
     """The table of arguments printed at start."""
-    from .security import redact_args, redact_argv
+    from .log import redact_args, redact_argv
     rows = [f'{k:>24} = {v}' for k, v in sorted(redact_args(vars(args)).items())]
     return '\n'.join([f'usage: {" ".join(redact_argv(sys.argv))}', f'{"ARG":>24}   VALUE', '_' * 50] + rows)
 

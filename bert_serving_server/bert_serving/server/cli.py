@@ -111,7 +111,8 @@ def keygen(argv: Optional[List[str]] = None) -> int:
     Returns:
         0 once written; 2 if NAME is not a plain name, the pair exists, or DIR is not writable.
     """
-    from .security import AUTHORIZED_DIR, SERVER_SECRET_FILE, WORKERS_DIR, write_keypair
+    from .keygen import write_keypair
+    from .security import AUTHORIZED_DIR, SERVER_SECRET_FILE, WORKERS_DIR
     args = get_keygen_parser().parse_args(argv)
     try:
         public, secret = write_keypair(args.dir, args.name)

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Optional, Tuple
 
+from . import cpu
 from .errors import ConfigError
 
 __all__ = ['PoolingStrategy', 'EngineConfig', 'ServerConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
@@ -208,8 +209,7 @@ class EngineConfig:
             return 'float32'
         if self.on_gpu:
             return 'float16'
-        from .engine.devices import cpu_has_fast_bf16
-        return 'bfloat16' if cpu_has_fast_bf16() else 'float32'
+        return 'bfloat16' if cpu.cpu_has_fast_bf16() else 'float32'
 
     @property
     def fused_layer_norm(self) -> bool:
@@ -217,8 +217,7 @@ class EngineConfig:
         form TensorFlow's oneDNN remapper turns into one ``_MklLayerNorm`` kernel: a CPU graph where
         oneDNN is on (engine.devices). Elsewhere that form would run as a slow generic batch norm,
         so the graph keeps the plain one."""
-        from .engine.devices import onednn_enabled
-        return not self.on_gpu and onednn_enabled()
+        return not self.on_gpu and cpu.onednn_enabled()
 
     @property
     def output_dtype(self) -> str:

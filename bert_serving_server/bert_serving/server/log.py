@@ -4,10 +4,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import List, Mapping, Sequence
 
 from termcolor import colored
 
-__all__ = ['get_logger', 'sanitize_for_log', 'LOGGED_CHARS']
+__all__ = ['get_logger', 'sanitize_for_log', 'LOGGED_CHARS', 'redact_args', 'redact_argv', 'SECRET_FLAGS']
+
+# Flags whose value must not reach a log, the start-up table or a SHOW_CONFIG reply.
+SECRET_FLAGS = ('http_token',)
 
 # The most characters of one peer-supplied value that reach a log line: enough for a host name, a
 # device or the first lines of an error, too few for one peer to flood the log.
@@ -70,3 +74,26 @@ def sanitize_for_log(value, limit: int = LOGGED_CHARS) -> str:
     if len(text) > limit:
         text = f'{text[:limit]}... ({len(text) - limit} more characters)'
     return text
+
+
+def redact_argv(argv: Sequence[str]) -> List[str]:
+    """A copy of a command line in which the value of every secret flag reads ``***``
+    (``-http_token X`` and ``-http_token=X``)."""
+    out: List[str] = []
+    hide = False
+    for arg in argv:
+        flag = arg.split('=', 1)[0].lstrip('-')
+        if hide:
+            out.append('***')
+        elif flag in SECRET_FLAGS and '=' in arg:
+            out.append(arg.split('=', 1)[0] + '=***')
+        else:
+            out.append(arg)
+        hide = not hide and flag in SECRET_FLAGS and '=' not in arg
+    return out
+
+
+def redact_args(args: Mapping) -> dict:
+    """A copy of parsed flags (e.g. ``vars(args)``) in which every secret flag that is set reads ``***``:
+    for the start-up table and SHOW_CONFIG, which every client may ask for."""
+    return {k: ('***' if k in SECRET_FLAGS and v else v) for k, v in args.items()}

@@ -1,4 +1,5 @@
-"""CurveZMQ on the server's TCP sockets, the bind address, and who may send TERMINATE.
+"""CurveZMQ on the server's TCP sockets and the bind address (keys are written by ``keygen``; who may
+send TERMINATE is ``pipeline.peers``).
 
 Without ``-auth_dir`` nothing changes: sockets are plain, as in 1.10. With ``-auth_dir DIR`` every
 TCP socket the server binds (the ventilator's client PULL, the sink's XPUB, the worker ports) is a
@@ -33,12 +34,11 @@ import contextlib
 import ipaddress
 import logging
 import os
-import stat
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, Optional, Tuple
 
 import zmq
 import zmq.auth
@@ -50,17 +50,14 @@ from bert_serving.client.security import CurveKeys, load_keypair, load_public_ke
 from .errors import ConfigError
 
 __all__ = ['AuthConfig', 'CurveKeys', 'authenticator', 'start_authenticator', 'secure_server_socket',
-           'secure_client_socket', 'bind_address', 'ephemeral_keypair', 'local_peer_keys', 'may_terminate', 'is_loopback_address',
-           'peer_of', 'redact_args', 'redact_argv', 'write_keypair', 'SERVER_SECRET_FILE', 'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'SECRET_FLAGS',
-           'WORKERS_DIR', 'WORKER_DOMAIN']
+           'secure_client_socket', 'bind_address', 'ephemeral_keypair', 'local_peer_keys', 'SERVER_SECRET_FILE',
+           'AUTHORIZED_DIR', 'ZAP_DOMAIN', 'WORKERS_DIR', 'WORKER_DOMAIN']
 
 SERVER_SECRET_FILE = 'server.key_secret'
 AUTHORIZED_DIR = 'authorized'
 WORKERS_DIR = 'authorized_workers'
 ZAP_DOMAIN = 'bert-serving'  # the client ports
 WORKER_DOMAIN = 'bert-serving-workers'  # the worker ports
-# Flags whose value must not reach a log, the start-up table or a SHOW_CONFIG reply.
-SECRET_FLAGS = ('http_token',)
 MAX_LOGGED_REFUSALS = 1000  # distinct refused keys logged; a peer retrying every 100 ms is logged once
 
 _logger = logging.getLogger(__name__)
@@ -327,126 +324,3 @@ def local_peer_keys(auth: AuthConfig) -> Optional[CurveKeys]:
         return None
     public, secret = ephemeral_keypair()
     return CurveKeys(auth.server_keypair()[0].decode('ascii'), public, secret)
-
-
-def _peer_address(frame) -> Optional[str]:
-    try:
-        return frame.get('Peer-Address') if isinstance(frame, zmq.Frame) else None
-    except zmq.ZMQError:  # a frame that came over no network (inproc) has no such property
-        return None
-
-
-def may_terminate(auth: AuthConfig, frame) -> bool:
-    """Whether to obey a TERMINATE whose first frame is ``frame``.
-
-    With ``allow_remote_terminate`` (without ``-auth_dir``, or with ``-remote_terminate``), yes, as in
-    1.10; with CurveZMQ on, only keys in ``authorized/`` get a message through at all. Without it
-    (``-auth_dir`` alone, or ``-no_remote_terminate``), only a TERMINATE from this machine's loopback
-    is obeyed (``bert-serving-terminate`` on the server's host); SIGTERM and Ctrl-C always work.
-
-    Args:
-        frame: the request's first frame as a ``zmq.Frame`` (received with ``copy=False``), whose
-            ``Peer-Address`` says where it came from. Bytes carry no address and count as remote.
-    """
-    if auth.allow_remote_terminate:
-        return True
-    return is_loopback_address(_peer_address(frame) or '')
-
-
-def is_loopback_address(address: str) -> bool:
-    """Whether a peer address (as ``Peer-Address`` gives it) is this machine's loopback."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:  # empty, a name, or scoped (fe80::1%eth0): not loopback
-        return False
-    mapped = getattr(ip, 'ipv4_mapped', None)
-    return (mapped or ip).is_loopback
-
-
-def peer_of(frame) -> str:
-    """Who sent ``frame`` (a ``zmq.Frame``), for logs: ``key <z85> from <address>`` as far as known."""
-    parts = []
-    if isinstance(frame, zmq.Frame):
-        try:
-            parts.append(f'key {frame.get("User-Id")}')
-        except zmq.ZMQError:
-            pass
-    address = _peer_address(frame)
-    if address:
-        parts.append(f'from {address}')
-    return ' '.join(parts) or 'an unknown peer'
-
-
-def redact_argv(argv: Sequence[str]) -> List[str]:
-    """A copy of a command line in which the value of every secret flag reads ``***``
-    (``-http_token X`` and ``-http_token=X``)."""
-    out: List[str] = []
-    hide = False
-    for arg in argv:
-        flag = arg.split('=', 1)[0].lstrip('-')
-        if hide:
-            out.append('***')
-        elif flag in SECRET_FLAGS and '=' in arg:
-            out.append(arg.split('=', 1)[0] + '=***')
-        else:
-            out.append(arg)
-        hide = not hide and flag in SECRET_FLAGS and '=' not in arg
-    return out
-
-
-def redact_args(args: Mapping) -> dict:
-    """A copy of parsed flags (e.g. ``vars(args)``) in which every secret flag that is set reads ``***``:
-    for the start-up table and SHOW_CONFIG, which every client may ask for."""
-    return {k: ('***' if k in SECRET_FLAGS and v else v) for k, v in args.items()}
-
-
-def write_keypair(directory, name: str) -> Tuple[Path, Path]:
-    """Writes ``NAME.key`` (public) and ``NAME.key_secret`` (both halves) in ``directory``, as
-    ``zmq.auth.create_certificates`` does, readable by their owner only (the public one may be
-    shared: it is made world-readable afterwards). For ``name == 'server'`` it also creates the
-    empty ``authorized/`` and ``authorized_workers/`` folders that ``-auth_dir`` expects.
-
-    Raises:
-        ConfigError: ``name`` is not a plain file name, a file of that pair exists already (a
-            pair is never overwritten: peers may hold its public key), or ``directory`` (or its
-            ``authorized/``) exists but is owned by another user or writable by group or others,
-            who could then read the secret key or add keys of their own.
-    """
-    if not name or name != Path(name).name or name.startswith('.'):
-        raise ConfigError(f'the key name must be a plain file name such as "server" or "alice", got {name!r}')
-    folder = Path(directory)
-    for path in (folder, folder / AUTHORIZED_DIR):
-        _check_private_folder(path)
-    public, secret = folder / f'{name}.key', folder / f'{name}.key_secret'
-    for path in (public, secret):
-        if path.exists():
-            raise ConfigError(f'{path} exists already; choose another NAME, or delete that pair first (every '
-                              'peer holding its public key must then get the new one)')
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    old_umask = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
-    try:
-        zmq.auth.create_certificates(folder, name)
-        if name == 'server':
-            (folder / AUTHORIZED_DIR).mkdir(mode=0o700, exist_ok=True)
-            (folder / WORKERS_DIR).mkdir(mode=0o700, exist_ok=True)
-    finally:
-        os.umask(old_umask)
-    public.chmod(0o644)
-    return public, secret
-
-
-def _check_private_folder(path: Path) -> None:
-    """Refuses an existing folder that someone else could write into or that is not ours."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return  # write_keypair creates it, private
-    if not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f'{path} exists and is not a folder; give a folder for the keys')
-    if hasattr(os, 'geteuid') and st.st_uid != os.geteuid():
-        raise ConfigError(f'{path} belongs to another user (uid {st.st_uid}), who could read or replace the keys; '
-                          f'use a folder of your own, or take it over: chown {os.geteuid()} {path}')
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f'{path} is writable by {"others" if st.st_mode & stat.S_IWOTH else "its group"} '
-                          f'(mode {stat.S_IMODE(st.st_mode):o}), who could swap the keys; make it private: '
-                          f'chmod 700 {path}')

@@ -32,20 +32,21 @@ from bert_serving.client.protocol import PROTOCOL_VERSION, WIRE_RELEASE, Command
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, PoolingStrategy, ServerConfig
+from .cpu import available_cores
 from .errors import ConfigError
-from .engine.devices import (available_cores, batch_token_budget, cpu_oversubscription, cpu_threads, plan_devices,
+from .engine.devices import (batch_token_budget, cpu_oversubscription, cpu_threads, plan_devices,
                              planned_layer_shards, session_threads)
 from .engine.features import token_counts
 from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensorflow_version
 from .engine.tokenization import BertTokenizer
-from .log import get_logger
-from .pipeline.launcher import ChildProcess
+from .log import get_logger, redact_args
+from .launcher import ChildProcess
 from .pipeline.scheduler import Scheduler, SchedulerConfig
 from .pipeline.sink import SinkSettings
 from .pipeline.supervisor import Supervisor
 from .pipeline.ventilator import Addresses, Ventilator
 from .pipeline.worker import WorkerSettings, worker_spec
-from .security import AuthConfig, authenticator, bind_address, local_peer_keys, redact_args, secure_server_socket
+from .security import AuthConfig, authenticator, bind_address, local_peer_keys, secure_server_socket
 
 __all__ = ['BertServer']
 

@@ -1,12 +1,17 @@
 """The engine: text in, arrays out. Everything that knows about BERT and TensorFlow lives here.
 
-Modules, one role each:
-    tokenization  WordPiece tokenizer
+Modules, one role each (floors from the top; `.importlinter` keeps them so):
+    factory       create_engine: picks the Encoder or the FakeEngine a worker runs
+    encoder       Encoder: the in-process API over everything below
+    fake          FakeEngine: a few lines of numpy that stand in for the model in tests
+    base          Engine: the interface both implement
+    devices       which device each worker uses, its CPU threads and batch-token budget
+    runner        GraphRunner: runs a frozen graph in a TensorFlow session
+    tfimport      imports TensorFlow's runtime without its public API (a worker's start-up)
+    graph         freezes, optimises and caches the graph on disk
+    modeling      builds the inference graph (layers, pooling, heads)
     features      input layout: [CLS] a [SEP] b [SEP], truncation, padding
     checkpoint    finds and reads model files (Google or Hugging Face layout)
-    modeling      builds the inference graph (layers, pooling, heads)
-    graph         freezes, optimises, caches and runs the graph
-    devices       which device each worker uses, CPU threads and features
-    encoder       Encoder: the in-process API over all of the above
+    tokenization  WordPiece tokenizer
 """
 __all__ = []

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['Engine', 'create_engine']
+__all__ = ['Engine']
 
 
 class Engine(abc.ABC):
@@ -65,16 +65,3 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Frees what the engine holds."""
 
-
-def create_engine(config, **runtime) -> Engine:
-    """The engine ``config.engine`` names: ``'tensorflow'`` (Encoder) or ``'fake'`` (FakeEngine).
-
-    Args:
-        config: the EngineConfig.
-        **runtime: Encoder arguments (threads, graph, batch budgets); FakeEngine ignores them.
-    """
-    if config.engine == 'fake':
-        from .fake import FakeEngine
-        return FakeEngine(config)
-    from .encoder import Encoder
-    return Encoder(config, **runtime)

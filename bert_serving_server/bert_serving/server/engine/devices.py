@@ -1,16 +1,14 @@
-"""Which device each worker runs on, how many CPU threads and batch tokens it gets, and what the CPU
-can do fast."""
+"""Which device each worker runs on, and how many CPU threads and batch tokens it gets (what the CPU
+itself can do is probed in ``..cpu``)."""
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import platform
-import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ['plan_devices', 'available_cores', 'cpu_threads', 'cpu_oversubscription', 'batch_token_budget',
-           'CPU_BATCH_TOKENS', 'planned_layer_shards', 'session_threads', 'cpu_has_fast_bf16', 'onednn_enabled']
+from ..cpu import available_cores
+
+__all__ = ['plan_devices', 'cpu_threads', 'cpu_oversubscription', 'batch_token_budget',
+           'CPU_BATCH_TOKENS', 'planned_layer_shards', 'session_threads']
 
 # Padded tokens per model call on a CPU: 4096 ran 1.5x faster than 16384 (smaller activations stay in
 # cache; docs/benchmark.md). A GPU wants whole batches; there the budget is the original's batch.
@@ -18,8 +16,6 @@ CPU_BATCH_TOKENS = 4096
 # With -max_seq_len NONE an input is as long as BERT takes: the position embeddings of BERT-base.
 LONGEST_INPUT = 512
 
-# /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
-_BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
 def _available_gpus(limit: int) -> Tuple[int, List[int]]:
@@ -61,11 +57,6 @@ def plan_devices(num_worker: int, cpu: bool, device_map: Sequence[int], logger: 
                        '-device_map to choose', num_worker, gpus, sorted(set(chosen)), total,
                        -(-num_worker // gpus), gpus)
     return [chosen[i % len(chosen)] for i in range(num_worker)]
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 
 def cpu_threads(num_cpu_workers: int) -> int:
@@ -122,39 +113,3 @@ def session_threads(threads: int, shards: int) -> Tuple[int, int]:
     cores left over as intra-op threads of each op."""
     shards = max(1, int(shards))
     return max(1, int(threads) // shards), shards
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset:
-    """The CPU's feature flags from /proc/cpuinfo (empty where that file does not exist, e.g. macOS)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8', errors='replace') as f:
-            for line in f:
-                if line.startswith('flags'):
-                    return frozenset(line.split(':', 1)[-1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True if this CPU has AVX512-BF16 or AMX-BF16."""
-    return not _BF16_FLAGS.isdisjoint(_cpu_flags())
-
-
-# TensorFlow turns its oneDNN optimisations on by default on Linux x86-64 for CPUs with one of these
-# (its DefaultOneDnnPolicy: AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX), and off elsewhere.
-_ONEDNN_DEFAULT_FLAGS = frozenset({'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_int8', 'amx_bf16'})
-
-
-def onednn_enabled() -> bool:
-    """True if TensorFlow's oneDNN optimisations are on in this process's environment:
-    ``TF_ENABLE_ONEDNN_OPTS`` when it says 0/1 (false/true), else TensorFlow's default rule above.
-    Read without importing TensorFlow, so that a cache lookup stays cheap."""
-    value = os.environ.get('TF_ENABLE_ONEDNN_OPTS', '').strip().lower()
-    if value in ('0', 'false'):
-        return False
-    if value in ('1', 'true'):
-        return True
-    return (sys.platform.startswith('linux') and platform.machine().lower() in ('x86_64', 'amd64')
-            and not _ONEDNN_DEFAULT_FLAGS.isdisjoint(_cpu_flags()))

@@ -14,7 +14,8 @@ from ..config import EngineConfig, PoolingStrategy
 from .base import Engine
 from .devices import cpu_threads, session_threads
 from .features import Feature, pad_batch, to_features
-from .graph import NARROW_ROWS, FrozenGraph, GraphRunner, graph_layer_shards, prepare_graph
+from .graph import FrozenGraph, graph_layer_shards, prepare_graph
+from .runner import NARROW_ROWS, GraphRunner
 from .modeling import output_width
 from .tokenization import BertTokenizer
 

@@ -83,8 +83,8 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
 
     The graph holds two towers of the same model that share the inputs and the weights:
     ``final_encodes`` for most batches, and ``narrow/final_encodes`` for batches of 7 to 80
-    tokens (B x T, engine.graph.NARROW_ROWS). oneDNN keeps one reordered copy of each dense layer's weights per tower,
-    in the layout of the rows that tower sees (see engine.graph.GraphRunner). With
+    tokens (B x T, engine.runner.NARROW_ROWS). oneDNN keeps one reordered copy of each dense layer's weights per tower,
+    in the layout of the rows that tower sees (see engine.runner.GraphRunner). With
     ``cfg.fused_layer_norm``, the first tower's layer norms are one oneDNN kernel each (see
     ``_normalized_rows``); the narrow tower keeps plain ones, which answered one sentence
     0.4 ms sooner.

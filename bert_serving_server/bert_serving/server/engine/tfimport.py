@@ -2,7 +2,7 @@
 
 ``import tensorflow`` runs ``tensorflow/__init__.py``, which builds the whole public API (about
 2,400 modules) and, through Keras, imports scikit-learn, SciPy and h5py when they are installed
-(e.g. beside sentence-transformers). A worker needs none of it: :class:`~.graph.GraphRunner` uses
+(e.g. beside sentence-transformers). A worker needs none of it: :class:`~.runner.GraphRunner` uses
 only the C++ runtime and the session, through ``tensorflow.core`` and ``tensorflow.python``
 modules, which import without the package's ``__init__``. Measured on this project's machine
 (TensorFlow 2.21, bench extra installed): RSS after the import 585 MiB with the public API,

@@ -16,7 +16,7 @@ import dataclasses
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from ..pipeline.launcher import install_stop_handler, parent_alive, read_spec
+from ..launcher import install_stop_handler, parent_alive, read_spec
 from ..log import get_logger
 from .app import create_app
 from .settings import ProxySettings

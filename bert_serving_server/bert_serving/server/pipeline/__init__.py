@@ -1,12 +1,17 @@
 """The service pipeline: client -> ventilator -> worker(s) -> sink -> client.
 
-Modules, one role each:
-    messages    every internal message, packed and unpacked into named fields
-    launcher    runs a role (sink, worker, HTTP proxy) as its own command
+Modules, one role each (floors from the top; `.importlinter` keeps them so):
+    remote      bert-serving-worker: a worker on another machine
     ventilator  receives requests, queues them, hands batches to workers
     worker      encodes batches with the engine
     sink        reassembles results in order and fails requests past their deadline
-    publisher   the sink's XPUB: whole-identity topics per Curve key, bounded backlogs of replies
+    scheduler   the ventilator's queue and batching decisions, free of sockets
+    registry    the ventilator's table of workers: credit, heartbeats, losses
+    supervisor  starts the roles' processes and restarts a worker that died
     statistics  the SHOW_STATUS counters
+    peers       who sent a message, and whether its TERMINATE is obeyed
+    publisher   the sink's XPUB: whole-identity topics per Curve key, bounded backlogs of replies
+    messages    every internal message, packed and unpacked into named fields
+Processes are started by ``..launcher``.
 """
 __all__ = []

@@ -16,7 +16,7 @@ from bert_serving.client.security import CurveKeys
 
 from ..config import EngineConfig
 from ..log import get_logger
-from .launcher import install_stop_handler
+from ..launcher import install_stop_handler
 from .worker import Worker, WorkerSettings
 
 __all__ = ['run_remote']

@@ -36,7 +36,7 @@ from bert_serving.client.protocol import ErrorCode
 from ..log import get_logger, sanitize_for_log as clean
 from ..security import WORKER_DOMAIN, AuthConfig, authenticator, bind_address, secure_server_socket
 from . import messages as msg
-from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
+from ..launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from .publisher import Publisher, connection_property
 
 __all__ = ['Sink', 'SinkSettings']

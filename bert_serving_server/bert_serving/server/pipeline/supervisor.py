@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from .launcher import ChildProcess
+from ..launcher import ChildProcess
 
 __all__ = ['Supervisor', 'WorkerHandle']
 

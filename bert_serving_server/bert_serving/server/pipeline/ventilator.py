@@ -43,8 +43,9 @@ from bert_serving.client.protocol import MAX_IDENTITY_BYTES, Command, ErrorCode,
 from bert_serving.client.validation import parse_payload
 
 from ..log import sanitize_for_log as clean
-from ..security import WORKER_DOMAIN, AuthConfig, bind_address, may_terminate, peer_of
+from ..security import WORKER_DOMAIN, AuthConfig, bind_address
 from . import messages as msg
+from .peers import may_terminate, peer_of
 from .publisher import connection_property, valid_identity
 from .registry import WorkerRegistry
 from .scheduler import Refused, Scheduler

@@ -36,11 +36,12 @@ from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from ..config import EngineConfig
 from ..engine.checkpoint import BertConfig, ModelFiles
-from ..engine.graph import FrozenGraph, release_free_memory
+from ..engine.graph import FrozenGraph
+from ..engine.runner import release_free_memory
 from ..engine.tfimport import defer_public_api
 from ..log import get_logger
 from . import messages as msg
-from .launcher import install_stop_handler, parent_alive, read_spec, signal_ready
+from ..launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 
 __all__ = ['WorkerSettings', 'Worker', 'worker_spec', 'leave']
 
@@ -239,7 +240,7 @@ class Worker:
         return None
 
     def _load(self):
-        from ..engine.base import create_engine
+        from ..engine.factory import create_engine
         s = self.settings
         if self.engine.engine != 'fake':
             defer_public_api()  # this process runs the graph: the runtime without the public API

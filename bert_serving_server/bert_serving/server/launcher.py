@@ -37,10 +37,10 @@ def package_roots() -> list:
     the parent found the package through a ``sys.path`` edit of its own.
     """
     import bert_serving.client as client
-    import bert_serving.server as server
     roots = []
-    for module in (server, client):
-        root = str(Path(module.__file__).resolve().parents[2])
+    # This file is bert_serving/server/launcher.py: its root is three levels up.
+    for path in (__file__, client.__file__):
+        root = str(Path(path).resolve().parents[2])
         if root not in roots:
             roots.append(root)
     return roots

@@ -1,0 +1,191 @@
+"""Runs a frozen graph (from ``graph``) in a TensorFlow session, with its weights held once.
+
+Shapes: B inputs, T tokens, W output width.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import ModelError
+from .graph import FrozenGraph
+from .modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME
+
+__all__ = ['GraphRunner', 'NARROW_ROWS', 'release_free_memory']
+
+class GraphRunner:
+    """Runs a frozen graph in a TensorFlow session.
+
+    The frozen graph holds the weights as constants. Before the session sees it, the large
+    constants (``VARIABLE_MIN_BYTES`` and up: the embedding tables, and the kernels with
+    ``frozen_weights``) become resource variables that are filled once. A constant would be copied by every stage that holds a
+    graph (the Python graph, the session's GraphDef, Grappler's working copies, the executor's
+    graph, the Const kernels), about six copies of the 90 MB of MiniLM's weights; a variable's
+    value exists once, and the graphs hold only its handle.
+
+    oneDNN reorders a MatMul's constant right operand into its blocked layout once and keeps it;
+    a variable operand it would reorder on every call (~15% of the throughput), unless
+    ``TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`` is on. That switch is process-wide and read once, at the
+    first oneDNN MatMul TensorFlow builds: it tells every MatMul of the process that its right
+    operand never changes. ``frozen_weights`` sets it (unless the environment already says 0)
+    and turns the kernels into variables too; without it, the kernels stay constants (about
+    200 MB more for MiniLM).
+
+    Args:
+        graph: the frozen graph.
+        xla: compile with XLA (JIT).
+        intra_op_threads / inter_op_threads: TensorFlow thread pools; 0 lets TF decide.
+        gpu_memory_fraction: per-process GPU memory cap (ignored on CPU).
+        frozen_weights: this process runs no MatMul whose right operand changes (no training);
+            see above.
+    """
+
+    def __init__(self, graph: FrozenGraph, *, xla: bool = False, intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, gpu_memory_fraction: Optional[float] = None,
+                 frozen_weights: bool = False):
+        if frozen_weights:
+            os.environ.setdefault(FROZEN_WEIGHTS_ENV, '1')
+            frozen_weights = os.environ[FROZEN_WEIGHTS_ENV].strip().lower() in ('1', 'true')
+        # The runtime only, never the public API: a worker defers that (tfimport).
+        from tensorflow.core.framework import graph_pb2
+        from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+        from tensorflow.python.client import session
+        from tensorflow.python.framework import importer, ops
+        from tensorflow.python.ops import gen_array_ops, gen_resource_variable_ops
+        graph_def = graph_pb2.GraphDef()
+        try:
+            with open(graph.path, 'rb') as f:
+                graph_def.ParseFromString(f.read())
+        except Exception as e:
+            raise ModelError(f'{graph.path} is not a valid frozen graph ({e}); delete it to rebuild') from e
+        config = config_pb2.ConfigProto(intra_op_parallelism_threads=intra_op_threads,
+                                        inter_op_parallelism_threads=inter_op_threads,
+                                        allow_soft_placement=True)
+        if gpu_memory_fraction is not None:
+            config.gpu_options.per_process_gpu_memory_fraction = gpu_memory_fraction
+            config.gpu_options.allow_growth = False
+        if xla:
+            config.graph_options.optimizer_options.global_jit_level = config_pb2.OptimizerOptions.ON_1
+        # The device-independent passes already ran when the graph was cached; skipping them here
+        # saves ~0.6 s of every worker's start. Device-specific ones (remapper fusions, layout) stay.
+        off = rewriter_config_pb2.RewriterConfig.OFF
+        rw = config.graph_options.rewrite_options
+        for name in ('constant_folding', 'arithmetic_optimization', 'dependency_optimization',
+                     'shape_optimization', 'loop_optimization', 'function_optimization', 'debug_stripper'):
+            setattr(rw, name, off)
+        values = _constants_to_variables(graph_def, f'{os.getpid()}-{id(self)}', with_kernels=frozen_weights)
+        self._graph = ops.Graph()
+        with self._graph.as_default():
+            importer.import_graph_def(graph_def, name='')
+            del graph_def
+            feeds_init, assigns = {}, []
+            for name, value in values:
+                ph = gen_array_ops.placeholder(dtype=value.dtype, shape=value.shape, name=f'{name}/init_value')
+                handle = self._graph.get_tensor_by_name(f'{name}/handle:0')
+                assigns.append(gen_resource_variable_ops.assign_variable_op(resource=handle, value=ph,
+                                                                            name=f'{name}/init'))
+                feeds_init[ph] = value
+        try:
+            feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
+            output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
+            narrow = self._graph.get_tensor_by_name(NARROW_PREFIX + OUTPUT_NAME + ':0')
+        except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
+            raise ModelError(f'{graph.path} is not a bert-serving graph (no {e}); delete it to rebuild') from e
+        self._session = session.Session(graph=self._graph, config=config)
+        if assigns:
+            self._session.run(assigns, feeds_init)
+        del values, feeds_init
+        self._run: Callable = self._session.make_callable(output, feeds)
+        self._run_narrow: Callable = self._session.make_callable(narrow, feeds)
+        self._untrimmed = {self._run, self._run_narrow}  # graph copies not run yet
+        release_free_memory()
+
+    def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        """Runs one padded batch.
+
+        Args:
+            input_ids, input_mask, type_ids: int32 [B, T].
+
+        Returns:
+            [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
+        """
+        rows = input_ids.shape[0] * input_ids.shape[1]
+        run = self._run_narrow if NARROW_ROWS[0] <= rows <= NARROW_ROWS[1] else self._run
+        out = run(input_ids, input_mask, type_ids)
+        if run in self._untrimmed:  # a first run optimises and builds an executor: ~200 MB of garbage
+            self._untrimmed.discard(run)
+            release_free_memory()
+        return out
+
+    def close(self) -> None:
+        self._session.close()
+
+
+# oneDNN's inner product (brgemm, AVX-512, float32) lays the weights out as AB16b32a when a dense
+# layer sees 7 to 80 rows (B x T) and as AB16b64a otherwise (ONEDNN_VERBOSE, 1 and 2 threads).
+# TensorFlow keeps one reordered copy of a MatMul's frozen weights, in the layout of that node's
+# first call, and reorders all 42 MB again on every call that wants the other layout: a worker
+# that warmed up on 4 rows took 15 ms instead of 7 for each one-sentence request. So the graph
+# holds a second tower of the model (modeling.build_graph_def, sharing the weights), and batches of
+# NARROW_ROWS rows run there; each tower keeps the layout its rows want. Elsewhere (another CPU,
+# a GPU, bfloat16) a wrong guess costs only that reorder.
+NARROW_ROWS = (7, 80)
+VARIABLE_MIN_BYTES = 64 * 1024  # constants from this size on become variables (kernels, tables)
+FROZEN_WEIGHTS_ENV = 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'
+
+
+def _constants_to_variables(graph_def, suffix: str, with_kernels: bool):
+    """Turns every large constant of ``graph_def`` into a resource variable, in place.
+
+    A Const node ``N`` becomes ``N = ReadVariableOp(N/handle)`` with ``N/handle`` a VarHandleOp,
+    so its consumers are unchanged. ``suffix`` makes the variables' shared names unique to one
+    session. Without ``with_kernels``, the right operands of MatMul stay constants.
+
+    Returns:
+        [(N, value)]: the values to assign, as numpy arrays.
+    """
+    from tensorflow.core.framework import attr_value_pb2, node_def_pb2, tensor_shape_pb2
+    from tensorflow.python.framework import tensor_util
+
+    names = {n.name for n in graph_def.node}
+    kernels = set() if with_kernels else {n.input[1].split(':')[0] for n in graph_def.node if n.op == 'MatMul'}
+    values, handles = [], []
+    for node in graph_def.node:
+        if node.op != 'Const' or node.name in kernels or f'{node.name}/handle' in names:
+            continue
+        proto = node.attr['value'].tensor
+        if proto.dtype == 7:  # DT_STRING: never a weight
+            continue
+        value = tensor_util.MakeNdarray(proto)
+        if value.nbytes < VARIABLE_MIN_BYTES:
+            continue
+        dtype = node.attr['dtype'].type
+        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                                       for d in value.shape])
+        handle = node_def_pb2.NodeDef(name=f'{node.name}/handle', op='VarHandleOp', device=node.device)
+        handle.attr['dtype'].type = dtype
+        handle.attr['shape'].shape.CopyFrom(shape)
+        handle.attr['container'].s = b''
+        handle.attr['shared_name'].s = f'{node.name}-{suffix}'.encode()
+        controls = [i for i in node.input if i.startswith('^')]
+        node.op = 'ReadVariableOp'
+        node.ClearField('attr')
+        node.attr['dtype'].CopyFrom(attr_value_pb2.AttrValue(type=dtype))
+        node.ClearField('input')
+        node.input.extend([handle.name] + controls)
+        handles.append(handle)
+        values.append((node.name, value))
+    graph_def.node.extend(handles)
+    return values
+
+
+def release_free_memory() -> None:
+    """Hands the heap's free pages back to the system (glibc only). TensorFlow frees what graph
+    loading and the first run allocate, but glibc keeps the freed heap pages mapped."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
