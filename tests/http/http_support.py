@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bert_serving.client.protocol import Reply
 from bert_serving.server.http.app import create_app
-from bert_serving.server.http.settings import ProxySettings
+from bert_serving.server.http.settings import ProxyConfig
 from bert_serving.server.service import BertServer
 
 __all__ = ['HTTP_TIMEOUT', 'HttpServer', 'http', 'metric_sample', 'assert_port_free',
@@ -161,10 +161,10 @@ def serve(backend: FakeBackend, check: Callable[[TestClient], Awaitable[None]], 
         backend: What the app calls instead of the server.
         check: The test's requests and assertions.
         auto_decompress: False to see replies as sent, e.g. gzipped.
-        **settings: ProxySettings fields (max_connect, cors, max_body_bytes, ...).
+        **settings: ProxyConfig fields (max_connect, cors, max_body_bytes, ...).
     """
     async def main():
-        app = create_app(backend, ProxySettings(http_port=0, port=1, port_out=2, **settings))
+        app = create_app(backend, ProxyConfig(http_port=0, port=1, port_out=2, **settings))
         async with TestClient(TestServer(app, host='127.0.0.1'), auto_decompress=auto_decompress) as client:
             await check(client)
 

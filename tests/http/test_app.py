@@ -19,7 +19,7 @@ from bert_serving.server.args import get_args_parser
 from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.errors import BackendError, BackendTimeout, BackendUnavailable
 from bert_serving.server.http.middleware import INTERNAL_ERROR
-from bert_serving.server.http.settings import MAX_INPUTS, ProxySettings
+from bert_serving.server.http.settings import MAX_INPUTS, ProxyConfig
 
 from http_support import READY_STATUS, metric_sample, serve
 
@@ -160,10 +160,10 @@ def test_more_inputs_than_max_inputs_is_413_saying_the_limit_and_what_to_do(fake
 
 def test_max_inputs_comes_from_its_flag():
     parse = get_args_parser().parse_args
-    assert ProxySettings.from_namespace(parse(['-http_port', '1'])).max_inputs == MAX_INPUTS == 2048
-    assert ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '10'])).max_inputs == 10
-    with pytest.raises(ConfigError, match='-http_max_inputs'):
-        ProxySettings.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '0']))
+    assert ProxyConfig.from_namespace(parse(['-http_port', '1'])).max_inputs == MAX_INPUTS == 2048
+    assert ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '10'])).max_inputs == 10
+    with pytest.raises(ConfigError, match='http_max_inputs must be'):
+        ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '0']))
 
 
 def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):

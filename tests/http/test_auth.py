@@ -18,7 +18,7 @@ from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.app import create_app
 from bert_serving.server.http.auth import COOKIE_NAME, SESSION_SECONDS, TokenCheck
 from bert_serving.server.http.proxy import AccessLog
-from bert_serving.server.http.settings import ProxySettings, read_token
+from bert_serving.server.http.settings import ProxyConfig, read_token
 
 from http_support import HTTP_TIMEOUT, metric_sample, serve
 
@@ -187,8 +187,8 @@ def test_the_cookie_is_secure_over_tls_or_when_told(fake, headers, secure_cookie
 
 def test_the_secure_cookie_flag_reaches_the_settings():
     parse = get_args_parser().parse_args
-    assert ProxySettings.from_namespace(parse(['-http_port', '1', '-http_secure_cookie'])).secure_cookie
-    assert not ProxySettings.from_namespace(parse(['-http_port', '1'])).secure_cookie
+    assert ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_secure_cookie'])).secure_cookie
+    assert not ProxyConfig.from_namespace(parse(['-http_port', '1'])).secure_cookie
 
 
 def test_the_access_log_never_shows_a_query_string(fake, caplog):
@@ -196,7 +196,7 @@ def test_the_access_log_never_shows_a_query_string(fake, caplog):
     logger = logging.getLogger('bert_serving.test.access')
 
     async def main():
-        app = create_app(fake, ProxySettings(http_port=0, port=1, port_out=2, token=TOKEN))
+        app = create_app(fake, ProxyConfig(http_port=0, port=1, port_out=2, token=TOKEN))
         server = TestServer(app, host='127.0.0.1')
         await server.start_server(access_log=logger, access_log_class=AccessLog)  # as proxy.py's AppRunner
         async with TestClient(server) as client:
@@ -221,7 +221,7 @@ def test_the_token_comes_from_the_flag_or_the_first_line_of_its_file(tmp_path):
     assert read_token() == ''
     args = Namespace(http_port=8125, port=5555, port_out=5556, http_token=None, http_token_file=str(path),
                      metrics_public=True)
-    settings = ProxySettings.from_namespace(args)
+    settings = ProxyConfig.from_namespace(args)
     assert settings.token == TOKEN and settings.metrics_public and TOKEN not in repr(settings)
 
 

@@ -11,11 +11,11 @@ from openapi_spec_validator import validate
 from bert_serving.server.http import openapi
 from bert_serving.server.http.app import create_app
 from bert_serving.server.http.errors import BackendTimeout
-from bert_serving.server.http.settings import ProxySettings
+from bert_serving.server.http.settings import ProxyConfig
 
 from http_support import READY_STATUS, serve
 
-SETTINGS = ProxySettings(http_port=0, port=1, port_out=2)
+SETTINGS = ProxyConfig(http_port=0, port=1, port_out=2)
 
 
 def _document(fake) -> dict:

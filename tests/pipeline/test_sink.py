@@ -13,7 +13,7 @@ from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.pipeline import messages as msg
 from bert_serving.server.pipeline import publisher as publisher_module
 from bert_serving.server.pipeline.messages import Piece
-from bert_serving.server.pipeline.sink import Sink, SinkSettings
+from bert_serving.server.pipeline.sink import Sink, SinkConfig
 
 WAIT_SECONDS = 10.0  # bound of every wait; a healthy sink answers in milliseconds
 SECRET = bytes(range(32))  # the tag key the ventilator would share with the sink
@@ -36,7 +36,7 @@ class SinkHarness:
 
     def __init__(self, tmp_path, port_out):
         self.ctx = zmq.Context()
-        self.settings = SinkSettings(sink_addr=f'ipc://{tmp_path}/sink', port_out=port_out,
+        self.settings = SinkConfig(sink_addr=f'ipc://{tmp_path}/sink', port_out=port_out,
                                      feedback_addr=f'ipc://{tmp_path}/feedback', bind_host='127.0.0.1',
                                      tag_secret=SECRET.hex())
         self.feedback = self._socket(zmq.PULL)

@@ -10,7 +10,7 @@ from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine import fake
 from bert_serving.server.pipeline import messages as msg
 from bert_serving.server.pipeline.messages import Piece
-from bert_serving.server.pipeline.worker import Worker, WorkerSettings
+from bert_serving.server.pipeline.worker import Worker, WorkerConfig
 
 WAIT_SECONDS = 10.0  # bound of every wait; a heartbeat comes every HEARTBEAT_SECONDS
 HOLD_WORD = '__hold__'
@@ -39,7 +39,7 @@ class WorkerHarness:
         self.sink_addr = f'ipc://{tmp_path}/sink'
         self.sink = self._socket(zmq.PULL)
         self.sink.bind(self.sink_addr)
-        settings = WorkerSettings(name='WORKER-T', identity='worker-t', fingerprint='f', device_id=-1,
+        settings = WorkerConfig(name='WORKER-T', identity='worker-t', fingerprint='f', device_id=-1,
                                   backend_addr=f'ipc://{tmp_path}/backend', credit=2, server_timeout=60.0)
         self.stop = threading.Event()
         self.worker = Worker(EngineConfig(engine='fake'), settings, None, self.stop)

@@ -18,7 +18,7 @@ import pytest
 
 from bert_serving.server.args import get_args_parser
 from bert_serving.server.errors import ConfigError
-from bert_serving.server.http.settings import ProxySettings, proxy_hosts
+from bert_serving.server.http.settings import ProxyConfig, proxy_hosts
 
 from service_support import assert_port_free
 
@@ -42,11 +42,11 @@ def test_where_the_proxy_listens_and_connects(bind, http_host, listen, connect):
     assert proxy_hosts(bind, http_host) == (listen, connect)
 
 
-def test_the_flags_fill_in_the_proxy_settings():
+def test_the_flags_fill_in_the_proxy_config():
     parse = get_args_parser().parse_args
-    settings = ProxySettings.from_namespace(parse(['-http_port', '1', '-bind', '127.0.0.3']))
+    settings = ProxyConfig.from_namespace(parse(['-http_port', '1', '-bind', '127.0.0.3']))
     assert (settings.host, settings.server_ip) == ('127.0.0.3', '127.0.0.3')
-    settings = ProxySettings.from_namespace(parse(['-http_port', '1', '-http_host', '::1']))
+    settings = ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_host', '::1']))
     assert (settings.host, settings.server_ip) == ('::1', '127.0.0.1')
 
 
@@ -54,7 +54,7 @@ def test_the_flags_fill_in_the_proxy_settings():
                                           (['-http_host', 'nosuchif1'], '-http_host nosuchif1')])
 def test_an_unknown_interface_is_a_clear_error(flags, named):
     with pytest.raises(ConfigError, match=named) as refused:
-        ProxySettings.from_namespace(get_args_parser().parse_args(['-http_port', '1', *flags]))
+        ProxyConfig.from_namespace(get_args_parser().parse_args(['-http_port', '1', *flags]))
     assert 'ip addr' in str(refused.value)
 
 

@@ -65,6 +65,28 @@ def test_context_manager_starts_and_closes(tiny_hf_dir, free_port, tiny_expected
     assert_port_free(port_out)
 
 
+def test_a_server_built_from_configs_serves_and_names_every_flag(free_port):
+    """BertServer(server=..., engine=...): the typed configs, no argparse; SHOW_CONFIG still names
+    every flag of bert-serving-start, as 1.10's did, with secrets hidden."""
+    from bert_serving.client import BertClient
+    from bert_serving.server.config import EngineConfig, ServerConfig
+    from bert_serving.server.engine.fake import FAKE_WIDTH
+
+    port, port_out = free_port(), free_port()
+    server = ServerConfig(port=port, port_out=port_out, num_worker=1, bind_host='127.0.0.1', max_batch_size=64)
+    engine = EngineConfig(engine='fake', max_seq_len=30)
+    with BertServer(server=server, engine=engine) as running:
+        with BertClient(ip='127.0.0.1', port=port, port_out=port_out, timeout=20000) as bc:
+            assert bc.encode(['hello world', 'two']).shape == (2, FAKE_WIDTH)
+            config = bc.server_config
+    flags = {a.dest for a in parser_in_args()._actions} - {'help', 'version'}
+    assert flags <= set(config), sorted(flags - set(config))
+    assert (config['max_seq_len'], config['max_batch_size'], config['engine']) == (30, 64, 'fake')
+    assert running.failure is None
+    with pytest.raises(TypeError, match='not both'):
+        BertServer(parser_in_args().parse_args([]), server=server)
+
+
 def test_a_server_that_cannot_start_raises_from_with(tiny_hf_dir, free_port):
     port = free_port()
     with socket.socket() as taken:

@@ -7,16 +7,36 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Optional, Tuple
 
 from . import cpu
 from .errors import ConfigError
+from .log import redact_args
 
-__all__ = ['PoolingStrategy', 'EngineConfig', 'ServerConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len']
+__all__ = ['PoolingStrategy', 'EngineConfig', 'ServerConfig', 'DEFAULT_MAX_SEQ_LEN', 'parse_max_seq_len', 'field_default']
 
 DEFAULT_MAX_SEQ_LEN = 25
 ENGINES = ('tensorflow', 'fake')
+
+
+def field_default(cls, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``cls``.
+
+    The dataclasses below are the one place a default is written: the command-line parser (args.py),
+    the pipeline's own configs and the engine read theirs from here.
+
+    Raises:
+        KeyError: ``cls`` has no such field, or it has no default.
+    """
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f'{cls.__name__}.{name} has no default')
 
 
 class PoolingStrategy(enum.Enum):
@@ -180,6 +200,11 @@ class EngineConfig:
                 values[f.name] = getattr(args, f.name)
         return cls(**values)
 
+    def flags(self) -> dict:
+        """The fields that are command-line flags (not ``on_gpu`` and ``layer_shards``, which the
+        server decides), by flag name: for the start-up table and SHOW_CONFIG."""
+        return {k: v for k, v in asdict(self).items() if k not in ('on_gpu', 'layer_shards')}
+
     def to_json(self) -> dict:
         """The fields as JSON values (the strategy as a string), which ``EngineConfig(**d)`` reads
         back: how a worker or a graph builder in another process gets its config."""
@@ -282,6 +307,15 @@ class ServerConfig:
         port_worker: if set, remote workers (bert-serving-worker) connect here.
         port_worker_sink: where remote workers send results (default port_worker + 1).
         bind_host: the interface every TCP port binds ('*' = all, as the original).
+        http_host: the address the HTTP proxy listens on (None: that of ``bind_host``).
+        http_max_inputs: most texts in one HTTP request.
+        http_token, http_token_file: the bearer token the HTTP proxy requires, or the file whose
+            first line holds it (at most one of them).
+        http_secure_cookie: mark the dashboard's session cookie Secure even on plain HTTP.
+        metrics_public: with a token, /metrics answers without it.
+        auth_dir: CurveZMQ on every TCP port with the keys in this folder (security.AuthConfig).
+        remote_terminate, no_remote_terminate: whether a TERMINATE from another machine is obeyed
+            (security.AuthConfig.from_server decides from these and ``auth_dir``).
         verbose: debug logging.
     """
     port: int = 5555
@@ -309,9 +343,20 @@ class ServerConfig:
     port_worker: Optional[int] = None
     port_worker_sink: Optional[int] = None
     bind_host: str = '*'
+    http_host: Optional[str] = None
+    http_max_inputs: int = 2048
+    http_token: Optional[str] = field(default=None, repr=False)
+    http_token_file: Optional[str] = None
+    http_secure_cookie: bool = False
+    metrics_public: bool = False
+    auth_dir: Optional[str] = None
+    remote_terminate: bool = False
+    no_remote_terminate: bool = False
     verbose: bool = False
 
     def __post_init__(self):
+        if self.remote_terminate and self.no_remote_terminate:
+            raise ConfigError('give -remote_terminate or -no_remote_terminate, not both')
         if self.request_timeout is not None and self.request_timeout <= 0:
             object.__setattr__(self, 'request_timeout', None)  # 0: no bound, as -timeout -1 on a client
         if self.port_worker is not None and self.port_worker_sink is None:
@@ -326,7 +371,8 @@ class ServerConfig:
                   ('max_batch_tokens', self.max_batch_tokens is None or self.max_batch_tokens >= 1),
                   ('priority_batch_size', self.priority_batch_size >= 0),
                   ('prefetch_size', self.prefetch_size >= 0),
-                  ('http_max_connect', self.http_max_connect >= 1)]
+                  ('http_max_connect', self.http_max_connect >= 1),
+                  ('http_max_inputs', self.http_max_inputs >= 1)]
         for name, ok in checks:
             if not ok:
                 floor = 'at least 1024' if name in ('max_request_bytes', 'max_reply_bytes') else \
@@ -354,4 +400,10 @@ class ServerConfig:
 
     @classmethod
     def from_namespace(cls, args) -> 'ServerConfig':
+        """Builds the config from an argparse namespace, ignoring unrelated fields."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    def flags(self) -> dict:
+        """Every field by flag name, secret ones (log.SECRET_FLAGS) that are set as ``***``: for the
+        start-up table and SHOW_CONFIG, which every client may ask for."""
+        return redact_args(asdict(self))

@@ -47,6 +47,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from bert_serving.client.errors import KeyFileError
 from bert_serving.client.security import CurveKeys, load_keypair, load_public_key, secure_client_socket
 
+from .config import ServerConfig
 from .errors import ConfigError
 
 __all__ = ['AuthConfig', 'CurveKeys', 'authenticator', 'start_authenticator', 'secure_server_socket',
@@ -85,7 +86,7 @@ class AuthConfig:
         bind_host: the interface the TCP sockets bind (``-bind``): ``*`` for all (1.10's choice),
             an address such as ``127.0.0.1`` or ``::1``, or an interface name such as ``eth0``.
         allow_remote_terminate: False: a TERMINATE that comes from anywhere but this machine's
-            loopback is ignored (see :func:`may_terminate`). :meth:`from_namespace` makes it False
+            loopback is ignored (see :func:`may_terminate`). :meth:`from_server` makes it False
             with ``-auth_dir`` unless ``-remote_terminate`` is given, and with ``-no_remote_terminate``.
 
     Raises:
@@ -183,24 +184,26 @@ class AuthConfig:
                               'with `bert-serving-keygen DIR NAME` and copy NAME.key into that folder')
 
     @classmethod
-    def from_namespace(cls, args) -> 'AuthConfig':
-        """Takes ``-auth_dir``, ``-bind``, ``-remote_terminate`` and ``-no_remote_terminate`` from parsed
-        flags (absent ones keep their defaults).
+    def from_server(cls, server: ServerConfig) -> 'AuthConfig':
+        """Takes ``-auth_dir``, ``-bind``, ``-remote_terminate`` and ``-no_remote_terminate`` from the
+        server's config.
 
         Remote TERMINATE: without ``-auth_dir`` it is obeyed from anyone, as in 1.10, unless
         ``-no_remote_terminate``; with ``-auth_dir`` (a server shared between keys) only with
         ``-remote_terminate``, so that no authorised client can stop everyone's server.
+        """
+        return cls(auth_dir=server.auth_dir, bind_host=server.bind_host or '*',
+                   allow_remote_terminate=not server.no_remote_terminate and (
+                       server.auth_dir is None or server.remote_terminate))
+
+    @classmethod
+    def from_namespace(cls, args) -> 'AuthConfig':
+        """:meth:`from_server` of parsed flags (absent ones keep their defaults).
 
         Raises:
             ConfigError: both ``-remote_terminate`` and ``-no_remote_terminate`` are given.
         """
-        auth_dir = getattr(args, 'auth_dir', None)
-        remote, no_remote = getattr(args, 'remote_terminate', False), getattr(args, 'no_remote_terminate', False)
-        if remote and no_remote:
-            raise ConfigError('give -remote_terminate or -no_remote_terminate, not both')
-        return cls(auth_dir=auth_dir, bind_host=getattr(args, 'bind_host', '*') or '*',
-                   allow_remote_terminate=not no_remote and (auth_dir is None or bool(remote)))
-
+        return cls.from_server(ServerConfig.from_namespace(args))
 
 class _KeyRing:
     """pyzmq's credentials provider: a key is let in if it is in ``authorized/`` now, or one of the
@@ -315,7 +318,7 @@ def ephemeral_keypair() -> Tuple[str, str]:
 def local_peer_keys(auth: AuthConfig) -> Optional[CurveKeys]:
     """Keys for a peer the server starts itself and connects over TCP (its HTTP proxy): a fresh pair,
     let in by passing ``keys.public`` as ``extra_public_keys`` to every authenticator of the server.
-    Hand them to the peer (e.g. in ProxySettings, over the child's stdin), never on a command line.
+    Hand them to the peer (e.g. in ProxyConfig, over the child's stdin), never on a command line.
 
     Returns:
         None when CurveZMQ is off.

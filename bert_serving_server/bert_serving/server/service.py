@@ -39,13 +39,13 @@ from .engine.devices import (batch_token_budget, cpu_oversubscription, cpu_threa
 from .engine.features import token_counts
 from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensorflow_version
 from .engine.tokenization import BertTokenizer
-from .log import get_logger, redact_args
+from .log import get_logger
 from .launcher import ChildProcess
 from .pipeline.scheduler import Scheduler, SchedulerConfig
-from .pipeline.sink import SinkSettings
+from .pipeline.sink import SinkConfig
 from .pipeline.supervisor import Supervisor
 from .pipeline.ventilator import Addresses, Ventilator
-from .pipeline.worker import WorkerSettings, worker_spec
+from .pipeline.worker import WorkerConfig, worker_spec
 from .security import AuthConfig, authenticator, bind_address, local_peer_keys, secure_server_socket
 
 __all__ = ['BertServer']
@@ -80,26 +80,38 @@ class BertServer(threading.Thread):
         processes: the child processes (sink, workers, proxy), each with name, pid, is_alive().
     """
 
-    def __init__(self, args):
+    def __init__(self, args=None, *, server: Optional[ServerConfig] = None, engine: Optional[EngineConfig] = None):
+        """Either ``BertServer(args)``, with the parsed flags of ``bert-serving-start`` as the
+        original's recipe has it, or ``BertServer(server=ServerConfig(...), engine=EngineConfig(...))``
+        (a config left out takes its defaults).
+
+        Raises:
+            ConfigError: a flag is wrong, or the http extra is missing for ``http_port``.
+            ModelError: the model cannot be read or its graph built.
+        """
         super().__init__(name='VENTILATOR', daemon=False)
-        self.args = args
-        self.server_config = cfg = ServerConfig.from_namespace(args)
+        if args is not None:
+            if server is not None or engine is not None:
+                raise TypeError('give BertServer the parsed flags or the configs, not both')
+            server, engine = ServerConfig.from_namespace(args), EngineConfig.from_namespace(args)
+        self.server_config = cfg = server or ServerConfig()
+        engine = engine or EngineConfig()
         self.logger = get_logger('VENTILATOR', cfg.verbose)
-        self.auth = AuthConfig.from_namespace(args)  # checks -auth_dir and -bind now, not at the first peer
+        self.auth = AuthConfig.from_server(cfg)  # checks -auth_dir and -bind now, not at the first peer
         if cfg.port_worker is not None:
             self.auth.check_worker_keys()
         # Tags the pieces handed to workers (messages.piece_tag): only the ventilator and the sink hold it.
         self.tag_secret = os.urandom(32)
         # The HTTP proxy connects to the server over TCP: with Curve on, it gets a key pair of its own.
         self.proxy_keys = local_peer_keys(self.auth)
-        self.proxy_settings = None
+        self.proxy_config = None
         if cfg.http_port is not None:
             try:
-                from .http import ProxySettings
+                from .http import ProxyConfig
             except ImportError as e:
                 raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
                                    f'({e})') from e
-            ProxySettings.from_namespace(args, curve_keys=self.proxy_keys)  # a wrong token flag fails before the model
+            ProxyConfig.from_server(cfg, engine, curve_keys=self.proxy_keys)  # a wrong token flag fails before the model
         self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
         # Devices first: where the workers run decides -fp16's compute dtype and how the blocks
         # are split (on the CPU cores of a worker), both part of the graph.
@@ -110,14 +122,14 @@ class BertServer(threading.Thread):
         if oversubscribed:
             self.logger.warning('%s', oversubscribed)
         self.engine_config = dataclasses.replace(
-            EngineConfig.from_namespace(args), on_gpu=on_gpu,
+            engine, on_gpu=on_gpu,
             layer_shards=planned_layer_shards(self.cpu_threads, on_gpu))
         self.graph = None
         if self.engine_config.engine != 'fake':
             self.graph = prepare_graph(self.engine_config, get_logger('GRAPH', cfg.verbose), isolated=True)
         if cfg.http_port is not None:  # the proxy counts /v1/embeddings tokens with the model's vocabulary
-            self.proxy_settings = ProxySettings.from_namespace(
-                args, curve_keys=self.proxy_keys, vocab_file='' if self.graph is None else self.graph.files.vocab_path,
+            self.proxy_config = ProxyConfig.from_server(
+                cfg, engine, curve_keys=self.proxy_keys, vocab_file='' if self.graph is None else self.graph.files.vocab_path,
                 max_position_embeddings=512 if self.graph is None else self.graph.bert_config.max_position_embeddings)
         self.batch_tokens = [batch_token_budget(d, cfg.max_batch_tokens, cfg.max_batch_size,
                                                 self.engine_config.max_seq_len) for d in self.devices]
@@ -141,7 +153,8 @@ class BertServer(threading.Thread):
                 self.graph.files.vocab_path, self.engine_config.do_lower_case, word_cache_size=VENTILATOR_WORD_CACHE)))
         self.supervisor = Supervisor(self._spawn_worker, self.logger, MAX_RESTARTS, RESTART_WINDOW)
         self.start_time = datetime.now()
-        self.status_args = {k: _json_safe(v) for k, v in sorted(redact_args(vars(args)).items())}
+        # SHOW_CONFIG names every flag as 1.10 did, secrets hidden (ServerConfig.flags).
+        self.status_args = {k: _json_safe(v) for k, v in sorted({**engine.flags(), **cfg.flags()}.items())}
         self.status_static = {
             # 1.10 clients refuse any server_version but their own: report the wire release we speak.
             'python_version': platform.python_version(), 'server_version': WIRE_RELEASE,
@@ -226,7 +239,7 @@ class BertServer(threading.Thread):
         try:
             with zmq.Context() as ctx, authenticator(ctx, self.auth, extra_keys):
                 sink = ChildProcess('SINK', 'bert_serving.server.pipeline.sink', dataclasses.asdict(
-                    SinkSettings(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
+                    SinkConfig(self.addresses.sink, cfg.port_out, feedback_addr=self.addresses.feedback,
                                  port_worker_sink=cfg.port_worker_sink, bind_host=self.auth.bind_host,
                                  auth_dir=self.auth.auth_dir, extra_public_keys=extra_keys,
                                  tag_secret=self.tag_secret.hex(), max_result_bytes=self._max_result_bytes(),
@@ -259,22 +272,22 @@ class BertServer(threading.Thread):
         intra, inter = session_threads(self.cpu_threads, graph_layer_shards(self.engine_config, self.graph)) \
             if device < 0 else (0, 0)
         cfg = self.server_config
-        settings = WorkerSettings(
+        config = WorkerConfig(
             name=f'WORKER-{worker_id}', identity=f'worker-{worker_id}-{generation}', fingerprint=self.fingerprint,
             device_id=device, backend_addr=self.addresses.backend, local=True,
             intra_op_threads=intra, inter_op_threads=inter,
             gpu_memory_fraction=None if device < 0 else cfg.gpu_memory_fraction,
             credit=2 if cfg.prefetch_size > 0 else 1, max_batch_size=cfg.max_batch_size,
             max_batch_tokens=self.batch_tokens[worker_id], verbose=cfg.verbose)
-        proc = ChildProcess(settings.name, 'bert_serving.server.pipeline.worker',
-                            worker_spec(self.engine_config, settings, self.graph))
+        proc = ChildProcess(config.name, 'bert_serving.server.pipeline.worker',
+                            worker_spec(self.engine_config, config, self.graph))
         proc.start()
-        return settings.identity.encode('latin-1'), proc
+        return config.identity.encode('latin-1'), proc
 
     def _start_http(self) -> None:
-        if self.proxy_settings is None:
+        if self.proxy_config is None:
             return
-        proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy', dataclasses.asdict(self.proxy_settings))
+        proxy = ChildProcess('PROXY', 'bert_serving.server.http.proxy', dataclasses.asdict(self.proxy_config))
         proxy.start()
         self.supervisor.add_service(proxy, f'is -http_port {self.server_config.http_port} already in use? '
                                            '(see the PROXY log)')

@@ -10,9 +10,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import EngineConfig, PoolingStrategy
+from ..config import EngineConfig, PoolingStrategy, ServerConfig, field_default
 from .base import Engine
-from .devices import cpu_threads, session_threads
+from .devices import CPU_BATCH_TOKENS, cpu_threads, session_threads
 from .features import Feature, pad_batch, to_features
 from .graph import FrozenGraph, graph_layer_shards, prepare_graph
 from .runner import NARROW_ROWS, GraphRunner
@@ -63,8 +63,9 @@ class Encoder(Engine):
 
     def __init__(self, config: EngineConfig, *, logger: Optional[logging.Logger] = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 gpu_memory_fraction: Optional[float] = None, max_batch_size: int = 256,
-                 max_batch_tokens: int = 4096, graph: Optional[FrozenGraph] = None,
+                 gpu_memory_fraction: Optional[float] = None,
+                 max_batch_size: int = field_default(ServerConfig, 'max_batch_size'),
+                 max_batch_tokens: int = CPU_BATCH_TOKENS, graph: Optional[FrozenGraph] = None,
                  frozen_weights: bool = True):
         self.config = config
         self.logger = logger or logging.getLogger(__name__)

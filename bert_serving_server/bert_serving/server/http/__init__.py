@@ -12,6 +12,6 @@ Modules, one role each:
     errors      the proxy's exceptions and their status codes
 """
 from .proxy import HttpProxy
-from .settings import ProxySettings
+from .settings import ProxyConfig
 
-__all__ = ['HttpProxy', 'ProxySettings']
+__all__ = ['HttpProxy', 'ProxyConfig']

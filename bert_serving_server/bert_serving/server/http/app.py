@@ -38,7 +38,7 @@ from .auth import TokenCheck
 from .errors import BadForm, HttpError, TooManyInputs
 from .metrics import CONTENT_TYPE_LATEST, ProxyMetrics
 from .middleware import make_middlewares
-from .settings import ProxySettings
+from .settings import ProxyConfig
 from .usage import TokenCounter
 
 __all__ = ['create_app', 'model_name', 'StatusCache', 'LIMITED_ENDPOINTS']
@@ -196,25 +196,25 @@ def _dashboard_html() -> str:
     return resources.files(__package__).joinpath('dashboard.html').read_text(encoding='utf-8')
 
 
-def create_app(backend, settings: ProxySettings, logger: Optional[logging.Logger] = None,
+def create_app(backend, config: ProxyConfig, logger: Optional[logging.Logger] = None,
                metrics: Optional[ProxyMetrics] = None) -> web.Application:
     """The aiohttp application of the proxy.
 
     Args:
         backend: The connection to the server (see the module docstring for what it needs).
-        settings: Limits, CORS and the token; the ports and keys are the backend's business.
+        config: Limits, CORS and the token; the ports and keys are the backend's business.
         logger: Where unexpected errors go.
         metrics: The metrics to count into; a new set by default.
     """
     logger = logger or logging.getLogger(__name__)
     metrics = metrics or ProxyMetrics()
-    tokens = TokenCounter(settings.vocab_file, settings.do_lower_case, settings.max_seq_len,
-                          settings.max_position_embeddings)
-    routes = _Routes(backend, metrics, _dashboard_html(), tokens, settings.max_inputs, settings.health_cache_seconds)
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=make_middlewares(
-        cors=settings.cors, max_connect=settings.max_connect, limited=LIMITED_ENDPOINTS,
-        max_body_bytes=settings.max_body_bytes, metrics=metrics, logger=logger,
-        token=TokenCheck(settings.token, settings.metrics_public, settings.session_seconds, settings.secure_cookie)))
+    tokens = TokenCounter(config.vocab_file, config.do_lower_case, config.max_seq_len,
+                          config.max_position_embeddings)
+    routes = _Routes(backend, metrics, _dashboard_html(), tokens, config.max_inputs, config.health_cache_seconds)
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=make_middlewares(
+        cors=config.cors, max_connect=config.max_connect, limited=LIMITED_ENDPOINTS,
+        max_body_bytes=config.max_body_bytes, metrics=metrics, logger=logger,
+        token=TokenCheck(config.token, config.metrics_public, config.session_seconds, config.secure_cookie)))
     app.router.add_get('/', routes.index)
     app.router.add_post('/encode', routes.encode)
     app.router.add_post('/v1/embeddings', routes.embeddings)

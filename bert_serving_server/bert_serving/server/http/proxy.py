@@ -5,7 +5,7 @@ Inside the process (everything is created in ``run``)::
     aiohttp server  binds http://host:http_port     HTTP clients
     ZmqBackend      connects to port and port_out    one PUSH + one SUB, one identity
 
-BertServer runs it as ``python -m bert_serving.server.http.proxy`` with the ProxySettings fields as
+BertServer runs it as ``python -m bert_serving.server.http.proxy`` with the ProxyConfig fields as
 JSON on stdin. It stops on SIGTERM or when its parent process changes.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractAccessLogger
 from ..launcher import install_stop_handler, parent_alive, read_spec
 from ..log import get_logger
 from .app import create_app
-from .settings import ProxySettings
+from .settings import ProxyConfig
 from .zmq_client import ZmqBackend
 
 __all__ = ['HttpProxy']
@@ -42,27 +42,27 @@ class HttpProxy:
     """The HTTP proxy, run in its own process when BertServer gets ``-http_port``.
 
     Args:
-        settings: the proxy's fields of the server's flags.
+        config: the proxy's fields of the server's flags.
         stop_event: set means stop.
     """
 
-    def __init__(self, settings: ProxySettings, stop_event):
-        self.settings = settings
+    def __init__(self, config: ProxyConfig, stop_event):
+        self.config = config
         self.stop_event = stop_event
 
     def _alive(self) -> bool:
-        return not self.stop_event.is_set() and parent_alive(self.settings.parent_pid)
+        return not self.stop_event.is_set() and parent_alive(self.config.parent_pid)
 
     def run(self) -> None:
-        logger = get_logger('PROXY', self.settings.verbose)
+        logger = get_logger('PROXY', self.config.verbose)
         try:
             asyncio.run(self._serve(logger))
         except OSError as e:  # e.g. the port is taken
-            logger.error('cannot serve HTTP on port %d: %s', self.settings.http_port, e)
+            logger.error('cannot serve HTTP on port %d: %s', self.config.http_port, e)
         logger.info('terminated')
 
     async def _serve(self, logger) -> None:
-        s = self.settings
+        s = self.config
         backend = ZmqBackend(s.server_ip, s.port, s.port_out, request_timeout=s.request_timeout,
                              status_timeout=s.status_timeout, logger=logger, curve_keys=s.curve_keys)
         await backend.start()
@@ -82,11 +82,11 @@ class HttpProxy:
 
 
 def main() -> None:
-    """``python -m bert_serving.server.http.proxy``: the ProxySettings fields come as JSON on stdin."""
+    """``python -m bert_serving.server.http.proxy``: the ProxyConfig fields come as JSON on stdin."""
     spec = read_spec()
     stop = install_stop_handler()
-    names = {f.name for f in dataclasses.fields(ProxySettings)}
-    HttpProxy(ProxySettings(**{k: v for k, v in spec.items() if k in names}), stop).run()
+    names = {f.name for f in dataclasses.fields(ProxyConfig)}
+    HttpProxy(ProxyConfig(**{k: v for k, v in spec.items() if k in names}), stop).run()
 
 
 if __name__ == '__main__':

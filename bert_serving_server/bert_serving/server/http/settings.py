@@ -1,4 +1,4 @@
-"""The HTTP proxy's configuration: one frozen dataclass, filled in from the server's flags.
+"""The HTTP proxy's configuration: one frozen dataclass, filled in from the server's configs.
 
 Where the proxy listens and how it reaches the server come from ``-bind`` (and ``-http_host``):
 
@@ -20,10 +20,11 @@ import zmq
 
 from bert_serving.client.security import CurveKeys
 
+from ..config import EngineConfig, ServerConfig, field_default
 from ..errors import ConfigError
 from .auth import SESSION_SECONDS
 
-__all__ = ['ProxySettings', 'read_token', 'resolve_host', 'proxy_hosts', 'MAX_BODY_BYTES', 'MAX_INPUTS',
+__all__ = ['ProxyConfig', 'read_token', 'resolve_host', 'proxy_hosts', 'MAX_BODY_BYTES', 'MAX_INPUTS',
            'REQUEST_TIMEOUT_SECONDS', 'STATUS_TIMEOUT_SECONDS', 'HEALTH_CACHE_SECONDS']
 
 # A request body above this is refused with 413 before it is parsed. 16 MiB of JSON is about
@@ -32,7 +33,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # Inputs one HTTP request may carry (-http_max_inputs), as OpenAI's embeddings endpoint takes: one
 # request of 100k short texts fits in the body limit but would hold the proxy (JSON of the reply)
 # and the server's queue for everyone; split jobs are answered in about the same total time.
-MAX_INPUTS = 2048
+MAX_INPUTS = field_default(ServerConfig, 'http_max_inputs')
 # An encoding request that the server has not answered by then fails with 504, so no HTTP
 # client waits forever on a server that died or was restarted.
 REQUEST_TIMEOUT_SECONDS = 60.0
@@ -44,7 +45,7 @@ HEALTH_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxyConfig:
     """What the proxy process needs; nothing else of the server's flags crosses to it.
 
     Attributes:
@@ -77,15 +78,15 @@ class ProxySettings:
     http_port: int
     port: int
     port_out: int
-    max_connect: int = 10
-    cors: str = '*'
+    max_connect: int = field_default(ServerConfig, 'http_max_connect')
+    cors: str = field_default(ServerConfig, 'cors')
     host: str = '0.0.0.0'
     server_ip: str = '127.0.0.1'
     request_timeout: float = REQUEST_TIMEOUT_SECONDS
     status_timeout: float = STATUS_TIMEOUT_SECONDS
     health_cache_seconds: float = HEALTH_CACHE_SECONDS
     max_body_bytes: int = MAX_BODY_BYTES
-    max_inputs: int = MAX_INPUTS
+    max_inputs: int = field_default(ServerConfig, 'http_max_inputs')
     token: str = field(default='', repr=False)
     metrics_public: bool = False
     session_seconds: int = SESSION_SECONDS
@@ -95,7 +96,7 @@ class ProxySettings:
     curve_secret_key: str = field(default='', repr=False)
     vocab_file: str = ''
     do_lower_case: bool = True
-    max_seq_len: Optional[int] = 25
+    max_seq_len: Optional[int] = field_default(EngineConfig, 'max_seq_len')
     max_position_embeddings: int = 512
     verbose: bool = False
     parent_pid: int = 0
@@ -120,12 +121,14 @@ class ProxySettings:
         return CurveKeys(*keys)
 
     @classmethod
-    def from_namespace(cls, args, parent_pid: int = 0, curve_keys: Optional[CurveKeys] = None,
-                       vocab_file: str = '', max_position_embeddings: int = 512) -> 'ProxySettings':
-        """Takes the proxy's fields from the server's parsed flags.
+    def from_server(cls, server: ServerConfig, engine: EngineConfig, parent_pid: int = 0,
+                    curve_keys: Optional[CurveKeys] = None, vocab_file: str = '',
+                    max_position_embeddings: int = 512) -> 'ProxyConfig':
+        """Takes the proxy's fields from the server's configs.
 
         Args:
-            args: the server's flags (``-http_token`` / ``-http_token_file`` are read here).
+            server: the server's config (``-http_token`` / ``-http_token_file`` are read here).
+            engine: its engine config: the tokenizer flags with which the proxy counts tokens.
             parent_pid: the server's pid.
             curve_keys: the proxy's keys when the server runs with -auth_dir
                 (``security.local_peer_keys``).
@@ -135,20 +138,25 @@ class ProxySettings:
             ConfigError: a token flag is wrong (see ``read_token``), or ``-bind`` / ``-http_host`` names
                 no address of this machine.
         """
-        token = read_token(getattr(args, 'http_token', None), getattr(args, 'http_token_file', None))
-        host, server_ip = proxy_hosts(getattr(args, 'bind_host', '*') or '*', getattr(args, 'http_host', None))
+        if server.http_port is None:
+            raise ConfigError('the HTTP proxy needs -http_port')
+        token = read_token(server.http_token, server.http_token_file)
+        host, server_ip = proxy_hosts(server.bind_host or '*', server.http_host)
         curve = {} if curve_keys is None else {'curve_server_key': curve_keys.server_public,
                                                'curve_public_key': curve_keys.public,
                                                'curve_secret_key': curve_keys.secret}
-        return cls(http_port=args.http_port, port=args.port, port_out=args.port_out, host=host, server_ip=server_ip,
-                   max_connect=getattr(args, 'http_max_connect', 10), cors=getattr(args, 'cors', '*'),
-                   max_inputs=getattr(args, 'http_max_inputs', MAX_INPUTS),
-                   token=token, metrics_public=bool(getattr(args, 'metrics_public', False)),
-                   secure_cookie=bool(getattr(args, 'http_secure_cookie', False)),
-                   vocab_file=vocab_file, do_lower_case=bool(getattr(args, 'do_lower_case', True)),
-                   max_seq_len=getattr(args, 'max_seq_len', 25), max_position_embeddings=max_position_embeddings,
-                   verbose=bool(getattr(args, 'verbose', False)), parent_pid=parent_pid, **curve)
+        return cls(http_port=server.http_port, port=server.port, port_out=server.port_out, host=host,
+                   server_ip=server_ip, max_connect=server.http_max_connect, cors=server.cors,
+                   max_inputs=server.http_max_inputs, token=token, metrics_public=server.metrics_public,
+                   secure_cookie=server.http_secure_cookie, vocab_file=vocab_file,
+                   do_lower_case=engine.do_lower_case, max_seq_len=engine.max_seq_len,
+                   max_position_embeddings=max_position_embeddings, verbose=server.verbose,
+                   parent_pid=parent_pid, **curve)
 
+    @classmethod
+    def from_namespace(cls, args, **model) -> 'ProxyConfig':
+        """:meth:`from_server` of the server's parsed flags; ``model`` as there."""
+        return cls.from_server(ServerConfig.from_namespace(args), EngineConfig.from_namespace(args), **model)
 
 def read_token(token: Optional[str] = None, token_file: Optional[str] = None) -> str:
     """The token of ``-http_token`` or of the first line of ``-http_token_file``; '' when neither is given.

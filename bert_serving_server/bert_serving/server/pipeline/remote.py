@@ -17,7 +17,7 @@ from bert_serving.client.security import CurveKeys
 from ..config import EngineConfig
 from ..log import get_logger
 from ..launcher import install_stop_handler
-from .worker import Worker, WorkerSettings
+from .worker import Worker, WorkerConfig
 
 __all__ = ['run_remote']
 
@@ -41,7 +41,7 @@ def run_remote(args) -> int:
     intra, inter = (0, 0) if on_gpu else session_threads(threads, graph_layer_shards(engine, graph))
     keys = CurveKeys.from_files(args.server_key, args.client_key)
     host, pid = socket.gethostname(), os.getpid()
-    settings = WorkerSettings(
+    config = WorkerConfig(
         name=f'REMOTE-{host}-{pid}', identity=f'remote-{host}-{pid}-{uuid.uuid4().hex[:8]}',
         fingerprint=fingerprint(engine, None if graph is None else graph.files), device_id=devices[0],
         backend_addr=f'tcp://{args.ip}:{args.port_worker}', server_host=args.ip, local=False,
@@ -53,8 +53,8 @@ def run_remote(args) -> int:
         curve=None if keys is None else (keys.server_public, keys.public, keys.secret), verbose=args.verbose)
     stop = install_stop_handler()
     signal.signal(signal.SIGINT, lambda *_: stop.set())  # run by hand: Ctrl-C stops it
-    logger.info('joining the server at %s as %s (%s, max_batch_tokens %d)', settings.backend_addr, settings.name,
-                'cpu' if devices[0] < 0 else f'gpu:{devices[0]}', settings.max_batch_tokens)
-    return Worker(engine, settings, graph, stop).run()
+    logger.info('joining the server at %s as %s (%s, max_batch_tokens %d)', config.backend_addr, config.name,
+                'cpu' if devices[0] < 0 else f'gpu:{devices[0]}', config.max_batch_tokens)
+    return Worker(engine, config, graph, stop).run()
 
 

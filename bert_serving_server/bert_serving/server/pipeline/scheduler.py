@@ -45,6 +45,7 @@ from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, 
 
 from bert_serving.client.protocol import ErrorCode
 
+from ..config import ServerConfig, field_default
 from .messages import HEARTBEAT_SECONDS, Piece
 
 __all__ = ['SchedulerConfig', 'Scheduler', 'Refused', 'Failure', 'Batch']
@@ -75,15 +76,15 @@ class SchedulerConfig:
         batch_timeout: seconds a worker may hold a batch before it is declared hung.
         heartbeat_timeout: seconds of silence after which a ready worker is declared lost.
     """
-    num_worker: int = 1
-    max_batch_size: int = 256
-    priority_batch_size: int = 16
-    max_queue_rows: int = 200_000
-    max_queue_bytes: int = 512 << 20
+    num_worker: int = field_default(ServerConfig, 'num_worker')
+    max_batch_size: int = field_default(ServerConfig, 'max_batch_size')
+    priority_batch_size: int = field_default(ServerConfig, 'priority_batch_size')
+    max_queue_rows: int = field_default(ServerConfig, 'max_queue_rows')
+    max_queue_bytes: int = field_default(ServerConfig, 'max_queue_bytes')
     reply_row_bytes: int = 0
-    max_reply_bytes: int = 1 << 30
-    batch_timeout: float = 60.0
-    heartbeat_timeout: float = 10.0
+    max_reply_bytes: int = field_default(ServerConfig, 'max_reply_bytes')
+    batch_timeout: float = field_default(ServerConfig, 'batch_timeout')
+    heartbeat_timeout: float = field_default(ServerConfig, 'heartbeat_timeout')
 
 
 class Refused(Exception):

@@ -39,7 +39,7 @@ from . import messages as msg
 from ..launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from .publisher import Publisher, connection_property
 
-__all__ = ['Sink', 'SinkSettings']
+__all__ = ['Sink', 'SinkConfig']
 
 POLL_MS = 50
 FINISHED_MEMORY = 100_000  # finished requests remembered, to drop their late or repeated pieces
@@ -50,7 +50,7 @@ FLUSH_LINGER_MS = 2000  # on stop, time for published replies to leave
 
 
 @dataclass(frozen=True)
-class SinkSettings:
+class SinkConfig:
     """Attributes:
         sink_addr: where the PULL binds.
         feedback_addr: the ventilator's feedback PULL.
@@ -114,18 +114,18 @@ class Sink:
     """Reassembles results, enforces deadlines, and publishes every reply to clients.
 
     Args:
-        settings: addresses and flags.
+        config: addresses and flags.
         stop_event: set means stop (SIGTERM from the parent).
         on_ready: called once the sockets are bound.
     """
 
-    def __init__(self, settings: SinkSettings, stop_event, on_ready=lambda: None):
-        self.settings = settings
+    def __init__(self, config: SinkConfig, stop_event, on_ready=lambda: None):
+        self.config = config
         self.stop_event = stop_event
         self.on_ready = on_ready
-        self.logger = get_logger('SINK', settings.verbose)
-        self.curve = settings.auth_dir is not None
-        self.secret = bytes.fromhex(settings.tag_secret)
+        self.logger = get_logger('SINK', config.verbose)
+        self.curve = config.auth_dir is not None
+        self.secret = bytes.fromhex(config.tag_secret)
         self.pending: Dict[msg.RequestKey, _Assembly] = {}
         self.deadlines: List[Tuple[float, msg.RequestKey]] = []  # heap
         self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
@@ -136,7 +136,7 @@ class Sink:
         self.done: List[int] = []
 
     def run(self) -> None:
-        s = self.settings
+        s = self.config
         auth = AuthConfig(auth_dir=s.auth_dir, bind_host=s.bind_host)
         with zmq.Context() as ctx, authenticator(ctx, auth, s.extra_public_keys):
             receiver, self.pub, self.feedback = ctx.socket(zmq.PULL), ctx.socket(zmq.XPUB), ctx.socket(zmq.PUSH)
@@ -173,7 +173,7 @@ class Sink:
         for sock in (receiver, remote, self.pub):
             if sock is not None:
                 poller.register(sock, zmq.POLLIN)
-        while not self.stop_event.is_set() and parent_alive(self.settings.parent_pid):
+        while not self.stop_event.is_set() and parent_alive(self.config.parent_pid):
             events = dict(poller.poll(POLL_MS))
             if self.pub in events:
                 self.publisher.read_subscriptions()
@@ -310,7 +310,7 @@ class Sink:
                 del self.pending[key]
 
     def _send_feedback(self) -> None:
-        if not self.settings.feedback_addr:
+        if not self.config.feedback_addr:
             self.confirmed.clear()
             self.done.clear()
             return
@@ -329,11 +329,11 @@ class Sink:
 
 
 def main() -> None:
-    """``python -m bert_serving.server.pipeline.sink``: the SinkSettings fields come as JSON on stdin."""
+    """``python -m bert_serving.server.pipeline.sink``: the SinkConfig fields come as JSON on stdin."""
     spec = read_spec()
     stop = install_stop_handler()
-    fields = {k: v for k, v in spec.items() if k in SinkSettings.__dataclass_fields__}
-    Sink(SinkSettings(**fields), stop, on_ready=lambda: signal_ready(spec)).run()
+    fields = {k: v for k, v in spec.items() if k in SinkConfig.__dataclass_fields__}
+    Sink(SinkConfig(**fields), stop, on_ready=lambda: signal_ready(spec)).run()
 
 
 if __name__ == '__main__':

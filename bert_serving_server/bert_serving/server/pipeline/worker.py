@@ -34,8 +34,9 @@ import zmq
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
-from ..config import EngineConfig
+from ..config import EngineConfig, ServerConfig, field_default
 from ..engine.checkpoint import BertConfig, ModelFiles
+from ..engine.devices import CPU_BATCH_TOKENS
 from ..engine.graph import FrozenGraph
 from ..engine.runner import release_free_memory
 from ..engine.tfimport import defer_public_api
@@ -43,7 +44,7 @@ from ..log import get_logger
 from . import messages as msg
 from ..launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 
-__all__ = ['WorkerSettings', 'Worker', 'worker_spec', 'leave']
+__all__ = ['WorkerConfig', 'Worker', 'worker_spec', 'leave']
 
 POLL_MS = 100
 BACKOFF_MAX_SECONDS = 5.0  # HELLO again at most this far apart while the server is away
@@ -53,7 +54,7 @@ WATCHDOG_MARGIN_SECONDS = 5.0  # past the server's -batch_timeout on one batch, 
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class WorkerConfig:
     """What one worker needs beyond the engine config.
 
     Attributes:
@@ -77,8 +78,8 @@ class WorkerSettings:
     inter_op_threads: int = 0
     gpu_memory_fraction: Optional[float] = None
     credit: int = 2
-    max_batch_size: int = 256
-    max_batch_tokens: int = 4096
+    max_batch_size: int = field_default(ServerConfig, 'max_batch_size')
+    max_batch_tokens: int = CPU_BATCH_TOKENS
     server_timeout: float = 10.0
     curve: Optional[Tuple[str, str, str]] = None
     verbose: bool = False
@@ -89,21 +90,21 @@ class WorkerSettings:
         return 'cpu' if self.device_id < 0 else f'gpu:{self.device_id}'
 
 
-def worker_spec(engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph]) -> dict:
+def worker_spec(engine_config: EngineConfig, config: WorkerConfig, graph: Optional[FrozenGraph]) -> dict:
     """What ``python -m bert_serving.server.pipeline.worker`` reads on stdin (JSON-safe). ``graph``
     is None for an engine that needs none (the fake)."""
-    return json.loads(json.dumps({'engine': engine.to_json(), 'settings': dataclasses.asdict(settings),
+    return json.loads(json.dumps({'engine': engine_config.to_json(), 'config': dataclasses.asdict(config),
                                   'graph': None if graph is None else dataclasses.asdict(graph)}, default=str))
 
 
-def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerSettings, Optional[FrozenGraph]]:
+def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerConfig, Optional[FrozenGraph]]:
     g = spec.get('graph')
     graph = None if g is None else FrozenGraph(g['path'], ModelFiles(**g['files']), BertConfig(**g['bert_config']),
                                                g['from_cache'])
-    settings = spec['settings']
-    if settings.get('curve'):
-        settings['curve'] = tuple(settings['curve'])
-    return EngineConfig(**spec['engine']), WorkerSettings(**settings), graph
+    config = spec['config']
+    if config.get('curve'):
+        config['curve'] = tuple(config['curve'])
+    return EngineConfig(**spec['engine']), WorkerConfig(**config), graph
 
 
 class Rejected(Exception):
@@ -114,18 +115,18 @@ class Worker:
     """One encoding process.
 
     Args:
-        engine: the model and pooling flags.
-        settings: addresses, threads and batching of this worker.
+        engine_config: the model and pooling flags.
+        config: addresses, threads and batching of this worker.
         graph: the frozen graph (None for the fake engine).
         stop_event: set means stop (SIGTERM).
     """
 
-    def __init__(self, engine: EngineConfig, settings: WorkerSettings, graph: Optional[FrozenGraph], stop_event):
-        self.engine = engine
-        self.settings = settings
+    def __init__(self, engine_config: EngineConfig, config: WorkerConfig, graph: Optional[FrozenGraph], stop_event):
+        self.engine_config = engine_config
+        self.config = config
         self.graph = graph
         self.stop_event = stop_event
-        self.logger = get_logger(settings.name, settings.verbose)
+        self.logger = get_logger(config.name, config.verbose)
         self._leaving = threading.Event()
         self._thread_died = False
         self._generation = 0  # bumped when the server forgets us: work of an older one is dropped
@@ -138,7 +139,7 @@ class Worker:
 
     def run(self) -> int:
         """Serves until stopped. Returns the exit code: 0 stopped, 1 a helper thread died, 3 rejected."""
-        s = self.settings
+        s = self.config
         threading.Thread(target=self._watchdog, name='watchdog', daemon=True).start()
         os.environ['CUDA_VISIBLE_DEVICES'] = '-1' if s.device_id < 0 else str(s.device_id)
         os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '0' if s.verbose else '3')
@@ -163,12 +164,12 @@ class Worker:
                 self._batch_timeout = welcome.batch_timeout
                 sink.connect(welcome.sink or f'tcp://{s.server_host}:{welcome.sink_port}')
                 try:
-                    encoder = self._load()
+                    engine = self._load()
                 except Exception as e:  # report any start failure instead of dying silently
                     self.logger.error('cannot start: %s', e, exc_info=s.verbose)
                     self._send(dealer, msg.pack_fatal(f'{type(e).__name__}: {e}'))
                     return 2
-                self._serve(ctx, dealer, sink, encoder)
+                self._serve(ctx, dealer, sink, engine)
                 return 3 if self._rejected else 1 if self._thread_died else 0
             except Rejected as e:
                 self.logger.error('the server refused this worker: %s', e)
@@ -200,11 +201,11 @@ class Worker:
 
     def _secure(self, sock) -> None:
         """Curve on both sockets when the server runs with -auth_dir (for a remote worker)."""
-        secure_client_socket(sock, CurveKeys(*self.settings.curve) if self.settings.curve else None)
+        secure_client_socket(sock, CurveKeys(*self.config.curve) if self.config.curve else None)
 
     def _alive(self) -> bool:
         return (not self.stop_event.is_set() and not self._leaving.is_set()
-                and parent_alive(self.settings.parent_pid))
+                and parent_alive(self.config.parent_pid))
 
     @staticmethod
     def _send(dealer, frames) -> bool:
@@ -215,11 +216,11 @@ class Worker:
             return False
 
     def _hello(self, dealer) -> None:
-        s = self.settings
+        s = self.config
         self._send(dealer, msg.pack_hello(s.fingerprint, socket.gethostname(), os.getpid(), s.device, s.local))
 
     def _register(self, dealer) -> Optional[msg.Control]:
-        """HELLO until WELCOME (returned), REJECT (raised) or stop (None); backoff 1, 2, 4 ... 30 s."""
+        """HELLO until WELCOME (returned), REJECT (raised) or stop (None); backoff 1, 2, 4 s, then every BACKOFF_MAX_SECONDS."""
         backoff, next_hello = 1.0, 0.0
         while self._alive():
             if time.monotonic() >= next_hello:
@@ -241,22 +242,22 @@ class Worker:
 
     def _load(self):
         from ..engine.factory import create_engine
-        s = self.settings
-        if self.engine.engine != 'fake':
+        s = self.config
+        if self.engine_config.engine != 'fake':
             defer_public_api()  # this process runs the graph: the runtime without the public API
-        self.logger.info('loading the %s engine on %s...', self.engine.engine, s.device)
-        encoder = create_engine(self.engine, logger=self.logger, graph=self.graph,
+        self.logger.info('loading the %s engine on %s...', self.engine_config.engine, s.device)
+        engine = create_engine(self.engine_config, logger=self.logger, graph=self.graph,
                                 intra_op_threads=s.intra_op_threads, inter_op_threads=s.inter_op_threads,
                                 gpu_memory_fraction=s.gpu_memory_fraction, max_batch_size=s.max_batch_size,
                                 max_batch_tokens=s.max_batch_tokens,
                                 frozen_weights=True)  # a worker never trains: oneDNN may cache the weights
-        encoder.warm_up()  # the first session runs are slow; do them before READY
+        engine.warm_up()  # the first session runs are slow; do them before READY
         self.logger.info('ready (%s)', s.device)
-        return encoder
+        return engine
 
-    def _serve(self, ctx, dealer, sink, encoder) -> None:
+    def _serve(self, ctx, dealer, sink, engine) -> None:
         """Runs the model on the calling thread; the io and featurize threads feed it."""
-        s = self.settings
+        s = self.config
         incoming: 'queue.Queue' = queue.Queue(maxsize=s.credit + 2)  # (generation, batch id, frames)
         work: 'queue.Queue' = queue.Queue(maxsize=1)  # (generation, batch id, prepared pieces or None)
         done_addr = f'inproc://done-{s.identity}'
@@ -265,7 +266,7 @@ class Worker:
         threads = [threading.Thread(target=self._guard, name='io', daemon=True,
                                     args=(self._io_loop, dealer, done_pull, incoming)),
                    threading.Thread(target=self._guard, name='featurize', daemon=True,
-                                    args=(self._featurize_loop, incoming, work, encoder))]
+                                    args=(self._featurize_loop, incoming, work, engine))]
         self._send(dealer, msg.pack_ready(s.credit, os.getpid(), s.device))
         for thread in threads:
             thread.start()
@@ -282,7 +283,7 @@ class Worker:
                 if generation != self._generation:
                     continue  # the server forgot us since: others compute it
                 self._computing, self._started = batch_id, time.monotonic()
-                self._compute(batch_id, prepared or [], sink, encoder)
+                self._compute(batch_id, prepared or [], sink, engine)
                 self._computing = self._started = None
                 done_push.send(b'%d' % batch_id)
                 # TensorFlow frees its per-batch buffers but glibc keeps the pages: ~120 MB after
@@ -316,7 +317,7 @@ class Worker:
         every batch held (received, DONE not sent yet), those whose results are still leaving, and
         the mark of the last PONG: the server sends again what is not held, and results that do
         not reach the sink soon after they left (see Scheduler.seen)."""
-        s = self.settings
+        s = self.config
         poller = zmq.Poller()
         poller.register(dealer, zmq.POLLIN)
         poller.register(done_pull, zmq.POLLIN)
@@ -406,7 +407,7 @@ class Worker:
             except queue.Empty:
                 return
 
-    def _featurize_loop(self, incoming, work, encoder) -> None:
+    def _featurize_loop(self, incoming, work, engine) -> None:
         """The featurize thread: parses each batch and tokenizes its pieces while the model computes
         the one before."""
         while self._alive():
@@ -418,7 +419,7 @@ class Worker:
                 continue
             try:
                 _, pieces = msg.unpack_batch(frames)
-                prepared = [(p, *self._featurize(encoder, p)) for p in pieces]
+                prepared = [(p, *self._featurize(engine, p)) for p in pieces]
             except msg.BadMessage as e:  # DONE with nothing computed: its pieces go out again
                 self.logger.warning('dropped a malformed batch from the ventilator: %s', e)
                 prepared = None
@@ -431,13 +432,13 @@ class Worker:
                     continue
 
     @staticmethod
-    def _featurize(encoder, piece) -> Tuple[Optional[list], Optional[str]]:
+    def _featurize(engine, piece) -> Tuple[Optional[list], Optional[str]]:
         try:
-            return encoder.featurize(piece.texts, piece.is_tokenized), None
+            return engine.featurize(piece.texts, piece.is_tokenized), None
         except (TypeError, ValueError) as e:
             return None, str(e)
 
-    def _compute(self, batch_id: int, prepared, sink, encoder) -> None:
+    def _compute(self, batch_id: int, prepared, sink, engine) -> None:
         """Encodes every good piece of a batch in one go and sends each its rows."""
         good = [(p, f) for p, f, err in prepared if err is None]
         for p, _, err in prepared:
@@ -448,7 +449,7 @@ class Worker:
         features: List = [f for _, feats in good for f in feats]
         t0 = time.perf_counter()
         try:
-            vectors = encoder.run(features)
+            vectors = engine.run(features)
         except Exception as e:  # a model failure fails this batch's requests, not the worker
             self.logger.error('batch %d failed: %s', batch_id, e, exc_info=True)
             for p, _ in good:
@@ -458,7 +459,7 @@ class Worker:
         self.logger.debug('batch %d: %d pieces, %d sequences in %.1f ms', batch_id, len(good), len(features),
                           1000 * (time.perf_counter() - t0))
         start = 0
-        trim = encoder.trims_token_axis()
+        trim = engine.trims_token_axis()
         for piece, feats in good:
             rows = vectors[start:start + len(feats)]
             start += len(feats)
@@ -484,10 +485,10 @@ def main() -> None:
     """``python -m bert_serving.server.pipeline.worker``: the spec of :func:`worker_spec` comes on stdin."""
     spec = read_spec()
     stop = install_stop_handler()
-    engine, settings, graph = _from_spec(spec)
-    settings = dataclasses.replace(settings, parent_pid=spec.get('parent_pid', settings.parent_pid))
+    engine_config, config, graph = _from_spec(spec)
+    config = dataclasses.replace(config, parent_pid=spec.get('parent_pid', config.parent_pid))
     signal_ready(spec)  # started; READY over the DEALER says when the model is loaded
-    leave(Worker(engine, settings, graph, stop).run())
+    leave(Worker(engine_config, config, graph, stop).run())
 
 
 if __name__ == '__main__':
