@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from bert_serving.client.errors import BertServingError
 from bert_serving.client.protocol import ErrorCode
 
 from .messages import HEARTBEAT_SECONDS, Piece
@@ -86,9 +87,9 @@ class SchedulerConfig:
     heartbeat_timeout: float = 10.0
 
 
-class Refused(Exception):
+class Refused(BertServingError):
     """A request the scheduler will not take. ``code`` is a wire error code (busy, shutting_down,
-    bad_request); ``retry_after`` is set for busy."""
+    bad_request); ``retry_after`` is set for busy. The ventilator turns it into an error frame."""
 
     def __init__(self, message: str, code: str, retry_after: Optional[float] = None):
         super().__init__(message)
