@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bert_serving.client import (BadRequest, BertClient, BertServerBusyError, BertServerError, BertServerGoneError,
-                                 BertServerShuttingDownError, BertServingError, BertTimeoutError, Response,
-                                 __version__)
+                                 BertServerShuttingDownError, BertServingError, BertTimeoutError, ConfigError,
+                                 Response, __version__)
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.client import client as client_module
 from bert_serving.client import connection
@@ -58,8 +58,9 @@ def test_list_output(fake):
 
 
 def test_unknown_output_fmt_is_refused():
-    with pytest.raises(ValueError, match='output_fmt'):
+    with pytest.raises(ConfigError, match='output_fmt must be "ndarray" or "list", got \'tensor\'') as info:
         BertClient(output_fmt='tensor', ignore_all_checks=True)
+    assert isinstance(info.value, ValueError)  # as before
 
 
 def test_tuple_input_and_tokenized_input(fake, bc):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bert_serving.client import (BadRequest, BertServerBusyError, BertServerError, BertServerShuttingDownError,
-                                 BertServingError, ConcurrentBertClient)
+                                 BertServingError, ConcurrentBertClient, ConfigError)
 
 WAIT_SECONDS = 10.0  # the most a test waits for a thread or the fake server; reached in milliseconds
 
@@ -131,8 +131,9 @@ def _wait_until(condition) -> None:
 
 def test_bad_max_concurrency():
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match='max_concurrency'):
+        with pytest.raises(ConfigError, match='max_concurrency must be a positive int') as info:
             ConcurrentBertClient(max_concurrency=bad, ignore_all_checks=True)
+        assert isinstance(info.value, ValueError)  # as before
 
 
 def test_failed_construction_closes_the_clients_made_so_far(fake_server):

@@ -166,6 +166,12 @@ def test_max_inputs_comes_from_its_flag():
         ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_max_inputs', '0']))
 
 
+def test_max_connect_below_one_is_a_config_error():
+    parse = get_args_parser().parse_args
+    with pytest.raises(ConfigError, match='http_max_connect must be positive, got 0'):
+        ProxyConfig.from_namespace(parse(['-http_port', '1', '-http_max_connect', '0']))
+
+
 def test_unknown_route_is_404_and_wrong_method_405_both_json(fake):
     async def check(client):
         r = await client.get('/nope')

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from bert_serving.client.errors import BadRequest
+from bert_serving.client.validation import validate_texts
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.factory import create_engine
 from bert_serving.server.engine.fake import FAKE_WIDTH, FakeEngine
@@ -82,16 +84,25 @@ def test_pre_tokenized_input_is_taken_as_is():
     assert feature.tokens == ('[CLS]', 'Mixed', 'Case', '[SEP]')
 
 
-def test_lone_surrogates_are_encoded():
-    out, tokens = fake().encode(['\ud800 x'])
-    assert tokens == [['[CLS]', '\ud800', 'x', '[SEP]']] and np.isfinite(out).all()
-
-
-@pytest.mark.parametrize('texts, is_tokenized', [([3], False), ([b'bytes'], False), (['not a list'], True),
-                                                 ([['a', 1]], True)])
-def test_wrong_input_types_name_the_input(texts, is_tokenized):
-    with pytest.raises(TypeError, match=r'texts\[0\]'):
+@pytest.mark.parametrize('texts, is_tokenized, match', [
+    ([3], False, r'texts\[0\] is int \(3\), expected str$'),
+    ([b'bytes'], False, r"texts\[0\] is bytes \(b'bytes'\), expected str$"),
+    (['not a list'], True, r"texts\[0\] is str \('not a list'\), expected a list of str \(is_tokenized=True\)$"),
+    ([['a', 1]], True, r'texts\[0\]\[1\] is int \(1\), expected str$'),
+    (['\ud800 x'], False, r"texts\[0\] holds a lone surrogate '\\ud800' at character 0"),
+    ('one sentence', False, r"texts is str \('one sentence'\), expected a list of str; wrap a single sentence"),
+])
+def test_wrong_input_is_refused_in_the_client_s_words(texts, is_tokenized, match):
+    with pytest.raises(BadRequest, match=match) as refused:
         fake().featurize(texts, is_tokenized)
+    with pytest.raises(BadRequest) as by_client:
+        validate_texts(texts, is_tokenized)
+    assert str(refused.value) == str(by_client.value)
+    assert isinstance(refused.value, TypeError)  # what the fake raised before, still caught
+
+
+def test_an_empty_request_has_no_features():
+    assert fake().featurize([]) == [] and fake().featurize([], is_tokenized=True) == []
 
 
 def test_fail_word_raises():

@@ -6,14 +6,17 @@ import threading
 import pytest
 import zmq
 
+from bert_serving.client.protocol import ErrorCode
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine import fake
+from bert_serving.server.errors import EncodeError
 from bert_serving.server.pipeline import messages as msg
 from bert_serving.server.pipeline.messages import Piece
 from bert_serving.server.pipeline.worker import Worker, WorkerConfig
 
 WAIT_SECONDS = 10.0  # bound of every wait; a heartbeat comes every HEARTBEAT_SECONDS
 HOLD_WORD = '__hold__'
+NO_ROOM_WORD = '__no_room__'
 
 
 class HeldFakeEngine(fake.FakeEngine):
@@ -26,6 +29,8 @@ class HeldFakeEngine(fake.FakeEngine):
         if any(isinstance(t, str) and HOLD_WORD in t for t in texts) and not self.release.is_set():
             self.holding.set()
             assert self.release.wait(WAIT_SECONDS), 'the test never released the featurize'
+        if any(isinstance(t, str) and NO_ROOM_WORD in t for t in texts):  # what features.to_features raises
+            raise EncodeError('max_seq_len=1 is too short: a sentence needs 2 tokens for [CLS] and [SEP]')
         return super().featurize(texts, is_tokenized)
 
 
@@ -164,3 +169,20 @@ def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
     while beats[-1].sending and len(beats) < 5:
         beats.append(harness.heartbeat(mark=1))
     assert (beats[-1].holds, beats[-1].sending) == ((), ())
+
+
+def test_the_engine_s_errors_become_fail_frames_once(harness):
+    """Input the engine refuses fails its piece as bad_request, in the validator's words; a length
+    the engine cannot lay out fails it as failed; the worker goes on serving."""
+    harness.send_batch(1, ['fine', 3])
+    bad = harness.result()
+    assert (bad.kind, bad.piece_id, bad.code) == (msg.FAIL, 1, ErrorCode.BAD_REQUEST)
+    assert bad.message == 'texts[1] is int (3), expected str'
+    harness.send_batch(2, [f'a {NO_ROOM_WORD}'])
+    failed = harness.result()
+    assert (failed.kind, failed.piece_id, failed.code) == (msg.FAIL, 2, ErrorCode.FAILED)
+    assert failed.message == ('the model cannot lay out this request: max_seq_len=1 is too short: a sentence '
+                              'needs 2 tokens for [CLS] and [SEP]')
+    harness.send_batch(3, ['fine'])
+    good = harness.result()
+    assert (good.kind, good.piece_id, good.array.shape) == (msg.RESULT, 3, (1, fake.FAKE_WIDTH))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bert_serving.client import BertClient
+from bert_serving.client import BertClient, ConfigError
 from bert_serving.client.protocol import pack_request
 
 from security_support import SERVER_CMD, rss_mib, server_pids, wait_port
@@ -70,5 +70,6 @@ def test_huge_identities_are_refused_and_kept_nowhere(cli_server, fake_vectors):
 
 @pytest.mark.parametrize('identity', [b'x' * 257, b'with\x00nul'])
 def test_our_client_refuses_an_identity_the_server_cannot_answer(identity):
-    with pytest.raises(ValueError, match='identity must be 1-256 bytes without NUL'):
+    with pytest.raises(ConfigError, match='identity must be 1-256 bytes without NUL') as info:
         BertClient(identity=identity, port=1, port_out=2, timeout=100)
+    assert isinstance(info.value, ValueError)  # as before

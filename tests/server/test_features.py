@@ -6,7 +6,10 @@ import random
 import numpy as np
 import pytest
 
+from bert_serving.client.errors import BadRequest
+from bert_serving.client.validation import validate_texts
 from bert_serving.server.engine import features as features_module
+from bert_serving.server.errors import EncodeError
 from bert_serving.server.engine.features import Feature, pad_batch, to_features
 from bert_serving.server.engine.tokenization import BertTokenizer
 
@@ -200,9 +203,10 @@ def test_longer_side_loses_first(tok):
 
 
 def test_limit_too_short_for_special_tokens(tok):
-    with pytest.raises(ValueError, match="max_seq_len=1"):
+    with pytest.raises(EncodeError, match="max_seq_len=1 is too short: a sentence needs 2 tokens") as short:
         to_features(tok, ["a"], is_tokenized=False, max_seq_len=1)
-    with pytest.raises(ValueError, match="pair"):
+    assert isinstance(short.value, ValueError)
+    with pytest.raises(EncodeError, match="max_seq_len=2 is too short: a pair needs 3 tokens"):
         to_features(tok, ["a ||| b"], is_tokenized=False, max_seq_len=2)
 
 
@@ -255,28 +259,29 @@ def test_no_special_token_no_limit(tok):
 # --- validation -------------------------------------------------------------
 
 
-def test_non_string_element_is_named_by_index(tok):
-    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
-        to_features(tok, ["a", "b", 3], is_tokenized=False, max_seq_len=25)
-    with pytest.raises(TypeError, match=r"texts\[0\] is list.*is_tokenized=True"):
-        to_features(tok, [["a"]], is_tokenized=False, max_seq_len=25)
-
-
-def test_tokenized_elements_must_be_lists_of_str(tok):
-    with pytest.raises(TypeError, match=r"texts\[1\] is str"):
-        to_features(tok, [["a"], "b"], is_tokenized=True, max_seq_len=25)
-    with pytest.raises(TypeError, match=r"texts\[0\]\[1\] is NoneType"):
-        to_features(tok, [["a", None]], is_tokenized=True, max_seq_len=25)
-
-
-def test_texts_must_be_a_list(tok):
-    with pytest.raises(TypeError, match="texts must be a list of str, got str"):
-        to_features(tok, "hello", is_tokenized=False, max_seq_len=25)
+# The engine checks input with the client's validator: the same BadRequest, in the same words.
+@pytest.mark.parametrize("texts, is_tokenized, match", [
+    (["a", "b", 3], False, r"^texts\[2\] is int \(3\), expected str$"),
+    ([["a"]], False, r"^texts\[0\] is list \(\['a'\]\), expected str; pass is_tokenized=True for lists of tokens$"),
+    ([["a"], "b"], True, r"^texts\[1\] is str \('b'\), expected a list of str \(is_tokenized=True\)$"),
+    ([["a", None]], True, r"^texts\[0\]\[1\] is NoneType \(None\), expected str$"),
+    ("hello", False, r"^texts is str \('hello'\), expected a list of str; wrap a single sentence in a list: "),
+    (["ok", "x \udfff"], False, r"^texts\[1\] holds a lone surrogate '\\udfff' at character 2"),
+])
+def test_bad_input_is_the_client_s_bad_request(tok, texts, is_tokenized, match):
+    with pytest.raises(BadRequest, match=match) as refused:
+        to_features(tok, texts, is_tokenized=is_tokenized, max_seq_len=25)
+    with pytest.raises(BadRequest) as by_client:
+        validate_texts(texts, is_tokenized)
+    assert str(refused.value) == str(by_client.value)
+    # What to_features raised before (TypeError) still catches it.
+    assert isinstance(refused.value, TypeError) and isinstance(refused.value, ValueError)
 
 
 def test_max_seq_len_must_be_int_or_none(tok):
-    with pytest.raises(TypeError, match="max_seq_len"):
+    with pytest.raises(EncodeError, match="max_seq_len must be an int or None, got str") as info:
         to_features(tok, ["a"], is_tokenized=False, max_seq_len="25")
+    assert isinstance(info.value, TypeError)
 
 
 # --- padding ----------------------------------------------------------------
@@ -303,7 +308,7 @@ def test_pad_batch_shapes_mask_and_zero_padding(tok):
 def test_pad_batch_rejects_longer_feature():
     feature = Feature(("[CLS]", "a", "[SEP]"), (101, 1037, 102), (0, 0, 0))
     assert pad_batch([feature], 3)[1].sum() == 3
-    with pytest.raises(ValueError, match="feature 0 has 3 tokens"):
+    with pytest.raises(EncodeError, match="feature 0 has 3 tokens"):
         pad_batch([feature], 2)
 
 

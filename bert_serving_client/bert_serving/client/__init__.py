@@ -12,7 +12,7 @@ from ._version import PROTOCOL_VERSION, __version__
 from .client import BertClient, Response
 from .concurrent import ConcurrentBertClient
 from .errors import (BadRequest, BertServerBusyError, BertServerError, BertServerGoneError, BertServerShuttingDownError,
-                     BertServingError, BertTimeoutError, KeyFileError, ProtocolError)
+                     BertServingError, BertTimeoutError, ConfigError, KeyFileError, ProtocolError)
 
 __all__ = [
     'BertClient',
@@ -26,6 +26,7 @@ __all__ = [
     'BertTimeoutError',
     'ProtocolError',
     'BadRequest',
+    'ConfigError',
     'KeyFileError',
     '__version__',
     'PROTOCOL_VERSION',

@@ -21,7 +21,7 @@ import zmq
 
 from ._version import PROTOCOL_VERSION, __version__
 from .connection import ConnectionWatch, enable_heartbeats
-from .errors import BertServerError, BertServerGoneError, BertServingError, BertTimeoutError, ProtocolError
+from .errors import BertServerError, BertServerGoneError, BertServingError, BertTimeoutError, ConfigError, ProtocolError
 from .protocol import MAX_IDENTITY_BYTES, Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
 from .security import CurveKeys, secure_client_socket
 from .validation import validate_texts
@@ -86,6 +86,8 @@ class BertClient:
             ``NAME.key`` goes into the server's ``authorized/``). Default: ``$BERT_SERVING_CLIENT_KEY``.
 
     Raises:
+        ConfigError: ``output_fmt`` is neither 'ndarray' nor 'list', or ``identity`` is empty, longer
+            than 256 bytes or holds NUL (a ValueError).
         KeyFileError: Only one of server_key / client_key is set, or a key file is missing,
             unreadable or of the wrong kind (the message says which file to give).
     """
@@ -94,13 +96,13 @@ class BertClient:
                  identity=None, check_version=True, check_length=True, check_token_info=True,
                  ignore_all_checks=False, timeout=-1, server_key=None, client_key=None):
         if output_fmt not in ('ndarray', 'list'):
-            raise ValueError(f'output_fmt must be "ndarray" or "list", got {output_fmt!r}')
+            raise ConfigError(f'output_fmt must be "ndarray" or "list", got {output_fmt!r}')
         if isinstance(identity, str):
             identity = identity.encode('ascii')
         self.identity = identity or str(uuid.uuid4()).encode('ascii')
         if len(self.identity) > MAX_IDENTITY_BYTES or b'\x00' in self.identity:
-            raise ValueError(f'identity must be 1-{MAX_IDENTITY_BYTES} bytes without NUL (the server answers no other); '
-                             f'got {len(self.identity)} bytes. Leave it out for a fresh UUID')
+            raise ConfigError(f'identity must be 1-{MAX_IDENTITY_BYTES} bytes without NUL (the server answers no '
+                              f'other); got {len(self.identity)} bytes. Leave it out for a fresh UUID')
         self.ip, self.port, self.port_out = ip, port, port_out
         self.output_fmt, self.timeout = output_fmt, timeout
         self._curve = CurveKeys.from_files(server_key, client_key)  # before any socket: a bad key opens none

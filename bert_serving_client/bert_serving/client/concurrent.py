@@ -12,7 +12,7 @@ import threading
 from typing import Iterator, List
 
 from .client import BertClient
-from .errors import BertServingError
+from .errors import BertServingError, ConfigError
 
 __all__ = ['ConcurrentBertClient']
 
@@ -41,13 +41,13 @@ class ConcurrentBertClient(BertClient):
             must not share one.
 
     Raises:
-        ValueError: ``max_concurrency`` is not a positive int.
+        ConfigError: ``max_concurrency`` is not a positive int (a ValueError).
         BertTimeoutError, BertServingError: As BertClient's constructor; no client is left open.
     """
 
     def __init__(self, max_concurrency=10, **kwargs):
         if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency < 1:
-            raise ValueError(f'max_concurrency must be a positive int, got {max_concurrency!r}')
+            raise ConfigError(f'max_concurrency must be a positive int, got {max_concurrency!r}')
         # No super().__init__(): the pool's clients connect; this object only lends them out.
         self.max_concurrency = max_concurrency
         self._idle: queue.Queue = queue.Queue(maxsize=max_concurrency)

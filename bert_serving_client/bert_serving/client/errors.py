@@ -10,18 +10,19 @@ Every error this project raises derives from :class:`BertServingError`::
     ├── BertServerGoneError            the connection to the server dropped and did not come back
     ├── ProtocolError                  a malformed message on the wire (also a ValueError)
     ├── BadRequest                     invalid input, named element by element (also a ValueError)
+    ├── ConfigError                    a BertClient argument or a server flag is invalid (also a ValueError)
     └── KeyFileError                   a CurveZMQ key file is missing or of the wrong kind (also a ValueError)
 
-The server adds ``ConfigError`` and ``ModelError`` (``bert_serving.server.errors``) and the HTTP
-proxy its ``HttpError`` family under the same root, so one ``except BertServingError`` catches
-anything this project raises.
+The server adds its own (``bert_serving.server.errors``, which lists the whole tree) and the
+HTTP proxy its ``HttpError`` family under the same root, so one ``except BertServingError``
+catches anything this project raises.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 __all__ = ['BertServingError', 'BertServerError', 'BertServerBusyError', 'BertServerShuttingDownError',
-           'BertTimeoutError', 'BertServerGoneError', 'ProtocolError', 'BadRequest', 'KeyFileError']
+           'BertTimeoutError', 'BertServerGoneError', 'ProtocolError', 'BadRequest', 'ConfigError', 'KeyFileError']
 
 
 class BertServingError(Exception):
@@ -86,6 +87,13 @@ class BadRequest(BertServingError, ValueError, TypeError):
     sending, in the server's ventilator, in the HTTP proxy. It is a ValueError, and a TypeError too
     because 1.10's client raised TypeError for an element of the wrong type.
     """
+
+
+class ConfigError(BertServingError, ValueError):
+    """A setting is invalid: a ``BertClient`` argument (``output_fmt``, ``identity``,
+    ``max_concurrency``) or a server flag (a layer out of range, two ports that clash, ...); the
+    message names it and says what to give instead. The server raises it from
+    ``bert_serving.server.errors``, where it is the same class."""
 
 
 class KeyFileError(BertServingError, ValueError):

@@ -28,12 +28,13 @@ from typing import Optional
 import zmq
 
 from bert_serving.client import __version__
+from bert_serving.client.errors import BertServingError
 from bert_serving.client.protocol import PROTOCOL_VERSION, WIRE_RELEASE, Command, pack_request
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .config import EngineConfig, PoolingStrategy, ServerConfig
 from .cpu import available_cores
-from .errors import ConfigError
+from .errors import ConfigError, StartError
 from .engine.devices import (batch_token_budget, cpu_oversubscription, cpu_threads, plan_devices,
                              planned_layer_shards, session_threads)
 from .engine.features import token_counts
@@ -109,8 +110,8 @@ class BertServer(threading.Thread):
             try:
                 from .http import ProxyConfig
             except ImportError as e:
-                raise RuntimeError(f'-http_port needs the http extra: pip install "bert-serving-server[http]" '
-                                   f'({e})') from e
+                raise ConfigError(f'-http_port needs the http extra: pip install "bert-serving-server[http]", '
+                                  f'or leave -http_port out ({e})') from e
             ProxyConfig.from_server(cfg, engine, curve_keys=self.proxy_keys)  # a wrong token flag fails before the model
         self.devices = plan_devices(cfg.num_worker, cfg.cpu, cfg.device_map, self.logger)
         # Devices first: where the workers run decides -fp16's compute dtype and how the blocks
@@ -251,8 +252,8 @@ class BertServer(threading.Thread):
                 if not sink.wait_ready(SINK_START_SECONDS):
                     ports = f'port_out {cfg.port_out}' + (f' or port_worker_sink {cfg.port_worker_sink}'
                                                           if cfg.port_worker_sink is not None else '')
-                    raise RuntimeError(f'the sink stopped while starting: is {ports} already in use? '
-                                       '(see the SINK log)')
+                    raise StartError(f'the sink stopped while starting: is {ports} already in use? '
+                                     '(see the SINK log)')
                 self._start_http()
                 Ventilator(self, self.scheduler, self.supervisor, self.addresses, num_worker=cfg.num_worker,
                            max_request_bytes=cfg.max_request_bytes, request_timeout=cfg.request_timeout,
@@ -260,8 +261,8 @@ class BertServer(threading.Thread):
                            show_tokens_to_client=cfg.show_tokens_to_client, auth=self.auth,
                            secure=functools.partial(secure_server_socket, auth=self.auth),
                            tag_secret=self.tag_secret).run(ctx)
-        except Exception as e:  # e.g. a port already in use
-            self.fatal(f'{type(e).__name__}: {e}')
+        except Exception as e:  # e.g. a port already in use; our own errors' messages stand alone
+            self.fatal(str(e) if isinstance(e, BertServingError) else f'{type(e).__name__}: {e}')
         finally:
             self.supervisor.stop_all(STOP_SECONDS)
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
@@ -306,13 +307,13 @@ class BertServer(threading.Thread):
         """Starts the server and returns once every worker is ready.
 
         Raises:
-            RuntimeError: the server stopped while starting (the message says why).
+            StartError: the server stopped while starting (the message says why; a RuntimeError).
         """
         self.start()
         while not self.is_ready.wait(0.1):
             if not self.is_alive():
                 self.join()
-                raise RuntimeError(f'the server stopped while starting: {self.failure or "see the log"}')
+                raise StartError(f'the server stopped while starting: {self.failure or "see the log"}')
         return self
 
     def __exit__(self, *exc) -> None:

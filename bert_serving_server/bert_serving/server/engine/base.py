@@ -32,7 +32,9 @@ class Engine(abc.ABC):
         """Tokenizes a request; one feature per input, each with ``tokens`` and ``input_ids``.
 
         Raises:
-            TypeError, ValueError: an input cannot be encoded; the message names it.
+            BadRequest: an input cannot be encoded (``bert_serving.client.validation``); the
+                message names it.
+            EncodeError: the engine's length settings cannot hold an input.
         """
 
     @abc.abstractmethod

@@ -97,7 +97,7 @@ class Encoder(Engine):
         """Tokenizes a request (pairs, truncation, special tokens) into features.
 
         Raises:
-            TypeError: an element has the wrong type; the message names it.
+            BadRequest: an element has the wrong type; the message names it.
         """
         return to_features(self.tokenizer, texts, is_tokenized=is_tokenized,
                            max_seq_len=self.config.max_seq_len,

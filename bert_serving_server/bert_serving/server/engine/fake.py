@@ -24,6 +24,8 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from bert_serving.client.validation import validate_texts
+
 from ..config import PoolingStrategy
 from .base import Engine
 from .features import Feature
@@ -45,15 +47,12 @@ class FakeEngine(Engine):
         self._vectors: Dict[str, np.ndarray] = {}
 
     def featurize(self, texts: Sequence, is_tokenized: bool = False) -> list:
+        texts, _ = validate_texts(texts, bool(is_tokenized), allow_empty=True)
         features = []
-        for i, text in enumerate(texts):
+        for text in texts:
             if is_tokenized:
-                if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
-                    raise TypeError(f'texts[{i}] must be a list of str')
                 words = list(text)
             else:
-                if not isinstance(text, str):
-                    raise TypeError(f'texts[{i}] is {type(text).__name__}, expected str')
                 words = (text.lower() if self.config.do_lower_case else text).split()
             tokens = ['[CLS]']
             types = [0]

@@ -18,6 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from bert_serving.client.validation import validate_texts
+
+from ..errors import EncodeError
 from .tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
 
 __all__ = ["Feature", "pad_batch", "to_features", "token_counts"]
@@ -82,11 +85,12 @@ def to_features(
         One feature per input, in input order.
 
     Raises:
-        TypeError: If ``texts`` is not a list of str (list of lists of str when
+        BadRequest: If ``texts`` is not a list of str (list of lists of str when
             ``is_tokenized``); the message names the first bad element.
-        ValueError: If the length limit cannot hold the special tokens.
+        EncodeError: If ``max_seq_len`` is not an int or None, or cannot hold
+            the special tokens.
     """
-    _check_texts(texts, is_tokenized)
+    texts, _ = validate_texts(texts, bool(is_tokenized), allow_empty=True)
     specials = not (is_tokenized and no_special_token)
     if is_tokenized:
         parts = [_split_tokenized(tokenizer, tokens) for tokens in texts]
@@ -100,7 +104,7 @@ def to_features(
         longest = max((_full_length(a, b, specials) for a, b in parts), default=0)
         limit = min(longest, max_position_embeddings)
     elif isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int):
-        raise TypeError(f"max_seq_len must be an int or None, got {type(max_seq_len).__name__}")
+        raise EncodeError(f"max_seq_len must be an int or None, got {type(max_seq_len).__name__}")
     else:
         limit = max_seq_len
 
@@ -120,7 +124,7 @@ def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.
         hold 0 in all three arrays.
 
     Raises:
-        ValueError: If a feature is longer than ``length``.
+        EncodeError: If a feature is longer than ``length``.
     """
     batch = len(features)
     input_ids = np.zeros((batch, length), dtype=np.int32)
@@ -129,7 +133,7 @@ def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.
     for row, feature in enumerate(features):
         n = len(feature.input_ids)
         if n > length:
-            raise ValueError(
+            raise EncodeError(
                 f"feature {row} has {n} tokens, more than the padded length {length}; "
                 "truncate with to_features() before padding"
             )
@@ -160,28 +164,6 @@ def token_counts(tokenizer: BertTokenizer, texts: Sequence, is_tokenized: bool) 
     if sum(min(len(t), COUNT_PREFIX_CHARS) for t in strings) > COUNT_BUDGET_CHARS:
         return [len(t) for t in strings]
     return [len(tokenizer.tokenize(t[:COUNT_PREFIX_CHARS])) for t in strings]
-
-
-def _check_texts(texts, is_tokenized: bool) -> None:
-    expected = "a list of lists of str" if is_tokenized else "a list of str"
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"texts must be {expected}, got {type(texts).__name__}")
-    for index, item in enumerate(texts):
-        if is_tokenized:
-            if not isinstance(item, (list, tuple)):
-                raise TypeError(
-                    f"texts[{index}] is {type(item).__name__}, but is_tokenized=True "
-                    "needs every element to be a list of str"
-                )
-            for position, token in enumerate(item):
-                if not isinstance(token, str):
-                    raise TypeError(
-                        f"texts[{index}][{position}] is {type(token).__name__}, "
-                        "but tokens must be str"
-                    )
-        elif not isinstance(item, str):
-            hint = "; pass is_tokenized=True for lists of tokens" if isinstance(item, (list, tuple)) else ""
-            raise TypeError(f"texts[{index}] is {type(item).__name__}, but it must be str{hint}")
 
 
 def _split_text(tokenizer: BertTokenizer, text: str, need: int) -> tuple[list[str], list[str] | None]:
@@ -249,14 +231,14 @@ def _layout(
     if b is None:
         budget = limit - (2 if specials else 0)
         if budget < 0:
-            raise ValueError(f"max_seq_len={limit} is too short: a sentence needs 2 tokens for [CLS] and [SEP]")
+            raise EncodeError(f"max_seq_len={limit} is too short: a sentence needs 2 tokens for [CLS] and [SEP]")
         a = a[:budget]
         tokens = [CLS_TOKEN, *a, SEP_TOKEN] if specials else a
         type_ids = [0] * len(tokens)
     else:
         budget = limit - (3 if specials else 0)
         if budget < 0:
-            raise ValueError(f"max_seq_len={limit} is too short: a pair needs 3 tokens for [CLS] and two [SEP]")
+            raise EncodeError(f"max_seq_len={limit} is too short: a pair needs 3 tokens for [CLS] and two [SEP]")
         len_a, len_b = _pair_lengths(len(a), len(b), budget)
         a, b = a[:len_a], b[:len_b]
         if specials:

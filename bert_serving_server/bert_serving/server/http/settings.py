@@ -103,7 +103,7 @@ class ProxyConfig:
 
     def __post_init__(self):
         if self.max_connect < 1:
-            raise ValueError(f'http_max_connect must be at least 1, got {self.max_connect}')
+            raise ConfigError(f'-http_max_connect must be at least 1, got {self.max_connect}')
         if self.max_inputs < 1:
             raise ConfigError(f'-http_max_inputs must be at least 1, got {self.max_inputs}')
         if self.token:
@@ -117,7 +117,7 @@ class ProxyConfig:
         if not any(keys):
             return None
         if not all(keys):
-            raise ValueError('curve_server_key, curve_public_key and curve_secret_key go together')
+            raise ConfigError('curve_server_key, curve_public_key and curve_secret_key go together')
         return CurveKeys(*keys)
 
     @classmethod

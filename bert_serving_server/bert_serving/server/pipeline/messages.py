@@ -61,6 +61,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from bert_serving.client.errors import ProtocolError
 from bert_serving.client.protocol import raw_bytes
 
 __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', 'REJECT', 'PONG', 'REGISTER_AGAIN',
@@ -83,8 +84,9 @@ HEARTBEAT_SECONDS = 1.0
 RequestKey = Tuple[bytes, int, int]  # (client identity, req_id, serial): one client request
 
 
-class BadMessage(ValueError):
-    """An internal message that does not parse; logged and dropped by its receiver."""
+class BadMessage(ProtocolError):
+    """An internal message that does not parse (from another of the server's processes, or a
+    remote worker); logged and dropped by its receiver."""
 
 
 def _json(frame) -> Any:

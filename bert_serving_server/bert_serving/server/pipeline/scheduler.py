@@ -43,6 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from bert_serving.client.errors import BertServingError
 from bert_serving.client.protocol import ErrorCode
 
 from ..config import ServerConfig, field_default
@@ -87,9 +88,9 @@ class SchedulerConfig:
     heartbeat_timeout: float = field_default(ServerConfig, 'heartbeat_timeout')
 
 
-class Refused(Exception):
+class Refused(BertServingError):
     """A request the scheduler will not take. ``code`` is a wire error code (busy, shutting_down,
-    bad_request); ``retry_after`` is set for busy."""
+    bad_request); ``retry_after`` is set for busy. The ventilator turns it into an error frame."""
 
     def __init__(self, message: str, code: str, retry_after: Optional[float] = None):
         super().__init__(message)

@@ -31,10 +31,12 @@ from typing import Dict, List, Optional, Set, Tuple
 
 import zmq
 
+from bert_serving.client.errors import BadRequest, BertServingError
 from bert_serving.client.protocol import ErrorCode
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from ..config import EngineConfig, ServerConfig, field_default
+from ..errors import EncodeError
 from ..engine.checkpoint import BertConfig, ModelFiles
 from ..engine.devices import CPU_BATCH_TOKENS
 from ..engine.graph import FrozenGraph
@@ -107,8 +109,8 @@ def _from_spec(spec: dict) -> Tuple[EngineConfig, WorkerConfig, Optional[FrozenG
     return EngineConfig(**spec['engine']), WorkerConfig(**config), graph
 
 
-class Rejected(Exception):
-    """The server refused this worker (the message says why)."""
+class Rejected(BertServingError):
+    """The server refused this worker (the message says why); the worker exits with code 3."""
 
 
 class Worker:
@@ -432,18 +434,22 @@ class Worker:
                     continue
 
     @staticmethod
-    def _featurize(engine, piece) -> Tuple[Optional[list], Optional[str]]:
+    def _featurize(engine, piece) -> Tuple[Optional[list], Optional[List[bytes]]]:
+        """The piece's features, or the FAIL frames that answer it. Any other exception is a bug
+        of the engine: it ends the featurize thread, and the worker is replaced."""
         try:
             return engine.featurize(piece.texts, piece.is_tokenized), None
-        except (TypeError, ValueError) as e:
-            return None, str(e)
+        except BadRequest as e:  # the request's fault
+            return None, msg.pack_piece_fail(piece, str(e), ErrorCode.BAD_REQUEST)
+        except EncodeError as e:  # the engine's length settings
+            return None, msg.pack_piece_fail(piece, f'the model cannot lay out this request: {e}', ErrorCode.FAILED)
 
     def _compute(self, batch_id: int, prepared, sink, engine) -> None:
         """Encodes every good piece of a batch in one go and sends each its rows."""
-        good = [(p, f) for p, f, err in prepared if err is None]
-        for p, _, err in prepared:
-            if err is not None:
-                sink.send_multipart(msg.pack_piece_fail(p, err, ErrorCode.BAD_REQUEST))
+        good = [(p, f) for p, f, fail in prepared if fail is None]
+        for _, _, fail in prepared:
+            if fail is not None:
+                sink.send_multipart(fail)
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
