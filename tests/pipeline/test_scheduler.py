@@ -6,8 +6,8 @@ import random
 import pytest
 
 from bert_serving.client.protocol import ErrorCode
-from bert_serving.server.pipeline.scheduler import (MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Refused,
-                                                    Scheduler, SchedulerConfig)
+from bert_serving.server.pipeline.request_queue import Refused, SchedulerConfig
+from bert_serving.server.pipeline.scheduler import MAX_ATTEMPTS, SEND_BACKOFF_SECONDS, Scheduler
 
 
 class FakeClock:

@@ -15,7 +15,7 @@ from bert_serving.server.engine.devices import CPU_BATCH_TOKENS
 from bert_serving.server.engine.encoder import Encoder
 from bert_serving.server.errors import ConfigError
 from bert_serving.server.http.settings import ProxyConfig
-from bert_serving.server.pipeline.scheduler import SchedulerConfig
+from bert_serving.server.pipeline.request_queue import SchedulerConfig
 from bert_serving.server.pipeline.worker import WorkerConfig
 from bert_serving.server.security import AuthConfig
 

@@ -13,8 +13,8 @@ each is raised and where it is translated::
     ├── ModelError                       a model file is missing, unreadable or mismatched (engine/)
     ├── EncodeError                      engine/features.py: max_seq_len cannot hold an input's layout
     ├── StartError                       service.py: the server stopped while starting
-    ├── Refused                          pipeline/scheduler.py: a request the server will not take; the
-    │                                    ventilator answers it with an error frame of its code (busy, ...)
+    ├── Refused                          pipeline/request_queue.py: a request the server will not take;
+    │                                    the ventilator answers it with an error frame of its code (busy, ...)
     ├── Rejected                         pipeline/worker.py: the server refused this worker; exit code 3
     └── HttpError ...                    http/errors.py: each with its HTTP status
 

@@ -42,7 +42,8 @@ from .engine.graph import fingerprint, graph_layer_shards, prepare_graph, tensor
 from .engine.tokenization import BertTokenizer
 from .log import get_logger
 from .launcher import ChildProcess
-from .pipeline.scheduler import Scheduler, SchedulerConfig
+from .pipeline.request_queue import SchedulerConfig
+from .pipeline.scheduler import Scheduler
 from .pipeline.sink import SinkConfig
 from .pipeline.supervisor import Supervisor
 from .pipeline.ventilator import Addresses, Ventilator

@@ -48,7 +48,8 @@ from . import messages as msg
 from .peers import may_terminate, peer_of
 from .publisher import connection_property, valid_identity
 from .registry import WorkerRegistry
-from .scheduler import Refused, Scheduler
+from .request_queue import Refused
+from .scheduler import Scheduler
 from .statistics import ServerStatistic
 from .supervisor import Supervisor
 
