@@ -262,7 +262,14 @@ class BertServer(threading.Thread):
                            show_tokens_to_client=cfg.show_tokens_to_client, auth=self.auth,
                            secure=functools.partial(secure_server_socket, auth=self.auth),
                            tag_secret=self.tag_secret).run(ctx)
-        except Exception as e:  # e.g. a port already in use; our own errors' messages stand alone
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EADDRINUSE:  # the ventilator binds -port (and -port_worker) in this thread
+                self.fatal(f'{e}: -port {cfg.port}' + (f' or -port_worker {cfg.port_worker}' if cfg.port_worker else '')
+                           + ' is held by another program, maybe another server: stop it (bert-serving-terminate '
+                           '-port N) or start this one with other ports')
+            else:
+                self.fatal(f'ZMQError: {e}')
+        except Exception as e:  # our own errors' messages stand alone
             self.fatal(str(e) if isinstance(e, BertServingError) else f'{type(e).__name__}: {e}')
         finally:
             self.supervisor.stop_all(STOP_SECONDS)
