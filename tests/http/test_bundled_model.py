@@ -34,7 +34,7 @@ TOKEN = 'dashboard-test-token-6f1d2c9a8b7e'
 BEARER = {'Authorization': f'Bearer {TOKEN}'}
 
 
-ATOL, RTOL = 1e-4, 1e-3  # as in tests/server/test_reference.py
+ATOL, RTOL = 1e-4, 1e-3  # as in tests/engine/test_reference.py
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,6 @@
 """The start-up plan of the local workers, on this machine's CPU: the table of each worker's device,
 threads and batch-token budget, the warning when CPU workers x threads exceed the cores, and the
-budget in the server's status. (GPU plans are tested with given GPU lists in tests/server/test_devices.py.)"""
+budget in the server's status. (GPU plans are tested with given GPU lists in tests/engine/test_devices.py.)"""
 import logging
 
 from bert_serving.server.cpu import available_cores
