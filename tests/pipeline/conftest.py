@@ -8,7 +8,8 @@ import pytest
 import zmq
 
 from bert_serving.client.security import CurveKeys
-from bert_serving.server.security import AuthConfig, authenticator, secure_server_socket, write_keypair
+from bert_serving.server.keygen import write_keypair
+from bert_serving.server.security import AuthConfig, authenticator, secure_server_socket
 
 from ventilator_support import VentilatorHarness
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bert_serving.server.pipeline import supervisor as supervisor_module
-from bert_serving.server.pipeline.launcher import ChildProcess
+from bert_serving.server.launcher import ChildProcess
 from bert_serving.server.pipeline.supervisor import Supervisor
 
 from ventilator_support import WAIT_SECONDS, Records

@@ -12,7 +12,7 @@ from bert_serving.client.protocol import MAX_IDENTITY_BYTES, Command, ErrorCode
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.fake import FakeEngine
 from bert_serving.server.pipeline import messages as msg
-from bert_serving.server.pipeline.worker import Worker, WorkerSettings
+from bert_serving.server.pipeline.worker import Worker, WorkerConfig
 
 from ventilator_support import FINGERPRINT, SECRET, WAIT_SECONDS, wait_until
 
@@ -207,7 +207,7 @@ def test_a_real_worker_with_the_fake_engine_serves_a_request_through_it(ventilat
     vectors for each row, tagged for the local channel."""
     v = ventilator(num_worker=1)
     stop = threading.Event()
-    settings = WorkerSettings(name='WORKER-0', identity='worker-0-0', fingerprint=FINGERPRINT, device_id=-1,
+    settings = WorkerConfig(name='WORKER-0', identity='worker-0-0', fingerprint=FINGERPRINT, device_id=-1,
                               backend_addr=v.addresses.backend, credit=2, max_batch_size=8)
     worker = Worker(EngineConfig(engine='fake'), settings, None, stop)
     thread = threading.Thread(target=worker.run, name='worker', daemon=True)

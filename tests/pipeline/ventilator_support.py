@@ -28,7 +28,8 @@ import zmq
 from bert_serving.client.protocol import Command, pack_request
 from bert_serving.client.security import secure_client_socket
 from bert_serving.server.pipeline import messages as msg
-from bert_serving.server.pipeline.scheduler import Scheduler, SchedulerConfig
+from bert_serving.server.pipeline.request_queue import SchedulerConfig
+from bert_serving.server.pipeline.scheduler import Scheduler
 from bert_serving.server.pipeline.supervisor import Supervisor
 from bert_serving.server.pipeline.ventilator import Addresses, Ventilator
 from bert_serving.server.security import WORKER_DOMAIN, AuthConfig
