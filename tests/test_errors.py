@@ -42,7 +42,7 @@ def test_every_exception_class_derives_from_the_one_root():
     # The walk sees the classes of every layer: the client, the server, the engine, the pipeline, the proxy.
     assert {'bert_serving.client.errors.BadRequest', 'bert_serving.server.errors.EncodeError',
             'bert_serving.server.pipeline.messages.BadMessage', 'bert_serving.server.pipeline.request_queue.Refused',
-            'bert_serving.server.pipeline.worker.Rejected', 'bert_serving.server.http.errors.HttpError'} <= set(classes)
+            'bert_serving.server.pipeline.link.Rejected', 'bert_serving.server.http.errors.HttpError'} <= set(classes)
     outside = sorted(name for name, cls in classes.items() if not issubclass(cls, BertServingError))
     assert not outside, f'not under BertServingError: {outside}'
 

@@ -15,7 +15,7 @@ each is raised and where it is translated::
     ├── StartError                       service.py: the server stopped while starting
     ├── Refused                          pipeline/request_queue.py: a request the server will not take;
     │                                    the ventilator answers it with an error frame of its code (busy, ...)
-    ├── Rejected                         pipeline/worker.py: the server refused this worker; exit code 3
+    ├── Rejected                         pipeline/link.py: the server refused this worker; exit code 3
     └── HttpError ...                    http/errors.py: each with its HTTP status
 
 At the command line (cli.py) a ConfigError, ModelError, StartError or KeyFileError becomes one

@@ -3,10 +3,11 @@
 Modules, one role each (floors from the top; `.importlinter` keeps them so):
     remote         bert-serving-worker: a worker on another machine
     ventilator     receives requests, queues them, hands batches to workers
-    worker         encodes batches with the engine
+    worker         encodes batches with the engine: featurize and model threads, the watchdog
     sink           reassembles results in order and fails requests past their deadline
     scheduler      the request queue plus what each worker holds (credit, marks, deliveries, losses), and
                    the batches for them; free of sockets
+    link           a worker's DEALER to the ventilator: registration, heartbeats, batches in, DONE out
     registry       the ventilator's table of workers: credit, heartbeats, losses
     supervisor     starts the roles' processes and restarts a worker that died
     statistics     the SHOW_STATUS counters
