@@ -1,7 +1,7 @@
 """bert-serving-encode without a real server: reading text, JSONL and CSV input (and naming the line
 of every bad record), the output and its progress file, resuming after an interruption, and the
 progress line. The encoding runs against the in-thread FakeServer of conftest.py.
-(Whole-server runs, and interrupting the command with signals, are in tests/service/test_encode_cli.py.)"""
+(Whole-server runs, and interrupting the command with signals, are in tests/service/test_encode_command.py.)"""
 from __future__ import annotations
 
 import io
@@ -18,8 +18,6 @@ from bert_serving.client import BadRequest, ConfigError
 from bert_serving.client import checkpoint, encode_cli
 from bert_serving.client.corpus import InputSpec, read_records
 from bert_serving.client.encode_cli import EncodeInterrupted, encode_file, main
-
-from conftest import fake_encode
 
 
 def records(tmp_path, content: bytes, **options):
@@ -89,7 +87,7 @@ def test_output_equals_encode_and_ids_are_line_numbers(fake, tmp_path):
     assert summary[2:6] == (1000, fake.width, 0, 1000)
     vectors = np.load(tmp_path / 'vectors.npy')
     assert vectors.dtype == np.float32
-    np.testing.assert_array_equal(vectors, fake_encode(texts))
+    np.testing.assert_array_equal(vectors, fake.encode(texts))
     ids = (tmp_path / 'vectors.ids.txt').read_text().split('\n')
     assert ids == [str(i) for i in range(1, 501)] + [str(i) for i in range(502, 1002)] + ['']
     assert json.loads((tmp_path / 'vectors.progress.json').read_text())['done'] == 1000
@@ -131,13 +129,13 @@ def test_an_interrupted_run_saves_what_is_done_and_the_next_goes_on(fake, tmp_pa
     done = info.value.done
     assert 0 < done <= 150 and info.value.rows == 600
     assert json.loads((tmp_path / 'vectors.progress.json').read_text())['done'] == done
-    np.testing.assert_array_equal(np.load(output)[:done], fake_encode(texts[:done]))
+    np.testing.assert_array_equal(np.load(output)[:done], fake.encode(texts[:done]))
 
     sent_before = sum(r.msg_len for r in fake.data_requests())
     summary = encode_file(spec, output, fake_kwargs(fake), batch_size=50)
     assert (summary.start, summary.encoded) == (done, 600 - done)
     assert sum(r.msg_len for r in fake.data_requests()) - sent_before == 600 - done
-    np.testing.assert_array_equal(np.load(output), fake_encode(texts))
+    np.testing.assert_array_equal(np.load(output), fake.encode(texts))
 
 
 def test_a_crash_leaves_rows_past_the_progress_file_to_be_encoded_again(fake, tmp_path, corpus):
@@ -152,7 +150,7 @@ def test_a_crash_leaves_rows_past_the_progress_file_to_be_encoded_again(fake, tm
     progress = tmp_path / 'vectors.progress.json'
     progress.write_text(progress.read_text().replace('"done": 600', '"done": 123'))
     assert encode_file(spec, str(output), fake_kwargs(fake)).encoded == 600 - 123
-    np.testing.assert_array_equal(np.load(output), fake_encode(texts))
+    np.testing.assert_array_equal(np.load(output), fake.encode(texts))
 
 
 def test_an_output_of_another_input_is_never_resumed(fake, tmp_path, corpus):
@@ -166,7 +164,7 @@ def test_an_output_of_another_input_is_never_resumed(fake, tmp_path, corpus):
     with pytest.raises(ConfigError, match='vectors.progress.json was written for another input'):
         encode_file(InputSpec(spec.path, csv_column=texts[0]), output, fake_kwargs(fake))  # same bytes as CSV
     assert encode_file(spec, output, fake_kwargs(fake), overwrite=True).encoded == 601
-    np.testing.assert_array_equal(np.load(output), fake_encode(texts + ['one more line']))
+    np.testing.assert_array_equal(np.load(output), fake.encode(texts + ['one more line']))
 
 
 def test_an_output_without_progress_file_is_not_overwritten(fake, tmp_path, corpus):
@@ -195,7 +193,7 @@ def test_stdin_is_spooled_and_resumable(fake, tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(sys, 'stdin', types.SimpleNamespace(buffer=io.BytesIO(data)))
         assert main(argv) == 0
         assert f'encoded {3 if run == 0 else 0} rows this run' in capsys.readouterr().err
-    np.testing.assert_array_equal(np.load(tmp_path / 'v.npy'), fake_encode(texts))
+    np.testing.assert_array_equal(np.load(tmp_path / 'v.npy'), fake.encode(texts))
     assert sorted(p.name for p in tmp_path.iterdir()) == ['v.ids.txt', 'v.npy', 'v.progress.json']
 
 
