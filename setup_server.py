@@ -71,6 +71,8 @@ setup(
         # make bench's peers: sentence-transformers, and ONNX Runtime on the model exported by torch.onnx
         # (which needs onnx and onnxscript). Never needed to serve.
         'bench': ['sentence-transformers', 'matplotlib', 'onnx', 'onnxscript', 'onnxruntime'],
+        # examples/faiss_index.py: a vector index over a corpus that bert-serving-encode wrote.
+        'examples': ['faiss-cpu>=1.8'],
     },
     entry_points={
         'console_scripts': [

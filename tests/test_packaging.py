@@ -94,6 +94,13 @@ def test_client_wheel_requires_only_pyzmq_and_numpy(wheels):
     assert set(_requirements(meta)) == {('pyzmq', None), ('numpy', None)}
 
 
+def test_client_wheel_declares_bert_serving_encode(wheels):
+    with zipfile.ZipFile(wheels['client']) as zf:
+        (path,) = [n for n in zf.namelist() if n.endswith('.dist-info/entry_points.txt')]
+        scripts = zf.read(path).decode()
+    assert 'bert-serving-encode = bert_serving.client.encode_cli:main' in scripts
+
+
 def test_server_wheel_declares_dependencies_extras_and_scripts(wheels):
     meta = _metadata(wheels['server'])
     assert meta['Name'] == 'bert-serving-server' and meta['Version'] == VERSION
@@ -101,7 +108,8 @@ def test_server_wheel_declares_dependencies_extras_and_scripts(wheels):
     core = {name for name, extra in reqs if extra is None}
     assert core == {'bert-serving-client', 'pyzmq', 'numpy', 'termcolor', 'gputil', 'safetensors'}
     assert str(reqs[('bert-serving-client', None)].specifier) == f'=={VERSION}'
-    assert set(meta.get_all('Provides-Extra')) >= {'cpu', 'gpu', 'http', 'bench'}
+    assert set(meta.get_all('Provides-Extra')) >= {'cpu', 'gpu', 'http', 'bench', 'examples'}
+    assert ('faiss-cpu', 'examples') in reqs
     assert str(reqs[('tensorflow-cpu', 'cpu')].specifier) == '==2.21.*'
     gpu = reqs[('tensorflow', 'gpu')]
     assert gpu.extras == {'and-cuda'} and str(gpu.specifier) == '==2.21.*'

@@ -168,3 +168,30 @@ def test_monitor(example_server, encode):
     assert len(lines) == 2
     assert int(lines[0][1]) >= before + 7  # the encode above is counted
     assert 'sentences/s since the last line' in out.splitlines()[-1]
+
+
+def test_faiss_index_ranks_a_corpus_line_first_for_itself(example_server, encode, tmp_path):
+    import faiss
+
+    texts = corpus.sentences(40)
+    queries = [texts[3], texts[27], 'which team won the match']
+    args = [arg for query in queries for arg in ('--query', query)]
+    out = example_server.run('faiss_index.py', '--num', '40', '--topk', '5', '--workdir', str(tmp_path), *args).stdout
+    assert 'encoded 40 sentences of ' in out and '(40 in this run)' in out and 'width 384' in out
+    np.testing.assert_allclose(np.load(tmp_path / 'vectors.npy'), encode(texts), atol=ATOL)
+    assert faiss.read_index(str(tmp_path / 'index.faiss')).ntotal == 40
+    found = _faq_answers(out)  # the same "top k" / "  1. [score] ..." layout
+    assert list(found) == queries
+    for query, expected_line in ((texts[3], 4), (texts[27], 28)):
+        (best_score, best), *rest = found[query]
+        assert best == f'line {expected_line}: {query}'
+        assert best_score == pytest.approx(1.0, abs=1e-3) and all(score < best_score for score, _ in rest)
+    labels = corpus.topics()[1][:40]
+    best_line = int(re.match(r'line (\d+): ', found[queries[2]][0][1]).group(1))
+    assert labels[best_line - 1] == 'sport', found[queries[2]]  # a paraphrase finds its topic
+    for ranked in found.values():
+        scores = [score for score, _ in ranked]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    # Run again: the vectors are done, nothing is encoded twice.
+    again = example_server.run('faiss_index.py', '--num', '40', '--workdir', str(tmp_path), '--query', texts[0]).stdout
+    assert '(0 in this run)' in again
