@@ -66,6 +66,7 @@ def main():
     parser.add_argument('--report', metavar='FILE.json', help='save accuracy, chance and split sizes here')
     args = parser.parse_args()
     tf.keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()  # the same vectors train the same model every run
 
     texts, labels = topics(args.num)
     classes = sorted(set(labels))

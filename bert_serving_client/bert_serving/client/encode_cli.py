@@ -60,9 +60,9 @@ class EncodeSummary(NamedTuple):
     seconds: float
 
 
-class EncodeInterrupted(KeyboardInterrupt):
+class EncodeInterrupted(BertServingError, KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped the run; rows [0, done) of ``rows`` are saved, and the same
-    command resumes from there."""
+    command resumes from there. A KeyboardInterrupt, so that code which stops on Ctrl-C stops on it."""
 
     def __init__(self, done: int, rows: int):
         super().__init__(done, rows)
