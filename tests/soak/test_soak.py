@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 SOAK_SECONDS = 60
 # The harness has its own hard deadline (setup budget + run + drain); this one only catches a
 # harness that ignores it.
-OUTER_TIMEOUT_S = 1000
+OUTER_TIMEOUT_S = 1200
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(OUTER_TIMEOUT_S + 60)]
 
