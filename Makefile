@@ -1,7 +1,7 @@
 # Developer entry points. Everything installs into ./.venv; nothing touches the system Python.
 #
 #   make install   build both wheels and install them (re-runs only when sources change)
-#   make test      check the import layers (.importlinter), run the test suite, then test-client-pythons
+#   make test      check the import layers (.importlinter), run the test suite (4 processes), test-client-pythons meanwhile
 #   make test-client-pythons   the client's own tests on CPython 3.9-3.13 (pyenv or pythonX.Y on PATH)
 #   make serve     start a server on the bundled default model (extra flags: ARGS='...')
 #   make bench     compare the service with sentence-transformers (extra flags: ARGS='...')
@@ -53,17 +53,28 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt $(PACKAGE_FILES)
 	touch $@
 
 # PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
+# pytest-xdist runs the tests in TEST_WORKERS processes (tests/scheduling.py shares them out): most
+# tests wait on sockets, processes and timeouts rather than compute, so 4 keep 2 cores busy. The
+# client's tests on the other Pythons run meanwhile; their output follows pytest's. The slowest tests
+# are listed at the end.
+TEST_WORKERS ?= 4
 test: install
 	PYTHONPATH=bert_serving_server:bert_serving_client $(VENV)/bin/lint-imports --no-cache
-	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m pytest tests -q
-	$(MAKE) test-client-pythons
+	@mkdir -p .venv-pythons
+	@UV=$(VENV)/bin/uv sh tests/client_pythons.sh $(CLIENT_WHEEL) .venv-pythons $(CLIENT_PYTHONS) \
+		>.venv-pythons/all.log 2>&1 & pythons=$$!; \
+	trap 'kill $$pythons 2>/dev/null' INT TERM; \
+	PYTHONPATH=bert_serving_server:bert_serving_client $(VPY) -m pytest tests -q -n $(TEST_WORKERS) --durations=30; \
+	status=$$?; wait $$pythons; pythons_status=$$?; cat .venv-pythons/all.log; \
+	[ $$status -eq 0 ] && [ $$pythons_status -eq 0 ]
 
 # The client declares Python >= 3.9: its tests run on each version in a small venv of its own
-# (pyzmq, numpy, pytest and the client wheel only), under .venv-pythons/. A missing interpreter
-# is skipped with a message; the table at the end gives the result on each.
+# (pyzmq, numpy, pytest and the client wheel only), under .venv-pythons/, made with uv. The versions
+# run at the same time. A missing interpreter is skipped with a message; the table at the end gives
+# the result on each.
 CLIENT_PYTHONS ?= 3.9 3.10 3.11 3.12 3.13
 test-client-pythons: install
-	sh tests/client_pythons.sh $(CLIENT_WHEEL) .venv-pythons $(CLIENT_PYTHONS)
+	UV=$(VENV)/bin/uv sh tests/client_pythons.sh $(CLIENT_WHEEL) .venv-pythons $(CLIENT_PYTHONS)
 
 serve: install
 	$(VENV)/bin/bert-serving-start $(ARGS)

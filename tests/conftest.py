@@ -1,11 +1,17 @@
 """Session fixtures shared by every test: tiny models, the bundled model, the reference encodings,
-free ports, an isolated graph cache, and a guard against leaked child processes."""
+free ports, an isolated graph cache, and a guard against leaked child processes.
+
+Under pytest-xdist (``-n N``, as ``make test`` runs) each worker is a process of its own with its own
+session fixtures; the workers share the graph cache and take free ports from disjoint ranges.
+scheduling.py shares the tests between the workers.
+"""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,6 +25,8 @@ import pytest
 
 from tiny_model import write_tiny_model
 
+pytest_plugins = ('scheduling',)
+
 REPO = Path(__file__).resolve().parents[1]
 LEAK_GRACE_SECONDS = 5.0
 
@@ -26,18 +34,30 @@ LEAK_GRACE_SECONDS = 5.0
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 _graph_cache: str | None = None
+_owns_graph_cache = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Set at configure time, not in a fixture, so that modules reading the variable at import
     # (during collection) and every subprocess already see it: no test writes to ~/.cache.
-    global _graph_cache
-    _graph_cache = tempfile.mkdtemp(prefix='bert-serving-graphs-')
+    # An xdist worker uses the cache of the run that started it (see pytest_configure_node), so
+    # a graph is built once for the whole run; builds are atomic (os.replace), so workers that
+    # build the same graph at once do not clash.
+    global _graph_cache, _owns_graph_cache
+    inherited = getattr(config, 'workerinput', {}).get('bert_serving_graph_cache')
+    _owns_graph_cache = inherited is None
+    _graph_cache = inherited or tempfile.mkdtemp(prefix='bert-serving-graphs-')
     os.environ['BERT_SERVING_CACHE_DIR'] = _graph_cache
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist (in the controlling process): hands the run's graph cache to each worker."""
+    node.workerinput['bert_serving_graph_cache'] = _graph_cache
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _graph_cache is not None:
+    if _graph_cache is not None and _owns_graph_cache:
         shutil.rmtree(_graph_cache, ignore_errors=True)
 
 
@@ -128,19 +148,45 @@ def reference(shared_dir: Path) -> Reference:
     )
 
 
-_handed_out_ports: set[int] = set()
+def _port_range() -> range:
+    """The ports this process hands out: its share of those below the kernel's ephemeral range.
+
+    The kernel never gives those to a socket bound to port 0 or to an outgoing connection, and xdist
+    workers get disjoint shares, so no other test of the run can take a port between the moment it
+    is handed out and the moment its server binds it.
+    """
+    try:
+        ephemeral_low = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, max(ephemeral_low, 20000)
+    count = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    index = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:])
+    share = (high - low) // count
+    return range(low + index * share, low + (index + 1) * share)
+
+
+_ports = _port_range()
+# Start at a random place in the share, so that two test runs on one machine rarely walk the same ports.
+_next_port = random.randrange(len(_ports))
+_handed_out = 0
 
 
 def _pick_free_port() -> int:
     # Never hand out the same port twice in a session: a server that just closed one may still
-    # hold it in TIME_WAIT while another test binds.
-    while True:
+    # hold it in TIME_WAIT while another test binds. A port something else holds is skipped.
+    global _next_port, _handed_out
+    while _handed_out < len(_ports):
+        port = _ports[_next_port % len(_ports)]
+        _next_port += 1
+        _handed_out += 1
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(('127.0.0.1', 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out_ports:
-            _handed_out_ports.add(port)
-            return port
+            try:
+                s.bind(('0.0.0.0', port))  # where servers bind (tcp://*:port)
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f'every port of {_ports} was handed out or taken; give this session more ports')
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import zmq
 
 from .ledger import Ledger
 from .server import ServerProcess, send_signal
-from .traffic import BIG_ROWS, Traffic, one_request
+from .traffic import BIG_ROWS, Traffic, big_bound_s, one_request
 
 __all__ = ['Chaos', 'ACTIONS']
 
@@ -105,7 +105,7 @@ class Chaos:
             send_signal(pid, signal.SIGCONT)
         self.stopped.clear()
         for thread in self.threads:
-            thread.join(timeout=self.t.timeout_s + 15)
+            thread.join(timeout=big_bound_s(self.t.timeout_s) + 15)
 
     def _worker(self) -> Optional[int]:
         workers = [p for p in self.server.workers() if p not in self.stopped]
@@ -177,11 +177,11 @@ class Chaos:
     def _flood_one(self, seed: int) -> None:
         rng = random.Random(seed)
         try:
-            bc = self.t.client()
+            bc = self.t.client(timeout_s=big_bound_s(self.t.timeout_s))
         except Exception as e:  # noqa: BLE001
             self.ledger.event('flood-error', f'{type(e).__name__}: {e}')
             return
         with bc:
             one_request(self.t, 'flood-5000', [rng.randrange(len(self.t.oracle.texts)) for _ in range(BIG_ROWS)],
-                        bc.encode)
+                        bc.encode, bound_s=big_bound_s(self.t.timeout_s))
 

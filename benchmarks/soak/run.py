@@ -23,7 +23,7 @@ from .compat110 import Compat110Loop
 from .ledger import Ledger, format_summary
 from .oracle import Oracle, make_pool
 from .server import MAX_SEQ_LEN, RELIABILITY_FLAGS, SERVER_FLAGS, ServerProcess, supported_flags
-from .traffic import Traffic, async_loop, big_loop, concurrent_loop, http_loop, none_loop, zmq_loop
+from .traffic import Traffic, async_loop, big_bound_s, big_loop, concurrent_loop, http_loop, none_loop, zmq_loop
 
 __all__ = ['main', 'parse_args']
 
@@ -167,7 +167,7 @@ class Soak:
         self.traffic_seconds = time.monotonic() - began
         say(f'traffic stops after {self.traffic_seconds:.0f}s; waiting for the requests in flight')
         stop.set()
-        finish_by = time.monotonic() + args.client_timeout + args.slack + 5
+        finish_by = time.monotonic() + big_bound_s(args.client_timeout) + args.slack + 5  # the largest bound
         self.chaos.release()
         if self.compat:
             self.compat.stop(grace=max(1.0, finish_by - time.monotonic()))
@@ -246,7 +246,7 @@ def write(result: dict, output: Optional[Path]) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     soak = Soak(args)
-    hard_deadline = SETUP_BUDGET_S + args.seconds + 2 * (args.client_timeout + args.slack) + 120.0
+    hard_deadline = SETUP_BUDGET_S + args.seconds + 2 * (big_bound_s(args.client_timeout) + args.slack) + 120.0
 
     def watchdog() -> None:
         time.sleep(hard_deadline)

@@ -60,10 +60,13 @@ def test_busy_and_shutting_down_errors_pass_through_the_pool(fake):
 
 
 def test_callers_wait_for_a_free_slot(fake):
-    fake.delay = 0.2
+    fake.delay = release = threading.Event()  # replies wait until both clients of the pool are busy
     with _pool(fake, max_concurrency=2) as pool, ThreadPoolExecutor(6) as executor:
         batches = [[f'caller {i}'] * (i + 1) for i in range(6)]
-        results = list(executor.map(pool.encode, batches))
+        results = executor.map(pool.encode, batches)
+        _wait_until(lambda: len(fake.data_requests()) == 2)
+        release.set()
+        results = list(results)
     for result, batch in zip(results, batches):
         np.testing.assert_array_equal(result, fake.encode(batch))
     assert fake.max_outstanding == 2  # never more requests in flight than clients in the pool

@@ -78,6 +78,15 @@ class SinkHarness:
         self.subs.append(sub)
         return sub
 
+    def wait_subscribed(self, *identities: bytes, refused: int = 0):
+        """Waits until the sink has taken these identities' subscriptions (and refused ``refused``)."""
+        publisher = self.sink.publisher
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not (set(identities) <= set(publisher.subscribers) and publisher.refused >= refused):
+            if time.monotonic() > deadline:
+                pytest.fail(f'subscriptions so far: {sorted(publisher.subscribers)}, {publisher.refused} refused')
+            time.sleep(0.01)
+
     def reply(self, sub) -> protocol.Reply:
         if not sub.poll(WAIT_SECONDS * 1000):
             pytest.fail(f'no reply within {WAIT_SECONDS:g}s')
@@ -312,7 +321,7 @@ def test_a_client_that_never_reads_holds_up_only_its_own_replies_within_a_byte_b
     slow = harness.client(b'slow')
     slow.setsockopt(zmq.RCVHWM, 1)
     fast = harness.client(b'fast')
-    time.sleep(0.3)  # both subscriptions are in
+    harness.wait_subscribed(b'slow', b'fast')
     body = b'"' + b'x' * 100_000 + b'"'
     for req_id in range(400):  # 40 MB: past ZeroMQ's queue (SNDHWM replies) and the socket buffers
         harness.send(msg.pack_json_reply(b'slow', req_id, body))
@@ -330,7 +339,10 @@ def test_a_client_that_never_reads_holds_up_only_its_own_replies_within_a_byte_b
 def test_replies_reach_only_whole_identity_subscriptions(harness):
     spies = [harness.client(topic) for topic in (b'', b'c', b'cl', b'client-')]
     own = harness.client(b'client-a')
-    time.sleep(0.3)
+    harness.wait_subscribed(b'c', b'cl', b'client-', b'client-a', refused=1)  # b'' is no identity: refused
     harness.send(msg.pack_json_reply(b'client-a', 1, b'"mine"'))
     assert harness.reply(own).data == 'mine'
-    assert all(not spy.poll(300) for spy in spies)
+    poller = zmq.Poller()
+    for spy in spies:
+        poller.register(spy, zmq.POLLIN)
+    assert poller.poll(300) == []

@@ -15,6 +15,8 @@ from bert_serving.server.service import BertServer
 
 from service_support import FAKE, REPLY_MS
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 NOTHING_MS = 1500
 TOKEN = 'e2e-token-6b1f0c9d2a7e4f3b'
 

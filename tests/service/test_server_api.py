@@ -14,7 +14,7 @@ from bert_serving.client import BertServingError
 from bert_serving.server.args import get_args_parser as parser_in_args
 from bert_serving.server.service import BertServer
 
-from service_support import assert_port_free, children_of, server_args
+from service_support import FAKE, assert_port_free, children_of, server_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -87,13 +87,13 @@ def test_a_server_built_from_configs_serves_and_names_every_flag(free_port):
         BertServer(parser_in_args().parse_args([]), server=server)
 
 
-def test_a_server_that_cannot_start_raises_from_with(tiny_hf_dir, free_port):
+def test_a_server_that_cannot_start_raises_from_with(free_port):
     port = free_port()
     with socket.socket() as taken:
         taken.bind(('0.0.0.0', port))
         taken.listen()
         with pytest.raises(RuntimeError, match=r'stopped while starting.*port_out \d+ already in use'):
-            with BertServer(server_args(tiny_hf_dir, free_port(), port, ['-num_worker', '1'])):
+            with BertServer(server_args(FAKE, free_port(), port, ['-num_worker', '1'])):
                 pass
 
 
@@ -107,9 +107,9 @@ def test_1x_imports_of_pooling_strategy_and_run_args():
     assert get_run_args(get_benchmark_parser, printed=False, argv=[]).num_client == 1
 
 
-def test_shutdown_with_a_namespace(tiny_hf_dir, free_port):
+def test_shutdown_with_a_namespace(free_port):
     port, port_out = free_port(), free_port()
-    server = BertServer(server_args(tiny_hf_dir, port, port_out, ['-num_worker', '1']))
+    server = BertServer(server_args(FAKE, port, port_out, ['-num_worker', '1']))
     server.start()
     try:
         assert server.is_ready.wait(120), server.failure
@@ -159,15 +159,14 @@ def test_same_port_twice_raises_from_the_constructor(tiny_hf_dir, free_port):
 
 
 @pytest.mark.parametrize('taken', ['port', 'port_out', 'http_port'])
-def test_a_port_in_use_stops_the_server_with_a_reason(tiny_hf_dir, free_port, taken):
+def test_a_port_in_use_stops_the_server_with_a_reason(free_port, taken):
     """Binding happens in the started thread (port), in the sink process (port_out) and in the
     HTTP proxy process (http_port): either way the server stops by itself and says why."""
     port, port_out, http_port = free_port(), free_port(), free_port()
     with socket.socket() as squatter:
         squatter.bind(('0.0.0.0', {'port': port, 'port_out': port_out, 'http_port': http_port}[taken]))
         squatter.listen()
-        server = BertServer(server_args(tiny_hf_dir, port, port_out,
-                                        ['-num_worker', '1', '-http_port', str(http_port)]))
+        server = BertServer(server_args(FAKE, port, port_out, ['-num_worker', '1', '-http_port', str(http_port)]))
         server.start()
         try:
             server.join(timeout=60)
