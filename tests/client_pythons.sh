@@ -20,7 +20,8 @@ shift 2
 mkdir -p "$venvs"
 
 pyenv_root=$(pyenv root 2>/dev/null || true)
-uv=${UV:-$(command -v uv || true)}
+uv=${UV:-}
+[ -n "$uv" ] && [ -x "$uv" ] || uv=$(command -v uv || true)
 packages='pyzmq numpy pytest pytest-timeout'
 
 find_python() {

@@ -54,7 +54,7 @@ def _group(item: pytest.Item) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _groups_dir
-    if not hasattr(config, 'workerinput') and config.pluginmanager.hasplugin('xdist'):
+    if not hasattr(config, 'workerinput') and getattr(config.option, 'numprocesses', None):
         _groups_dir = tempfile.mkdtemp(prefix='bert-serving-test-groups-')
 
 
