@@ -52,6 +52,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         '(default: 20 for runs of 10 minutes or more, else report only)')
     p.add_argument('--no-none-pooling', action='store_true', help='skip the second server (-pooling_strategy NONE)')
     p.add_argument('--no-compat110', action='store_true', help='skip the PyPI 1.10.0 client subprocess')
+    p.add_argument('--max-queue-rows', type=int, default=int(dict(RELIABILITY_FLAGS)['-max_queue_rows']),
+                   help="the servers' -max_queue_rows, which the flood overflows (default %(default)s); a "
+                        'smaller bound makes a smaller flood, for a short run on a small machine')
     p.add_argument('--zmq-threads', type=int, default=3, help='threads with their own BertClient')
     p.add_argument('--output', type=Path, default=None,
                    help='JSON summary (default benchmarks/results/soak-<UTC time>.json)')
@@ -88,7 +91,8 @@ class Soak:
 
     # -- setup --------------------------------------------------------------------------------
     def start_servers(self) -> Dict[str, Oracle]:
-        flags, self.skipped = supported_flags(SERVER_FLAGS + RELIABILITY_FLAGS)
+        reliability = [(f, str(self.args.max_queue_rows) if f == '-max_queue_rows' else v) for f, v in RELIABILITY_FLAGS]
+        flags, self.skipped = supported_flags(SERVER_FLAGS + reliability)
         if self.skipped:
             say(f"this server has no {' '.join(self.skipped)}: running without them")
         self.drain_s = float(dict(flags).get('-drain_timeout') or 5.0)
@@ -146,7 +150,7 @@ class Soak:
             else:
                 self.problems.append('bert-serving-client 1.10.0 missing from .venv/compat110 (make install)')
         self.chaos = Chaos(t, main, args.actions, stop_seconds=self._stop_seconds(),
-                           flood_rows=int(dict(RELIABILITY_FLAGS)['-max_queue_rows']))
+                           flood_rows=args.max_queue_rows)
         threads.append(threading.Thread(target=self.chaos.run, args=(args.warmup,), name='chaos', daemon=True))
         began = time.monotonic()
         for thread in threads:

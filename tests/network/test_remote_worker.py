@@ -28,7 +28,8 @@ STATUS = textwrap.dedent(f'''
         print(json.dumps(bc.server_status['workers']))
 ''')
 
-# Sends requests of 1 to 12 known sentences for a while; prints what became of each.
+# Sends requests of 1 to 12 known sentences for a while, 20 ms apart (a steady stream, not a busy
+# loop that would take the CPU the rest of the suite runs on); prints what became of each.
 TRAFFIC = textwrap.dedent(f'''
     import json, sys, time
     import numpy as np
@@ -51,6 +52,7 @@ TRAFFIC = textwrap.dedent(f'''
                 outcome['errors'].append(repr(e))
                 continue
             outcome['ok' if np.allclose(vectors, fake.encode(texts)[0]) else 'wrong'] += 1
+            time.sleep(0.02)
     print(json.dumps(outcome))
 ''')
 
