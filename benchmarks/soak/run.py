@@ -91,7 +91,8 @@ class Soak:
 
     # -- setup --------------------------------------------------------------------------------
     def start_servers(self) -> Dict[str, Oracle]:
-        reliability = [(f, str(self.args.max_queue_rows) if f == '-max_queue_rows' else v) for f, v in RELIABILITY_FLAGS]
+        reliability = [(f, str(self.args.max_queue_rows) if f == '-max_queue_rows' else v)
+                       for f, v in RELIABILITY_FLAGS]
         flags, self.skipped = supported_flags(SERVER_FLAGS + reliability)
         if self.skipped:
             say(f"this server has no {' '.join(self.skipped)}: running without them")
