@@ -2,7 +2,18 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, List
+from typing import Callable, List, Tuple, TypeVar
+
+__all__ = ['one_sentence_seconds', 'timed']
+
+T = TypeVar('T')
+
+
+def timed(call: Callable[[], T]) -> Tuple[float, T]:
+    """(seconds, result) of one ``call()``, on the wall clock."""
+    t0 = time.perf_counter()
+    result = call()
+    return time.perf_counter() - t0, result
 
 
 def one_sentence_seconds(encode: Callable[[List[str]], object], lines: List[str], requests: int,
