@@ -6,7 +6,7 @@ and its goals are neither met nor missed.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 __all__ = ['GOALS', 'SUMMARY_HEADER', 'evaluate_goals', 'format_report', 'summary_rows']
 
@@ -62,11 +62,6 @@ def _measured(figure: str, value: Optional[float]) -> str:
     return f'{value:.3f}'
 
 
-def _max_rss(memory: Optional[Dict[str, dict]]) -> Optional[float]:
-    rss = [m['rss_mb'] for m in (memory or {}).values() if m.get('rss_mb')]
-    return max(rss) if rss else None
-
-
 SUMMARY_HEADER = ['', 'one client sent/s', '{clients} clients x 1 sentence sent/s (/ one client)', 'single p50 ms',
                   'min cosine vs fp32', 'worker RSS MiB']
 
@@ -108,7 +103,7 @@ def summary_rows(figures: dict) -> List[List[str]]:
          p50('service_latency'), cosine('min_cosine', '(a)'), rss(f.get('max_worker_rss_mb'))],
         [f'(j) ours -bf16, {ours}', rate('bf16_b_sentences_per_s'),
          crowd('bf16_c_sentences_per_s', 'bf16_b_sentences_per_s'), p50('bf16_latency'),
-         cosine('bf16_min_cosine', 'ours fp32'), rss(_max_rss(f.get('bf16_worker_memory')))],
+         cosine('bf16_min_cosine', 'ours fp32'), rss(f.get('bf16_max_worker_rss_mb'))],
     ]
 
 
