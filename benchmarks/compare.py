@@ -477,7 +477,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not opts.no_encode_cli:
             from .encode_command import measure_encode_command
             figures.update(measure_encode_command(server.args.port, server.args.port_out, lines, opts.repeat,
-                                                  CLIENT_TIMEOUT_MS, say))
+                                                  CLIENT_TIMEOUT_MS, say, [pid for _, pid in server.workers]))
         figures['worker_memory_after_load'] = worker_memory_mb(server)
         figures['other_memory_after_load'] = worker_memory_mb(server, server.others)
     finally:

@@ -148,6 +148,9 @@ def format_report(figures: dict, goals: List[dict]) -> str:
          num('encode_cli_sentences_per_s', unit=' sentences/s')],
         ['(i) one encode of the same lines, alternated with it (best)',
          num('encode_cli_b_sentences_per_s', unit=' sentences/s')],
+        ['(i) worker CPU for one run: bert-serving-encode / one encode (least)',
+         'n/a' if f.get('encode_cli_worker_cpu_s') is None else
+         f'{f["encode_cli_worker_cpu_s"]:.2f} / {f["encode_cli_b_worker_cpu_s"]:.2f} s'],
         [f'(j) -bf16 service, 1 client, {sentences} in one encode (best)',
          num('bf16_b_sentences_per_s', unit=' sentences/s')],
         [f'(j) -bf16 service, {clients} clients, 1 sentence/request',

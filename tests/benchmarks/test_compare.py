@@ -37,7 +37,7 @@ def measured(**overrides) -> dict:
                                     'SINK (pid 3)': {'rss_mb': 80.0, 'peak_mb': 81.0}},
         'encode_cli_sentences_per_s': 140.0, 'encode_cli_b_sentences_per_s': 160.0,
         'ratio_encode_cli_over_b': 0.875, 'encode_cli_max_abs_diff': 2.5e-7,
-        'encode_cli_command': 'bert-serving-encode',
+        'encode_cli_command': 'bert-serving-encode', 'encode_cli_worker_cpu_s': 11.5, 'encode_cli_b_worker_cpu_s': 11.25,
         'bf16_start_s': 30.0, 'bf16_b_sentences_per_s': 320.0, 'bf16_c_sentences_per_s': 160.0,
         'bf16_latency': {'p50_ms': 1.9, 'p99_ms': 9.0}, 'bf16_min_cosine': 0.99985, 'bf16_mean_cosine': 0.99996,
         'bf16_worker_memory': {'WORKER-0 (pid 4)': {'rss_mb': 760.0, 'peak_mb': 800.0}},
@@ -89,7 +89,8 @@ def test_skipped_peers_leave_their_goals_and_cells_open():
                'onnx_int8_latency', 'onnx_int8_min_cosine', 'onnx_int8_mean_cosine', 'bf16_start_s',
                'bf16_b_sentences_per_s', 'bf16_c_sentences_per_s', 'bf16_latency', 'bf16_min_cosine',
                'bf16_mean_cosine', 'bf16_worker_memory', 'encode_cli_sentences_per_s', 'encode_cli_b_sentences_per_s',
-               'ratio_encode_cli_over_b', 'encode_cli_max_abs_diff', 'encode_cli_command')
+               'ratio_encode_cli_over_b', 'encode_cli_max_abs_diff', 'encode_cli_command', 'encode_cli_worker_cpu_s',
+               'encode_cli_b_worker_cpu_s')
     figures = derive_ratios({k: v for k, v in measured().items() if k not in skipped})
     assert not {'ratio_bf16_over_int8', 'ratio_bf16_p50_over_int8', 'ratio_b_over_onnx', 'bf16_max_worker_rss_mb'} \
         & set(figures)
@@ -139,7 +140,7 @@ def test_report_lists_every_figure_and_goal():
                  '10.0 / 30.0 ms', '4.0 / 12.0 ms', '2.0 / 6.0 ms', '1.9 / 9.0 ms', '12.0 s', '30.0 s',
                  'WORKER-0 900 MiB (peak 950)', 'WORKER-0 760 MiB (peak 800)', 'SINK 80 MiB (peak 81)',
                  'min 0.999500', 'min 0.921000, mean 0.980000', 'min 0.999850, mean 0.999960', '2.5e-07',
-                 '(i) bert-serving-encode, 4096 lines of a file'):
+                 '(i) bert-serving-encode, 4096 lines of a file', '11.50 / 11.25 s'):
         assert text in details, text
     assert report.count('PASS') == 10 and report.count('MISS') == 4
 

@@ -4,6 +4,7 @@ with ``-bf16``. No timing is asserted, only that the figures are there and the v
 """
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -16,8 +17,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not an insta
     sys.path.insert(0, str(REPO))
 
 from benchmarks import compare  # noqa: E402
-from benchmarks.encode_command import (VECTOR_ATOL, encode_command, measure_encode_command,  # noqa: E402
-                                       vector_difference)
+from benchmarks.encode_command import (VECTOR_ATOL, cpu_seconds, encode_command,  # noqa: E402
+                                       measure_encode_command, vector_difference)
 
 FAKE_FLAGS = ['-engine', 'fake', '-cpu']
 LINES = [f'sentence number {i} of the bench' + ' word' * (i % 7) for i in range(40)]
@@ -30,6 +31,13 @@ def test_the_command_is_the_console_script_beside_python_else_its_module(tmp_pat
     script.write_text('#!/bin/sh\n')
     script.chmod(0o755)
     assert encode_command() == [str(script)]
+
+
+def test_cpu_seconds_grow_with_work_and_skip_gone_processes():
+    before = cpu_seconds([os.getpid()])
+    sum(i * i for i in range(2_000_000))
+    assert cpu_seconds([os.getpid()]) > before
+    assert cpu_seconds([2 ** 22 + 12345]) == 0.0  # above the kernel's pid_max: never a live process
 
 
 def test_vector_difference_is_the_largest_component_and_inf_for_another_shape():
@@ -51,11 +59,13 @@ def fake_server():
 @pytest.mark.slow
 def test_encode_command_writes_the_vectors_of_one_encode(fake_server):
     figures = measure_encode_command(fake_server.args.port, fake_server.args.port_out, LINES, 2,
-                                     compare.CLIENT_TIMEOUT_MS, lambda message: None)
+                                     compare.CLIENT_TIMEOUT_MS, lambda message: None,
+                                     [pid for _, pid in fake_server.workers])
     assert figures['encode_cli_max_abs_diff'] <= VECTOR_ATOL
     assert figures['encode_cli_sentences_per_s'] > 0 and figures['encode_cli_b_sentences_per_s'] > 0
     assert figures['ratio_encode_cli_over_b'] == pytest.approx(
         figures['encode_cli_sentences_per_s'] / figures['encode_cli_b_sentences_per_s'])
+    assert figures['encode_cli_worker_cpu_s'] >= 0 and figures['encode_cli_b_worker_cpu_s'] >= 0
     assert figures['encode_cli_command'] in ('bert-serving-encode', 'python -m bert_serving.client.encode_cli')
 
 
