@@ -490,7 +490,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         server.close()
 
-    if not opts.no_bf16:
+    if '-fp16' in flags and not opts.no_bf16:
+        say('(j) skipped: -bf16 cannot be combined with the -fp16 given to the server')
+    elif not opts.no_bf16:
         figures.update(measure_bf16(flags, lines, opts, one['vectors']))
 
     derive_ratios(figures)
@@ -506,7 +508,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     'load_average_before': load_before, 'load_average_after': load_after,
                     'versions': _versions()},
            'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)],
-                        'bf16_server_flags': None if opts.no_bf16 else flags + ['-bf16'],
+                        'bf16_server_flags': flags + ['-bf16'] if 'bf16_b_sentences_per_s' in figures else None,
                         'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
                         'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
                         'latency_requests': opts.latency_requests},
