@@ -1,5 +1,5 @@
-"""The pure parts of ``benchmarks.compare`` and ``benchmarks.report``: goals, ratios, the summary
-table and the report, percentiles, vector agreement.
+"""The pure parts of ``make bench`` (``benchmarks.compare``, ``report``, ``timing``): goals, ratios,
+the summary table and the report, percentiles, vector agreement.
 
 The measurements themselves need the real model and minutes of CPU; ``make bench`` runs them.
 (``test_encode_command.py`` runs the pieces that need only a server, on the fake engine.)
@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.compare import cosine_agreement, derive_ratios, evaluate_goals, format_report, percentiles_ms  # noqa: E402
-from benchmarks.report import GOALS, summary_rows  # noqa: E402
+from benchmarks.compare import cosine_agreement, derive_ratios  # noqa: E402
+from benchmarks.report import GOALS, evaluate_goals, format_report, summary_rows  # noqa: E402
+from benchmarks.timing import percentiles_ms  # noqa: E402
 
 
 def measured(**overrides) -> dict:

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import compare  # noqa: E402
+from benchmarks import compare, service_peer  # noqa: E402
 from benchmarks.encode_command import (VECTOR_ATOL, cpu_seconds, encode_command,  # noqa: E402
                                        measure_encode_command, vector_difference)
 
@@ -50,7 +50,7 @@ def test_vector_difference_is_the_largest_component_and_inf_for_another_shape():
 
 @pytest.fixture
 def fake_server():
-    server, _ = compare.start_server(compare.SERVER_FLAGS + FAKE_FLAGS)
+    server, _ = service_peer.start_server(compare.SERVER_FLAGS + FAKE_FLAGS)
     yield server
     server.close()
 
@@ -59,7 +59,7 @@ def fake_server():
 @pytest.mark.slow
 def test_encode_command_writes_the_vectors_of_one_encode(fake_server):
     figures = measure_encode_command(fake_server.args.port, fake_server.args.port_out, LINES, 2,
-                                     compare.CLIENT_TIMEOUT_MS, lambda message: None,
+                                     service_peer.CLIENT_TIMEOUT_MS, lambda message: None,
                                      [pid for _, pid in fake_server.workers])
     assert figures['encode_cli_max_abs_diff'] <= VECTOR_ATOL
     assert figures['encode_cli_sentences_per_s'] > 0 and figures['encode_cli_b_sentences_per_s'] > 0
@@ -72,7 +72,7 @@ def test_encode_command_writes_the_vectors_of_one_encode(fake_server):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_bf16_run_measures_a_second_server_against_the_first_ones_vectors(fake_server):
-    reference = compare.measure_one_client(fake_server, LINES, 1)['vectors']
+    reference = service_peer.measure_one_client(fake_server, LINES, 1)['vectors']
     opts = types.SimpleNamespace(repeat=1, clients=4, latency_requests=5)
     figures = compare.measure_bf16(compare.SERVER_FLAGS + FAKE_FLAGS, LINES, opts, reference)
     assert figures['bf16_min_cosine'] == pytest.approx(1.0, abs=1e-6)  # the fake engine ignores -bf16
