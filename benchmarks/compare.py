@@ -4,23 +4,33 @@ One run over the first 4,096 lines of the bench corpus, with the bundled all-Min
 max_seq_len 128 on both sides:
 
     (a) sentence-transformers in this process: encode(lines, batch_size=32), 2 torch threads
-    (b) BertServer + one BertClient sending the 4,096 sentences in one encode (best of 3, after a warm-up)
+    (b) BertServer + one BertClient sending the 4,096 sentences in one encode (best of 3, after a warm-up);
+        (b), (c), (d) and (g) are in benchmarks/service_peer.py
     (c) 32 client threads, each its own BertClient, one sentence per request, 4,096 in all
     (d) one-sentence round trips through a BertClient, p50 and p99, against sentence-transformers' encode([s])
     (e) start-up of a second server once the first has cached the graph, and each server process's RSS
     (f) ONNX Runtime in this process (benchmarks/onnx_peer.py): length-sorted batches of 32 and one-sentence
-        calls, 2 intra-op threads, the bar for (b) and (d)
+        calls, 2 intra-op threads, the bar for (b) and (d); in float32, then with int8 weights
+        (quantize_dynamic, QInt8), with its minimum cosine against the float32 vectors
     (g) 32 concurrent one-sentence POST /v1/embeddings clients through the HTTP proxy, against (c)
     (h) the machine's float32 GEMM rate (numpy, 2 threads, measured in this run) and the fraction of it
         that (b) and ONNX Runtime reach, at 2 * L * (4 D^2 + 2 D I) FLOP per token (21.2 M for MiniLM;
         attention scores and everything else not counted)
+    (i) bert-serving-encode, the client's console command, over the 4,096 lines as a text file, alternated
+        with one BertClient.encode of them (benchmarks/encode_command.py); its vectors must equal the call's
+    (j) a second server with -bf16 after the float32 one: (b), (c) and (d) again, and the minimum cosine
+        of its vectors against the float32 server's
+
+The printed report opens with one summary table, one row per peer (the table docs/benchmark.md
+quotes), then the goals, then every figure.
 
 The server pools the last layer (-pooling_layer -1, REDUCE_MEAN), which is what sentence-transformers
 computes: both sides run all 6 layers (the default -2 would run 5), and the L2-normalised vectors must
 agree with sentence-transformers' to cosine >= 0.999.
 
     PYTHONPATH=bert_serving_server:bert_serving_client .venv/bin/python -m benchmarks.compare \\
-        [--output FILE.json] [--clients 32] [--latency_requests 200] [server flags, e.g. -num_worker 2]
+        [--output FILE.json] [--clients 32] [--latency_requests 200] [--no_onnx] [--no_bf16] [--no_encode_cli]
+        [server flags, e.g. -num_worker 2]
 
 Flags with one dash go to the server (bert-serving-start's parser) and override the defaults here.
 Progress goes to stderr, the tables to stdout, the figures to a JSON file.
@@ -39,85 +49,32 @@ import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime  # noqa: E402
 from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Dict, List, Optional, Sequence  # noqa: E402
+from typing import Dict, List, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .timing import one_sentence_seconds  # noqa: E402
+from .report import GOALS, evaluate_goals, format_report  # noqa: E402
+from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_latency,  # noqa: E402
+                           measure_many_clients, measure_one_client, start_server, worker_memory_mb)
+from .timing import LATENCY_WARM_UP, one_sentence_seconds, percentiles_ms, say  # noqa: E402
 
-__all__ = ['main', 'GOALS', 'evaluate_goals', 'format_report', 'percentiles_ms', 'worker_memory_mb', 'gemm_rate_gflops',
-           'flop_per_token']
+__all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
+           'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'worker_memory_mb']
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MAX_SEQ_LEN = 128
 ST_BATCH_SIZE = 32
 TORCH_THREADS = 2
-READY_TIMEOUT_S = 600
-CLIENT_TIMEOUT_MS = 600_000
-LATENCY_WARM_UP = 10
 # The server flags of every run; flags given on the command line come after, so they win.
 SERVER_FLAGS = ['-max_seq_len', str(MAX_SEQ_LEN), '-pooling_layer', '-1', '-pooling_strategy', 'REDUCE_MEAN',
                 '-num_worker', '1']
 
-# (key, label, figure it reads, comparison, target)
-GOALS = [
-    ('b_over_a', '(b) one client / (a) sentence-transformers', 'ratio_b_over_a', '>=', 1.3),
-    ('c_over_b', '(c) concurrent clients / (b) one client', 'ratio_c_over_b', '>=', 0.6),
-    ('d_p50', '(d) p50 service / sentence-transformers', 'ratio_d_p50', '<=', 0.6),
-    ('d_p50_onnx', '(d) p50 service / ONNX Runtime', 'ratio_d_p50_onnx', '<=', 2.0),
-    ('b_over_onnx', '(b) one client / ONNX Runtime batch 32', 'ratio_b_over_onnx', '>=', 1.2),
-    ('worker_rss', '(e) largest worker RSS after the runs, MiB', 'max_worker_rss_mb', '<=', 900.0),
-    ('other_rss', '(e) largest ventilator/sink/proxy RSS, MiB', 'max_other_rss_mb', '<=', 100.0),
-    ('e_startup', '(e) second server start-up, s', 'second_start_s', '<=', 10.0),
-    ('cosine', 'vectors: min cosine vs sentence-transformers', 'min_cosine', '>=', 0.999),
-]
-
-_T0 = time.monotonic()
-
-
-def say(message: str) -> None:
-    sys.stderr.write(f'[compare {time.monotonic() - _T0:6.1f}s] {message}\n')
-    sys.stderr.flush()
-
-
 # -- measuring helpers ----------------------------------------------------------------------
-def percentiles_ms(seconds: Sequence[float]) -> Dict[str, float]:
-    """p50 and p99 of durations given in seconds, in milliseconds."""
-    p50, p99 = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, [50, 99])
-    return {'p50_ms': float(p50), 'p99_ms': float(p99)}
-
-
-def worker_memory_mb(server, processes: Optional[List] = None) -> Dict[str, Dict[str, float]]:
-    """VmRSS and VmHWM (peak) of each live worker process of ``server`` (or of ``processes``,
-    (name, pid) pairs), in MiB."""
-    out = {}
-    for name, pid in (server.workers if processes is None else processes):
-        status = {}
-        try:
-            with open(f'/proc/{pid}/status', encoding='ascii') as f:
-                for line in f:
-                    key, _, rest = line.partition(':')
-                    if key in ('VmRSS', 'VmHWM'):
-                        status[key] = int(rest.split()[0]) / 1024  # kB -> MiB
-        except OSError:
-            continue
-        out[f'{name} (pid {pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM')}
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _versions() -> Dict[str, Optional[str]]:
     found = {}
     for name in ('tensorflow-cpu', 'tensorflow', 'torch', 'sentence-transformers', 'onnxruntime', 'pyzmq',
@@ -153,161 +110,6 @@ def measure_sentence_transformers(lines: List[str], latency_requests: int, repea
     gc.collect()
     return {'a_sentences_per_s': len(lines) / best, 'st_latency': percentiles_ms(seconds),
             'vectors': np.asarray(vectors, dtype=np.float32)}
-
-
-# -- (b), (c), (d): the service -------------------------------------------------------------
-def _serve(flags: List[str], replies, stop) -> None:
-    """Body of the server process: a BertServer that runs until ``stop`` is set."""
-    from bert_serving.server.args import get_args_parser
-    from bert_serving.server.service import BertServer
-
-    server = BertServer(get_args_parser().parse_args(flags))
-    server.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server.is_ready.wait(0.05):
-        if server.failure or not server.is_alive() or time.monotonic() > deadline:
-            replies.put({'failure': server.failure or 'timed out'})
-            server.close()
-            return
-    replies.put({'workers': [(p.name, p.pid) for p in server.processes if p.name.startswith('WORKER')],
-                 'others': [('SERVER', os.getpid())] + [(p.name, p.pid) for p in server.processes
-                                                        if not p.name.startswith('WORKER')]})
-    stop.wait()
-    server.close()
-
-
-class ServerProcess:
-    """A BertServer in its own process, as ``bert-serving-start`` runs it, so that the
-    benchmark's client threads never share a GIL with the ventilator."""
-
-    def __init__(self, flags: List[str]):
-        import multiprocessing
-        ctx = multiprocessing.get_context('spawn')
-        self.port = _free_port() if not {'-port', '-port_in', '-port_data'} & set(flags) else None
-        self.port_out = _free_port() if not {'-port_out', '-port_result'} & set(flags) else None
-        extra = (['-port', str(self.port)] if self.port else []) + \
-                (['-port_out', str(self.port_out)] if self.port_out else [])
-        from bert_serving.server.args import get_args_parser
-        self.args = get_args_parser().parse_args(flags + extra)
-        self._replies, self._stop = ctx.Queue(), ctx.Event()
-        self._proc = ctx.Process(target=_serve, args=(flags + extra, self._replies, self._stop), daemon=False)
-        self.workers: List = []
-        self.others: List = []  # the server's own process (ventilator), sink, proxy
-
-    def start(self) -> float:
-        """Starts the server; returns the seconds until every worker is ready."""
-        t0 = time.perf_counter()
-        self._proc.start()
-        reply = self._replies.get(timeout=READY_TIMEOUT_S + 30)
-        if 'failure' in reply:
-            self.close()
-            raise RuntimeError(f'the server did not become ready: {reply["failure"]}')
-        self.workers = reply['workers']
-        self.others = reply.get('others', [])
-        return time.perf_counter() - t0
-
-    def close(self) -> None:
-        self._stop.set()
-        self._proc.join(timeout=30)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-
-
-def start_server(flags: List[str]):
-    """Starts a server process; returns (server, seconds from launch to ready)."""
-    server = ServerProcess(flags)
-    return server, server.start()
-
-
-def _client(server):
-    from bert_serving.client import BertClient
-    return BertClient(port=server.args.port, port_out=server.args.port_out, check_length=False,
-                      timeout=CLIENT_TIMEOUT_MS)
-
-
-def measure_one_client(server, lines: List[str], repeat: int) -> dict:
-    with _client(server) as bc:
-        say(f'(b) one client: warm-up encode of {len(lines)} sentences')
-        bc.encode(lines)
-        best, vectors = None, None
-        for i in range(repeat):
-            say(f'(b) one client: {len(lines)} sentences in one encode, run {i + 1}/{repeat}')
-            t0 = time.perf_counter()
-            vectors = bc.encode(lines)
-            elapsed = time.perf_counter() - t0
-            best = elapsed if best is None else min(best, elapsed)
-    return {'b_sentences_per_s': len(lines) / best, 'vectors': vectors}
-
-
-def measure_many_clients(server, lines: List[str], num_clients: int) -> dict:
-    say(f'(c) {num_clients} clients, one sentence per request, {len(lines)} in all')
-    clients = [_client(server) for _ in range(num_clients)]  # handshakes stay out of the timing
-    start = {}
-    start_line = threading.Barrier(num_clients, action=lambda: start.setdefault('t', time.perf_counter()))
-    ends, errors = [0.0] * num_clients, []
-
-    def send(i: int) -> None:
-        try:
-            start_line.wait(timeout=60)
-            for sentence in lines[i::num_clients]:
-                clients[i].encode([sentence])
-            ends[i] = time.perf_counter()
-        except Exception as e:  # noqa: BLE001 - reported after the join
-            errors.append(e)
-            start_line.abort()
-
-    threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(num_clients)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        for bc in clients:
-            bc.close()
-    if errors:
-        raise RuntimeError(f'(c) a client failed: {errors[0]!r}') from errors[0]
-    return {'c_sentences_per_s': len(lines) / (max(ends) - start['t'])}
-
-
-def measure_latency(server, lines: List[str], requests: int) -> dict:
-    say(f'(d) service: {requests} one-sentence round trips')
-    with _client(server) as bc:
-        seconds = one_sentence_seconds(bc.encode, lines, requests, LATENCY_WARM_UP)
-    return {'service_latency': percentiles_ms(seconds)}
-
-
-def measure_http(http_port: int, lines: List[str], num_clients: int) -> dict:
-    """(g) ``num_clients`` concurrent clients, each with its own keep-alive connection, one sentence per
-    POST /v1/embeddings, ``lines`` in all."""
-    import asyncio
-
-    import aiohttp
-
-    say(f'(g) {num_clients} HTTP clients, one sentence per POST /v1/embeddings, {len(lines)} in all')
-    url = f'http://127.0.0.1:{http_port}/v1/embeddings'
-
-    async def client(session, mine: List[str]) -> None:
-        for sentence in mine:
-            async with session.post(url, json={'input': sentence}) as reply:
-                body = await reply.json()
-                if reply.status != 200:
-                    raise RuntimeError(f'(g) HTTP {reply.status}: {body}')
-
-    async def run() -> float:
-        sessions = [aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_MS / 1000))
-                    for _ in range(num_clients)]
-        try:
-            await asyncio.gather(*(client(s, lines[:2]) for s in sessions[:1]))  # warm-up
-            t0 = time.perf_counter()
-            await asyncio.gather(*(client(s, lines[i::num_clients]) for i, s in enumerate(sessions)))
-            return time.perf_counter() - t0
-        finally:
-            for s in sessions:
-                await s.close()
-
-    return {'g_http_sentences_per_s': len(lines) / asyncio.run(run())}
 
 
 def gemm_rate_gflops(seconds: float = 3.0) -> float:
@@ -352,80 +154,6 @@ def cosine_agreement(ours: np.ndarray, theirs: np.ndarray) -> Dict[str, float]:
     return {'min_cosine': float(cos.min()), 'mean_cosine': float(cos.mean())}
 
 
-# -- report ---------------------------------------------------------------------------------
-def evaluate_goals(figures: dict) -> List[dict]:
-    """The goals with the measured value and PASS / MISS (None when the figure is missing)."""
-    out = []
-    for key, label, figure, op, target in GOALS:
-        value = figures.get(figure)
-        passed = None if value is None else (value >= target if op == '>=' else value <= target)
-        out.append({'goal': key, 'label': label, 'measured': value, 'target': f'{op} {target:g}', 'pass': passed})
-    return out
-
-
-def _table(header: List[str], body: List[List[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(lines)
-
-
-def format_report(figures: dict, goals: List[dict]) -> str:
-    """The figures table and the goals table, as printed."""
-    f = figures
-    lat, st_lat = f.get('service_latency', {}), f.get('st_latency', {})
-
-    def num(key, fmt='{:.0f}', unit=''):
-        return 'n/a' if f.get(key) is None else fmt.format(f[key]) + unit
-
-    def rss(key):
-        return '; '.join(f'{name.split()[0]} {m["rss_mb"]:.0f} MiB (peak {m["peak_mb"]:.0f})'
-                         for name, m in f.get(key, {}).items()) or 'n/a'
-
-    onnx_lat = f.get('onnx_latency', {})
-    gemm = f.get('gemm_gflops')
-
-    def roofline(key):
-        if f.get(key) is None or gemm is None or f.get('tokens') is None:
-            return 'n/a'
-        gflops = f[key] / f['sentences'] * f['tokens'] * f['flop_per_token'] / 1e9
-        return f'{gflops:.0f} GFLOP/s = {gflops / gemm:.0%} of the GEMM rate'
-
-    rows = [
-        ['(a) sentence-transformers, in-process, batch 32', num('a_sentences_per_s', unit=' sentences/s')],
-        [f'(f) ONNX Runtime {f.get("onnx_version", "")}, in-process, length-sorted batch 32',
-         num('onnx_sentences_per_s', unit=' sentences/s')],
-        [f'(b) service, 1 client, {f.get("sentences", 4096)} in one encode (best)',
-         num('b_sentences_per_s', unit=' sentences/s')],
-        [f'(c) service, {f.get("clients", 32)} clients, 1 sentence/request', num('c_sentences_per_s',
-                                                                             unit=' sentences/s')],
-        [f'(g) HTTP /v1/embeddings, {f.get("clients", 32)} clients, 1 sentence/request',
-         num('g_http_sentences_per_s', unit=' sentences/s')],
-        ['(d) service latency p50 / p99',
-         f'{lat["p50_ms"]:.1f} / {lat["p99_ms"]:.1f} ms' if lat else 'n/a'],
-        ['(d) sentence-transformers latency p50 / p99',
-         f'{st_lat["p50_ms"]:.1f} / {st_lat["p99_ms"]:.1f} ms' if st_lat else 'n/a'],
-        ['(d) ONNX Runtime latency p50 / p99',
-         f'{onnx_lat["p50_ms"]:.1f} / {onnx_lat["p99_ms"]:.1f} ms' if onnx_lat else 'n/a'],
-        ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
-        ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
-        ['(e) worker RSS after the runs', rss('worker_memory_after_load')],
-        ['(e) ventilator (SERVER), sink, proxy RSS after the runs', rss('other_memory_after_load')],
-        ['(h) float32 GEMM rate of this machine now (numpy, 2 threads)',
-         'n/a' if gemm is None else f'{gemm:.0f} GFLOP/s'],
-        ['(h) (b) service, dense-layer FLOP rate', roofline('b_sentences_per_s')],
-        ['(h) (f) ONNX Runtime, dense-layer FLOP rate', roofline('onnx_sentences_per_s')],
-        ['vectors vs sentence-transformers (cosine)',
-         f'min {f["min_cosine"]:.6f}, mean {f["mean_cosine"]:.6f}' if 'min_cosine' in f else 'n/a'],
-    ]
-    goal_rows = [[g['label'], 'n/a' if g['measured'] is None else f'{g["measured"]:.3f}', g['target'],
-                  {True: 'PASS', False: 'MISS', None: 'n/a'}[g['pass']]] for g in goals]
-    note = ('Server: -max_seq_len 128 -pooling_layer -1 -pooling_strategy REDUCE_MEAN, so it runs all 6 layers '
-            'like sentence-transformers (the default -pooling_layer -2 runs 5).')
-    return '\n\n'.join([_table(['figure', 'value'], rows),
-                        _table(['goal', 'measured', 'target', 'result'], goal_rows), note])
-
-
 # -- entry point ----------------------------------------------------------------------------
 def _parse(argv):
     parser = argparse.ArgumentParser(prog='python -m benchmarks.compare', allow_abbrev=False,
@@ -436,11 +164,87 @@ def _parse(argv):
     parser.add_argument('--lines', type=int, default=4096, help='corpus lines to encode')
     parser.add_argument('--clients', type=int, default=32, help='concurrent clients of (c)')
     parser.add_argument('--latency_requests', type=int, default=200, help='round trips of (d)')
-    parser.add_argument('--repeat', type=int, default=3, help='timed runs of (b); the best counts')
-    parser.add_argument('--st_repeat', type=int, default=1, help='timed runs of (a); the best counts')
+    parser.add_argument('--repeat', type=int, default=3, help='timed runs of (b), (i) and (j); the best counts')
+    parser.add_argument('--st_repeat', type=int, default=1, help='timed runs of (a) and (f); the best counts')
     parser.add_argument('--strict', action='store_true', help='exit with 1 when a goal is missed')
-    parser.add_argument('--no_onnx', action='store_true', help='skip the ONNX Runtime peer (f)')
+    parser.add_argument('--no_onnx', action='store_true', help='skip the ONNX Runtime peers (f), fp32 and int8')
+    parser.add_argument('--no_bf16', action='store_true', help='skip the second server, with -bf16 (j)')
+    parser.add_argument('--no_encode_cli', action='store_true', help='skip bert-serving-encode (i)')
     return parser.parse_known_args(argv)
+
+
+def measure_onnx_peers(lines: List[str], opts, reference: np.ndarray) -> dict:
+    """(f) ONNX Runtime fp32, then int8; the int8 vectors against the fp32 ones, the fp32 ones
+    against ``reference`` (sentence-transformers')."""
+    from .onnx_peer import measure_onnx
+
+    figures: dict = {}
+    fp32 = None
+    for precision, prefix in (('fp32', 'onnx'), ('int8', 'onnx_int8')):
+        run = measure_onnx(lines, opts.latency_requests, opts.st_repeat, MAX_SEQ_LEN, ST_BATCH_SIZE,
+                           LATENCY_WARM_UP, say, precision)
+        figures[f'{prefix}_sentences_per_s'], figures['onnx_version'] = run['sentences_per_s'], run['version']
+        figures[f'{prefix}_latency'] = percentiles_ms(run['seconds'])
+        if fp32 is None:
+            fp32 = run['vectors']
+            figures['onnx_min_cosine'] = cosine_agreement(fp32, reference)['min_cosine']
+        else:
+            agree = cosine_agreement(run['vectors'], fp32)
+            figures['onnx_int8_min_cosine'], figures['onnx_int8_mean_cosine'] = agree['min_cosine'], agree['mean_cosine']
+            say(f'ONNX Runtime int8 vectors against its fp32 ones: min cosine {agree["min_cosine"]:.6f}')
+    return figures
+
+
+def measure_bf16(flags: List[str], lines: List[str], opts, reference: np.ndarray) -> dict:
+    """(j) A server with -bf16 on the same workload: (b), (c), (d), its worker's RSS, and its
+    vectors against ``reference`` (the float32 server's)."""
+    say('(j) starting a server with -bf16')
+    server, start_s = start_server(flags + ['-bf16'])
+    try:
+        one = measure_one_client(server, lines, opts.repeat, tag='(j) -bf16')
+        many = measure_many_clients(server, lines, opts.clients, tag='(j) -bf16')
+        latency = measure_latency(server, lines, opts.latency_requests, tag='(j) -bf16')
+        memory = worker_memory_mb(server)
+    finally:
+        server.close()
+    agree = cosine_agreement(one['vectors'], reference)
+    say(f'(j) -bf16 vectors against the float32 server\'s: min cosine {agree["min_cosine"]:.6f}')
+    return {'bf16_start_s': start_s, 'bf16_b_sentences_per_s': one['b_sentences_per_s'],
+            'bf16_c_sentences_per_s': many['c_sentences_per_s'], 'bf16_latency': latency['service_latency'],
+            'bf16_min_cosine': agree['min_cosine'], 'bf16_mean_cosine': agree['mean_cosine'],
+            'bf16_worker_memory': memory}
+
+
+def _ratio(figures: dict, name: str, numerator, denominator) -> None:
+    """figures[name] = numerator / denominator, where both are there."""
+    if numerator is not None and denominator:
+        figures[name] = numerator / denominator
+
+
+def _p50(figures: dict, key: str) -> Optional[float]:
+    return (figures.get(key) or {}).get('p50_ms')
+
+
+def derive_ratios(figures: dict) -> dict:
+    """Adds the ratios the goals read, and the largest RSS of each kind of process, to ``figures``
+    (in place, and returns it); a ratio whose figures a run skipped is left out."""
+    f = figures
+    _ratio(f, 'ratio_b_over_a', f.get('b_sentences_per_s'), f.get('a_sentences_per_s'))
+    _ratio(f, 'ratio_c_over_b', f.get('c_sentences_per_s'), f.get('b_sentences_per_s'))
+    _ratio(f, 'ratio_d_p50', _p50(f, 'service_latency'), _p50(f, 'st_latency'))
+    _ratio(f, 'ratio_d_p50_onnx', _p50(f, 'service_latency'), _p50(f, 'onnx_latency'))
+    _ratio(f, 'ratio_b_over_onnx', f.get('b_sentences_per_s'), f.get('onnx_sentences_per_s'))
+    _ratio(f, 'ratio_g_over_c', f.get('g_http_sentences_per_s'), f.get('c_sentences_per_s'))
+    _ratio(f, 'ratio_bf16_over_int8', f.get('bf16_b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
+    _ratio(f, 'ratio_bf16_p50_over_int8', _p50(f, 'bf16_latency'), _p50(f, 'onnx_int8_latency'))
+    _ratio(f, 'ratio_bf16_c_over_b', f.get('bf16_c_sentences_per_s'), f.get('bf16_b_sentences_per_s'))
+    for key, memory in (('max_worker_rss_mb', 'worker_memory_after_load'),
+                        ('max_other_rss_mb', 'other_memory_after_load'),
+                        ('bf16_max_worker_rss_mb', 'bf16_worker_memory')):
+        rss = [m['rss_mb'] for m in (f.get(memory) or {}).values() if m.get('rss_mb')]
+        if memory in f:
+            f[key] = max(rss) if rss else None
+    return f
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -460,20 +264,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     st = measure_sentence_transformers(lines, opts.latency_requests, opts.st_repeat)
     figures['a_sentences_per_s'], figures['st_latency'] = st['a_sentences_per_s'], st['st_latency']
     if not opts.no_onnx:
-        from .onnx_peer import measure_onnx
-        onnx = measure_onnx(lines, opts.latency_requests, opts.st_repeat, MAX_SEQ_LEN, ST_BATCH_SIZE,
-                            LATENCY_WARM_UP, say)
-        figures['onnx_sentences_per_s'], figures['onnx_version'] = onnx['sentences_per_s'], onnx['version']
-        figures['onnx_latency'] = percentiles_ms(onnx['seconds'])
-        figures['onnx_min_cosine'] = cosine_agreement(onnx['vectors'], st['vectors'])['min_cosine']
+        figures.update(measure_onnx_peers(lines, opts, st['vectors']))
     say('(h) float32 GEMM rate')
     figures['gemm_gflops'] = gemm_rate_gflops()
     figures['flop_per_token'], figures['tokens'] = flop_per_token(), token_count(lines)
 
     say('starting the first server')
-    http_port = _free_port()
+    http_port = free_port()
     server, figures['first_start_s'] = start_server(flags + ['-http_port', str(http_port),
                                                              '-http_max_connect', str(opts.clients)])
+    figures['num_worker'] = server.args.num_worker
     try:
         one = measure_one_client(server, lines, opts.repeat)
         figures['b_sentences_per_s'] = one['b_sentences_per_s']
@@ -481,6 +281,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         figures.update(measure_many_clients(server, lines, opts.clients))
         figures.update(measure_latency(server, lines, opts.latency_requests))
         figures.update(measure_http(http_port, lines, opts.clients))
+        if not opts.no_encode_cli:
+            from .encode_command import measure_encode_command
+            figures.update(measure_encode_command(server.args.port, server.args.port_out, lines, opts.repeat,
+                                                  CLIENT_TIMEOUT_MS, say, [pid for _, pid in server.workers]))
         figures['worker_memory_after_load'] = worker_memory_mb(server)
         figures['other_memory_after_load'] = worker_memory_mb(server, server.others)
     finally:
@@ -493,17 +297,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         server.close()
 
-    figures['ratio_b_over_a'] = figures['b_sentences_per_s'] / figures['a_sentences_per_s']
-    figures['ratio_c_over_b'] = figures['c_sentences_per_s'] / figures['b_sentences_per_s']
-    figures['ratio_d_p50'] = figures['service_latency']['p50_ms'] / figures['st_latency']['p50_ms']
-    if 'onnx_latency' in figures:
-        figures['ratio_d_p50_onnx'] = figures['service_latency']['p50_ms'] / figures['onnx_latency']['p50_ms']
-        figures['ratio_b_over_onnx'] = figures['b_sentences_per_s'] / figures['onnx_sentences_per_s']
-    figures['ratio_g_over_c'] = figures['g_http_sentences_per_s'] / figures['c_sentences_per_s']
-    rss = [m['rss_mb'] for m in figures['worker_memory_after_load'].values() if m['rss_mb']]
-    figures['max_worker_rss_mb'] = max(rss) if rss else None
-    rss = [m['rss_mb'] for m in figures['other_memory_after_load'].values() if m['rss_mb']]
-    figures['max_other_rss_mb'] = max(rss) if rss else None
+    if '-fp16' in flags and not opts.no_bf16:
+        say('(j) skipped: -bf16 cannot be combined with the -fp16 given to the server')
+    elif not opts.no_bf16:
+        figures.update(measure_bf16(flags, lines, opts, one['vectors']))
+
+    derive_ratios(figures)
     goals = evaluate_goals(figures)
     print(format_report(figures, goals), flush=True)
     load_after = os.getloadavg()
@@ -515,7 +314,9 @@ def main(argv: Optional[List[str]] = None) -> int:
            'host': {'cpus': os.cpu_count(), 'python': platform.python_version(), 'platform': platform.platform(),
                     'load_average_before': load_before, 'load_average_after': load_after,
                     'versions': _versions()},
-           'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)], 'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
+           'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)],
+                        'bf16_server_flags': flags + ['-bf16'] if 'bf16_b_sentences_per_s' in figures else None,
+                        'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
                         'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
                         'latency_requests': opts.latency_requests},
            'figures': figures, 'goals': goals}

@@ -1,8 +1,11 @@
-"""The ONNX Runtime peer of ``make bench``: the bundled all-MiniLM-L6-v2 exported once with
-``torch.onnx.export``, run by ``onnxruntime`` on the CPU with 2 intra-op threads.
+"""The ONNX Runtime peers of ``make bench``: the bundled all-MiniLM-L6-v2 exported once with
+``torch.onnx.export``, run by ``onnxruntime`` on the CPU with 2 intra-op threads, in float32 and
+with int8 weights (``onnxruntime.quantization.quantize_dynamic``, QInt8: what a user of ONNX
+Runtime reaches for when float32 is too slow).
 
 The export is cached beside the graph cache (``<cache>/onnx/``) under a name that carries the
-model's weight digest and the torch version, so a later run loads the file without torch's exporter.
+model's weight digest and the torch version, so a later run loads the file without torch's exporter;
+the quantized copy sits beside it, named after it and the onnxruntime version that quantized it.
 Tokenization is Hugging Face's fast tokenizer (``tokenizers``), as a user of ONNX Runtime would use;
 pooling is the mean over real tokens (sentence-transformers' and our REDUCE_MEAN), in numpy.
 
@@ -20,10 +23,11 @@ import numpy as np
 
 from .timing import one_sentence_seconds
 
-__all__ = ['OnnxPeer', 'export_path']
+__all__ = ['OnnxPeer', 'export_path', 'quantized_path', 'measure_onnx', 'PRECISIONS']
 
 INTRA_OP_THREADS = 2
 OPSET = 17
+PRECISIONS = ('fp32', 'int8')
 
 
 def _model_dir() -> Path:
@@ -39,6 +43,23 @@ def export_path() -> Path:
     with open(_model_dir() / 'model.safetensors', 'rb') as f:
         digest = hashlib.file_digest(f, 'sha256').hexdigest()[:16]
     return Path(default_cache_dir()) / 'onnx' / f'minilm-{digest}-torch{torch.__version__}.onnx'
+
+
+def quantized_path(fp32: Path) -> Path:
+    """Where the int8 copy of the export ``fp32`` lives: beside it, ``<stem>-int8-ort<version>.onnx``
+    (another onnxruntime may quantize otherwise)."""
+    import onnxruntime as ort
+    return fp32.with_name(f'{fp32.stem}-int8-ort{ort.__version__}.onnx')
+
+
+def _quantize(fp32: Path, path: Path, say: Callable[[str], None]) -> None:
+    """Dynamic quantization: int8 weights (QInt8), activations quantized per call at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    say(f'ONNX: quantizing {fp32.name} to int8 weights, {path} (once)')
+    tmp = path.with_name(path.name + '.partial')
+    quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+    os.replace(tmp, path)
 
 
 def _export(path: Path, say: Callable[[str], None]) -> None:
@@ -73,15 +94,27 @@ def _export(path: Path, say: Callable[[str], None]) -> None:
 
 
 class OnnxPeer:
-    """ONNX Runtime on the bundled model: ``encode(texts)`` gives float32 [B, D] mean-pooled vectors."""
+    """ONNX Runtime on the bundled model: ``encode(texts)`` gives float32 [B, D] mean-pooled vectors.
 
-    def __init__(self, max_seq_len: int, say: Callable[[str], None] = lambda m: None):
+    Args:
+        max_seq_len: Word pieces kept per sentence, [CLS] and [SEP] included.
+        say: Where progress goes.
+        precision: ``'fp32'``, the export as is, or ``'int8'``, its dynamically quantized copy.
+    """
+
+    def __init__(self, max_seq_len: int, say: Callable[[str], None] = lambda m: None, precision: str = 'fp32'):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         path = export_path()
         if not path.is_file():
             _export(path, say)
+        if precision == 'int8':
+            fp32, path = path, quantized_path(path)
+            if not path.is_file():
+                _quantize(fp32, path, say)
         options = ort.SessionOptions()
         options.intra_op_num_threads = INTRA_OP_THREADS
         options.inter_op_num_threads = 1
@@ -90,6 +123,7 @@ class OnnxPeer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(_model_dir()), use_fast=True)
         self.max_seq_len = max_seq_len
         self.version = ort.__version__
+        self.precision = precision
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """One call: tokenize, pad to the longest, run, mean-pool; float32 [B, D]."""
@@ -117,20 +151,25 @@ class OnnxPeer:
 
 
 def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_len: int, batch_size: int,
-                 warm_up: int, say: Callable[[str], None]) -> Dict:
-    """(a') ONNX Runtime throughput on length-sorted batches (best of ``repeat``, tokenization
-    included, as the service's figure includes it) and single-sentence latency."""
-    peer = OnnxPeer(max_seq_len, say)
+                 warm_up: int, say: Callable[[str], None], precision: str = 'fp32') -> Dict:
+    """(f) ONNX Runtime throughput on length-sorted batches (best of ``repeat``, tokenization
+    included, as the service's figure includes it) and single-sentence latency, at ``precision``.
+
+    Returns:
+        ``sentences_per_s``, ``seconds`` (each one-sentence call), ``vectors`` (float32 [N, D], in
+        the order of ``lines``) and ``version`` (onnxruntime's).
+    """
+    peer = OnnxPeer(max_seq_len, say, precision)
     peer.encode_sorted(lines[:64], batch_size)  # warm-up
     best, vectors = None, None
     for i in range(repeat):
-        say(f'ONNX Runtime {peer.version}: {len(lines)} sentences, length-sorted batches of {batch_size}, '
-            f'run {i + 1}/{repeat}')
+        say(f'ONNX Runtime {peer.version} {precision}: {len(lines)} sentences, length-sorted batches of '
+            f'{batch_size}, run {i + 1}/{repeat}')
         t0 = time.perf_counter()
         vectors = peer.encode_sorted(lines, batch_size)
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
-    say(f'ONNX Runtime: {latency_requests} one-sentence calls')
+    say(f'ONNX Runtime {precision}: {latency_requests} one-sentence calls')
     seconds = one_sentence_seconds(peer.encode, lines, latency_requests, warm_up)
     return {'sentences_per_s': len(lines) / best, 'seconds': seconds, 'vectors': vectors,
             'version': peer.version}

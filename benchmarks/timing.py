@@ -1,8 +1,37 @@
-"""Timing shared by the benchmark's peers."""
+"""Timing shared by the benchmark's peers, and its progress lines."""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List, Sequence, Tuple, TypeVar
+
+import numpy as np
+
+__all__ = ['LATENCY_WARM_UP', 'one_sentence_seconds', 'percentiles_ms', 'say', 'timed']
+
+T = TypeVar('T')
+# Untimed one-sentence calls before the timed ones, for every peer.
+LATENCY_WARM_UP = 10
+_T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    """A progress line on stderr, stamped with the seconds since the benchmark began."""
+    sys.stderr.write(f'[compare {time.monotonic() - _T0:6.1f}s] {message}\n')
+    sys.stderr.flush()
+
+
+def percentiles_ms(seconds: Sequence[float]) -> Dict[str, float]:
+    """p50 and p99 of durations given in seconds, in milliseconds."""
+    p50, p99 = np.percentile(np.asarray(seconds, dtype=np.float64) * 1000.0, [50, 99])
+    return {'p50_ms': float(p50), 'p99_ms': float(p99)}
+
+
+def timed(call: Callable[[], T]) -> Tuple[float, T]:
+    """(seconds, result) of one ``call()``, on the wall clock."""
+    t0 = time.perf_counter()
+    result = call()
+    return time.perf_counter() - t0, result
 
 
 def one_sentence_seconds(encode: Callable[[List[str]], object], lines: List[str], requests: int,

@@ -1,9 +1,12 @@
-"""The pure parts of ``benchmarks.compare``: goals, report, percentiles, vector agreement.
+"""The pure parts of ``make bench`` (``benchmarks.compare``, ``report``, ``timing``): goals, ratios,
+the summary table and the report, percentiles, vector agreement.
 
 The measurements themselves need the real model and minutes of CPU; ``make bench`` runs them.
+(``test_encode_command.py`` runs the pieces that need only a server, on the fake engine.)
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -14,37 +17,142 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.compare import cosine_agreement, evaluate_goals, format_report, percentiles_ms  # noqa: E402
+from benchmarks.compare import cosine_agreement, derive_ratios  # noqa: E402
+from benchmarks.report import GOALS, evaluate_goals, format_report, summary_rows  # noqa: E402
+from benchmarks.timing import percentiles_ms  # noqa: E402
 
-FIGURES = {
-    'clients': 32, 'a_sentences_per_s': 100.0, 'b_sentences_per_s': 150.0, 'c_sentences_per_s': 60.0,
-    'service_latency': {'p50_ms': 8.0, 'p99_ms': 20.0}, 'st_latency': {'p50_ms': 10.0, 'p99_ms': 30.0},
-    'first_start_s': 20.0, 'second_start_s': 12.0, 'min_cosine': 0.9995, 'mean_cosine': 0.9999,
-    'worker_memory_after_load': {'WORKER-0 (pid 1)': {'rss_mb': 900.0, 'peak_mb': 950.0}},
-    'ratio_b_over_a': 1.5, 'ratio_c_over_b': 0.4, 'ratio_d_p50': 0.5, 'ratio_d_p50_onnx': 2.5,
-    'ratio_b_over_onnx': 1.3, 'max_worker_rss_mb': 900.0, 'max_other_rss_mb': 80.0,
-}
+
+def measured(**overrides) -> dict:
+    """The figures of one whole run, as ``main`` collects them before ``derive_ratios``."""
+    figures = {
+        'clients': 32, 'sentences': 4096, 'num_worker': 1, 'onnx_version': '1.32.0',
+        'a_sentences_per_s': 100.0, 'st_latency': {'p50_ms': 10.0, 'p99_ms': 30.0},
+        'onnx_sentences_per_s': 125.0, 'onnx_latency': {'p50_ms': 4.0, 'p99_ms': 12.0}, 'onnx_min_cosine': 0.99999,
+        'onnx_int8_sentences_per_s': 200.0, 'onnx_int8_latency': {'p50_ms': 2.0, 'p99_ms': 6.0},
+        'onnx_int8_min_cosine': 0.921, 'onnx_int8_mean_cosine': 0.98,
+        'b_sentences_per_s': 150.0, 'c_sentences_per_s': 60.0, 'g_http_sentences_per_s': 48.0,
+        'service_latency': {'p50_ms': 8.0, 'p99_ms': 20.0},
+        'first_start_s': 20.0, 'second_start_s': 12.0, 'min_cosine': 0.9995, 'mean_cosine': 0.9999,
+        'worker_memory_after_load': {'WORKER-0 (pid 1)': {'rss_mb': 900.0, 'peak_mb': 950.0}},
+        'other_memory_after_load': {'SERVER (pid 2)': {'rss_mb': 70.0, 'peak_mb': 72.0},
+                                    'SINK (pid 3)': {'rss_mb': 80.0, 'peak_mb': 81.0}},
+        'encode_cli_sentences_per_s': 140.0, 'encode_cli_b_sentences_per_s': 160.0,
+        'ratio_encode_cli_over_b': 0.875, 'encode_cli_max_abs_diff': 2.5e-7,
+        'encode_cli_command': 'bert-serving-encode', 'encode_cli_worker_cpu_s': 11.5, 'encode_cli_b_worker_cpu_s': 11.25,
+        'bf16_start_s': 30.0, 'bf16_b_sentences_per_s': 320.0, 'bf16_c_sentences_per_s': 160.0,
+        'bf16_latency': {'p50_ms': 1.9, 'p99_ms': 9.0}, 'bf16_min_cosine': 0.99985, 'bf16_mean_cosine': 0.99996,
+        'bf16_worker_memory': {'WORKER-0 (pid 4)': {'rss_mb': 760.0, 'peak_mb': 800.0}},
+    }
+    figures.update(overrides)
+    return figures
+
+
+FIGURES = derive_ratios(measured())
+
+
+def test_ratios_are_derived_from_the_figures():
+    f = FIGURES
+    assert f['ratio_b_over_a'] == pytest.approx(1.5)
+    assert f['ratio_c_over_b'] == pytest.approx(0.4)
+    assert f['ratio_d_p50'] == pytest.approx(0.8)
+    assert f['ratio_d_p50_onnx'] == pytest.approx(2.0)
+    assert f['ratio_b_over_onnx'] == pytest.approx(1.2)
+    assert f['ratio_g_over_c'] == pytest.approx(0.8)
+    assert f['ratio_bf16_over_int8'] == pytest.approx(1.6)
+    assert f['ratio_bf16_p50_over_int8'] == pytest.approx(0.95)
+    assert f['ratio_bf16_c_over_b'] == pytest.approx(0.5)
+    assert (f['max_worker_rss_mb'], f['max_other_rss_mb'], f['bf16_max_worker_rss_mb']) == (900.0, 80.0, 760.0)
 
 
 def test_goals_pass_and_miss_by_their_targets():
     verdicts = {g['goal']: g['pass'] for g in evaluate_goals(FIGURES)}
-    assert verdicts == {'b_over_a': True, 'c_over_b': False, 'd_p50': True, 'd_p50_onnx': False, 'b_over_onnx': True,
-                        'worker_rss': True, 'other_rss': True, 'e_startup': False, 'cosine': True}
+    assert verdicts == {'b_over_a': True, 'c_over_b': False, 'd_p50': False, 'd_p50_onnx': True, 'b_over_onnx': True,
+                        'worker_rss': True, 'other_rss': True, 'e_startup': False, 'cosine': True,
+                        'bf16_over_int8': True, 'bf16_p50_int8': True, 'bf16_cosine': True,
+                        'encode_cli': False, 'encode_cli_vectors': True}
 
 
-def test_a_missing_figure_is_neither_pass_nor_miss():
-    figures = dict(FIGURES)
-    del figures['ratio_c_over_b']
-    goal = next(g for g in evaluate_goals(figures) if g['goal'] == 'c_over_b')
-    assert goal['pass'] is None and goal['measured'] is None
+@pytest.mark.parametrize('figure, value, goal, passed', [
+    ('bf16_b_sentences_per_s', 299.0, 'bf16_over_int8', False),  # 1.495 < 1.5
+    ('bf16_b_sentences_per_s', 300.0, 'bf16_over_int8', True),  # exactly the target passes
+    ('bf16_latency', {'p50_ms': 2.01, 'p99_ms': 9.0}, 'bf16_p50_int8', False),
+    ('bf16_min_cosine', 0.9989, 'bf16_cosine', False),
+    ('ratio_encode_cli_over_b', 0.95, 'encode_cli', True),
+    ('encode_cli_max_abs_diff', 2e-5, 'encode_cli_vectors', False),
+])
+def test_new_goals_at_their_edges(figure, value, goal, passed):
+    figures = derive_ratios(measured(**{figure: value}))
+    assert {g['goal']: g['pass'] for g in evaluate_goals(figures)}[goal] is passed
+
+
+def test_skipped_peers_leave_their_goals_and_cells_open():
+    skipped = ('onnx_sentences_per_s', 'onnx_latency', 'onnx_min_cosine', 'onnx_int8_sentences_per_s',
+               'onnx_int8_latency', 'onnx_int8_min_cosine', 'onnx_int8_mean_cosine', 'bf16_start_s',
+               'bf16_b_sentences_per_s', 'bf16_c_sentences_per_s', 'bf16_latency', 'bf16_min_cosine',
+               'bf16_mean_cosine', 'bf16_worker_memory', 'encode_cli_sentences_per_s', 'encode_cli_b_sentences_per_s',
+               'ratio_encode_cli_over_b', 'encode_cli_max_abs_diff', 'encode_cli_command', 'encode_cli_worker_cpu_s',
+               'encode_cli_b_worker_cpu_s')
+    figures = derive_ratios({k: v for k, v in measured().items() if k not in skipped})
+    assert not {'ratio_bf16_over_int8', 'ratio_bf16_p50_over_int8', 'ratio_b_over_onnx', 'bf16_max_worker_rss_mb'} \
+        & set(figures)
+    goals = {g['goal']: g for g in evaluate_goals(figures)}
+    for key in ('d_p50_onnx', 'b_over_onnx', 'bf16_over_int8', 'bf16_p50_int8', 'bf16_cosine', 'encode_cli',
+                'encode_cli_vectors'):
+        assert goals[key]['pass'] is None and goals[key]['measured'] is None, key
+    rows = summary_rows(figures)
+    assert rows[1][1:5] == ['n/a', '-', 'n/a', 'n/a'] and rows[2][1:5] == ['n/a', '-', 'n/a', 'n/a']
+    assert rows[4][1:] == ['n/a'] * 5
+    report = format_report(figures, evaluate_goals(figures))
+    assert report.count('PASS') + report.count('MISS') == len(GOALS) - 7
+
+
+def test_summary_has_one_row_per_peer_with_its_reference():
+    rows = summary_rows(FIGURES)
+    assert [r[0] for r in rows] == [
+        '(a) sentence-transformers, batch 32', '(f) ONNX Runtime fp32, sorted batch 32',
+        '(f) ONNX Runtime int8, sorted batch 32', '(b-d) ours fp32, 1 worker', '(j) ours -bf16, 1 worker']
+    assert rows[0][1:] == ['100', '-', '10.00', 'reference', '-']
+    assert rows[1][1:] == ['125', '-', '4.00', '0.999990 (vs (a))', '-']
+    assert rows[2][1:] == ['200', '-', '2.00', '0.921000 (vs ORT fp32)', '-']
+    assert rows[3][1:] == ['150', '60 (0.40)', '8.00', '0.999500 (vs (a))', '900']
+    assert rows[4][1:] == ['320', '160 (0.50)', '1.90', '0.999850 (vs ours fp32)', '760']
+    assert summary_rows(dict(FIGURES, num_worker=2))[3][0] == '(b-d) ours fp32, 2 workers'
+
+
+def test_report_opens_with_the_summary_then_the_goals_then_the_details():
+    report = format_report(FIGURES, evaluate_goals(FIGURES))
+    blocks = report.split('\n\n')
+    assert re.split(r'\s{2,}', blocks[0].splitlines()[0].strip()) == [
+        'one client sent/s', '32 clients x 1 sentence sent/s (/ one client)', 'single p50 ms', 'min cosine vs fp32',
+        'worker RSS MiB']
+    assert len(blocks[0].splitlines()) == 2 + 5  # header, rule, five peers
+    assert blocks[1].startswith('ONNX Runtime 1.32.0; int8 = quantize_dynamic, QInt8 weights. Min cosine over the '
+                                '4096 sentences')
+    assert blocks[2].startswith('goal ') and len(blocks[2].splitlines()) == 2 + len(GOALS)
+    assert blocks[3].startswith('figure ')
+    assert blocks[4].startswith('Server: -max_seq_len 128')
 
 
 def test_report_lists_every_figure_and_goal():
     report = format_report(FIGURES, evaluate_goals(FIGURES))
-    for text in ('100 sentences/s', '150 sentences/s', '60 sentences/s', '8.0 / 20.0 ms', '10.0 / 30.0 ms',
-                 '12.0 s', 'WORKER-0 900 MiB (peak 950)', 'min 0.999500', '-pooling_layer -1'):
-        assert text in report
-    assert report.count('PASS') == 6 and report.count('MISS') == 3
+    details = report.split('\n\n')[3]
+    for text in ('100 sentences/s', '125 sentences/s', '200 sentences/s', '150 sentences/s', '60 sentences/s',
+                 '48 sentences/s', '140 sentences/s', '160 sentences/s', '320 sentences/s', '8.0 / 20.0 ms',
+                 '10.0 / 30.0 ms', '4.0 / 12.0 ms', '2.0 / 6.0 ms', '1.9 / 9.0 ms', '12.0 s', '30.0 s',
+                 'WORKER-0 900 MiB (peak 950)', 'WORKER-0 760 MiB (peak 800)', 'SINK 80 MiB (peak 81)',
+                 'min 0.999500', 'min 0.921000, mean 0.980000', 'min 0.999850, mean 0.999960', '2.5e-07',
+                 '(i) bert-serving-encode, 4096 lines of a file', '11.50 / 11.25 s'):
+        assert text in details, text
+    assert report.count('PASS') == 10 and report.count('MISS') == 4
+
+
+def test_goal_values_keep_the_digits_that_decide_them():
+    report = format_report(FIGURES, evaluate_goals(FIGURES))
+    goals = {line.split('  ')[0]: line for line in report.split('\n\n')[2].splitlines()}
+    assert '0.999850' in goals['(j) -bf16 vectors: min cosine vs our fp32']
+    assert '2.5e-07' in goals['(i) bert-serving-encode vectors: max |diff| vs one encode']
+    assert '1.600' in goals['(j) -bf16 one client / ONNX Runtime int8 batch 32']
+    assert '0.875' in goals['(i) bert-serving-encode / one encode of the same lines']
 
 
 def test_percentiles_are_in_milliseconds():

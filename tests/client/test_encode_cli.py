@@ -110,6 +110,20 @@ def corpus(tmp_path):
     return InputSpec(str(path)), texts
 
 
+def test_by_default_requests_span_several_server_batches_so_the_server_sorts_them_together(fake, tmp_path):
+    # The server sorts each request by length before cutting it into batches of -max_batch_size (256
+    # by default): requests of several batches pad less and make fewer model calls than one-batch ones.
+    assert encode_cli.BATCH_SIZE % 256 == 0 and encode_cli.BATCH_SIZE >= 4 * 256
+    texts = [f'sentence {i} ' + 'word ' * (i % 11) for i in range(2 * encode_cli.BATCH_SIZE + 100)]
+    corpus = tmp_path / 'corpus.txt'
+    corpus.write_text('\n'.join(texts) + '\n')
+    summary = encode_file(InputSpec(str(corpus)), str(tmp_path / 'vectors.npy'), fake_kwargs(fake))
+    assert summary.encoded == len(texts)
+    np.testing.assert_array_equal(np.load(tmp_path / 'vectors.npy'), fake.encode(texts))
+    assert [r.msg_len for r in fake.data_requests()] == [encode_cli.BATCH_SIZE] * 2 + [100]
+    assert fake.max_outstanding <= encode_cli.IN_FLIGHT
+
+
 def test_an_interrupted_run_saves_what_is_done_and_the_next_goes_on(fake, tmp_path, corpus, monkeypatch):
     spec, texts = corpus
     output = str(tmp_path / 'vectors.npy')

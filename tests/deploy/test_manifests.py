@@ -248,7 +248,7 @@ def test_resources_are_sized():
         resources_ = _container(deployment)['resources']
         assert {'cpu', 'memory'} <= resources_['requests'].keys() <= resources_['limits'].keys()
     worker = _container(WORKERS)['resources']
-    # docs/benchmark.md: 1,710 MiB of RSS per worker; the request must cover it.
+    # docs/benchmark-history.md: 1,710 MiB of RSS per worker; the request must cover it.
     assert worker['requests']['memory'] == '2Gi'
     assert worker['requests']['cpu'] == worker['limits']['cpu'], 'whole, equal CPUs: Guaranteed QoS'
 

@@ -5,7 +5,7 @@ of another client, refused as busy while the call fills the queue, gets in as th
 pieces free room, and is answered long before the call ends (the queue takes turns).
 
 Time is scaled down: BERT-base on a CPU takes about 25 ms per input (MiniLM-L6 runs ~380 inputs/s
-here, docs/benchmark.md; BERT-base has about ten times its compute), so this call would take ~50
+here, docs/benchmark-history.md; BERT-base has about ten times its compute), so this call would take ~50
 minutes on two workers against a 300 s -request_timeout. Here an input takes 1/400 of that and
 -request_timeout is 3 s: the call still runs several timeouts long.
 """

@@ -33,8 +33,15 @@ from .errors import BadRequest, BertServingError, ConfigError, KeyFileError
 
 __all__ = ['encode_file', 'EncodeSummary', 'EncodeInterrupted', 'get_parser', 'main']
 
-BATCH_SIZE = 256
-IN_FLIGHT = 4
+# Sentences per request. The server sorts a request by length before cutting it into batches of
+# -max_batch_size (256 by default), so one request of four batches pads less and makes fewer model
+# calls than four requests of one batch each. Replaying the worker's cuts on make bench's 4,096
+# sentences: requests of 256 make 283 model calls and pad 6.4% more tokens than the sentences hold,
+# requests of 1,024 make 134 calls and pad 3.3%, and one call of all 4,096 makes 61 and pads 1.6%.
+BATCH_SIZE = 1024
+# Requests at the server at once: while it computes one, the next is queued, so the server never
+# waits for this process. More only matters for a server with many workers.
+IN_FLIGHT = 2
 # The progress file is replaced at most this often (and at the end): a crash re-encodes at most
 # this much work, and each commit costs an msync and an fsync.
 COMMIT_SECONDS = 0.5
@@ -236,7 +243,10 @@ def get_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group('run')
     run.add_argument('--ids', metavar='PATH', help='the ids file, one id a line (default: OUTPUT stem + .ids.txt)')
     run.add_argument('--batch-size', type=int, default=BATCH_SIZE,
-                     help='sentences per request (default: %(default)s)')
+                     help='sentences per request; the server sorts each request by length, so larger ones pad '
+                          'less. Lower it for very long records (a request is limited to the server\'s '
+                          '-max_request_bytes) or a model so slow that one request takes longer than -timeout '
+                          '(default: %(default)s)')
     run.add_argument('--in-flight', type=int, default=IN_FLIGHT,
                      help='requests at the server at once; raise it for a server with many workers '
                           '(default: %(default)s)')

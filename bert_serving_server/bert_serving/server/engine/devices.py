@@ -11,7 +11,7 @@ __all__ = ['plan_devices', 'cpu_threads', 'cpu_oversubscription', 'batch_token_b
            'CPU_BATCH_TOKENS', 'planned_layer_shards', 'session_threads']
 
 # Padded tokens per model call on a CPU: 4096 ran 1.5x faster than 16384 (smaller activations stay in
-# cache; docs/benchmark.md). A GPU wants whole batches; there the budget is the original's batch.
+# cache; docs/benchmark-history.md). A GPU wants whole batches; there the budget is the original's batch.
 CPU_BATCH_TOKENS = 4096
 # With -max_seq_len NONE an input is as long as BERT takes: the position embeddings of BERT-base.
 LONGEST_INPUT = 512
@@ -96,7 +96,7 @@ def batch_token_budget(device_id: int, max_batch_tokens: Optional[int], max_batc
 
 
 # A block split in two runs a one-sentence request in ~5 ms instead of ~7.5 on two cores
-# (docs/benchmark.md). More parts than two were never measured, so a worker with more cores splits
+# (docs/benchmark-history.md). More parts than two were never measured, so a worker with more cores splits
 # in two and gives each part's ops the rest of its cores as intra-op threads.
 MAX_LAYER_SHARDS = 2
 

@@ -1,0 +1,191 @@
+"""What ``make bench`` prints: one summary table (the one a docs page quotes), the goals, the details.
+
+Every function here reads the ``figures`` dict that ``benchmarks.compare`` fills and saves as JSON;
+a figure that a run skipped (``--no_onnx``, ``--no_bf16``, ``--no_encode_cli``) prints as ``n/a``,
+and its goals are neither met nor missed.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+__all__ = ['GOALS', 'SUMMARY_HEADER', 'evaluate_goals', 'format_report', 'summary_rows']
+
+# (key, label, figure it reads, comparison, target)
+GOALS = [
+    ('b_over_a', '(b) one client / (a) sentence-transformers', 'ratio_b_over_a', '>=', 1.3),
+    ('c_over_b', '(c) concurrent clients / (b) one client', 'ratio_c_over_b', '>=', 0.6),
+    ('d_p50', '(d) p50 service / sentence-transformers', 'ratio_d_p50', '<=', 0.6),
+    ('d_p50_onnx', '(d) p50 service / ONNX Runtime', 'ratio_d_p50_onnx', '<=', 2.0),
+    ('b_over_onnx', '(b) one client / ONNX Runtime batch 32', 'ratio_b_over_onnx', '>=', 1.2),
+    ('worker_rss', '(e) largest worker RSS after the runs, MiB', 'max_worker_rss_mb', '<=', 900.0),
+    ('other_rss', '(e) largest ventilator/sink/proxy RSS, MiB', 'max_other_rss_mb', '<=', 100.0),
+    ('e_startup', '(e) second server start-up, s', 'second_start_s', '<=', 10.0),
+    ('cosine', 'vectors: min cosine vs sentence-transformers', 'min_cosine', '>=', 0.999),
+    # Issue 21, goal 3: the reduced-precision path ahead of ONNX Runtime int8, at bf16 accuracy.
+    ('bf16_over_int8', '(j) -bf16 one client / ONNX Runtime int8 batch 32', 'ratio_bf16_over_int8', '>=', 1.5),
+    ('bf16_p50_int8', '(j) -bf16 p50 / ONNX Runtime int8 p50', 'ratio_bf16_p50_over_int8', '<=', 1.0),
+    ('bf16_cosine', '(j) -bf16 vectors: min cosine vs our fp32', 'bf16_min_cosine', '>=', 0.999),
+    # Issue 22: the console command streams a corpus about as fast as one call holding all of it.
+    ('encode_cli', '(i) bert-serving-encode / one encode of the same lines', 'ratio_encode_cli_over_b', '>=', 0.95),
+    ('encode_cli_vectors', '(i) bert-serving-encode vectors: max |diff| vs one encode', 'encode_cli_max_abs_diff',
+     '<=', 1e-5),
+]
+
+
+def evaluate_goals(figures: dict) -> List[dict]:
+    """The goals with the measured value and PASS / MISS (None when the figure is missing)."""
+    out = []
+    for key, label, figure, op, target in GOALS:
+        value = figures.get(figure)
+        passed = None if value is None else (value >= target if op == '>=' else value <= target)
+        out.append({'goal': key, 'label': label, 'figure': figure, 'measured': value, 'target': f'{op} {target:g}',
+                    'pass': passed})
+    return out
+
+
+def _table(header: List[str], body: List[List[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ['  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + body]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def _measured(figure: str, value: Optional[float]) -> str:
+    """A goal's measured value: a cosine to 6 places (0.9990 and 0.9989996 differ), a tiny difference
+    in e-notation, the rest to 3 places."""
+    if value is None:
+        return 'n/a'
+    if 'cosine' in figure:
+        return f'{value:.6f}'
+    if value != 0 and abs(value) < 0.01:
+        return f'{value:.1e}'
+    return f'{value:.3f}'
+
+
+SUMMARY_HEADER = ['', 'one client sent/s', '{clients} clients x 1 sentence sent/s (/ one client)', 'single p50 ms',
+                  'min cosine vs fp32', 'worker RSS MiB']
+
+
+def summary_rows(figures: dict) -> List[List[str]]:
+    """The summary table's rows: (a) sentence-transformers, ONNX Runtime fp32 and int8, ours fp32
+    and -bf16, with one-client throughput, many one-sentence clients (and their share of one client),
+    single-sentence p50, minimum cosine against the fp32 reference and worker RSS."""
+    f = figures
+
+    def rate(key):
+        return 'n/a' if f.get(key) is None else f'{f[key]:.0f}'
+
+    def crowd(key, one_key):
+        if f.get(key) is None:
+            return 'n/a'
+        share = f' ({f[key] / f[one_key]:.2f})' if f.get(one_key) else ''
+        return f'{f[key]:.0f}{share}'
+
+    def p50(key):
+        return 'n/a' if not f.get(key) else f'{f[key]["p50_ms"]:.2f}'
+
+    def cosine(key, against):
+        return 'n/a' if f.get(key) is None else f'{f[key]:.6f} (vs {against})'
+
+    def rss(value):
+        return 'n/a' if value is None else f'{value:.0f}'
+
+    workers = f.get('num_worker', 1)
+    ours = f'{workers} worker' + ('s' if workers != 1 else '')
+    return [
+        ['(a) sentence-transformers, batch 32', rate('a_sentences_per_s'), '-', p50('st_latency'),
+         'reference', '-'],
+        ['(f) ONNX Runtime fp32, sorted batch 32', rate('onnx_sentences_per_s'), '-', p50('onnx_latency'),
+         cosine('onnx_min_cosine', '(a)'), '-'],
+        ['(f) ONNX Runtime int8, sorted batch 32', rate('onnx_int8_sentences_per_s'), '-', p50('onnx_int8_latency'),
+         cosine('onnx_int8_min_cosine', 'ORT fp32'), '-'],
+        [f'(b-d) ours fp32, {ours}', rate('b_sentences_per_s'), crowd('c_sentences_per_s', 'b_sentences_per_s'),
+         p50('service_latency'), cosine('min_cosine', '(a)'), rss(f.get('max_worker_rss_mb'))],
+        [f'(j) ours -bf16, {ours}', rate('bf16_b_sentences_per_s'),
+         crowd('bf16_c_sentences_per_s', 'bf16_b_sentences_per_s'), p50('bf16_latency'),
+         cosine('bf16_min_cosine', 'ours fp32'), rss(f.get('bf16_max_worker_rss_mb'))],
+    ]
+
+
+def format_report(figures: dict, goals: List[dict]) -> str:
+    """The summary table, the goals table, then every figure in detail, as printed."""
+    f = figures
+    clients, sentences = f.get('clients', 32), f.get('sentences', 4096)
+
+    def num(key, fmt='{:.0f}', unit=''):
+        return 'n/a' if f.get(key) is None else fmt.format(f[key]) + unit
+
+    def rss(key):
+        return '; '.join(f'{name.split()[0]} {m["rss_mb"]:.0f} MiB (peak {m["peak_mb"]:.0f})'
+                         for name, m in f.get(key, {}).items()) or 'n/a'
+
+    def latency(key):
+        p = f.get(key)
+        return f'{p["p50_ms"]:.1f} / {p["p99_ms"]:.1f} ms' if p else 'n/a'
+
+    def cosines(key_min, key_mean):
+        return f'min {f[key_min]:.6f}, mean {f[key_mean]:.6f}' if f.get(key_min) is not None else 'n/a'
+
+    gemm = f.get('gemm_gflops')
+
+    def roofline(key):
+        if f.get(key) is None or gemm is None or f.get('tokens') is None:
+            return 'n/a'
+        gflops = f[key] / f['sentences'] * f['tokens'] * f['flop_per_token'] / 1e9
+        return f'{gflops:.0f} GFLOP/s = {gflops / gemm:.0%} of the GEMM rate'
+
+    onnx = f'ONNX Runtime {f.get("onnx_version", "")}'.rstrip()
+    rows = [
+        ['(a) sentence-transformers, in-process, batch 32', num('a_sentences_per_s', unit=' sentences/s')],
+        [f'(f) {onnx} fp32, in-process, length-sorted batch 32', num('onnx_sentences_per_s', unit=' sentences/s')],
+        [f'(f) {onnx} int8 (quantize_dynamic, QInt8 weights), length-sorted batch 32',
+         num('onnx_int8_sentences_per_s', unit=' sentences/s')],
+        [f'(b) service, 1 client, {sentences} in one encode (best)', num('b_sentences_per_s', unit=' sentences/s')],
+        [f'(c) service, {clients} clients, 1 sentence/request', num('c_sentences_per_s', unit=' sentences/s')],
+        [f'(g) HTTP /v1/embeddings, {clients} clients, 1 sentence/request',
+         num('g_http_sentences_per_s', unit=' sentences/s')],
+        [f'(i) {f.get("encode_cli_command", "bert-serving-encode")}, {sentences} lines of a file (best)',
+         num('encode_cli_sentences_per_s', unit=' sentences/s')],
+        ['(i) one encode of the same lines, alternated with it (best)',
+         num('encode_cli_b_sentences_per_s', unit=' sentences/s')],
+        ['(i) worker CPU for one run: bert-serving-encode / one encode (least)',
+         'n/a' if f.get('encode_cli_worker_cpu_s') is None else
+         f'{f["encode_cli_worker_cpu_s"]:.2f} / {f["encode_cli_b_worker_cpu_s"]:.2f} s'],
+        [f'(j) -bf16 service, 1 client, {sentences} in one encode (best)',
+         num('bf16_b_sentences_per_s', unit=' sentences/s')],
+        [f'(j) -bf16 service, {clients} clients, 1 sentence/request',
+         num('bf16_c_sentences_per_s', unit=' sentences/s')],
+        ['(d) service latency p50 / p99', latency('service_latency')],
+        ['(d) sentence-transformers latency p50 / p99', latency('st_latency')],
+        ['(d) ONNX Runtime fp32 latency p50 / p99', latency('onnx_latency')],
+        ['(d) ONNX Runtime int8 latency p50 / p99', latency('onnx_int8_latency')],
+        ['(j) -bf16 service latency p50 / p99', latency('bf16_latency')],
+        ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
+        ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
+        ['(j) -bf16 server start-up', num('bf16_start_s', '{:.1f}', ' s')],
+        ['(e) worker RSS after the runs', rss('worker_memory_after_load')],
+        ['(e) ventilator (SERVER), sink, proxy RSS after the runs', rss('other_memory_after_load')],
+        ['(j) -bf16 worker RSS after its runs', rss('bf16_worker_memory')],
+        ['(h) float32 GEMM rate of this machine now (numpy, 2 threads)',
+         'n/a' if gemm is None else f'{gemm:.0f} GFLOP/s'],
+        ['(h) (b) service, dense-layer FLOP rate', roofline('b_sentences_per_s')],
+        ['(h) (f) ONNX Runtime fp32, dense-layer FLOP rate', roofline('onnx_sentences_per_s')],
+        ['vectors: ours fp32 vs sentence-transformers (cosine)', cosines('min_cosine', 'mean_cosine')],
+        ['vectors: ONNX Runtime fp32 vs sentence-transformers (cosine)',
+         'n/a' if f.get('onnx_min_cosine') is None else f'min {f["onnx_min_cosine"]:.6f}'],
+        ['vectors: ONNX Runtime int8 vs ONNX Runtime fp32 (cosine)',
+         cosines('onnx_int8_min_cosine', 'onnx_int8_mean_cosine')],
+        ['vectors: -bf16 vs ours fp32 (cosine)', cosines('bf16_min_cosine', 'bf16_mean_cosine')],
+        ['vectors: (i) bert-serving-encode vs one encode, max |diff|', num('encode_cli_max_abs_diff', '{:.1e}')],
+    ]
+    header = [h.format(clients=clients) for h in SUMMARY_HEADER]
+    summary = _table(header, summary_rows(f))
+    cosine_note = (f'{onnx}; int8 = quantize_dynamic, QInt8 weights. Min cosine over the {sentences} sentences, '
+                   'each against its fp32 reference: sentence-transformers (a) for ONNX Runtime fp32 and ours fp32, '
+                   'ONNX Runtime fp32 for its int8, ours fp32 for -bf16.')
+    goal_rows = [[g['label'], _measured(g.get('figure', ''), g['measured']), g['target'],
+                  {True: 'PASS', False: 'MISS', None: 'n/a'}[g['pass']]] for g in goals]
+    note = ('Server: -max_seq_len 128 -pooling_layer -1 -pooling_strategy REDUCE_MEAN, so it runs all 6 layers '
+            'like sentence-transformers (the default -pooling_layer -2 runs 5).')
+    return '\n\n'.join([summary, cosine_note, _table(['goal', 'measured', 'target', 'result'], goal_rows),
+                        _table(['figure', 'value'], rows), note])
