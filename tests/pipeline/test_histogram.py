@@ -2,9 +2,13 @@
 ``le``), quantiles interpolate within a bucket as ``histogram_quantile`` does, and a window is the
 difference of two copies. Memory is the buckets, whatever was observed."""
 import pytest
-
-from bert_serving.server.pipeline.histogram import (LENGTH_BUCKETS, ROWS_BUCKETS, SECONDS_BUCKETS, TOKENS_BUCKETS,
-                                                    Histogram)
+from bert_serving.server.pipeline.histogram import (
+    LENGTH_BUCKETS,
+    ROWS_BUCKETS,
+    SECONDS_BUCKETS,
+    TOKENS_BUCKETS,
+    Histogram,
+)
 
 
 def test_a_value_on_a_bound_counts_in_that_bucket_and_the_rest_in_inf():

@@ -2,10 +2,15 @@
 any other ZeroMQ client) and outcome, where an answered request's time went, the model calls' rows
 and padding, and the last minute's rates and quantiles from snapshots. A test clock drives it."""
 import pytest
-
 from bert_serving.client.protocol import HTTP_PROXY_PREFIX, ErrorCode
-from bert_serving.server.pipeline.request_metrics import (OUTCOMES, SNAPSHOT_SECONDS, WINDOW_SECONDS, RequestMetrics,
-                                                          door_of, outcome_of)
+from bert_serving.server.pipeline.request_metrics import (
+    OUTCOMES,
+    SNAPSHOT_SECONDS,
+    WINDOW_SECONDS,
+    RequestMetrics,
+    door_of,
+    outcome_of,
+)
 
 PROXY = HTTP_PROXY_PREFIX + b'0f3c'
 
@@ -51,7 +56,8 @@ def test_every_request_counts_by_door_and_outcome_and_answered_ones_by_part(cloc
     m.answered(PROXY, 'busy', 0.0004)
     m.answered(b'zmq-b', 'bad_request', None)  # the ventilator did not say when it got it: counted, not timed
     j = m.to_json()
-    assert j['requests'] == [{'door': 'http', 'outcome': 'busy', 'count': 1}, {'door': 'http', 'outcome': 'ok', 'count': 1},
+    assert j['requests'] == [{'door': 'http', 'outcome': 'busy', 'count': 1},
+                             {'door': 'http', 'outcome': 'ok', 'count': 1},
                              {'door': 'zmq', 'outcome': 'bad_request', 'count': 1},
                              {'door': 'zmq', 'outcome': 'ok', 'count': 1}]
     hist = j['histograms']

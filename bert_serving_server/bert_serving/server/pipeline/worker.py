@@ -322,8 +322,8 @@ class Worker:
         self.logger.debug('batch %d: %d pieces, %d sequences in %.1f ms', batch_id, len(good), len(features),
                           1000 * model)
         lengths = [len(f.input_ids) for f in features]
-        call = {'rows': len(features), 'padded': engine.last_padded_tokens or len(features) * max(lengths),
-                'lengths': lengths}
+        padded = engine.last_padded_tokens or len(features) * max(lengths, default=1)
+        call = {'rows': len(features), 'padded': padded, 'lengths': lengths}
         start = 0
         trim = engine.trims_token_axis()
         for piece, feats in good:
