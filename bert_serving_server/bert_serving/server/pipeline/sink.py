@@ -3,7 +3,7 @@ fails it when it makes no progress for its timeout (-request_timeout): each piec
 moves its deadline, so a huge request whose pieces keep coming has no wall-clock bound.
 
 Sockets (created in ``run``, inside the process):
-    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers;
+    PULL  binds ``sink``: REGISTER / JSON_REPLY / STATUS / FAIL from the ventilator, RESULT / FAIL from workers;
           also tcp://*:port_worker_sink when remote workers may join.
     PUSH  connects to ``feedback``: CONFIRM (pieces received) and FINISHED (requests answered or
           failed) to the ventilator, which keeps a piece in flight until it is confirmed.
