@@ -166,7 +166,7 @@ def test_every_histogram_counts_the_requests_of_its_door(served):
     assert _samples(after['bert_worker_ready'], '', worker='0') == [1]
     assert _samples(after['bert_worker_busy_seconds'], '_total', worker='0')[0] >= 0
     assert 0 <= _samples(after['bert_worker_busy_ratio'], '', worker='0')[0] <= 1
-    assert _samples(after['bert_server_worker_restarts'], '_total') == [0]
+    assert _samples(after['bert_server_worker_restarts'], '_total') == []
     assert _samples(after['bert_server_lost_workers'], '_total') == []
 
 
@@ -185,7 +185,7 @@ def test_server_status_over_zeromq_keeps_the_1_10_keys_and_adds_the_metrics(serv
     assert minute['sentences_per_second'] > 0 and minute['batch_rows_avg'] >= 1
     [worker] = status['workers']
     assert worker['state'] == 'ready' and 0 <= worker['busy_fraction'] <= 1
-    assert status['num_worker_restart'] == 0 and status['lost_workers'] == {}
+    assert status['num_worker_restart'] == 0 and status['lost_workers'] == status['worker_restarts'] == {}
     json.dumps(status)  # all of it is plain JSON
 
 
@@ -214,3 +214,20 @@ def test_the_dashboard_shows_the_last_minute_and_each_worker(served, page):
     cells = [text(f'#workers tr:first-child td:nth-child({i})') for i in range(1, 7)]
     assert cells[:3] == ['WORKER-0', 'cpu', 'ready'], cells
     assert re.fullmatch(r'\d{1,3}%', cells[3]) and int(cells[4]) >= 1 and int(cells[5]) >= 1, cells
+
+
+def test_a_killed_worker_shows_as_lost_and_restarted_then_ready_again(launch_http):
+    with launch_http(None, ['-num_worker', '1']) as running:
+        os.kill(_worker_pid(running), signal.SIGKILL)
+        deadline = time.monotonic() + HTTP_TIMEOUT
+        while True:
+            families = _families(running.url)
+            lost = _samples(families['bert_server_lost_workers'], '_total', reason='died')
+            restarts = _samples(families['bert_server_worker_restarts'], '_total', reason='died')
+            ready = _samples(families['bert_worker_ready'], '', worker='0')
+            if lost == [1] and restarts == [1] and ready == [1]:
+                break
+            assert time.monotonic() < deadline, (lost, restarts, ready)
+            time.sleep(0.1)
+        with running.client() as bc:
+            assert bc.encode(['served by the new worker']).shape[0] == 1

@@ -30,7 +30,7 @@ kept by the sink: ``pipeline/request_metrics.py``; door is ``zmq`` or ``http``):
     bert_server_batch_rows                                inputs per model call (histogram)
     bert_server_batch_padded_tokens                       word-piece slots per model call, padding included
     bert_server_input_word_pieces                         word pieces per input (histogram)
-    bert_server_worker_restarts_total                     workers replaced since the start
+    bert_server_worker_restarts_total{reason}             workers replaced, by why the one before was lost
     bert_server_lost_workers_total{reason}                workers lost: died, silent, hung, results_lost, ...
     bert_worker_ready{worker}                             1 if the worker has loaded the model, else 0
     bert_worker_busy_seconds_total{worker}                seconds the worker spent on batches (rate = busy share)
@@ -130,12 +130,13 @@ class ServerStatusCollector:
 
     @staticmethod
     def _worker_metrics(status: dict):
-        yield CounterMetricFamily('bert_server_worker_restarts', 'Workers replaced (died, silent or hung) since the start',
-                                  value=status.get('num_worker_restart') or 0)
-        lost = CounterMetricFamily('bert_server_lost_workers', 'Workers lost, by reason', labels=['reason'])
-        for reason, count in sorted((status.get('lost_workers') or {}).items()):
-            lost.add_metric([str(reason)], count)
-        yield lost
+        for name, key, doc in (('bert_server_lost_workers', 'lost_workers', 'Workers lost, by reason'),
+                               ('bert_server_worker_restarts', 'worker_restarts',
+                                'Workers replaced, by the reason the one before was lost')):
+            family = CounterMetricFamily(name, doc, labels=['reason'])
+            for reason, count in sorted((status.get(key) or {}).items()):
+                family.add_metric([str(reason)], count)
+            yield family
         ready = GaugeMetricFamily('bert_worker_ready', '1 if the worker has loaded the model, 0 while it loads',
                                   labels=['worker'])
         busy = CounterMetricFamily('bert_worker_busy_seconds', 'Seconds the worker spent on batches since it started',

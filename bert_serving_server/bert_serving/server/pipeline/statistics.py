@@ -1,5 +1,6 @@
 """Server statistics, with the keys of bert-as-service 1.10.0's ``statistic`` block, and the workers
-the ventilator lost, by reason (``lost_workers``, a key of its own beside that block).
+the ventilator lost and replaced, by reason (``lost_workers``, ``worker_restarts``: keys of their own
+beside that block).
 
 Memory and the cost of ``value`` are bounded whatever the history: request sizes are summed as
 they come (O(1)), and clients are kept in one LRU table of at most ``max_clients`` entries
@@ -89,11 +90,17 @@ class ServerStatistic:
         self.intervals: deque = deque(maxlen=INTERVALS)
         self._last_data_time = None
         self.lost_workers: Dict[str, int] = {}  # loss_reason -> workers lost so far
+        self.worker_restarts: Dict[str, int] = {}  # loss_reason -> workers replaced so far
 
     def lost_worker(self, why: str) -> None:
         """A worker was lost (``why``: the reason as logged)."""
         reason = loss_reason(why)
         self.lost_workers[reason] = self.lost_workers.get(reason, 0) + 1
+
+    def worker_restarted(self, why: str) -> None:
+        """A lost local worker is being replaced (``why``: the reason it was lost)."""
+        reason = loss_reason(why)
+        self.worker_restarts[reason] = self.worker_restarts.get(reason, 0) + 1
 
     def update(self, client: bytes, size: int, is_command: bool) -> None:
         entry = self.clients.get(client)

@@ -53,7 +53,6 @@ class Supervisor:
         self._restarts: Deque[float] = deque()
         self._delayed: List[Tuple[float, int, int]] = []  # (when, worker_id, generation)
         self._backoff = 1.0
-        self.num_restarts = 0  # workers replaced (at once or after a backoff) since the start
 
     # -- starting ------------------------------------------------------------------------------
     def add_service(self, proc: ChildProcess, hint: str = '') -> None:
@@ -96,7 +95,6 @@ class Supervisor:
         if handle.proc in self.processes:
             self.processes.remove(handle.proc)
         self.logger.error('WORKER-%d %s; starting a new one', handle.worker_id, reason)
-        self.num_restarts += 1
         now = time.monotonic()
         self._restarts.append(now)
         while self._restarts and now - self._restarts[0] > self.restart_window:

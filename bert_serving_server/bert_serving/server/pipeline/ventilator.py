@@ -284,7 +284,8 @@ class Ventilator:
             workers = self.registry.status(self.scheduler.batches_per_worker, self.scheduler.sequences_per_worker)
             snapshot = dict(self.scheduler.snapshot(), workers=workers, num_dropped_worker_message=self.dropped_by_sink,
                             num_refused_identity=self.refused_identities, lost_workers=dict(self.stat.lost_workers),
-                            num_worker_restart=self.supervisor.num_restarts)
+                            worker_restarts=dict(self.stat.worker_restarts),
+                            num_worker_restart=sum(self.stat.worker_restarts.values()))
             info = json.dumps(self.server.describe(req.identity, statistic, snapshot), default=str).encode()
             pack = msg.pack_status if command == Command.SHOW_STATUS else msg.pack_json_reply
             self._send_sink(pack(req.identity, req.req_id, info, key))
@@ -415,5 +416,6 @@ class Ventilator:
             self._lose(identity, why)
             if self.server.stopping or identity not in self.supervisor.workers:
                 continue  # no new workers while stopping; a remote one comes back by itself
+            self.stat.worker_restarted(why)
             self.supervisor.replace(identity, why)
         self.supervisor.restart_due()
