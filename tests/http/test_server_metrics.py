@@ -7,13 +7,13 @@ fake engine, with its proxy; the dashboard in headless Chromium shows the same f
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import time
 
 import pytest
+from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from bert_serving.client.errors import BertServerBusyError, BertServerError
@@ -186,7 +186,13 @@ def test_server_status_over_zeromq_keeps_the_1_10_keys_and_adds_the_metrics(serv
     [worker] = status['workers']
     assert worker['state'] == 'ready' and 0 <= worker['busy_fraction'] <= 1
     assert status['num_worker_restart'] == 0 and status['lost_workers'] == status['worker_restarts'] == {}
-    json.dumps(status)  # all of it is plain JSON
+    # The proxy's /status/server is the same reply, and /openapi.json describes it.
+    _, _, document = http('GET', served.url + '/openapi.json')
+    _, _, over_http = http('GET', served.url + '/status/server')
+    schema = document['paths']['/status/server']['get']['responses']['200']['content']['application/json']['schema']
+    validator = Draft202012Validator({**schema, 'components': document['components']})
+    assert not [f'{list(e.absolute_path)}: {e.message}' for e in validator.iter_errors(over_http)]
+    assert set(over_http['metrics']) == set(metrics)
 
 
 def test_the_dashboard_shows_the_last_minute_and_each_worker(served, page):
