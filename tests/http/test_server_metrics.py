@@ -222,6 +222,23 @@ def test_the_dashboard_shows_the_last_minute_and_each_worker(served, page):
     assert re.fullmatch(r'\d{1,3}%', cells[3]) and int(cells[4]) >= 1 and int(cells[5]) >= 1, cells
 
 
+def test_the_dashboard_shows_a_local_worker_the_server_does_not_know_as_starting(served, page):
+    """A lost worker's replacement has not registered yet: the server's status lists no WORKER-1
+    while -num_worker says 2 (the page's status is the real one, with that changed)."""
+    def one_worker_short(route):
+        status = route.fetch().json()
+        status['num_worker'] = 2
+        status['worker_devices'] = {**status['worker_devices'], 'WORKER-1': 'cpu'}
+        route.fulfill(json=status)
+
+    page.route('**/status/server', one_worker_short)
+    page.goto(served.url + '/')
+    page.wait_for_selector('#workers tr:nth-child(2)', timeout=UI_TIMEOUT_MS)
+    rows = [[page.text_content(f'#workers tr:nth-child({r}) td:nth-child({c})').strip() for c in (1, 2, 3, 4)]
+            for r in (1, 2)]
+    assert rows == [['WORKER-0', 'cpu', 'ready', rows[0][3]], ['WORKER-1', 'cpu', 'starting', '0%']], rows
+
+
 def test_a_killed_worker_shows_as_lost_and_restarted_then_ready_again(launch_http):
     with launch_http(None, ['-num_worker', '1']) as running:
         os.kill(_worker_pid(running), signal.SIGKILL)
