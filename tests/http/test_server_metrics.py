@@ -11,8 +11,10 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -254,3 +256,30 @@ def test_a_killed_worker_shows_as_lost_and_restarted_then_ready_again(launch_htt
             time.sleep(0.1)
         with running.client() as bc:
             assert bc.encode(['served by the new worker']).shape[0] == 1
+
+
+DOC = Path(__file__).resolve().parents[2] / 'docs' / 'monitoring.md'
+
+
+def _family_name(metric: str) -> str:
+    """The family a metric or sample name belongs to (the parser names counters without _total)."""
+    return re.sub(r'_(total|bucket|count|sum)$', '', metric)
+
+
+def test_the_monitoring_doc_names_every_server_metric_and_its_alerts_use_real_ones(served):
+    """docs/monitoring.md's table against a real scrape, both ways, and its YAML (the scrape config
+    and the alert rules) parses, with every metric an alert reads on the scrape."""
+    with served.client() as bc:
+        bc.encode(['so that every family has a sample'])
+    scraped = {name for name in _families(served.url) if name.startswith(('bert_server_', 'bert_worker_'))}
+    text = DOC.read_text(encoding='utf-8')
+    rows = [line for line in text.splitlines() if line.startswith('| `bert_')]
+    documented = {_family_name(name) for row in rows for name in re.findall(r'`(bert_[a-z_]+)`', row.split('|')[1])}
+    assert documented == scraped, (documented - scraped, scraped - documented)
+    config, rules = (yaml.safe_load(block) for block in re.findall(r'```yaml\n(.*?)```', text, flags=re.S))
+    assert config['scrape_configs'][0]['job_name'] == 'bert-serving'
+    alerts = {rule['alert']: rule['expr'] for rule in rules['groups'][0]['rules']}
+    assert set(alerts) == {'BertWorkersDown', 'BertQueueTimeRising', 'BertErrorRate'}
+    for expr in alerts.values():
+        used = {_family_name(name) for name in re.findall(r'\bbert_[a-z_]+', expr)}
+        assert used and used <= scraped, used - scraped
