@@ -2,8 +2,10 @@
 ZeroMQ clients and HTTP callers, answered requests, busy refusals (the worker frozen, the queue
 full) and bad requests (over the server's request size) through each door. Every request histogram
 counts exactly the requests sent through its door, the model-call histograms every row computed,
-and SHOW_STATUS over ZeroMQ carries the same figures beside the 1.10 keys. A real server on the
-fake engine, with its proxy; the dashboard in headless Chromium shows the same figures.
+and SHOW_STATUS over ZeroMQ carries the same figures beside the 1.10 keys. Also: a killed worker
+shows as lost and restarted, the dashboard in headless Chromium shows the figures and each worker's
+state, and docs/monitoring.md names exactly the metrics a scrape has. Real servers on the fake
+engine, with their proxy.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _count(family, **labels) -> float:
 
 
 class Scrapes:
-    """Two scrapes of /metrics; ``count``, ``sum`` and ``value`` give what rose between them."""
+    """Two scrapes of /metrics; ``count``, ``sum`` and ``total`` give what rose between them."""
 
     def __init__(self, before: dict, after: dict):
         self.before, self.after = before, after
