@@ -10,8 +10,10 @@ then run, from the repository root:
 
 Every --interval seconds it asks the server for its status (BertClient.server_status, the same
 SHOW_STATUS that the dashboard at http://localhost:8125/ polls) and prints one line: ready workers,
-requests and sentences so far, and the rate since the previous line. With --http_port it also
-prints /health and the server gauges of /metrics (the Prometheus text) once at the start.
+requests and sentences so far, the rate since the previous line, and the server's own figures over
+the last minute (latency p50 / p99, and the mean time an answered request waited for a worker and
+spent in the model). With --http_port it also prints /health and the server's metrics of /metrics
+(the Prometheus text, histogram buckets left out) once at the start.
 --num stops after that many lines; 0 runs until Ctrl-C.
 """
 from __future__ import annotations
@@ -41,10 +43,20 @@ def show_http(base: str, timeout: float) -> None:
     status, body = http_get(f'{base}/health', timeout)
     print(f'GET /health -> {status} {json.loads(body)}')
     status, body = http_get(f'{base}/metrics', timeout)
-    server_lines = [line for line in body.splitlines() if line.startswith(('bert_server_', 'bert_worker_'))]
+    server_lines = [line for line in body.splitlines()
+                    if line.startswith(('bert_server_', 'bert_worker_')) and '_bucket{' not in line]
     print(f'GET /metrics -> {status}, {len(body.splitlines())} lines, of which the server\'s:')
     for line in server_lines:
         print(f'  {line}')
+
+
+def last_minute(status: dict) -> str:
+    """The server's latency and where the time went over the last minute ('' from a server without them)."""
+    m = (status.get('metrics') or {}).get('last_minute') or {}
+    if m.get('latency_p50') is None:
+        return ''
+    return (f'; last minute: p50 {1000 * m["latency_p50"]:.1f} ms, p99 {1000 * m["latency_p99"]:.1f} ms, '
+            f'queue {1000 * m["queue_seconds_avg"]:.1f} ms, model {1000 * m["model_seconds_avg"]:.1f} ms')
 
 
 def main():
@@ -72,7 +84,7 @@ def main():
                     f', {(now[2] - previous[2]) / (now[0] - previous[0]):.1f} sentences/s since the last line')
                 print(f'{time.strftime("%H:%M:%S")} workers ready {status["num_ready_worker"]}/{status["num_worker"]}, '
                       f'{now[1]} requests, {now[2]} sentences, {status["num_queued_piece"]} pieces queued, '
-                      f'batches per worker {status["batches_per_worker"]}{rate}', flush=True)
+                      f'batches per worker {status["batches_per_worker"]}{rate}{last_minute(status)}', flush=True)
                 previous = now
                 if line == args.num:
                     break

@@ -30,6 +30,13 @@ def test_vectors_are_deterministic_across_engines_and_batches():
     assert not np.array_equal(a[0], a[2])
 
 
+def test_a_run_reports_its_padded_tokens_as_one_call_padded_to_the_longest():
+    engine = fake()
+    features = engine.featurize(['one two three', 'four'])  # 5 and 3 word pieces with [CLS] and [SEP]
+    engine.run(features)
+    assert engine.last_padded_tokens == 2 * 5
+
+
 def test_reduce_mean_is_the_mean_of_the_token_matrix():
     texts = ['one two three', 'four']
     pooled = fake(max_seq_len=None).encode(texts)[0]

@@ -126,6 +126,7 @@ def test_batches_take_few_shapes_and_few_lengths(tiny_google_dir, graph_cache_di
             lengths = sorted(len(f.input_ids) for f in features)
             batches = counter.shapes[before:]
             assert sum(b for b, _ in batches) == len(features)
+            assert encoder.last_padded_tokens == sum(b * t for b, t in batches)  # what the metrics report
             if request < 40:
                 small += batches
             for b, t in batches:

@@ -171,6 +171,9 @@ def test_monitor(example_server, encode):
     assert len(lines) == 2
     assert int(lines[0][1]) >= before + 7  # the encode above is counted
     assert 'sentences/s since the last line' in out.splitlines()[-1]
+    assert re.search(r'; last minute: p50 [\d.]+ ms, p99 [\d.]+ ms, queue [\d.]+ ms, model [\d.]+ ms$', out, re.M), out
+    assert re.search(r'^  bert_server_request_duration_seconds_count\{door="zmq",outcome="ok"\} \d', out, re.M), out
+    assert '_bucket{' not in out
 
 
 def test_faiss_index_ranks_a_corpus_line_first_for_itself(example_server, encode, tmp_path):

@@ -13,11 +13,13 @@ through a module-scoped fixture built on ``launch_http``.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pytest
 
@@ -28,6 +30,9 @@ from http_support import FakeBackend, HttpServer, assert_port_free
 
 READY_SECONDS = 120
 POLL_SECONDS = 0.05
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+                 '--disable-sync', '--no-first-run']
 
 
 def _wait_ready(running: HttpServer, started: float) -> None:
@@ -54,14 +59,18 @@ def launch_http(pick_port):
     """``with launch_http(model_dir, ['-num_worker', '2']) as running: ...`` -> HttpServer.
 
     Starts a CPU BertServer with an HTTP proxy on fresh ports, waits until /health says 200, and
-    on exit closes it and checks that every process ended and every port is free.
+    on exit closes it and checks that every process ended and every port is free. ``model_dir``
+    None starts ``-engine fake``; ``fields`` are set on the parsed flags as they are, for
+    ServerConfig fields that have no flag (``max_request_bytes``).
     """
     @contextlib.contextmanager
-    def start(model_dir: Path, flags: Sequence[str] = ()) -> Iterator[HttpServer]:
+    def start(model_dir: Optional[Path], flags: Sequence[str] = (), **fields) -> Iterator[HttpServer]:
         port, port_out, http_port = pick_port(), pick_port(), pick_port()
+        model = ['-engine', 'fake'] if model_dir is None else ['-model_dir', str(model_dir)]
         args = get_args_parser().parse_args(
-            ['-model_dir', str(model_dir), '-port', str(port), '-port_out', str(port_out),
-             '-http_port', str(http_port), '-cpu', *flags])
+            [*model, '-port', str(port), '-port_out', str(port_out), '-http_port', str(http_port), '-cpu', *flags])
+        for name, value in fields.items():
+            setattr(args, name, value)
         server = BertServer(args)
         started = time.monotonic()
         server.start()
@@ -76,6 +85,22 @@ def launch_http(pick_port):
             assert_port_free(p)
 
     return start
+
+
+@pytest.fixture
+def page():
+    """A page of headless Debian Chromium, driven by Playwright (whose own browser download is never
+    used; ``make install`` brings the ``chromium`` package)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail('chromium is not installed: apt-get install -y chromium (make install does it)', pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={'width': 1280, 'height': 820})
+        finally:
+            browser.close()
 
 
 @pytest.fixture

@@ -287,3 +287,54 @@ def test_feedback_round_trips():
 def test_malformed_feedback(frames):
     with pytest.raises(BadMessage):
         msg.unpack_feedback(frames)
+
+
+# -- the metrics' fields: optional, so a message without them still parses -----------------------
+
+def test_a_heartbeat_says_how_long_the_worker_was_busy():
+    m = msg.unpack_worker([b'w'] + msg.pack_heartbeat(3, holds=[3], busy=12.5))
+    assert m.busy == 12.5
+    old = msg.unpack_worker([b'w', msg.HEARTBEAT, json.dumps({'batch': None, 'holds': []}).encode()])
+    assert old.busy is None
+    for odd in ('soon', None, float('nan'), [1], True):
+        body = json.dumps({'batch': None, 'holds': [], 'busy': odd}).encode()
+        assert msg.unpack_worker([b'w', msg.HEARTBEAT, body]).busy is None
+
+
+def test_a_piece_carries_its_time_in_the_ventilators_queue():
+    [p] = msg.unpack_batch(msg.pack_batch(1, [piece(queued=0.25)]))[1]
+    assert p.queued == 0.25
+    body = piece().to_json()
+    del body['queued']
+    assert Piece.from_json(body).queued == 0.0
+
+
+def test_register_and_refusals_carry_when_the_request_was_received():
+    m = msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None, received=1234.5))
+    assert m.received == 1234.5
+    assert msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None)).received is None
+    refused = msg.unpack_sink(msg.pack_fail(b'c', 2, 'busy', code='busy', received=99.0))
+    assert (refused.received, refused.outcome) == (99.0, None)
+    lost = msg.unpack_sink(msg.pack_fail(b'c', 3, 'lost twice', code='failed', serial=4, outcome='worker_lost'))
+    assert lost.outcome == 'worker_lost'
+
+
+def test_a_result_carries_its_queue_and_model_time_and_the_first_its_model_call():
+    call = {'rows': 3, 'padded': 36, 'lengths': [5, 12, 7]}
+    frames = msg.pack_result(piece(), np.zeros((3, 2), np.float32), None, queue=0.012, model=0.034, call=call)
+    m = msg.unpack_sink(frames)
+    assert (m.queue, m.model, m.call) == (0.012, 0.034, call)
+    plain = msg.unpack_sink(msg.pack_result(piece(), np.zeros((3, 2), np.float32), None))
+    assert (plain.queue, plain.model, plain.call) == (None, None, None)
+
+
+@pytest.mark.parametrize('call', ['x', [], {'rows': 1}, {'rows': 1, 'padded': 4, 'lengths': ['a']},
+                                  {'rows': True, 'padded': 4, 'lengths': [4]}, {'rows': 1, 'padded': 4.5, 'lengths': [4]}])
+def test_a_malformed_model_call_is_refused(call):
+    with pytest.raises(BadMessage):
+        msg.unpack_sink(_result({'call': call}))
+
+
+def test_status_round_trips_like_a_json_reply():
+    m = msg.unpack_sink(msg.pack_status(b'c', 3, b'{"ready": true}', b'KEY'))
+    assert (m.kind, m.client, m.req_id, m.body, m.curve_key) == (msg.STATUS, b'c', 3, b'{"ready": true}', b'KEY')

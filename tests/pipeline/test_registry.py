@@ -98,8 +98,30 @@ def test_status_lists_every_worker_with_its_batches(registry):
     registry.hello(b'worker-0-0', hello(), remote=False)
     registry.hello(b'remote-x', hello(host='b', pid=9), remote=True)
     registry.ready(b'worker-0-0', 2)
-    status = registry.status({'0': 5, 'REMOTE-b-9': 1, 'gone': 3})
+    status = registry.status({'0': 5, 'REMOTE-b-9': 1, 'gone': 3}, {'0': 40})
+    idle = {'busy_seconds': 0.0, 'busy_fraction': 0.0}
     assert status == [
-        {'name': 'WORKER-0', 'host': 'h', 'device': 'cpu', 'state': 'ready', 'remote': False, 'batches': 5},
-        {'name': 'REMOTE-b-9', 'host': 'b', 'device': 'cpu', 'state': 'loading', 'remote': True, 'batches': 1},
+        {'name': 'WORKER-0', 'label': '0', 'host': 'h', 'device': 'cpu', 'state': 'ready', 'remote': False,
+         'batches': 5, 'sequences': 40, **idle},
+        {'name': 'REMOTE-b-9', 'label': 'REMOTE-b-9', 'host': 'b', 'device': 'cpu', 'state': 'loading',
+         'remote': True, 'batches': 1, 'sequences': 0, **idle},
     ]
+
+
+def test_busy_fraction_is_the_share_of_the_last_minute_spent_on_batches(registry):
+    """Heartbeats say how many seconds the worker has spent on batches; the fraction is their rise
+    over the time between the oldest and newest heartbeat of the last minute."""
+    registry.hello(b'worker-0-0', hello(), remote=False)
+    info = registry.get(b'worker-0-0', remote=False)
+    registry.busy(b'worker-0-0', 0.0, now=100.0)
+    assert info.busy_fraction(100.0) == 0.0  # one heartbeat: no span yet
+    for t in range(1, 31):  # 30 s busy a quarter of the time
+        registry.busy(b'worker-0-0', 0.25 * t, now=100.0 + t)
+    assert info.busy_fraction(130.0) == pytest.approx(0.25)
+    for t in range(31, 91):  # then 60 s fully busy: the first 30 s fall out of the window
+        registry.busy(b'worker-0-0', 7.5 + (t - 30), now=100.0 + t)
+    assert info.busy_fraction(190.0) == pytest.approx(1.0)
+    registry.busy(b'worker-0-0', None, now=191.0)  # a worker that does not say: nothing recorded
+    assert registry.status({}, now=190.0)[0]['busy_seconds'] == pytest.approx(67.5)
+    assert len(info.busy) <= 64, 'the samples kept per worker are bounded'
+    registry.busy(b'unknown', 1.0)  # a worker it does not know: ignored

@@ -346,3 +346,47 @@ def test_replies_reach_only_whole_identity_subscriptions(harness):
     for spy in spies:
         poller.register(spy, zmq.POLLIN)
     assert poller.poll(300) == []
+
+
+def _metric_series(block, **labels):
+    return {tuple(sorted(s['labels'].items())): s for s in block['series']}.get(tuple(sorted(labels.items())))
+
+
+def test_every_request_end_is_counted_and_a_status_carries_the_metrics(harness):
+    """An answered request (two pieces, two model calls), a refusal, a request failed with a lost
+    worker and one past its timeout: each counted once by door and outcome, the answered one timed
+    from when the ventilator received it; SHOW_STATUS goes out with the sink's metrics added."""
+    proxy = protocol.HTTP_PROXY_PREFIX + b'1'
+    sub, proxy_sub = harness.client(b'c'), harness.client(proxy)
+    received = time.monotonic()
+    harness.send(msg.pack_register(b'c', 1, n=3, serial=1, timeout=None, received=received))
+    first, second = piece(b'c', 1, 1, 10, [0, 1]), piece(b'c', 1, 1, 11, [2])
+    harness.send(msg.pack_result(first, rows_of(2), None, queue=0.02, model=0.05,
+                                 call={'rows': 2, 'padded': 20, 'lengths': [6, 10]}))
+    harness.send(msg.pack_result(second, rows_of(1, offset=2), None, queue=0.01, model=0.03,
+                                 call={'rows': 1, 'padded': 8, 'lengths': [8]}))
+    assert harness.reply(sub).kind == 'result'
+    harness.send(msg.pack_fail(proxy, 2, 'server busy', code=ErrorCode.BUSY, received=time.monotonic()))
+    harness.send(msg.pack_register(proxy, 3, n=1, serial=2, timeout=None, received=time.monotonic()))
+    harness.send(msg.pack_fail(proxy, 3, 'lost twice', code=ErrorCode.FAILED, serial=2, outcome='worker_lost'))
+    harness.send(msg.pack_register(b'c', 4, n=1, serial=3, timeout=0.2, received=time.monotonic()))
+    assert [harness.reply(proxy_sub).code for _ in range(2)] == [ErrorCode.BUSY, ErrorCode.FAILED]
+    assert harness.reply(sub).code == ErrorCode.TIMEOUT
+    harness.send(msg.pack_status(b'c', 5, b'{"ready": true}'))
+    reply = harness.reply(sub)
+    assert (reply.kind, reply.req_id, reply.data['ready']) == ('json', 5, True)
+    metrics = reply.data['metrics']
+    assert {(r['door'], r['outcome']): r['count'] for r in metrics['requests']} == {
+        ('zmq', 'ok'): 1, ('http', 'busy'): 1, ('http', 'worker_lost'): 1, ('zmq', 'timeout'): 1}
+    hist = metrics['histograms']
+    ok = _metric_series(hist['request_duration_seconds'], door='zmq', outcome='ok')
+    assert ok['count'] == 1 and 0 < ok['sum'] < time.monotonic() - received
+    assert _metric_series(hist['request_duration_seconds'], door='zmq', outcome='timeout')['sum'] >= 0.2
+    assert _metric_series(hist['request_queue_seconds'], door='zmq')['sum'] == pytest.approx(0.01)  # the first to start
+    assert _metric_series(hist['request_model_seconds'], door='zmq')['sum'] == pytest.approx(0.08)  # both calls
+    assert _metric_series(hist['request_sink_seconds'], door='zmq')['count'] == 1
+    assert _metric_series(hist['request_queue_seconds'], door='http')['count'] == 0
+    assert _metric_series(hist['batch_rows'])['sum'] == 3 and _metric_series(hist['batch_padded_tokens'])['sum'] == 28
+    assert _metric_series(hist['input_word_pieces'])['count'] == 3
+    assert metrics['sentences'] == {'zmq': 3, 'http': 0}
+    assert metrics['last_minute']['batch_rows_avg'] == 1.5

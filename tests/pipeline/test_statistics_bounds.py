@@ -121,3 +121,29 @@ def test_no_traffic_gives_the_counts_only():
     value = ServerStatistic().value
     assert value == {'num_data_request': 0, 'num_total_seq': 0, 'num_sys_request': 0, 'num_total_request': 0,
                      'num_total_client': 0, 'num_active_client': 0}
+
+
+def test_lost_workers_count_by_a_fixed_set_of_reasons_from_the_real_wording():
+    """The reasons come as the supervisor, the scheduler and the ventilator word them; the metrics
+    label each with one of a few values, never the free text (a Prometheus label)."""
+    from bert_serving.server.pipeline.request_queue import SchedulerConfig
+    from bert_serving.server.pipeline.scheduler import Scheduler
+
+    now = [0.0]
+    scheduler = Scheduler(SchedulerConfig(num_worker=2, batch_timeout=5, heartbeat_timeout=10), clock=lambda: now[0])
+    scheduler.add_worker(b'hangs', 1, '0')
+    scheduler.accept(b'c', 1, ['a'], False)
+    scheduler.take_batches()
+    now[0] = 6.0
+    scheduler.seen(b'hangs')
+    scheduler.add_worker(b'silent', 1, '1')
+    now[0] = 17.0
+    scheduler.seen(b'hangs')
+    whys = dict(scheduler.overdue())
+    stat = ServerStatistic()
+    for why in (whys[b'hangs'], whys[b'silent'], 'died (exit code -9)', 'registered again', 'could not start',
+                'said its results were sent, but the sink did not get them for 31s', 'something new'):
+        stat.lost_worker(why)
+    assert stat.lost_workers == {'hung': 1, 'silent': 1, 'died': 1, 'registered_again': 1, 'could_not_start': 1,
+                                 'results_lost': 1, 'other': 1}
+    assert set(stat.lost_workers) <= set(statistics.LOSS_REASONS)

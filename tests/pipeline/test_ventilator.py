@@ -167,17 +167,29 @@ def test_a_worker_with_another_fingerprint_is_rejected_with_the_reason(ventilato
     assert any('refused a worker' in m for m in v.records.messages())
 
 
-def test_a_dead_workers_unconfirmed_piece_goes_to_the_other_and_it_is_replaced(ventilator):
-    v = ventilator(num_worker=2)
+def _two_workers(v) -> dict:
+    """worker-0-0 and worker-1-0 joined with a credit of 1: identity -> DEALER."""
     workers = {identity: v.dealer(identity) for identity in (b'worker-0-0', b'worker-1-0')}
     for dealer in workers.values():
         v.join(dealer, credit=1)
-    v.encode(b'alice', ['one input'], req_id=4)
+    return workers
+
+
+def _holder(workers: dict) -> bytes:
+    """The one worker a batch was sent to."""
     poller = zmq.Poller()
     for dealer in workers.values():
         poller.register(dealer, zmq.POLLIN)
     ready = dict(poller.poll(WAIT_SECONDS * 1000))
     (holder,) = [identity for identity, dealer in workers.items() if dealer in ready]
+    return holder
+
+
+def test_a_dead_workers_unconfirmed_piece_goes_to_the_other_and_it_is_replaced(ventilator):
+    v = ventilator(num_worker=2)
+    workers = _two_workers(v)
+    v.encode(b'alice', ['one input'], req_id=4)
+    holder = _holder(workers)
     (other,) = set(workers) - {holder}
     _, (piece,) = v.reply(workers[holder])
 
@@ -190,6 +202,36 @@ def test_a_dead_workers_unconfirmed_piece_goes_to_the_other_and_it_is_replaced(v
     label = holder.decode().split('-')[1]
     assert any(f'WORKER-{label} died (exit code -9); starting a new one' in m
                for m in v.records.messages(logging.ERROR))
+    status = v.status()
+    assert (status['lost_workers'], status['worker_restarts'], status['num_worker_restart']) == (
+        {'died': 1}, {'died': 1}, 1)
+
+
+def test_a_request_whose_workers_are_lost_twice_fails_as_worker_lost(ventilator):
+    """Its FAIL names the outcome for the sink's metrics: the error code alone (failed) would not."""
+    v = ventilator(num_worker=2)
+    workers = _two_workers(v)
+    v.encode(b'erin', ['crashes every worker'], req_id=6)
+    for _ in range(2):  # whoever holds it dies, twice
+        holder = _holder(workers)
+        v.reply(workers[holder])
+        v.processes[holder].exitcode = -9
+        del workers[holder]
+    fail = v.sink_message(msg.FAIL)
+    assert (fail.client, fail.req_id, fail.code, fail.outcome) == (b'erin', 6, ErrorCode.FAILED, 'worker_lost')
+    assert 'lost twice' in fail.message
+
+
+def test_heartbeats_say_how_busy_each_worker_is(ventilator):
+    v = ventilator(num_worker=1)
+    dealer = v.dealer(b'worker-0-0')
+    v.join(dealer, credit=1)
+    for busy in (0.0, 0.5):
+        dealer.send_multipart(msg.pack_heartbeat(None, holds=[], busy=busy))
+        assert v.reply(dealer).kind == msg.PONG
+    [worker] = v.status()['workers']
+    assert (worker['name'], worker['state'], worker['busy_seconds']) == ('WORKER-0', 'ready', 0.5)
+    assert 0 < worker['busy_fraction'] <= 1
 
 
 @pytest.fixture

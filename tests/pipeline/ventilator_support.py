@@ -191,9 +191,9 @@ class VentilatorHarness:
         self.send(identity, json.dumps(texts).encode(), req_id, len(texts))
 
     def status(self) -> dict:
-        """SHOW_STATUS, as the sink would publish it."""
+        """SHOW_STATUS as the ventilator hands it to the sink (which adds its "metrics" before publishing)."""
         self.send(b'status-asker', Command.SHOW_STATUS, req_id=99)
-        reply = self.sink_message(msg.JSON_REPLY)
+        reply = self.sink_message(msg.STATUS)
         assert (reply.client, reply.req_id) == (b'status-asker', 99)
         return json.loads(reply.body)
 

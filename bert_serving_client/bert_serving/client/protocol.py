@@ -40,7 +40,7 @@ import numpy as np
 from ._version import PROTOCOL_VERSION, WIRE_RELEASE
 from .errors import BertServerBusyError, BertServerError, BertServerShuttingDownError, ProtocolError
 
-__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'is_reply_for', 'reply_topic', 'MAX_IDENTITY_BYTES', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
+__all__ = ['Command', 'ErrorCode', 'Request', 'Reply', 'is_reply_for', 'reply_topic', 'MAX_IDENTITY_BYTES', 'HTTP_PROXY_PREFIX', 'PROTOCOL_VERSION', 'WIRE_RELEASE', 'pack_request', 'unpack_request',
            'pack_result', 'pack_json_reply', 'pack_error', 'unpack_reply', 'reply_error', 'array_header',
            'raw_bytes']
 
@@ -101,6 +101,9 @@ class Reply:
 
 
 MAX_IDENTITY_BYTES = 256  # the server refuses a longer identity (and one that holds a NUL)
+# The identities of bert-serving's HTTP proxy start with this; the server counts their requests as
+# the HTTP door in its metrics (any other identity is a ZeroMQ client).
+HTTP_PROXY_PREFIX = b'http-proxy-'
 
 
 def reply_topic(identity: bytes, key: bytes = b'') -> bytes:

@@ -23,9 +23,12 @@ class Engine(abc.ABC):
     Attributes:
         output_dim: W.
         is_token_level: True for NONE pooling, where each input gives a [T, W] matrix.
+        last_padded_tokens: word-piece slots the last ``run`` computed, padding included (B x T,
+            summed over the calls it made); the server's metrics compare it with the real lengths.
     """
     output_dim: int
     is_token_level: bool = False
+    last_padded_tokens: int = 0
 
     @abc.abstractmethod
     def featurize(self, texts: Sequence, is_tokenized: bool = False) -> list:

@@ -131,11 +131,13 @@ class Encoder(Engine):
             out = np.zeros((n, t_out, self.output_dim), dtype=dtype)
         else:
             out = np.empty((n, self.output_dim), dtype=dtype)
+        self.last_padded_tokens = 0
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: len(features[i].input_ids))
         for batch in self._batches(order, features):
             length = self._padded(len(features[batch[-1]].input_ids), len(batch))
+            self.last_padded_tokens += len(batch) * length
             ids, mask, types = pad_batch([features[i] for i in batch], length)
             result = self.runner(ids, mask, types)
             if self.is_token_level:

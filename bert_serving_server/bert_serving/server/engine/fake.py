@@ -91,6 +91,7 @@ class FakeEngine(Engine):
             time.sleep(SLOW_SECONDS * sum(1 for f in features if '__slow__' in f.tokens))
         if self.config.fake_row_seconds:
             time.sleep(self.config.fake_row_seconds * len(features))
+        self.last_padded_tokens = len(features) * super().token_axis_length(features)  # as one padded call
         if self.is_token_level:
             t = token_axis or self.token_axis_length(features)
             out = np.zeros((len(features), t, FAKE_WIDTH), dtype=np.float32)

@@ -57,6 +57,44 @@ _SERVER_STATUS = {
         'statistic': {'type': 'object'},
         'batches_per_worker': {'type': 'object', 'additionalProperties': {'type': 'integer'}},
         'sequences_per_worker': {'type': 'object', 'additionalProperties': {'type': 'integer'}},
+        'workers': {'type': 'array', 'description': 'Every worker the server knows.', 'items': {
+            'type': 'object', 'required': ['name', 'state', 'busy_fraction'],
+            'properties': {'name': {'type': 'string'}, 'label': {'type': 'string'}, 'device': {'type': 'string'},
+                           'state': {'enum': ['loading', 'ready']}, 'batches': {'type': 'integer'},
+                           'sequences': {'type': 'integer'}, 'busy_seconds': {'type': 'number', 'minimum': 0},
+                           'busy_fraction': {'type': 'number', 'minimum': 0, 'maximum': 1}}}},
+        'lost_workers': {'type': 'object', 'additionalProperties': {'type': 'integer'},
+                         'description': 'Workers lost, by reason.'},
+        'worker_restarts': {'type': 'object', 'additionalProperties': {'type': 'integer'},
+                            'description': 'Workers replaced, by the reason the one before was lost.'},
+        'num_worker_restart': {'type': 'integer'},
+        'metrics': {
+            'type': 'object', 'required': ['histograms', 'requests', 'last_minute'],
+            'description': 'Where each data request\'s time went, by door (zmq, http) and outcome: see '
+                           'docs/monitoring.md.',
+            'properties': {
+                'histograms': {'type': 'object', 'additionalProperties': {
+                    'type': 'object', 'required': ['labels', 'buckets', 'series'],
+                    'properties': {
+                        'labels': {'type': 'array', 'items': {'type': 'string'}},
+                        'buckets': {'type': 'array', 'items': {'type': 'number'},
+                                    'description': 'Upper bounds; a last bucket (+Inf) takes the rest.'},
+                        'series': {'type': 'array', 'items': {
+                            'type': 'object', 'required': ['labels', 'counts', 'sum', 'count'],
+                            'properties': {'labels': {'type': 'object', 'additionalProperties': {'type': 'string'}},
+                                           'counts': {'type': 'array', 'items': {'type': 'integer', 'minimum': 0},
+                                                      'description': 'Per bucket, not cumulative.'},
+                                           'sum': {'type': 'number'}, 'count': {'type': 'integer'}}}}}}},
+                'requests': {'type': 'array', 'items': {
+                    'type': 'object', 'required': ['door', 'outcome', 'count'],
+                    'properties': {'door': {'enum': ['zmq', 'http']},
+                                   'outcome': {'enum': ['ok', 'busy', 'bad_request', 'timeout', 'worker_lost',
+                                                        'shutting_down', 'failed']},
+                                   'count': {'type': 'integer'}}}},
+                'sentences': {'type': 'object', 'additionalProperties': {'type': 'integer'}},
+                'last_minute': {'type': 'object', 'additionalProperties': {'type': ['number', 'null']}},
+            },
+        },
     },
 }
 _CLIENT_STATUS = {

@@ -32,7 +32,8 @@ import zmq.asyncio
 from bert_serving.client import __version__
 from bert_serving.client.protocol import PROTOCOL_VERSION
 from bert_serving.client.errors import ProtocolError
-from bert_serving.client.protocol import Command, Reply, is_reply_for, pack_request, reply_error, unpack_reply
+from bert_serving.client.protocol import (HTTP_PROXY_PREFIX, Command, Reply, is_reply_for, pack_request, reply_error,
+                                          unpack_reply)
 from bert_serving.client.security import CurveKeys, secure_client_socket
 
 from .errors import BackendError, BackendTimeout, BackendUnavailable, from_client_error
@@ -62,7 +63,7 @@ class ZmqBackend:
         self.curve_keys = curve_keys
         self.request_timeout = request_timeout
         self.status_timeout = status_timeout
-        self.identity = f'http-proxy-{uuid.uuid4()}'.encode('ascii')
+        self.identity = HTTP_PROXY_PREFIX + str(uuid.uuid4()).encode('ascii')  # the server's metrics: door http
         self.logger = logger or logging.getLogger(__name__)
         self._ids = itertools.count(1)
         self._pending: Dict[int, asyncio.Future] = {}

@@ -47,6 +47,8 @@ class WorkState:
         leaving: set when the worker leaves (a stop, a REJECT, a dead thread, the end of serving).
         generation: bumped by the io thread when the server forgets us: work of an older one is dropped.
         computing: the batch the model runs now (set by the main thread), reported in heartbeats.
+        busy_seconds: seconds spent computing batches and sending their results since the start (the
+            main thread adds, heartbeats report it; the server turns it into each worker's busy fraction).
         rejected: the server sent REJECT after the worker had started serving.
     """
 
@@ -56,6 +58,7 @@ class WorkState:
         self.leaving = threading.Event()
         self.generation = 0
         self.computing: Optional[int] = None
+        self.busy_seconds = 0.0
         self.rejected = False
         self._results_lock = threading.Lock()
         self._results_leaving: Dict[int, zmq.MessageTracker] = {}  # batch id -> its last result, still queued
@@ -168,7 +171,8 @@ class ServerLink:
             while undelivered and self.send(msg.pack_done(undelivered[0])):
                 held.discard(undelivered.pop(0))
             if not registering and now >= next_beat:
-                self.send(msg.pack_heartbeat(state.computing, sorted(held), pong, state.still_leaving()))
+                self.send(msg.pack_heartbeat(state.computing, sorted(held), pong, state.still_leaving(),
+                                             busy=round(state.busy_seconds, 6)))
                 next_beat = now + msg.HEARTBEAT_SECONDS
             if not registering and now - last_contact > s.server_timeout:
                 self.logger.warning('no word from the server for %.0fs; registering again', now - last_contact)
@@ -198,7 +202,7 @@ class ServerLink:
                 if registering:
                     continue  # sent before the server forgot us: it goes to others
                 try:
-                    incoming.put_nowait((state.generation, batch_id, frames))
+                    incoming.put_nowait((state.generation, batch_id, frames, time.monotonic()))
                     held.add(batch_id)
                 except queue.Full:  # not held, so the server sends it again (elsewhere, or later)
                     self.logger.warning('dropped batch %d: %d batches wait already', batch_id, incoming.qsize())

@@ -9,11 +9,12 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
     worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local"}]   who I am
                            [READY, JSON {"credit", "pid", "device"}]   model loaded
                            [HEARTBEAT, JSON {"batch": id or null, "holds": [ids], "sending": [ids],
-                                             "pong": mark or null}]
+                                             "pong": mark or null, "busy": seconds}]
                                                        every HEARTBEAT_SECONDS: the batch being computed,
                                                        every batch held (received, DONE not sent yet),
                                                        the batches whose results are still leaving for
-                                                       the sink, the mark of the last PONG received
+                                                       the sink, the mark of the last PONG received, the
+                                                       seconds spent on batches since it started
                            [DONE, batch_id]            results of the batch went to the sink; credit back
                            [FATAL, message]            the worker cannot start
     ventilator -> worker   [WELCOME, JSON {"sink": address or null, "sink_port": port or null,
@@ -29,12 +30,22 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
-    [REGISTER, client, req_id, JSON {"n", "serial", "timeout", "key"}]   a data request to reassemble
-    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens", "tag"}, bytes]
-    [JSON_REPLY, client, req_id, key, JSON]                       publish as is (config / status)
-    [FAIL, client, req_id, JSON {"message", "code", "serial", "piece", "tag", "key"}]
+    [REGISTER, client, req_id, JSON {"n", "serial", "timeout", "key", "received"}]   a data request to reassemble
+    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens", "tag",
+                                   "queue", "model", "call"}, bytes]
+    [JSON_REPLY, client, req_id, key, JSON]                       publish as is (config)
+    [STATUS, client, req_id, key, JSON]                           publish with the sink's "metrics" added
+    [FAIL, client, req_id, JSON {"message", "code", "serial", "piece", "tag", "key", "received", "outcome"}]
         fail a request; "serial" null = refused before it was registered; "piece" set when a
         worker failed one piece (the sink confirms that piece)
+
+For the metrics (request_metrics.py): "received" is when the ventilator received the request
+(``time.monotonic()``, the server's host: the sink compares it with its own clock); "outcome" names
+a failure the error code does not tell apart (``worker_lost``). A RESULT's "queue" is the seconds
+from "received" to the start of the model call that computed the piece, "model" that call's seconds
+(durations, so a remote worker's clock never matters), and "call", on the first piece of each model
+call only, {"rows", "padded", "lengths"}: its inputs, word-piece slots computed and each input's word
+pieces. All are optional: a message without them counts the request, without its times.
 
 ``key`` is the z85 Curve key the client's request came with (empty without ``-auth_dir``): the
 sink publishes the reply on ``reply_topic(client, key)``, which only that key's subscription
@@ -56,6 +67,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -65,7 +77,8 @@ from bert_serving.client.errors import ProtocolError
 from bert_serving.client.protocol import raw_bytes
 
 __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', 'REJECT', 'PONG', 'REGISTER_AGAIN',
-           'pack_hello', 'pack_welcome', 'pack_reject', 'unpack_control', 'Control', 'REGISTER', 'RESULT', 'JSON_REPLY', 'FAIL',
+           'pack_hello', 'pack_welcome', 'pack_reject', 'unpack_control', 'Control', 'REGISTER', 'RESULT', 'JSON_REPLY',
+           'STATUS', 'FAIL', 'pack_status',
            'CONFIRM', 'FINISHED', 'HEARTBEAT_SECONDS', 'BadMessage', 'RequestKey', 'Piece',
            'WorkerMessage', 'SinkMessage', 'Feedback',
            'pack_ready', 'pack_heartbeat', 'pack_pong', 'pack_done', 'pack_fatal', 'unpack_worker',
@@ -76,7 +89,7 @@ __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', '
 
 READY, HEARTBEAT, DONE, FATAL, BATCH = b'READY', b'HEARTBEAT', b'DONE', b'FATAL', b'BATCH'
 HELLO, WELCOME, REJECT, PONG, REGISTER_AGAIN = b'HELLO', b'WELCOME', b'REJECT', b'PONG', b'REGISTER_AGAIN'
-REGISTER, RESULT, JSON_REPLY, FAIL = b'REGISTER', b'RESULT', b'JSON_REPLY', b'FAIL'
+REGISTER, RESULT, JSON_REPLY, STATUS, FAIL = b'REGISTER', b'RESULT', b'JSON_REPLY', b'STATUS', b'FAIL'
 CONFIRM, FINISHED = b'CONFIRM', b'FINISHED'
 
 HEARTBEAT_SECONDS = 1.0
@@ -98,6 +111,13 @@ def _json(frame) -> Any:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value) -> Optional[float]:
+    """A duration or time from a JSON field, None unless a finite number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _int(frame) -> int:
@@ -122,6 +142,8 @@ class Piece:
         piece_id: the ventilator's number for this piece.
         attempt: how often a worker was lost while holding this piece.
         tag: :func:`piece_tag` for the worker it was last sent to; echoed in its RESULT or FAIL.
+        queued: seconds from the request's receipt to this piece's dispatch (the worker adds its own
+            wait and reports the total as the RESULT's "queue").
     """
     client: bytes
     req_id: int
@@ -133,6 +155,7 @@ class Piece:
     piece_id: int = 0
     attempt: int = 0
     tag: str = ''
+    queued: float = 0.0
 
     @property
     def key(self) -> RequestKey:
@@ -149,7 +172,8 @@ class Piece:
             return cls(client=d['client'].encode('latin-1'), req_id=int(d['req_id']), rows=[int(r) for r in d['rows']],
                        texts=list(d['texts']), is_tokenized=bool(d['is_tokenized']),
                        show_tokens=bool(d.get('show_tokens', False)), serial=int(d['serial']),
-                       piece_id=int(d['piece_id']), attempt=int(d.get('attempt', 0)), tag=str(d.get('tag', '')))
+                       piece_id=int(d['piece_id']), attempt=int(d.get('attempt', 0)), tag=str(d.get('tag', '')),
+                       queued=_seconds(d.get('queued')) or 0.0)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BadMessage(f'a piece lacks or mistypes a field ({e!r})') from None
 
@@ -182,6 +206,7 @@ class WorkerMessage(NamedTuple):
     holds: Optional[Tuple[int, ...]] = None  # HEARTBEAT: every batch held; None from a worker that does not say
     sending: Tuple[int, ...] = ()  # HEARTBEAT: batches done whose results are still leaving for the sink
     pong: Optional[int] = None  # HEARTBEAT: the mark of the last PONG the worker received
+    busy: Optional[float] = None  # HEARTBEAT: seconds the worker spent on batches since it started
 
 
 def pack_hello(fingerprint: str, host: str, pid: int, device: str, local: bool) -> List[bytes]:
@@ -194,9 +219,9 @@ def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
 
 
 def pack_heartbeat(batch_id: Optional[int], holds: Sequence[int] = (), pong: Optional[int] = None,
-                   sending: Sequence[int] = ()) -> List[bytes]:
+                   sending: Sequence[int] = (), busy: Optional[float] = None) -> List[bytes]:
     return [HEARTBEAT, json.dumps({'batch': batch_id, 'holds': list(holds), 'sending': list(sending),
-                                   'pong': pong}).encode()]
+                                   'pong': pong, 'busy': busy}).encode()]
 
 
 def pack_pong(mark: Optional[int] = None) -> List[bytes]:
@@ -240,7 +265,7 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
                 raise BadMessage(f'a HEARTBEAT\'s "{name}" is a list of batch ids')
         return WorkerMessage(identity, kind, batch_id=batch if _is_int(batch) else None,
                              holds=None if holds is None else tuple(holds), sending=tuple(sending),
-                             pong=pong if _is_int(pong) else None)
+                             pong=pong if _is_int(pong) else None, busy=_seconds(body.get('busy')))
     if kind == DONE:
         return WorkerMessage(identity, kind, batch_id=_int(frames[2]))
     if kind == FATAL:
@@ -328,6 +353,10 @@ class SinkMessage:
         message, code: FAIL.
         key: REGISTER, FAIL of an unregistered request, JSON_REPLY: the requester's Curve key.
         tag: RESULT, and FAIL of one piece: the piece's :func:`piece_tag`.
+        received: REGISTER, FAIL of an unregistered request: when the ventilator received it.
+        outcome: FAIL: the metrics' outcome when the code does not tell it (``worker_lost``).
+        queue, model: RESULT: seconds the piece waited until its model call, and the call's seconds.
+        call: RESULT, first piece of a model call: {"rows", "padded", "lengths"}.
     """
     kind: bytes
     client: bytes
@@ -344,6 +373,11 @@ class SinkMessage:
     code: Optional[str] = None
     curve_key: bytes = b''
     tag: str = ''
+    received: Optional[float] = None
+    outcome: Optional[str] = None
+    queue: Optional[float] = None
+    model: Optional[float] = None
+    call: Optional[dict] = None
 
     @property
     def key(self) -> RequestKey:
@@ -355,15 +389,19 @@ def _text(key: bytes) -> str:
 
 
 def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float],
-                  key: bytes = b'') -> List[bytes]:
-    body = {'n': n, 'serial': serial, 'timeout': timeout, 'key': _text(key)}
+                  key: bytes = b'', received: Optional[float] = None) -> List[bytes]:
+    body = {'n': n, 'serial': serial, 'timeout': timeout, 'key': _text(key), 'received': received}
     return [REGISTER, client, b'%d' % req_id, json.dumps(body).encode()]
 
 
-def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list]) -> List[Any]:
+def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list], queue: Optional[float] = None,
+                model: Optional[float] = None, call: Optional[dict] = None) -> List[Any]:
+    """``queue``, ``model`` and ``call``: the piece's times and its model call (see the module docstring)."""
     array = np.ascontiguousarray(array)
     header = {'serial': piece.serial, 'piece': piece.piece_id, 'rows': piece.rows, 'dtype': str(array.dtype),
-              'shape': list(array.shape), 'tokens': tokens, 'tag': piece.tag}
+              'shape': list(array.shape), 'tokens': tokens, 'tag': piece.tag, 'queue': queue, 'model': model}
+    if call is not None:
+        header['call'] = call
     return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(), raw_bytes(array)]
 
 
@@ -371,10 +409,16 @@ def pack_json_reply(client: bytes, req_id: int, body: bytes, key: bytes = b'') -
     return [JSON_REPLY, client, b'%d' % req_id, key, body]
 
 
+def pack_status(client: bytes, req_id: int, body: bytes, key: bytes = b'') -> List[bytes]:
+    """A SHOW_STATUS reply: the sink adds its request metrics under "metrics" and publishes it."""
+    return [STATUS, client, b'%d' % req_id, key, body]
+
+
 def pack_fail(client: bytes, req_id: int, message: str, *, code: Optional[str] = None,
               serial: Optional[int] = None, piece_id: Optional[int] = None, key: bytes = b'',
-              tag: str = '') -> List[bytes]:
-    body = {'message': message, 'code': code, 'serial': serial, 'piece': piece_id, 'key': _text(key), 'tag': tag}
+              tag: str = '', received: Optional[float] = None, outcome: Optional[str] = None) -> List[bytes]:
+    body = {'message': message, 'code': code, 'serial': serial, 'piece': piece_id, 'key': _text(key), 'tag': tag,
+            'received': received, 'outcome': outcome}
     return [FAIL, client, b'%d' % req_id, json.dumps(body).encode()]
 
 
@@ -389,9 +433,9 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
     if len(frames) < 4:
         raise BadMessage(f'a sink message has at least 4 frames, got {len(frames)}')
     kind, client, req_id = bytes(frames[0]), bytes(frames[1]), _int(frames[2])
-    if kind == JSON_REPLY:
+    if kind in (JSON_REPLY, STATUS):
         if len(frames) != 5:
-            raise BadMessage('a JSON_REPLY has 5 frames')
+            raise BadMessage(f'a {kind.decode()} has 5 frames')
         return SinkMessage(kind, client, req_id, curve_key=bytes(frames[3]), body=bytes(frames[4]))
     body = _json(frames[3])
     if not isinstance(body, dict):
@@ -401,13 +445,16 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
         if kind == REGISTER:
             timeout = body.get('timeout')
             return SinkMessage(kind, client, req_id, serial=int(body['serial']), n=int(body['n']),
-                               timeout=None if timeout is None else float(timeout), curve_key=curve_key)
+                               timeout=None if timeout is None else float(timeout), curve_key=curve_key,
+                               received=_seconds(body.get('received')))
         if kind == FAIL:
             serial, piece = body.get('serial'), body.get('piece')
             return SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
                                piece_id=None if piece is None else int(piece), message=str(body['message']),
                                code=body['code'] if isinstance(body.get('code'), str) else None,
-                               curve_key=curve_key, tag=str(body.get('tag') or ''))
+                               curve_key=curve_key, tag=str(body.get('tag') or ''),
+                               received=_seconds(body.get('received')),
+                               outcome=body['outcome'] if isinstance(body.get('outcome'), str) else None)
         if kind == RESULT:
             if len(frames) != 5:
                 raise BadMessage('a RESULT has 5 frames')
@@ -415,13 +462,26 @@ def unpack_sink(frames: Sequence) -> SinkMessage:
             rows = [int(r) for r in body['rows']]
             if len(rows) != (array.shape[0] if array.ndim else -1):
                 raise BadMessage(f'a RESULT has {len(rows)} rows but an array of shape {array.shape}')
+            call = body.get('call')
             return SinkMessage(kind, client, req_id, serial=int(body['serial']), piece_id=int(body['piece']),
-                               rows=rows, array=array, tokens=body.get('tokens'), tag=str(body.get('tag') or ''))
+                               rows=rows, array=array, tokens=body.get('tokens'), tag=str(body.get('tag') or ''),
+                               queue=_seconds(body.get('queue')), model=_seconds(body.get('model')),
+                               call=_model_call(call) if call is not None else None)
     except BadMessage:
         raise
     except (KeyError, TypeError, ValueError) as e:
         raise BadMessage(f'{kind[:16]!r} lacks or mistypes a field ({e!r})') from None
     raise BadMessage(f'unknown sink message kind {kind[:16]!r}')
+
+
+def _model_call(call) -> dict:
+    """The "call" of a RESULT, checked: {"rows": int, "padded": int, "lengths": [int, ...]}."""
+    if not isinstance(call, dict):
+        raise BadMessage('a RESULT\'s "call" is a JSON object')
+    rows, padded, lengths = call.get('rows'), call.get('padded'), call.get('lengths')
+    if not (_is_int(rows) and _is_int(padded) and isinstance(lengths, list) and all(_is_int(n) for n in lengths)):
+        raise BadMessage('a RESULT\'s "call" holds integer "rows", "padded" and a list of integer "lengths"')
+    return {'rows': rows, 'padded': padded, 'lengths': lengths}
 
 
 # -- sink -> ventilator ----------------------------------------------------------------------------

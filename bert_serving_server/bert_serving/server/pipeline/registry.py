@@ -8,12 +8,15 @@ only once, from a worker that said HELLO and is loading its model.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Deque, Dict, Optional, Tuple
 
 __all__ = ['WorkerInfo', 'WorkerRegistry', 'MAX_CREDIT']
 
 MAX_CREDIT = 2  # batches a worker may hold: one computing, one prefetched (whatever it claims)
+BUSY_WINDOW_SECONDS = 60.0  # the busy fraction is over this window
+BUSY_SAMPLES = 64  # heartbeats kept per worker for it (one a second; a few more against jitter)
 
 
 @dataclass
@@ -25,6 +28,7 @@ class WorkerInfo:
         label: the key of the per-worker statistics (``n`` for a local worker, as in 1.10).
         remote: it talks over the TCP socket.
         state: ``loading`` after HELLO, ``ready`` after READY.
+        busy: (time.monotonic(), seconds spent on batches) of its last heartbeats, newest last.
     """
     name: str
     label: str
@@ -34,6 +38,15 @@ class WorkerInfo:
     state: str = 'loading'
     since: float = field(default_factory=time.time)
     channel: bytes = b'local'  # where its results come from (messages.LOCAL_CHANNEL / remote_channel(key))
+    busy: Deque[Tuple[float, float]] = field(default_factory=lambda: deque(maxlen=BUSY_SAMPLES))
+
+    def busy_fraction(self, now: float) -> float:
+        """The share of the last BUSY_WINDOW_SECONDS it spent on batches (0 before two heartbeats)."""
+        samples = [s for s in self.busy if now - s[0] <= BUSY_WINDOW_SECONDS]
+        if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+            return 0.0
+        (t0, b0), (t1, b1) = samples[0], samples[-1]
+        return min(1.0, max(0.0, (b1 - b0) / (t1 - t0)))
 
 
 class WorkerRegistry:
@@ -89,10 +102,22 @@ class WorkerRegistry:
     def forget(self, identity: bytes) -> Optional[WorkerInfo]:
         return self.known.pop(identity, None)
 
+    def busy(self, identity: bytes, seconds: Optional[float], now: Optional[float] = None) -> None:
+        """A heartbeat said the worker has spent ``seconds`` on batches since it started."""
+        info = self.known.get(identity)
+        if info is not None and seconds is not None:
+            info.busy.append((time.monotonic() if now is None else now, seconds))
+
     def num_local_ready(self) -> int:
         return sum(1 for w in self.known.values() if w.state == 'ready' and not w.remote)
 
-    def status(self, batches_per_worker: Dict[str, int]) -> list:
-        """Every known worker: name, host, device, state, batches served (for SHOW_STATUS)."""
-        return [{'name': w.name, 'host': w.host, 'device': w.device, 'state': w.state, 'remote': w.remote,
-                 'batches': batches_per_worker.get(w.label, 0)} for w in self.known.values()]
+    def status(self, batches_per_worker: Dict[str, int], sequences_per_worker: Optional[Dict[str, int]] = None,
+               now: Optional[float] = None) -> list:
+        """Every known worker for SHOW_STATUS: name, label, host, device, state, batches and sequences
+        handed to it, seconds it spent on batches and its busy fraction over the last minute."""
+        now = time.monotonic() if now is None else now
+        sequences = sequences_per_worker or {}
+        return [{'name': w.name, 'label': w.label, 'host': w.host, 'device': w.device, 'state': w.state,
+                 'remote': w.remote, 'batches': batches_per_worker.get(w.label, 0),
+                 'sequences': sequences.get(w.label, 0), 'busy_seconds': w.busy[-1][1] if w.busy else 0.0,
+                 'busy_fraction': round(w.busy_fraction(now), 4)} for w in self.known.values()]

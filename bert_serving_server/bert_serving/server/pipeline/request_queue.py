@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
@@ -83,6 +84,7 @@ class _Request:
     open_rows: int = 0  # rows of the unconfirmed pieces: what it holds of the queue
     open_bytes: int = 0  # its payload bytes not freed by confirmed pieces
     failed: bool = False
+    accepted: float = 0.0  # the clock when it was accepted (its pieces' queue time starts there)
 
 
 def _character_lengths(texts: list, is_tokenized: bool) -> List[int]:
@@ -96,11 +98,14 @@ class RequestQueue:
     Args:
         config: limits.
         lengths: ``lengths(texts, is_tokenized)``, the length of each input (see Scheduler).
+        clock: monotonic seconds (tests pass their own).
     """
 
     def __init__(self, config: SchedulerConfig,
-                 lengths: Optional[Callable[[list, bool], Sequence[int]]] = None):
+                 lengths: Optional[Callable[[list, bool], Sequence[int]]] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.cfg = config
+        self.clock = clock
         self.lengths = lengths or _character_lengths
         self.requests: Dict[int, _Request] = {}
         self.pieces: Dict[int, Piece] = {}
@@ -167,7 +172,8 @@ class RequestQueue:
             per_piece = math.ceil(n / num_pieces)
             orders = [by_len[i:i + per_piece] for i in range(0, n, per_piece)]
         serial = next(self._serials)
-        request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size)
+        request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size,
+                                                   accepted=self.clock())
         if oversize:
             self.oversize = serial
         self.open_rows += n

@@ -100,8 +100,7 @@ class Scheduler(RequestQueue):
 
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic,
                  lengths: Optional[Callable[[list, bool], Sequence[int]]] = None):
-        super().__init__(config, lengths)
-        self.clock = clock
+        super().__init__(config, lengths, clock)
         self.workers: Dict[bytes, _Worker] = {}
         self._batch_ids = itertools.count(1)
         self.batches_per_worker: Dict[str, int] = {}
@@ -316,6 +315,7 @@ class Scheduler(RequestQueue):
             for p in pieces:
                 worker.pieces.add(p.piece_id)
                 self.holder[p.piece_id] = identity
+                p.queued = now - self.requests[p.serial].accepted
             self.batches_per_worker[worker.label] = self.batches_per_worker.get(worker.label, 0) + 1
             self.sequences_per_worker[worker.label] = (self.sequences_per_worker.get(worker.label, 0)
                                                        + sum(len(p.rows) for p in pieces))

@@ -3,11 +3,15 @@ fails it when it makes no progress for its timeout (-request_timeout): each piec
 moves its deadline, so a huge request whose pieces keep coming has no wall-clock bound.
 
 Sockets (created in ``run``, inside the process):
-    PULL  binds ``sink``: REGISTER / JSON_REPLY / FAIL from the ventilator, RESULT / FAIL from workers;
+    PULL  binds ``sink``: REGISTER / JSON_REPLY / STATUS / FAIL from the ventilator, RESULT / FAIL from workers;
           also tcp://*:port_worker_sink when remote workers may join.
     PUSH  connects to ``feedback``: CONFIRM (pieces received) and FINISHED (requests answered or
           failed) to the ventilator, which keeps a piece in flight until it is confirmed.
     XPUB  binds tcp://*:port_out: replies to clients (SUB, topic = identity).
+
+Every data request ends here (answered, refused or failed), so the sink records where its time
+went and how full the model calls were (request_metrics.py), and adds those metrics to each
+SHOW_STATUS reply the ventilator sends it to publish (STATUS).
 
 The XPUB is driven by the Publisher (publisher.py): it subscribes each connection to whole
 identities and Curve keys only, holds replies for clients not subscribed yet, and bounds in bytes
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import hmac
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from ..security import WORKER_DOMAIN, AuthConfig, authenticator, bind_address, s
 from . import messages as msg
 from ..launcher import install_stop_handler, parent_alive, read_spec, signal_ready
 from .publisher import Publisher, connection_property
+from .request_metrics import RequestMetrics, outcome_of
 
 __all__ = ['Sink', 'SinkConfig']
 
@@ -74,13 +80,16 @@ class _Assembly:
     """The pieces of one request received so far."""
     n: Optional[int] = None  # rows expected; None until REGISTER arrives
     curve_key: bytes = b''  # the key the request came with (REGISTER)
-    failure: Optional[Tuple[str, Optional[str]]] = None  # (message, code) of a failure before REGISTER
+    failure: Optional[Tuple[str, Optional[str], Optional[str]]] = None  # (message, code, outcome) before REGISTER
     created: float = field(default_factory=time.monotonic)
     timeout: Optional[float] = None  # seconds without progress before it fails (None: no bound)
     progress: float = 0.0  # when REGISTER or the last new piece arrived
     received: int = 0
     parts: List = field(default_factory=list)  # (rows, array, tokens)
     seen: Set[int] = field(default_factory=set)  # rows received
+    since: Optional[float] = None  # when the ventilator received it (REGISTER), time.monotonic()
+    queue: Optional[float] = None  # seconds until the model started on its first piece
+    model: float = 0.0  # seconds of the model calls that computed its pieces
 
     def complete(self) -> bool:
         return self.n is not None and self.received >= self.n
@@ -134,6 +143,7 @@ class Sink:
         self.last_feedback = 0.0
         self.confirmed: List[int] = []
         self.done: List[int] = []
+        self.metrics = RequestMetrics()
 
     def run(self) -> None:
         s = self.config
@@ -183,6 +193,7 @@ class Sink:
             self.publisher.retry()
             self._expire()
             self._send_feedback()
+            self.metrics.tick()
 
     def _drain(self, sock, from_remote: bool) -> None:
         for _ in range(1000):  # then let subscriptions and the other socket flow
@@ -214,14 +225,15 @@ class Sink:
         if key[2] is not None:
             self.done.append(key[2])
 
-    def _fail(self, key, message: str, code: Optional[str]) -> None:
+    def _fail(self, key, message: str, code: Optional[str], outcome: Optional[str] = None) -> None:
         if key in self.finished:
             return
         job = self.pending.get(key)
         if job is None or job.n is None:  # a worker failed a piece before REGISTER came with the key to answer
-            self.pending.setdefault(key, _Assembly()).failure = (message, code)
+            self.pending.setdefault(key, _Assembly()).failure = (message, code, outcome)
             return
         self._finish(key)
+        self.metrics.answered(key[0], outcome_of(code, outcome), _since(job.since))
         self.logger.warning('request %d of client %r failed: %s', key[1], key[0][:40], clean(message, 2000))
         self.publisher.publish(key[0], job.curve_key, protocol.pack_error(key[0], key[1], message, code=code))
 
@@ -241,6 +253,9 @@ class Sink:
         if m.kind == msg.JSON_REPLY:
             self.publisher.publish(m.client, m.curve_key, [m.client, m.body, b'%d' % m.req_id])
             return
+        if m.kind == msg.STATUS:
+            self.publisher.publish(m.client, m.curve_key, [m.client, self._with_metrics(m.body), b'%d' % m.req_id])
+            return
         if m.kind == msg.FAIL:
             m.code = m.code if m.code in ErrorCode.ALL else ErrorCode.FAILED
             if m.piece_id is not None:
@@ -250,18 +265,22 @@ class Sink:
                 retry = 1.0 if m.code == ErrorCode.BUSY else None
                 self.publisher.publish(m.client, m.curve_key, protocol.pack_error(m.client, m.req_id, m.message, code=m.code,
                                                                          retry_after=retry))
+                self.metrics.answered(m.client, outcome_of(m.code, m.outcome), _since(m.received))
             else:
-                self._fail(m.key, m.message, m.code)
+                self._fail(m.key, m.message, m.code, m.outcome)
             return
         key = m.key
         if m.kind == msg.RESULT:
             self.confirmed.append(m.piece_id)
+            if m.call is not None:  # the model ran, whatever becomes of this request
+                self.metrics.model_call(m.call['rows'], m.call['padded'], m.call['lengths'])
         if key in self.finished:
             return  # a late or repeated piece of a request already answered
         job = self.pending.setdefault(key, _Assembly())
         if m.kind == msg.REGISTER:
             job.n = m.n
             job.curve_key = m.curve_key
+            job.since = m.received
             if job.failure is not None:
                 self._fail(key, *job.failure)
                 return
@@ -275,6 +294,9 @@ class Sink:
             job.parts.append((m.rows, m.array, m.tokens))
             job.seen.update(m.rows)
             job.received += len(m.rows)
+            if m.queue is not None and (job.queue is None or m.queue < job.queue):
+                job.queue = m.queue
+            job.model += m.model or 0.0
         if job.complete():
             try:
                 array, tokens = job.assemble()
@@ -285,6 +307,8 @@ class Sink:
             self._finish(key)
             self.logger.debug('request %d of client %r done: %s', key[1], key[0][:40], array.shape)
             self.publisher.publish(key[0], job.curve_key, protocol.pack_result(key[0], key[1], array, tokens))
+            self.metrics.answered(key[0], 'ok', _since(job.since), rows=job.n, queue=job.queue, model=job.model,
+                                  sink=time.monotonic() - job.progress)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -309,6 +333,17 @@ class Sink:
                                     key[1], key[0][:40])
                 del self.pending[key]
 
+    def _with_metrics(self, body: bytes) -> bytes:
+        """A SHOW_STATUS reply of the ventilator, with the request metrics added under "metrics"."""
+        try:
+            status = json.loads(body)
+        except ValueError:
+            status = None
+        if not isinstance(status, dict):
+            raise msg.BadMessage('a STATUS carries a JSON object')
+        status['metrics'] = self.metrics.to_json()
+        return json.dumps(status).encode()
+
     def _send_feedback(self) -> None:
         if not self.config.feedback_addr:
             self.confirmed.clear()
@@ -326,6 +361,11 @@ class Sink:
                 self.last_feedback = now
         except zmq.Again:
             self.logger.debug('the ventilator does not take feedback now; retrying')
+
+
+def _since(received: Optional[float]) -> Optional[float]:
+    """Seconds since the ventilator received a request (None if it did not say when)."""
+    return None if received is None else time.monotonic() - received
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""Server statistics, with the keys of bert-as-service 1.10.0's ``statistic`` block.
+"""Server statistics, with the keys of bert-as-service 1.10.0's ``statistic`` block, and the workers
+the ventilator lost and replaced, by reason (``lost_workers``, ``worker_restarts``: keys of their own
+beside that block).
 
 Memory and the cost of ``value`` are bounded whatever the history: request sizes are summed as
 they come (O(1)), and clients are kept in one LRU table of at most ``max_clients`` entries
@@ -11,11 +13,22 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
-__all__ = ['ServerStatistic', 'MAX_CLIENTS', 'ACTIVE_SECONDS', 'INTERVALS']
+__all__ = ['ServerStatistic', 'MAX_CLIENTS', 'ACTIVE_SECONDS', 'INTERVALS', 'LOSS_REASONS', 'loss_reason']
 
 ACTIVE_SECONDS = 180  # a client is active if it sent data within this window
 MAX_CLIENTS = 10000  # clients tracked individually; the least recently seen is forgotten beyond this
 INTERVALS = 200  # request intervals kept for the interval / per-second figures
+# How the reasons a worker is lost start (the supervisor's, the scheduler's and the ventilator's
+# wording), and their label in the metrics: a few fixed values, never the free text.
+_LOSS_STARTS = (('died', 'died'), ('was silent', 'silent'), ('held a batch', 'hung'),
+                ('said its results', 'results_lost'), ('registered again', 'registered_again'),
+                ('could not start', 'could_not_start'))
+LOSS_REASONS = tuple(reason for _, reason in _LOSS_STARTS) + ('other',)
+
+
+def loss_reason(why: str) -> str:
+    """The metrics' label of why a worker was lost (one of LOSS_REASONS)."""
+    return next((reason for start, reason in _LOSS_STARTS if why.startswith(start)), 'other')
 
 
 def _summary(name: str, values: Iterable[float]) -> Dict[str, float]:
@@ -76,6 +89,18 @@ class ServerStatistic:
         self.sizes = _RunningSummary()
         self.intervals: deque = deque(maxlen=INTERVALS)
         self._last_data_time = None
+        self.lost_workers: Dict[str, int] = {}  # loss_reason -> workers lost so far
+        self.worker_restarts: Dict[str, int] = {}  # loss_reason -> workers replaced so far
+
+    def lost_worker(self, why: str) -> None:
+        """A worker was lost (``why``: the reason as logged)."""
+        reason = loss_reason(why)
+        self.lost_workers[reason] = self.lost_workers.get(reason, 0) + 1
+
+    def worker_restarted(self, why: str) -> None:
+        """A lost local worker is being replaced (``why``: the reason it was lost)."""
+        reason = loss_reason(why)
+        self.worker_restarts[reason] = self.worker_restarts.get(reason, 0) + 1
 
     def update(self, client: bytes, size: int, is_command: bool) -> None:
         entry = self.clients.get(client)

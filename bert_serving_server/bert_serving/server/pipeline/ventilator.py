@@ -6,8 +6,8 @@ Sockets (created in ``run``):
     ROUTER  binds tcp://*:port_worker     remote workers, the same   WELCOME, REJECT, PONG, REGISTER_AGAIN,
                                                                      BATCH out
     PULL    binds ``feedback``            the sink (PUSH): CONFIRM, FINISHED (also once a second, empty)
-    PUSH    connects to ``sink``          REGISTER, JSON_REPLY, FAIL; never blocks (an outbox holds what
-                                          the sink cannot take yet)
+    PUSH    connects to ``sink``          REGISTER, JSON_REPLY, STATUS, FAIL; never blocks (an outbox holds
+                                          what the sink cannot take yet)
 
 Every worker says HELLO with the fingerprint of its model and flags, on its own socket; the
 WorkerRegistry decides who is in. A remote worker the ventilator does not know (the server restarted,
@@ -231,8 +231,17 @@ class Ventilator:
         while self.outbox and self._try_send(self.outbox[0]):
             self.outbox.popleft()
 
-    def _fail(self, client: bytes, req_id: int, message: str, *, code: str, serial=None, key: bytes = b'') -> None:
-        self._send_sink(msg.pack_fail(client, req_id, message, code=code, serial=serial, key=key))
+    def _fail(self, client: bytes, req_id: int, message: str, *, code: str, serial=None, key: bytes = b'',
+              received: Optional[float] = None, outcome: Optional[str] = None) -> None:
+        """Fails a request; ``received`` (refused before it was registered) and ``outcome`` are for the
+        sink's metrics."""
+        self._send_sink(msg.pack_fail(client, req_id, message, code=code, serial=serial, key=key, received=received,
+                                      outcome=outcome))
+
+    def _fail_lost(self, failures) -> None:
+        """Fails the requests whose pieces were lost with their workers too often."""
+        for f in failures:
+            self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial, outcome='worker_lost')
 
     # -- clients ---------------------------------------------------------------------------------
     def _curve_key(self, frame) -> bytes:
@@ -247,6 +256,7 @@ class Ventilator:
                                 len(identity), MAX_IDENTITY_BYTES, self.refused_identities)
 
     def _on_client(self, zmq_frames) -> None:
+        received = time.monotonic()  # the request's time in the server starts (the sink's metrics)
         first = zmq_frames[0] if zmq_frames else None
         if first is not None and not valid_identity(first.bytes):
             self._refuse_identity(first.bytes, first)
@@ -258,7 +268,7 @@ class Ventilator:
             who, req_id = getattr(e, 'identity', None), getattr(e, 'req_id', None)
             self.logger.warning('malformed request from %r: %s', (who or b'?')[:40], e)
             if who is not None and req_id is not None:
-                self._fail(who, req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key)
+                self._fail(who, req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key, received=received)
             return
         command = req.command
         self.stat.update(req.identity, req.msg_len if command is None else 0, command is not None)
@@ -271,11 +281,14 @@ class Ventilator:
             self.server.request_stop()
         elif command in (Command.SHOW_CONFIG, Command.SHOW_STATUS):
             statistic = self.stat.value if command == Command.SHOW_STATUS else None
-            snapshot = dict(self.scheduler.snapshot(), workers=self.registry.status(self.scheduler.batches_per_worker),
-                            num_dropped_worker_message=self.dropped_by_sink,
-                            num_refused_identity=self.refused_identities)
-            info = self.server.describe(req.identity, statistic, snapshot)
-            self._send_sink(msg.pack_json_reply(req.identity, req.req_id, json.dumps(info, default=str).encode(), key))
+            workers = self.registry.status(self.scheduler.batches_per_worker, self.scheduler.sequences_per_worker)
+            snapshot = dict(self.scheduler.snapshot(), workers=workers, num_dropped_worker_message=self.dropped_by_sink,
+                            num_refused_identity=self.refused_identities, lost_workers=dict(self.stat.lost_workers),
+                            worker_restarts=dict(self.stat.worker_restarts),
+                            num_worker_restart=sum(self.stat.worker_restarts.values()))
+            info = json.dumps(self.server.describe(req.identity, statistic, snapshot), default=str).encode()
+            pack = msg.pack_status if command == Command.SHOW_STATUS else msg.pack_json_reply
+            self._send_sink(pack(req.identity, req.req_id, info, key))
         else:
             try:
                 texts, is_tokenized, show_tokens = parse_payload(req.payload, req.msg_len, self.max_request_bytes)
@@ -283,13 +296,14 @@ class Ventilator:
                                                show_tokens or self.show_tokens_to_client, size=len(req.payload))
             except BadRequest as e:
                 self.logger.warning('bad request %d from %r: %s', req.req_id, req.identity[:40], e)
-                self._fail(req.identity, req.req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key)
+                self._fail(req.identity, req.req_id, str(e), code=ErrorCode.BAD_REQUEST, key=key, received=received)
                 return
             except Refused as e:
                 self.logger.info('request %d from %r refused: %s', req.req_id, req.identity[:40], e)
-                self._fail(req.identity, req.req_id, str(e), code=e.code, key=key)
+                self._fail(req.identity, req.req_id, str(e), code=e.code, key=key, received=received)
                 return
-            self._send_sink(msg.pack_register(req.identity, req.req_id, len(texts), serial, self.request_timeout, key))
+            self._send_sink(msg.pack_register(req.identity, req.req_id, len(texts), serial, self.request_timeout, key,
+                                              received))
 
     # -- workers ---------------------------------------------------------------------------------
     def _on_worker(self, frames, remote: bool) -> None:
@@ -313,8 +327,7 @@ class Ventilator:
             credit = self.registry.ready(m.identity, m.credit)
             if credit is None:
                 return
-            for f in self.scheduler.add_worker(m.identity, credit, info.label, info.name, info.remote):
-                self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial)
+            self._fail_lost(self.scheduler.add_worker(m.identity, credit, info.label, info.name, info.remote))
             self.logger.info('%s ready on %s (%s)', clean(info.name), clean(info.host), clean(info.device))
             if self.registry.num_local_ready() >= self.num_worker:
                 self.server.mark_ready()
@@ -328,6 +341,7 @@ class Ventilator:
         elif m.kind == msg.HEARTBEAT and self.scheduler.seen(m.identity, m.batch_id, m.holds, m.pong, m.sending):
             # The mark: every batch sent to it so far goes before this PONG (see Scheduler.seen).
             self._reply(m.identity, remote, msg.pack_pong(self.scheduler.mark(m.identity)))
+            self.registry.busy(m.identity, m.busy)
         elif m.kind == msg.DONE and self.scheduler.seen(m.identity):
             self.scheduler.done(m.identity, m.batch_id)
         elif m.kind == msg.HEARTBEAT and info.state == 'loading':
@@ -356,9 +370,9 @@ class Ventilator:
 
     def _lose(self, identity: bytes, reason: str) -> None:
         """Forgets a worker: its unconfirmed pieces are queued again (or their requests failed)."""
-        self.registry.forget(identity)
-        for f in self.scheduler.remove_worker(identity, reason):
-            self._fail(f.client, f.req_id, f.message, code=ErrorCode.FAILED, serial=f.serial)
+        if self.registry.forget(identity) is not None:
+            self.stat.lost_worker(reason)
+        self._fail_lost(self.scheduler.remove_worker(identity, reason))
 
     def _dispatch(self) -> None:
         for batch in self.scheduler.take_batches():
@@ -402,5 +416,6 @@ class Ventilator:
             self._lose(identity, why)
             if self.server.stopping or identity not in self.supervisor.workers:
                 continue  # no new workers while stopping; a remote one comes back by itself
+            self.stat.worker_restarted(why)
             self.supervisor.replace(identity, why)
         self.supervisor.restart_due()

@@ -206,8 +206,9 @@ class Worker:
     def _serve(self, ctx, link: ServerLink, sink, engine) -> None:
         """Runs the model on the calling thread; the io and featurize threads feed it."""
         s = self.config
-        incoming: 'queue.Queue' = queue.Queue(maxsize=s.credit + 2)  # (generation, batch id, frames)
-        work: 'queue.Queue' = queue.Queue(maxsize=1)  # (generation, batch id, prepared pieces or None)
+        # (generation, batch id, frames, when it arrived) and (..., prepared pieces or None, when it arrived)
+        incoming: 'queue.Queue' = queue.Queue(maxsize=s.credit + 2)
+        work: 'queue.Queue' = queue.Queue(maxsize=1)
         done_addr = f'inproc://done-{s.identity}'
         done_pull = ctx.socket(zmq.PULL)
         done_pull.bind(done_addr)
@@ -225,14 +226,16 @@ class Worker:
         try:
             while self.state.alive():
                 try:
-                    generation, batch_id, prepared = work.get(timeout=POLL_MS / 1000)
+                    generation, batch_id, prepared, arrived = work.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     continue
                 if generation != self.state.generation:
                     continue  # the server forgot us since: others compute it
-                self.state.computing, self._started = batch_id, time.monotonic()
-                self._compute(batch_id, prepared or [], sink, engine)
+                started = time.monotonic()
+                self.state.computing, self._started = batch_id, started
+                self._compute(batch_id, prepared or [], sink, engine, arrived)
                 self.state.computing = self._started = None
+                self.state.busy_seconds += time.monotonic() - started
                 done_push.send(b'%d' % batch_id)
                 # TensorFlow frees its per-batch buffers but glibc keeps the pages: ~120 MB after
                 # 4,096 one-sentence requests. Handing them back takes 1-14 ms.
@@ -263,7 +266,7 @@ class Worker:
         the one before."""
         while self.state.alive():
             try:
-                generation, batch_id, frames = incoming.get(timeout=POLL_MS / 1000)
+                generation, batch_id, frames, arrived = incoming.get(timeout=POLL_MS / 1000)
             except queue.Empty:
                 continue
             if generation != self.state.generation:
@@ -277,7 +280,7 @@ class Worker:
             del frames  # up to 64 MiB of text
             while self.state.alive() and generation == self.state.generation:
                 try:
-                    work.put((generation, batch_id, prepared), timeout=POLL_MS / 1000)
+                    work.put((generation, batch_id, prepared, arrived), timeout=POLL_MS / 1000)
                     break
                 except queue.Full:
                     continue
@@ -293,8 +296,11 @@ class Worker:
         except EncodeError as e:  # the engine's length settings
             return None, msg.pack_piece_fail(piece, f'the model cannot lay out this request: {e}', ErrorCode.FAILED)
 
-    def _compute(self, batch_id: int, prepared, sink, engine) -> None:
-        """Encodes every good piece of a batch in one go and sends each its rows."""
+    def _compute(self, batch_id: int, prepared, sink, engine, arrived: Optional[float] = None) -> None:
+        """Encodes every good piece of a batch in one go and sends each its rows, with the piece's
+        queue time (the ventilator's ``queued`` plus the wait here since the batch ``arrived``,
+        time.monotonic()) and the model call's seconds; the first result also describes the call
+        (its rows, padded word-piece slots and each input's word pieces) for the server's metrics."""
         good = [(p, f) for p, f, fail in prepared if fail is None]
         for _, _, fail in prepared:
             if fail is not None:
@@ -302,6 +308,7 @@ class Worker:
         if not good:
             return
         features: List = [f for _, feats in good for f in feats]
+        waited = 0.0 if arrived is None else time.monotonic() - arrived
         t0 = time.perf_counter()
         try:
             vectors = engine.run(features)
@@ -311,8 +318,12 @@ class Worker:
                 sink.send_multipart(msg.pack_piece_fail(p, f'the model failed on this request: {type(e).__name__}: {e}',
                                                         ErrorCode.FAILED))
             return
+        model = time.perf_counter() - t0
         self.logger.debug('batch %d: %d pieces, %d sequences in %.1f ms', batch_id, len(good), len(features),
-                          1000 * (time.perf_counter() - t0))
+                          1000 * model)
+        lengths = [len(f.input_ids) for f in features]
+        padded = engine.last_padded_tokens or len(features) * max(lengths, default=1)
+        call = {'rows': len(features), 'padded': padded, 'lengths': lengths}
         start = 0
         trim = engine.trims_token_axis()
         for piece, feats in good:
@@ -321,7 +332,9 @@ class Worker:
             if trim:  # the sink pads every piece to the longest input of its request
                 rows = rows[:, :max((len(f.input_ids) for f in feats), default=1)]
             tokens = [list(f.tokens) for f in feats] if piece.show_tokens else None
-            tracker = sink.send_multipart(msg.pack_result(piece, rows, tokens), copy=False, track=True)
+            frames = msg.pack_result(piece, rows, tokens, queue=piece.queued + waited, model=model, call=call)
+            call = None  # described once, with the first piece
+            tracker = sink.send_multipart(frames, copy=False, track=True)
         # One pipe, in order: the last result leaves last. pyzmq copies a result under 64 KB (its
         # tracker is done at once: small results leave fast); a larger one is sent from its array.
         if not tracker.done:
