@@ -247,6 +247,14 @@ def derive_ratios(figures: dict) -> dict:
     return f
 
 
+def scrape_metrics(http_port: int) -> str:
+    """The Prometheus text of the server's ``GET /metrics`` (docs/monitoring.md): what every request
+    of the run left in the server's histograms and counters."""
+    from urllib.request import urlopen
+    with urlopen(f'http://127.0.0.1:{http_port}/metrics', timeout=30) as reply:
+        return reply.read().decode('utf-8')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     opts, server_flags = _parse(argv)
     from bert_serving.server.benchmark import default_corpus, load_sentences
@@ -287,8 +295,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                   CLIENT_TIMEOUT_MS, say, [pid for _, pid in server.workers]))
         figures['worker_memory_after_load'] = worker_memory_mb(server)
         figures['other_memory_after_load'] = worker_memory_mb(server, server.others)
+        scrape = scrape_metrics(http_port)
     finally:
         server.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path = output.with_suffix('.metrics.txt')
+    metrics_path.write_text(scrape, encoding='utf-8')
+    say(f'the first server\'s /metrics after its runs: {metrics_path}')
 
     say('starting a second server (graph cached by the first)')
     server, figures['second_start_s'] = start_server(flags)

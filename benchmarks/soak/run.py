@@ -33,6 +33,14 @@ SHUTDOWN_EXTRA_S = 15.0  # the issue's bound after the drain timeout
 ROLES_THAT_MUST_STAY_FLAT = ('ventilator', 'sink', 'proxy')
 
 
+def _port_list(text: str) -> List[int]:
+    ports = [int(p) for p in text.split(',') if p.strip()]
+    if len(ports) < 5:
+        raise argparse.ArgumentTypeError(f'5 ports are needed (main: port, port_out, http; none: port, port_out), '
+                                         f'got {len(ports)}')
+    return ports
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog='python -m benchmarks.soak', description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +63,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--max-queue-rows', type=int, default=int(dict(RELIABILITY_FLAGS)['-max_queue_rows']),
                    help="the servers' -max_queue_rows, which the flood overflows (default %(default)s); a "
                         'smaller bound makes a smaller flood, for a short run on a small machine')
+    p.add_argument('--ports', type=_port_list, default=None, metavar='P,P,...',
+                   help='the servers\' ports, in order: main -port, -port_out, -http_port, then none -port, '
+                        '-port_out (default: free ports the kernel picks)')
     p.add_argument('--zmq-threads', type=int, default=3, help='threads with their own BertClient')
     p.add_argument('--output', type=Path, default=None,
                    help='JSON summary (default benchmarks/results/soak-<UTC time>.json)')
@@ -97,12 +108,14 @@ class Soak:
         if self.skipped:
             say(f"this server has no {' '.join(self.skipped)}: running without them")
         self.drain_s = float(dict(flags).get('-drain_timeout') or 5.0)
-        self.servers['main'] = ServerProcess('main', flags, http=True, log_path=self.workdir / 'server-main.log')
+        ports = iter(self.args.ports) if self.args.ports else None
+        self.servers['main'] = ServerProcess('main', flags, http=True, log_path=self.workdir / 'server-main.log',
+                                             ports=ports)
         if not self.args.no_none_pooling:
             none_flags = [(f, v) for f, v in flags if f != '-num_worker'] + [('-num_worker', '1'),
                                                                            ('-pooling_strategy', 'NONE')]
             self.servers['none'] = ServerProcess('none', none_flags, http=False,
-                                                 log_path=self.workdir / 'server-none.log')
+                                                 log_path=self.workdir / 'server-none.log', ports=ports)
         pool = make_pool()
         say(f'computing the oracle for {len(pool)} sentences in this process (max_seq_len {MAX_SEQ_LEN})')
         oracles = {'main': Oracle.compute(pool, MAX_SEQ_LEN)}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ['SERVER_FLAGS', 'RELIABILITY_FLAGS', 'MAX_SEQ_LEN', 'ServerProcess', 'free_port', 'rss_mb',
            'send_signal', 'supported_flags']
@@ -105,12 +105,17 @@ class ServerProcess:
         flags: (flag, value) pairs; value None for a switch.
         http: also start the HTTP proxy on a free port.
         log_path: where the server's stdout and stderr go.
+        ports: where its ports come from (port, port_out, then the HTTP port); by default free
+            ports the kernel picks, which another program may take before the server binds them
+            (the graph is built in between), so a test running beside others passes its own.
     """
 
-    def __init__(self, name: str, flags: Sequence[Tuple[str, Optional[str]]], http: bool, log_path: Path):
+    def __init__(self, name: str, flags: Sequence[Tuple[str, Optional[str]]], http: bool, log_path: Path,
+                 ports: Optional[Iterator[int]] = None):
         self.name = name
-        self.port, self.port_out = free_port(), free_port()
-        self.http_port = free_port() if http else None
+        take = (lambda: next(ports)) if ports is not None else free_port
+        self.port, self.port_out = take(), take()
+        self.http_port = take() if http else None
         self.flags = list(flags)
         self.num_worker = int(dict(flags).get('-num_worker') or 1)
         self.log_path = log_path

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(OUTER_TIMEO
 
 
 @pytest.fixture(scope='module')
-def soak(tmp_path_factory):
+def soak(tmp_path_factory, pick_port):
     """Runs the soak once; returns (exit status, its output, the JSON summary or None)."""
     out = tmp_path_factory.mktemp('soak') / 'soak.json'
     env = dict(os.environ)
@@ -44,7 +44,8 @@ def soak(tmp_path_factory):
                                         + [p for p in [env.get('PYTHONPATH')] if p])
     proc = subprocess.Popen([sys.executable, '-m', 'benchmarks.soak', '--seconds', str(SOAK_SECONDS),
                              '--client-timeout', str(CLIENT_TIMEOUT_S), '--max-queue-rows', str(MAX_QUEUE_ROWS),
-                             '--output', str(out)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
+                             # ports of this xdist worker's share, which no other test or connection takes
+                             '--ports', ','.join(str(pick_port()) for _ in range(5)), '--output', str(out)], cwd=str(REPO), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=OUTER_TIMEOUT_S)

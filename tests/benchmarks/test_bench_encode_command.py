@@ -81,3 +81,22 @@ def test_bf16_run_measures_a_second_server_against_the_first_ones_vectors(fake_s
     assert [name.split()[0] for name in figures['bf16_worker_memory']] == ['WORKER-0']
     derived = compare.derive_ratios(dict(figures, onnx_int8_sentences_per_s=1.0))
     assert derived['ratio_bf16_over_int8'] == figures['bf16_b_sentences_per_s']
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_scrape_saved_after_the_runs_counts_their_requests():
+    """make bench saves the first server's /metrics after its runs: every request it sent is there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    http_port = service_peer.free_port()
+    server, _ = service_peer.start_server(compare.SERVER_FLAGS + FAKE_FLAGS + ['-http_port', str(http_port)])
+    try:
+        service_peer.measure_one_client(server, LINES, 2)  # a warm-up and two timed calls
+        text = compare.scrape_metrics(http_port)
+    finally:
+        server.close()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    ok = [s.value for s in families['bert_server_requests'].samples
+          if s.name == 'bert_server_requests_total' and s.labels == {'door': 'zmq', 'outcome': 'ok'}]
+    assert ok == [3.0]
