@@ -7,11 +7,12 @@ Modules, one role each (floors from the top; `.importlinter` keeps them so):
     base          Engine: the interface both implement
     devices       which device each worker uses, its CPU threads and batch-token budget
     runner        GraphRunner: runs a frozen graph in a TensorFlow session
-    tfimport      imports TensorFlow's runtime without its public API (a worker's start-up)
     graph         freezes, optimises and caches the graph on disk
     modeling      builds the inference graph (layers, pooling, heads)
     features      input layout: [CLS] a [SEP] b [SEP], truncation, padding
     checkpoint    finds and reads model files (Google or Hugging Face layout)
     tokenization  WordPiece tokenizer
+    tfimport      imports TensorFlow without Keras and, until read, its public API (a worker's and
+                  the graph builder's start-up)
 """
 __all__ = []
