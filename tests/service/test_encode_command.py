@@ -102,8 +102,16 @@ def test_output_equals_one_encode_of_the_corpus(shared_server, tmp_path):
     assert (tmp_path / 'v.ids.txt').read_text().splitlines() == [r['doc'] for r in rows]
 
 
-@pytest.mark.parametrize('stop', [signal.SIGINT, signal.SIGKILL], ids=['sigint', 'sigkill'])
-def test_a_stopped_run_is_finished_by_the_next_one(slow, fast, corpus, uninterrupted, tmp_path, stop):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a script's background job
+
+
+# 'sigint-after-ignored': the command starts with SIGINT ignored, as `bert-serving-encode ... &` in a
+# script does; Ctrl-C (kill -INT) must still stop it and save.
+@pytest.mark.parametrize('stop, preexec', [(signal.SIGINT, None), (signal.SIGINT, _ignore_sigint),
+                                           (signal.SIGKILL, None)],
+                         ids=['sigint', 'sigint-after-ignored', 'sigkill'])
+def test_a_stopped_run_is_finished_by_the_next_one(slow, fast, corpus, uninterrupted, tmp_path, stop, preexec):
     output = tmp_path / 'vectors.npy'
     progress = tmp_path / 'vectors.progress.json'
 
@@ -114,7 +122,7 @@ def test_a_stopped_run_is_finished_by_the_next_one(slow, fast, corpus, uninterru
             return 0
 
     first = subprocess.Popen(command(slow, str(corpus), str(output), '--batch-size', '100', '--in-flight', '2'),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), preexec_fn=preexec)
     try:
         assert wait_until(lambda: done_rows() > 0 or first.poll() is not None, RUN_SECONDS, interval=0.05)
         assert first.poll() is None, 'the first run ended before it could be stopped'

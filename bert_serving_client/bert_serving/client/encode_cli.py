@@ -295,6 +295,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     resumed, 1 when the server or the connection fails, 130 when interrupted (resumable)."""
     args = get_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` and `timeout` save progress too
+    # Ctrl-C saves progress even where the command starts with SIGINT ignored, as a shell starts a
+    # script's background jobs (`bert-serving-encode ... &`): Python keeps an inherited SIG_IGN.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     client_kwargs = dict(ip=args.ip, port=args.port, port_out=args.port_out, timeout=args.timeout,
                          server_key=args.server_key, client_key=args.client_key)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
