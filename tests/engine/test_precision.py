@@ -88,3 +88,32 @@ def test_bf16_keeps_float32_output(tiny_google_dir, tiny_texts, encoders):
 
     assert vectors.dtype == np.float32
     assert _cosine_rows(vectors, full).min() >= 0.999
+
+
+@pytest.mark.parametrize('fields, flags, summary', [
+    (dict(), {'avx512_bf16'}, 'float32'),
+    (dict(bf16=True), {'avx512_bf16'}, 'bfloat16 (AVX512-BF16)'),
+    (dict(bf16=True), {'avx512_bf16', 'amx_bf16'}, 'bfloat16 (AMX)'),
+    (dict(bf16=True), set(), 'bfloat16, emulated: no AVX512-BF16/AMX, slower than float32'),
+    (dict(fp16=True), {'avx512_bf16'}, 'bfloat16 (AVX512-BF16), float16 out'),
+    (dict(fp16=True), set(), 'float32, float16 out'),
+    (dict(fp16=True, on_gpu=True), set(), 'float16'),
+    (dict(bf16=True, on_gpu=True), set(), 'bfloat16'),
+])
+def test_the_compute_summary_says_what_the_products_run_in_on_this_cpu(fields, flags, summary, monkeypatch):
+    monkeypatch.setattr(cpu_probe, '_cpu_flags', lambda: frozenset(flags))
+    assert EngineConfig(**fields).compute_summary == summary
+
+
+def test_bf16_on_a_cpu_without_it_is_said_in_the_start_up_table(monkeypatch, capfd):
+    from bert_serving.server.config import ServerConfig
+    from bert_serving.server.service import BertServer
+
+    monkeypatch.setattr(cpu_probe, '_cpu_flags', lambda: frozenset({'avx2'}))
+    BertServer(server=ServerConfig(cpu=True, num_worker=1), engine=EngineConfig(engine='fake', bf16=True))
+    err = capfd.readouterr().err
+    header = next(line for line in err.splitlines() if 'MAX_BATCH_TOKENS' in line)
+    row = next(line for line in err.splitlines() if 'WORKER-0' in line)
+    assert header.rstrip().endswith('COMPUTE')
+    assert row.rstrip().endswith('bfloat16, emulated: no AVX512-BF16/AMX, slower than float32'), row
+    assert '-bf16 on this CPU: bfloat16, emulated' in err and 'leave -bf16 out for float32' in err

@@ -245,6 +245,18 @@ class EngineConfig:
         return not self.on_gpu and cpu.onednn_enabled()
 
     @property
+    def compute_summary(self) -> str:
+        """What the matrix products run in, and why, for the start-up table: e.g. 'bfloat16
+        (AVX512-BF16)', or for -bf16 on a CPU without it 'bfloat16, emulated (...)'."""
+        dtype = self.compute_dtype
+        out = ', float16 out' if self.fp16 and dtype != 'float16' else ''
+        if dtype != 'bfloat16' or self.on_gpu:
+            return dtype + out
+        if cpu.cpu_has_fast_bf16():
+            return f'bfloat16 ({cpu.fast_bf16_name()}){out}'
+        return f'bfloat16, emulated: no AVX512-BF16/AMX, slower than float32{out}'
+
+    @property
     def output_dtype(self) -> str:
         """The dtype of the vectors clients get: 'float16' with -fp16 (as in the original), else 'float32'."""
         return 'float16' if self.fp16 else 'float32'

@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 
-__all__ = ['available_cores', 'cpu_has_fast_bf16', 'onednn_enabled']
+__all__ = ['available_cores', 'cpu_has_fast_bf16', 'fast_bf16_name', 'onednn_enabled']
 
 # /proc/cpuinfo flags of the instructions that make bfloat16 matrix products faster than float32.
 _BF16_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
@@ -38,6 +38,12 @@ def _cpu_flags() -> frozenset:
 def cpu_has_fast_bf16() -> bool:
     """True if this CPU has AVX512-BF16 or AMX-BF16."""
     return not _BF16_FLAGS.isdisjoint(_cpu_flags())
+
+
+def fast_bf16_name() -> str:
+    """'AMX' or 'AVX512-BF16', whichever bfloat16 instructions this CPU has best; '' for none."""
+    flags = _cpu_flags()
+    return 'AMX' if 'amx_bf16' in flags else 'AVX512-BF16' if 'avx512_bf16' in flags else ''
 
 
 # TensorFlow turns its oneDNN optimisations on by default on Linux x86-64 for CPUs with one of these

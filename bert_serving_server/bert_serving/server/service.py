@@ -174,13 +174,18 @@ class BertServer(threading.Thread):
         }
 
     def _log_worker_plan(self) -> None:
-        """The start-up table of the local workers: device, CPU threads, batch-token budget."""
+        """The start-up table of the local workers: device, CPU threads, batch-token budget, and
+        what the matrix products compute in (EngineConfig.compute_summary)."""
         shards = graph_layer_shards(self.engine_config, self.graph)
-        rows = [f'{"WORKER":>10}  {"DEVICE":<7}{"THREADS (intra x inter)":<26}MAX_BATCH_TOKENS']
+        compute = self.engine_config.compute_summary
+        rows = [f'{"WORKER":>10}  {"DEVICE":<7}{"THREADS (intra x inter)":<26}{"MAX_BATCH_TOKENS":<18}COMPUTE']
         for i, (device, tokens) in enumerate(zip(self.devices, self.batch_tokens)):
             threads = '%d x %d' % session_threads(self.cpu_threads, shards) if device < 0 else '-'
-            rows.append(f'{"WORKER-%d" % i:>10}  {"cpu" if device < 0 else "gpu:%d" % device:<7}{threads:<26}{tokens}')
+            rows.append(f'{"WORKER-%d" % i:>10}  {"cpu" if device < 0 else "gpu:%d" % device:<7}{threads:<26}'
+                        f'{tokens:<18}{compute}')
         self.logger.info('workers:\n%s', '\n'.join(rows))
+        if 'emulated' in compute:
+            self.logger.warning('-bf16 on this CPU: %s; leave -bf16 out for float32', compute)
 
     def _reply_row_bytes(self) -> int:
         """The most bytes one input adds to a reply: its vector, or with NONE pooling its
