@@ -32,8 +32,11 @@ from service.service_support import RunningServer, assert_port_free, server_args
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / 'examples'
-READY_SECONDS = 120
-RUN_SECONDS = 120  # per example; the slowest starts a server of its own
+# Upper bounds, never waited out when things work. Under load (a make test beside another suite and
+# a CPU burner) a cold build of visualize_layers.py's graph took 77 s and its worker had not loaded
+# 120 s after the start, so the bounds leave room past the example's own READY_SECONDS (180).
+READY_SECONDS = 240
+RUN_SECONDS = 300  # per example; the slowest starts a server of its own and builds its graph
 
 
 @dataclass
