@@ -24,7 +24,8 @@ CLIENT_TIMEOUT_MS = 600_000
 
 def worker_memory_mb(server, processes: Optional[List] = None) -> Dict[str, Dict[str, float]]:
     """VmRSS and VmHWM (peak) of each live worker process of ``server`` (or of ``processes``,
-    (name, pid) pairs), in MiB."""
+    (name, pid) pairs), in MiB, and the RSS split into anonymous memory (the process's own) and
+    file pages (mostly TensorFlow's libraries, which workers on one machine share)."""
     out = {}
     for name, pid in (server.workers if processes is None else processes):
         status = {}
@@ -32,11 +33,12 @@ def worker_memory_mb(server, processes: Optional[List] = None) -> Dict[str, Dict
             with open(f'/proc/{pid}/status', encoding='ascii') as f:
                 for line in f:
                     key, _, rest = line.partition(':')
-                    if key in ('VmRSS', 'VmHWM'):
+                    if key in ('VmRSS', 'VmHWM', 'RssAnon', 'RssFile'):
                         status[key] = int(rest.split()[0]) / 1024  # kB -> MiB
         except OSError:
             continue
-        out[f'{name} (pid {pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM')}
+        out[f'{name} (pid {pid})'] = {'rss_mb': status.get('VmRSS'), 'peak_mb': status.get('VmHWM'),
+                                      'anon_mb': status.get('RssAnon'), 'file_mb': status.get('RssFile')}
     return out
 
 
