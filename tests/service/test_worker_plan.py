@@ -42,7 +42,9 @@ def test_more_cpu_workers_than_cores_warn_and_the_table_shows_each_budget(launch
     print('\n' + table)
     rows = table.splitlines()[2:]
     assert len(rows) == cores + 1
-    assert all(row.split()[1:] == ['cpu', '1', 'x', '1', str(CPU_BATCH_TOKENS)] for row in rows), table
+    assert table.splitlines()[1].split() == ['WORKER', 'DEVICE', 'THREADS', '(intra', 'x', 'inter)', 'MAX_BATCH_TOKENS',
+                                             'COMPUTE'], table
+    assert all(row.split()[1:] == ['cpu', '1', 'x', '1', str(CPU_BATCH_TOKENS), 'float32'] for row in rows), table
     assert config['worker_max_batch_tokens'] == {f'WORKER-{i}': CPU_BATCH_TOKENS for i in range(cores + 1)}
 
 
