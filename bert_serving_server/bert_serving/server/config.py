@@ -245,16 +245,22 @@ class EngineConfig:
         return not self.on_gpu and cpu.onednn_enabled()
 
     @property
+    def bf16_emulated(self) -> bool:
+        """True for bfloat16 products on a CPU without AVX512-BF16 or AMX (only -bf16 asks for that):
+        emulated, and slower than float32."""
+        return self.compute_dtype == 'bfloat16' and not self.on_gpu and not cpu.cpu_has_fast_bf16()
+
+    @property
     def compute_summary(self) -> str:
-        """What the matrix products run in, and why, for the start-up table: e.g. 'bfloat16
-        (AVX512-BF16)', or for -bf16 on a CPU without it 'bfloat16, emulated (...)'."""
+        """What the matrix products run in, for the start-up table: e.g. 'float32', 'bfloat16
+        (AVX512-BF16)', 'bfloat16, emulated: ...' (see bf16_emulated); ', float16 out' for -fp16."""
         dtype = self.compute_dtype
         out = ', float16 out' if self.fp16 and dtype != 'float16' else ''
-        if dtype != 'bfloat16' or self.on_gpu:
-            return dtype + out
-        if cpu.cpu_has_fast_bf16():
+        if self.bf16_emulated:
+            return f'bfloat16, emulated: no AVX512-BF16/AMX, slower than float32{out}'
+        if dtype == 'bfloat16' and not self.on_gpu:
             return f'bfloat16 ({cpu.fast_bf16_name()}){out}'
-        return f'bfloat16, emulated: no AVX512-BF16/AMX, slower than float32{out}'
+        return dtype + out
 
     @property
     def output_dtype(self) -> str:

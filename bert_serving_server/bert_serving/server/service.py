@@ -184,7 +184,7 @@ class BertServer(threading.Thread):
             rows.append(f'{"WORKER-%d" % i:>10}  {"cpu" if device < 0 else "gpu:%d" % device:<7}{threads:<26}'
                         f'{tokens:<18}{compute}')
         self.logger.info('workers:\n%s', '\n'.join(rows))
-        if 'emulated' in compute:
+        if self.engine_config.bf16_emulated:
             self.logger.warning('-bf16 on this CPU: %s; leave -bf16 out for float32', compute)
 
     def _reply_row_bytes(self) -> int:
