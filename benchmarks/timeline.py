@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 from .compare import MAX_SEQ_LEN, SERVER_FLAGS
 from .service_peer import CLIENT_TIMEOUT_MS, start_server
-from .timing import say
+from .timing import one_sentence_seconds, say
 
 __all__ = ['main', 'server_stages']
 
@@ -111,15 +111,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with BertClient(port=server.args.port, port_out=server.args.port_out, check_length=False,
                         timeout=CLIENT_TIMEOUT_MS) as bc:
-            for text in lines[:20]:
-                bc.encode([text])
+            one_sentence_seconds(bc.encode, lines, 0, 20)  # untimed warm-up, before the first status
             before = bc.server_status
-            round_trips = []
             say(f'timeline: {args.requests} one-sentence round trips')
-            for i in range(args.requests):
-                t0 = time.perf_counter()
-                bc.encode([lines[20 + i]])
-                round_trips.append(time.perf_counter() - t0)
+            round_trips = one_sentence_seconds(bc.encode, lines[20:], args.requests, 0)
             after = bc.server_status
     finally:
         server.close()
