@@ -1,49 +1,59 @@
 """heap.heap_kept_while_building: inside, a freed block stays in the heap for the next copy; on
-leaving, the memory goes back to the kernel. Measured in resident memory (/proc/self/statm)."""
+leaving, the memory goes back to the kernel. Measured in resident memory (/proc/self/statm), each
+case in a new Python: glibc's thresholds are per process, and whatever ran before in a test process
+(an in-process graph build, a library calling mallopt) would change them."""
 from __future__ import annotations
 
-import resource
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
-from bert_serving.server.heap import heap_kept_while_building
-
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 64 << 20  # above the 32 MiB past which glibc maps a block by itself and unmaps it when freed
 
+_MEASURE = textwrap.dedent('''
+    import contextlib, json, resource, sys
+    from bert_serving.server.heap import heap_kept_while_building
 
-def _resident_bytes() -> int:
-    with open('/proc/self/statm', encoding='ascii') as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+    def resident():
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    helper = {'kept': heap_kept_while_building, 'nested': heap_kept_while_building,
+              'without': contextlib.nullcontext}[sys.argv[1]]
+    with helper():
+        with helper() if sys.argv[1] == 'nested' else contextlib.nullcontext():
+            pass
+        block = b'x' * int(sys.argv[2])  # written, so every page is resident
+        held = resident()
+        del block
+        kept = resident()
+    print(json.dumps({'released_inside': held - kept, 'released_on_leaving': kept - resident()}))
+''')
 
 
-def _written_block() -> bytes:
-    return b'x' * SIZE  # written, so every page is resident
+def _measure(case: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO / 'bert_serving_server'))
+    out = subprocess.run([sys.executable, '-c', _MEASURE, case, str(SIZE)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 def test_a_freed_block_stays_in_the_heap_inside_and_is_handed_back_after():
-    with heap_kept_while_building():
-        block = _written_block()
-        held = _resident_bytes()
-        del block
-        kept = _resident_bytes()
-    after = _resident_bytes()
-
-    assert held - kept < SIZE // 4, f'{(held - kept) >> 20} MiB went back to the kernel when a {SIZE >> 20} MiB block was freed inside'
-    assert kept - after > SIZE // 2, f'only {(kept - after) >> 20} MiB handed back on leaving'
+    figures = _measure('kept')
+    assert figures['released_inside'] < SIZE // 4, figures
+    assert figures['released_on_leaving'] > SIZE // 2, figures
 
 
 def test_nested_uses_keep_the_heap_until_the_outermost_ends():
-    with heap_kept_while_building():
-        with heap_kept_while_building():
-            pass
-        block = _written_block()
-        held = _resident_bytes()
-        del block
-        kept = _resident_bytes()
-    assert held - kept < SIZE // 4
+    figures = _measure('nested')
+    assert figures['released_inside'] < SIZE // 4, figures
 
 
 def test_without_it_a_freed_block_leaves_at_once():
     """The case the helper exists for, so that the tests above cannot pass on their own."""
-    block = _written_block()
-    held = _resident_bytes()
-    del block
-    assert held - _resident_bytes() > SIZE // 2
+    assert _measure('without')['released_inside'] > SIZE // 2
