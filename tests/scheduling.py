@@ -1,4 +1,4 @@
-"""How pytest-xdist (``make test`` runs ``-n 4``) shares the tests between its workers.
+"""How pytest-xdist (``make test`` runs ``-n 6``) shares the tests between its workers.
 
 A test that uses a module-scoped fixture (a server, a model written to disk, a soak run) runs on the
 worker that runs the rest of its file, so the fixture is built once; any other test may run on any
