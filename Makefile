@@ -70,8 +70,9 @@ $(STAMP): setup_client.py setup_server.py requirements-test.txt tools/pip_instal
 
 # PYTHONPATH puts the working tree ahead of the installed wheels, so tests see edits at once.
 # pytest-xdist runs the tests in TEST_WORKERS processes (tests/scheduling.py shares them out): most
-# tests wait on sockets, processes and timeouts rather than compute: with 4 the CPU idled a fifth of
-# the time whenever four such tests ran together, 6 keep 2 cores busy (pytest 313 s -> 297 s). The
+# tests wait on sockets, processes and timeouts rather than compute: with 4, whenever four such tests
+# ran together the CPU idled (60-80% busy over the last two minutes), 6 keep 2 cores busy (pytest
+# 313 s -> 297 s on the 2-core machine). The
 # client's tests on the other Pythons run meanwhile; their output follows pytest's. The slowest tests
 # are listed at the end.
 # Bytecode writing is on for the run (PYTHONDONTWRITEBYTECODE= ): where the variable is set (as on

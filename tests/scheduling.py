@@ -74,7 +74,8 @@ def _spread(files: list[str]) -> dict[str, float]:
     whole run, in their order. A folder's tests tend to spend their time alike (tests/engine computes
     in process, tests/service and tests/security mostly wait on timeouts and other processes), so
     folder after folder would run the computing files side by side, leaving the waiting ones
-    nothing to overlap with at the end (on the 2-core machine the last two minutes ran at 60% CPU)."""
+    nothing to overlap with at the end (on the 2-core machine the CPU was 50-80% busy over the last
+    two minutes)."""
     by_folder: dict[str, list[str]] = {}
     for path in files:
         by_folder.setdefault(path.rsplit('/', 1)[0], []).append(path)

@@ -248,7 +248,7 @@ def main() -> None:
     # they would cost the child about 1.5 s of CPU and 120 MiB on every cold start.
     from .tfimport import defer_public_api
     try:
-        with heap_kept_while_building():  # TensorFlow's import too: 0.5 s of CPU less
+        with heap_kept_while_building():  # TensorFlow's import too
             defer_public_api()
             prepare_graph(EngineConfig(**spec['engine']), get_logger('GRAPH', spec.get('verbose', False)))
     except BertServingError as e:
