@@ -232,6 +232,75 @@ def test_a_busy_worker_gets_a_batch_ahead_only_when_the_queue_fills_one(clock):
     assert sorted(s.workers[b'w'].batches) == [joined.batch_id, ahead.batch_id]
 
 
+def _answer_a_cohort(s, clock, clients: int, took: float):
+    """``clients`` one-sentence requests computed in one batch that took ``took`` seconds."""
+    for i in range(clients):
+        s.accept(b'c%d' % i, i, words(1), False)
+    [batch] = s.take_batches()
+    assert len(batch.pieces) == clients
+    clock.advance(took)
+    s.done(b'w', batch.batch_id)
+    return clock.now
+
+
+def test_a_worker_waits_for_the_clients_its_last_batch_answered_before_a_smaller_batch(clock):
+    """Clients answered together come back together: a worker waits for as many requests as its last
+    batch held (here 4) rather than take the first that comes back alone, so the clients do not split
+    into groups that take turns in smaller batches."""
+    from bert_serving.server.pipeline.scheduler import COHORT_WAIT_MAX_SECONDS
+    s = make(clock, max_batch_size=32, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0')
+    done_at = _answer_a_cohort(s, clock, 4, took=1.0)
+    assert s.wake_at() is None  # nothing queued: nothing to wake for
+    for i in range(3):
+        s.accept(b'c%d' % i, 10 + i, words(1), False)
+        clock.advance(0.001)
+        assert s.take_batches() == []
+    assert s.wake_at() == pytest.approx(done_at + COHORT_WAIT_MAX_SECONDS)
+    s.accept(b'c3', 13, words(1), False)  # the fourth is back: one batch of all four
+    [batch] = s.take_batches()
+    assert [p.client for p in batch.pieces] == [b'c0', b'c1', b'c2', b'c3']
+    assert s.wake_at() is None
+
+
+@pytest.mark.parametrize('took, waits', [(1.0, 0.010), (0.02, 0.005), (0.0, 0.0)])
+def test_the_wait_for_a_cohort_is_a_quarter_of_its_batch_time_and_at_most_10_ms(clock, took, waits):
+    s = make(clock, max_batch_size=32, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0')
+    done_at = _answer_a_cohort(s, clock, 4, took=took)
+    s.accept(b'back', 9, words(1), False)
+    if waits:
+        assert s.take_batches() == []
+        assert s.wake_at() == pytest.approx(done_at + waits)
+        clock.advance(waits * 0.99)
+        assert s.take_batches() == []
+        clock.advance(waits * 0.02)
+    [batch] = s.take_batches()  # the others did not come back in time: the one waiting goes alone
+    assert [p.client for p in batch.pieces] == [b'back']
+
+
+def test_a_lone_client_never_waits(clock):
+    """A batch of one request (one client sending one request after another) leaves nobody to wait
+    for: its next request goes at once, so a single sentence's round trip pays nothing."""
+    s = make(clock, max_batch_size=32, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0')
+    _answer_a_cohort(s, clock, 1, took=1.0)
+    s.accept(b'c0', 5, words(1), False)
+    [batch] = s.take_batches()
+    assert [p.req_id for p in batch.pieces] == [5]
+
+
+def test_a_queue_that_fills_a_batch_never_waits_for_a_cohort(clock):
+    s = make(clock, max_batch_size=4, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0')
+    _answer_a_cohort(s, clock, 4, took=1.0)
+    s.accept(b'other', 7, words(2), False)
+    assert s.take_batches() == []
+    s.accept(b'more', 8, words(2), False)  # 4 rows queued: a whole batch
+    [batch] = s.take_batches()
+    assert [p.client for p in batch.pieces] == [b'other', b'more']
+
+
 def test_the_least_busy_worker_goes_first(clock):
     s = make(clock, max_batch_size=4, priority_batch_size=0)
     for i in range(4):

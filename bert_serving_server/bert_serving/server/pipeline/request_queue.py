@@ -120,6 +120,7 @@ class RequestQueue:
         self.oversize: Optional[int] = None  # the serial of the open request bigger than the queue
         self.accepting = True
         self._serials = itertools.count(1)
+        self.last_serial = 0  # the serial of the last request accepted: arrivals are counted by it
         self._piece_ids = itertools.count(1)
 
     def _num_workers(self) -> int:
@@ -171,7 +172,7 @@ class RequestQueue:
             by_len = sorted(range(n), key=lengths.__getitem__)
             per_piece = math.ceil(n / num_pieces)
             orders = [by_len[i:i + per_piece] for i in range(0, n, per_piece)]
-        serial = next(self._serials)
+        serial = self.last_serial = next(self._serials)
         request = self.requests[serial] = _Request(client, req_id, n, size, open_rows=n, open_bytes=size,
                                                    accepted=self.clock())
         if oversize:

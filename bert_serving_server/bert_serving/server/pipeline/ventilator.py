@@ -30,6 +30,7 @@ failed with that reason, and the loop ends once the sink has answered everything
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import deque
@@ -165,7 +166,9 @@ class Ventilator:
         next_check = 0.0
         drain_until = final_until = None
         while True:
-            events = dict(poller.poll(POLL_MS))
+            wake = self.scheduler.wake_at()  # a worker waits for its clients to come back (Scheduler)
+            timeout = POLL_MS if wake is None else min(POLL_MS, math.ceil(max(0.0, wake - self.scheduler.clock()) * 1000))
+            events = dict(poller.poll(timeout))
             self._flush()
             if feedback in events:
                 self._read(feedback, self._on_feedback)
