@@ -55,14 +55,15 @@ import numpy as np
 from tensorflow.core.protobuf import config_pb2
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
-from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME
+from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
 encoder = Encoder(EngineConfig(model_dir=sys.argv[1], graph_tmp_dir=sys.argv[2], pooling_layer=(-1,),
                                layer_shards=int(sys.argv[3])))
 graph = encoder.runner._graph
 ids = np.full((1, 12), 2000, np.int32)
 feeds = {graph.get_tensor_by_name(n + ':0'): v for n, v in
-         zip(('input_ids', 'input_mask', 'input_type_ids'), (ids, np.ones_like(ids), np.zeros_like(ids)))}
+         zip(('input_ids', 'input_mask', 'input_type_ids', TOKEN_INDEX_NAME),
+             encoder.runner.wide_feeds(ids, np.ones_like(ids), np.zeros_like(ids)))}
 ops = {}
 for tower, fetch in (('wide', OUTPUT_NAME), ('narrow', NARROW_PREFIX + OUTPUT_NAME)):
     meta = config_pb2.RunMetadata()  # the graph TensorFlow ran, after Grappler's rewrites
@@ -74,7 +75,7 @@ print(json.dumps({'ops': ops, 'layers': encoder.bert_config.num_hidden_layers}))
 
 
 @pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
-def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_the_narrow_tower_none(
+def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_packs_rows_and_the_narrow_tower_neither(
         tiny_google_dir, graph_cache_dir, layer_shards):
     import json
     import os
@@ -92,6 +93,10 @@ def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_the_narrow_tow
     assert 'SquaredDifference' not in wide
     assert narrow.count('_MklLayerNorm') == 0
     assert narrow.count('SquaredDifference') == norms  # tf.nn.moments' variance
+    # The wide tower's attention scatters Q, K and V of each part of each block into the padded
+    # layout, and the pooled layer back; the narrow tower runs on the padded layout throughout.
+    assert wide.count('ScatterNd') == layer_shards * report['layers'] + 1
+    assert 'ScatterNd' not in narrow
 
 
 def test_the_towers_share_every_weight(tiny_google_dir):

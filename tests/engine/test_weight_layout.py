@@ -78,8 +78,8 @@ def test_both_graph_copies_give_the_same_vectors(bundled_model_dir):
         ids = rng.integers(1000, 20000, size=(2, 20), dtype=np.int32)
         mask = np.ones_like(ids)
         mask[1, 13:] = 0
-        wide = enc.runner._run(ids, mask, np.zeros_like(ids))
-        narrow = enc.runner._run_narrow(ids, mask, np.zeros_like(ids))
+        wide = enc.runner.run_tower(False, ids, mask, np.zeros_like(ids))
+        narrow = enc.runner.run_tower(True, ids, mask, np.zeros_like(ids))
         np.testing.assert_allclose(narrow, wide, atol=1e-5, rtol=0)
     finally:
         enc.close()

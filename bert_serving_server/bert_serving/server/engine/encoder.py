@@ -15,7 +15,7 @@ from .base import Engine
 from .devices import CPU_BATCH_TOKENS, cpu_threads, session_threads
 from .features import Feature, pad_batch, to_features
 from .graph import FrozenGraph, graph_layer_shards, prepare_graph
-from .runner import NARROW_ROWS, GraphRunner
+from .runner import NARROW_ROWS, GraphRunner, packed_rows
 from .modeling import output_width
 from .tokenization import BertTokenizer
 
@@ -24,6 +24,11 @@ __all__ = ['Encoder']
 # The fixed cost of one TensorFlow call in tokens' worth of compute: a 16-token sentence takes 6.0 ms
 # where the large batches run 7,700 tokens/s (2 vCPUs, AMD EPYC, float32), so ~4 ms = ~30 tokens.
 CALL_COST_TOKENS = 32
+# The wide tower computes its dense layers on real tokens only (modeling._tower); padding costs it
+# attention, which grows with T squared: a batch of B inputs padded to T costs about B x T x T /
+# ATTENTION_TOKENS tokens more (32 inputs of 24 word pieces padded to 96 took 25 ms more than
+# unpadded, 2 vCPUs, AMD EPYC, float32).
+ATTENTION_TOKENS = 1500
 
 # TensorFlow's oneDNN kernels keep compiled primitives for every (B, T) a graph has seen, about
 # 1.1 MB per shape, in a per-thread LRU cache of 1,024 primitives (~146 shapes, ~170 MB); they are
@@ -158,13 +163,16 @@ class Encoder(Engine):
         """Cuts a length-sorted order into the batches of least total cost, within the size and
         token budgets and the allowed batch sizes.
 
-        A TensorFlow call costs about CALL_COST_TOKENS tokens' worth of time plus its padded tokens
-        (B x T), so a batch is split where the padding it saves outweighs one more call: twelve
-        one-sentence requests of 8 to 60 word pieces, padded to 60 together, computed 2.5x their
-        tokens. Dynamic programming over the sorted lengths and the allowed sizes.
+        A TensorFlow call costs about CALL_COST_TOKENS tokens' worth of time plus its dense rows:
+        B x T padded slots in the narrow tower, the real tokens in the wide one, which pays for
+        padding only in attention (ATTENTION_TOKENS). So a narrow batch is split where the padding
+        it saves outweighs one more call, and a wide one only where attention over long padding
+        would: twelve one-sentence requests of 8 to 60 word pieces go in one call. Dynamic
+        programming over the sorted lengths and the allowed sizes.
         """
         n = len(order)
         lengths = [max(1, len(features[i].input_ids)) for i in order]
+        tokens = np.concatenate([[0], np.cumsum(lengths)])  # tokens[j]: of the first j inputs
         best = np.zeros(n + 1, dtype=np.float64)  # best[j]: least cost of the first j inputs
         start = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that optimum starts
         for j in range(1, n + 1):
@@ -174,9 +182,14 @@ class Encoder(Engine):
                 if size > j:
                     break
                 padded = self._padded(t, size)
-                if size > 1 and size * padded > self.max_batch_tokens:
+                slots = size * padded
+                if size > 1 and slots > self.max_batch_tokens:
                     break
-                cost = best[j - size] + CALL_COST_TOKENS + size * padded
+                if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1]:
+                    rows = slots
+                else:
+                    rows = packed_rows(int(tokens[j] - tokens[j - size]), slots) + slots * padded / ATTENTION_TOKENS
+                cost = best[j - size] + CALL_COST_TOKENS + rows
                 if cost < best[j]:
                     best[j], start[j] = cost, j - size
         cuts = []

@@ -19,10 +19,14 @@ from .checkpoint import BertConfig
 from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError
 
-__all__ = ['INPUT_NAMES', 'OUTPUT_NAME', 'NARROW_PREFIX', 'resolve_layers', 'layers_to_compute', 'build_graph_def',
-           'output_width', 'layer_shards']
+__all__ = ['INPUT_NAMES', 'TOKEN_INDEX_NAME', 'OUTPUT_NAME', 'NARROW_PREFIX', 'resolve_layers', 'layers_to_compute',
+           'build_graph_def', 'output_width', 'layer_shards']
 
 INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
+# The wide tower's fourth input, int32 [R]: where in the flattened [B*T] batch each row of its dense
+# layers comes from (the real tokens, in order, then R - (real tokens) slots equal to B*T, whose
+# rows are computed and dropped). See _tower.
+TOKEN_INDEX_NAME = 'token_index'
 OUTPUT_NAME = 'final_encodes'
 NARROW_PREFIX = 'narrow/'  # the name scope of the tower for narrow batches (see build_graph_def)
 
@@ -83,7 +87,9 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
 
     The graph holds two towers of the same model that share the inputs and the weights:
     ``final_encodes`` for most batches, and ``narrow/final_encodes`` for batches of 7 to 80
-    tokens (B x T, engine.runner.NARROW_ROWS). oneDNN keeps one reordered copy of each dense layer's weights per tower,
+    tokens (B x T, engine.runner.NARROW_ROWS). The wide tower computes its dense layers on the real
+    tokens only, packed by ``token_index`` (int32 [R], see TOKEN_INDEX_NAME), so padding costs it
+    attention alone; the narrow one computes every padded slot, as a single input has none. oneDNN keeps one reordered copy of each dense layer's weights per tower,
     in the layout of the rows that tower sees (see engine.runner.GraphRunner). With
     ``cfg.fused_layer_norm``, the first tower's layer norms are one oneDNN kernel each (see
     ``_normalized_rows``); the narrow tower keeps plain ones, which answered one sentence
@@ -102,8 +108,10 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     graph = tf.Graph()
     with graph.as_default():
         inputs = [tf.compat.v1.placeholder(tf.int32, (None, None), name) for name in INPUT_NAMES]
+        token_index = tf.compat.v1.placeholder(tf.int32, (None,), TOKEN_INDEX_NAME)
         constants = _Constants(tf, weights, tf.as_dtype(cfg.compute_dtype).as_numpy_dtype)
-        _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=cfg.fused_layer_norm)
+        _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=cfg.fused_layer_norm,
+               token_index=token_index)
         with tf.name_scope(NARROW_PREFIX.rstrip('/')):
             _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=False)
     return graph.as_graph_def()
@@ -133,8 +141,15 @@ class _Constants:
 
 
 def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs, cls_id: int, sep_id: int,
-           fused_norm: bool) -> None:
-    """One copy of the model, from the inputs to ``final_encodes`` in the current name scope."""
+           fused_norm: bool, token_index=None) -> None:
+    """One copy of the model, from the inputs to ``final_encodes`` in the current name scope.
+
+    Every dense layer runs on an [R, D] matrix of rows. Without ``token_index`` a row is each of the
+    B x T padded slots. With it (int32 [R]), the rows are the slots it names in the flattened batch:
+    the real tokens, then dummy slots (B x T) that round R up to a few sizes (engine.runner). Only
+    attention needs the padded [B, T] layout: its Q, K and V are scattered into it (dummy rows land
+    in one extra slot, cut off) and its output gathered back (dummy rows read the last slot).
+    """
     dtype = tf.as_dtype(cfg.compute_dtype)
     num_layers = layers_to_compute(cfg, bc)
     input_ids, input_mask, type_ids = inputs
@@ -168,13 +183,36 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     d, n_heads = bc.hidden_size, bc.num_attention_heads
     s = d // n_heads
 
-    # Embeddings: [B, T, D], then kept as a [B*T, D] matrix so every dense layer is one
-    # plain MatMul + BiasAdd (which Grappler fuses) rather than a broadcast batched matmul.
-    x = tf.gather(constants.weight('embeddings/word_embeddings'), input_ids)
-    x += tf.gather(constants.weight('embeddings/token_type_embeddings'), type_ids)
-    if not cfg.no_position_embeddings:
-        x += constants.weight('embeddings/position_embeddings')[tf.newaxis, :t]
-    x = layer_norm(tf.reshape(x, [b * t, d]), 'embeddings/LayerNorm')  # [B*T, D]
+    # Embeddings as an [R, D] matrix, so every dense layer is one plain MatMul + BiasAdd (which
+    # Grappler fuses) rather than a broadcast batched matmul.
+    if token_index is None:
+        x = tf.gather(constants.weight('embeddings/word_embeddings'), input_ids)
+        x += tf.gather(constants.weight('embeddings/token_type_embeddings'), type_ids)
+        if not cfg.no_position_embeddings:
+            x += constants.weight('embeddings/position_embeddings')[tf.newaxis, :t]
+        x = tf.reshape(x, [b * t, d])
+
+        def padded(rows):  # [R, C] -> [B*T, C]
+            return rows
+
+        def packed(slots):  # [B*T, C] -> [R, C]
+            return slots
+    else:
+        source = tf.minimum(token_index, b * t - 1)  # a dummy row reads the last slot
+        scatter_at = token_index[:, tf.newaxis]
+
+        def padded(rows):
+            shape = tf.stack([b * t + 1, tf.shape(rows)[1]])  # dummy rows add up in the extra slot
+            return tf.scatter_nd(scatter_at, rows, shape)[:b * t]
+
+        def packed(slots):
+            return tf.gather(slots, source)
+
+        x = tf.gather(constants.weight('embeddings/word_embeddings'), packed(tf.reshape(input_ids, [-1])))
+        x += tf.gather(constants.weight('embeddings/token_type_embeddings'), packed(tf.reshape(type_ids, [-1])))
+        if not cfg.no_position_embeddings:
+            x += tf.gather(constants.weight('embeddings/position_embeddings'), source % t)
+    x = layer_norm(x, 'embeddings/LayerNorm')  # [R, D]
 
     # The model's input mask: real tokens, without [CLS]/[SEP] under -mask_cls_sep; [B, T].
     real = tf.cast(input_mask, tf.float32)
@@ -198,7 +236,7 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
         return parts[0] + residual if len(parts) == 1 else tf.add_n(parts + [residual])
 
     def block(x, p: str):
-        """One transformer block on [B*T, D], split into ``shards`` independent parts (a
+        """One transformer block on [R, D], split into ``shards`` independent parts (a
         disjoint group of heads each, and a slice of the feed-forward units) that meet only
         where their contributions are added: TensorFlow runs the parts side by side on its
         inter-op threads. The attention output and the second feed-forward layer are summed
@@ -213,13 +251,13 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
             cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
             qkv_w = constants.array(f'{name}qkv_{i}', lambda: fused_qkv()[0][:, cols])
             qkv_b = constants.array(f'{name}qkv_bias_{i}', lambda: fused_qkv()[1][cols])
-            qkv = tf.nn.bias_add(tf.matmul(x, qkv_w), qkv_b)  # [B*T, 3 x D/shards]
+            qkv = padded(tf.nn.bias_add(tf.matmul(x, qkv_w), qkv_b))  # [B*T, 3 x D/shards]
             # One transpose puts Q, K and V head-major ([3, B, N/shards, T, S]), for two batched
             # matmuls; einsums on [B, T, N, S] after three slices were 6-10% slower on large batches.
             qkv = tf.transpose(tf.reshape(qkv, [b, t, 3, heads, s]), [2, 0, 3, 1, 4])
             scores = tf.matmul(qkv[0], qkv[1], transpose_b=True)  # [B, N/shards, T, T]
             probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
-            ctx = tf.reshape(tf.transpose(tf.matmul(probs, qkv[2]), [0, 2, 1, 3]), [b * t, width])
+            ctx = packed(tf.reshape(tf.transpose(tf.matmul(probs, qkv[2]), [0, 2, 1, 3]), [b * t, width]))
             rows = slice(i * width, (i + 1) * width)
             wo = constants.array(f'{name}attention_out_{i}', lambda: constants[p + 'attention/output/dense/kernel'][rows])
             bo = constants.array(f'{name}attention_out_bias_{i}',
@@ -232,16 +270,18 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
             b1 = constants.array(f'{name}intermediate_bias_{i}', lambda: constants[p + 'intermediate/dense/bias'][part])
             w2 = constants.array(f'{name}output_{i}', lambda: constants[p + 'output/dense/kernel'][part])
             b2 = constants.array(f'{name}output_bias_{i}', lambda: constants[p + 'output/dense/bias'] / shards)
-            hidden = activation(tf.nn.bias_add(tf.matmul(x, w1), b1))  # [B*T, I/shards]
+            hidden = activation(tf.nn.bias_add(tf.matmul(x, w1), b1))  # [R, I/shards]
             fed.append(tf.nn.bias_add(tf.matmul(hidden, w2), b2))
         return layer_norm(join(fed, x), p + 'output/LayerNorm')
 
+    pooled_layers = resolve_layers(cfg, bc)
+    wanted = {num_layers - 1} if cfg.pooling_strategy.needs_pooler else set(pooled_layers)
     layer_outputs = []
     for n in range(num_layers):
         x = block(x, f'encoder/layer_{n}/')
-        layer_outputs.append(tf.reshape(x, [b, t, d]))  # [B, T, D]
+        layer_outputs.append(tf.reshape(padded(x), [b, t, d]) if n in wanted else None)  # [B, T, D]
 
-    pooled = _pool(tf, cfg, constants, layer_outputs, resolve_layers(cfg, bc), input_mask, mask)
+    pooled = _pool(tf, cfg, constants, layer_outputs, pooled_layers, input_mask, mask)
     tf.identity(tf.cast(pooled, cfg.output_dtype), name=OUTPUT_NAME)
 
 
@@ -249,7 +289,8 @@ def _pool(tf, cfg, constants: _Constants, layer_outputs, pooled_layers, input_ma
     """Applies the pooling strategy; see the reference semantics in docs/models.md.
 
     Args:
-        layer_outputs: every computed block's output, [B, T, D] each.
+        layer_outputs: every computed block's output, [B, T, D] each (None for a block not pooled;
+            the last block's with the pooler).
         input_mask: int32 [B, T], 1 on real tokens.
         mask: float32 [B, T], the model's input mask (without [CLS]/[SEP] under -mask_cls_sep).
 

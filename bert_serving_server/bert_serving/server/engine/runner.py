@@ -11,9 +11,9 @@ import numpy as np
 
 from ..errors import ModelError
 from .graph import FrozenGraph
-from .modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME
+from .modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
-__all__ = ['GraphRunner', 'NARROW_ROWS', 'release_free_memory']
+__all__ = ['GraphRunner', 'NARROW_ROWS', 'packed_rows', 'release_free_memory']
 
 class GraphRunner:
     """Runs a frozen graph in a TensorFlow session.
@@ -89,6 +89,7 @@ class GraphRunner:
                 feeds_init[ph] = value
         try:
             feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
+            token_index = self._graph.get_tensor_by_name(TOKEN_INDEX_NAME + ':0')
             output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
             narrow = self._graph.get_tensor_by_name(NARROW_PREFIX + OUTPUT_NAME + ':0')
         except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
@@ -97,7 +98,7 @@ class GraphRunner:
         if assigns:
             self._session.run(assigns, feeds_init)
         del values, feeds_init
-        self._run: Callable = self._session.make_callable(output, feeds)
+        self._run: Callable = self._session.make_callable(output, feeds + [token_index])
         self._run_narrow: Callable = self._session.make_callable(narrow, feeds)
         self._untrimmed = {self._run, self._run_narrow}  # graph copies not run yet
         release_free_memory()
@@ -110,14 +111,37 @@ class GraphRunner:
 
         Returns:
             [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
+            ``last_rows`` then holds the rows its dense layers computed.
         """
-        rows = input_ids.shape[0] * input_ids.shape[1]
-        run = self._run_narrow if NARROW_ROWS[0] <= rows <= NARROW_ROWS[1] else self._run
-        out = run(input_ids, input_mask, type_ids)
+        slots = input_ids.shape[0] * input_ids.shape[1]
+        if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1]:
+            run, args = self._run_narrow, (input_ids, input_mask, type_ids)
+            self.last_rows = slots
+        else:
+            run, args = self._run, self.wide_feeds(input_ids, input_mask, type_ids)
+            self.last_rows = len(args[-1])
+        out = run(*args)
         if run in self._untrimmed:  # a first run optimises and builds an executor: ~200 MB of garbage
             self._untrimmed.discard(run)
             release_free_memory()
         return out
+
+    @staticmethod
+    def wide_feeds(input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> tuple:
+        """The wide tower's inputs: the three arrays and ``token_index`` (modeling.TOKEN_INDEX_NAME),
+        the real tokens' slots padded with dummy slots to packed_rows."""
+        slots = input_ids.shape[0] * input_ids.shape[1]
+        real = np.flatnonzero(input_mask.reshape(-1))
+        token_index = np.full(packed_rows(len(real), slots), slots, dtype=np.int32)
+        token_index[:len(real)] = real
+        return input_ids, input_mask, type_ids, token_index
+
+    def run_tower(self, narrow: bool, input_ids: np.ndarray, input_mask: np.ndarray,
+                  type_ids: np.ndarray) -> np.ndarray:
+        """Runs one padded batch in the tower named, whatever its size (tests compare the two)."""
+        if narrow:
+            return self._run_narrow(input_ids, input_mask, type_ids)
+        return self._run(*self.wide_feeds(input_ids, input_mask, type_ids))
 
     def close(self) -> None:
         self._session.close()
@@ -134,6 +158,23 @@ class GraphRunner:
 NARROW_ROWS = (7, 80)
 VARIABLE_MIN_BYTES = 64 * 1024  # constants from this size on become variables (kernels, tables)
 FROZEN_WEIGHTS_ENV = 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'
+# The wide tower's dense layers run on the real tokens only (modeling._tower), R rows rounded up to
+# one of 16 sizes per doubling (at most 1/16 more rows): oneDNN compiles kernels for each row count
+# it meets and keeps them (~1 MB a shape), and the real token counts of mixed batches take hundreds
+# of values. R never falls in NARROW_ROWS, which would make the wide tower's weights take the narrow
+# layout (see above), nor exceeds the padded slots, so a dummy row is never more than padding.
+PACKED_STEP_BITS = 4  # 2**4 sizes per doubling
+
+
+def packed_rows(real: int, slots: int) -> int:
+    """The rows the wide tower computes for ``real`` tokens in a [B, T] batch of ``slots`` > 80 slots
+    (or < 7)."""
+    rows = max(1, real)
+    step = 1 << max(0, rows.bit_length() - 1 - PACKED_STEP_BITS)
+    rows = -(-rows // step) * step
+    if NARROW_ROWS[0] <= rows <= NARROW_ROWS[1]:
+        rows = NARROW_ROWS[1] + 1
+    return min(rows, slots)
 
 
 def _constants_to_variables(graph_def, suffix: str, with_kernels: bool):
