@@ -40,7 +40,7 @@ from ..errors import EncodeError
 from ..engine.checkpoint import BertConfig, ModelFiles
 from ..engine.devices import CPU_BATCH_TOKENS
 from ..engine.graph import FrozenGraph
-from ..engine.runner import release_free_memory
+from ..engine.runner import prefer_system_allocator, release_free_memory
 from ..engine.tfimport import defer_public_api
 from ..log import get_logger
 from ..launcher import install_stop_handler, read_spec, signal_ready
@@ -52,12 +52,6 @@ __all__ = ['WorkerConfig', 'Worker', 'worker_spec', 'leave']
 STOP_GRACE_SECONDS = 10.0  # after SIGTERM, a worker stuck in the model leaves anyway
 TRIM_IDLE_SECONDS, TRIM_BUSY_SECONDS = 1.0, 5.0  # return freed heap to the system at most this often
 WATCHDOG_MARGIN_SECONDS = 5.0  # past the server's -batch_timeout on one batch, the worker leaves itself
-# TensorFlow's oneDNN allocator keeps the buffers of large tensors in a pool of its own that never
-# shrinks: the peak of the largest batch a worker ever ran stays resident. With the system allocator
-# they go back to glibc, whose free pages the worker hands back (release_free_memory): after the bench
-# workload a worker held 740 MiB instead of 806-827, at the same speed (2 vCPUs, AMD EPYC, float32).
-# Read once by TensorFlow, at its first allocation; a value in the environment wins.
-SYSTEM_ALLOCATOR_ENV = 'TF_ONEDNN_USE_SYSTEM_ALLOCATOR'
 
 
 @dataclass(frozen=True)
@@ -198,7 +192,7 @@ class Worker:
         from ..engine.factory import create_engine
         s = self.config
         if self.engine_config.engine != 'fake':
-            os.environ.setdefault(SYSTEM_ALLOCATOR_ENV, '1')
+            prefer_system_allocator()
             defer_public_api()  # this process runs the graph: the runtime without the public API
         self.logger.info('loading the %s engine on %s...', self.engine_config.engine, s.device)
         engine = create_engine(self.engine_config, logger=self.logger, graph=self.graph,
