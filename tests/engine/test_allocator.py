@@ -8,7 +8,8 @@ from bert_serving.server.engine.runner import SYSTEM_ALLOCATOR_ENV, prefer_syste
 
 
 def test_absent_it_is_turned_on(monkeypatch):
-    monkeypatch.delenv(SYSTEM_ALLOCATOR_ENV, raising=False)
+    monkeypatch.setenv(SYSTEM_ALLOCATOR_ENV, 'x')  # recorded, so that the teardown removes what the call sets
+    monkeypatch.delenv(SYSTEM_ALLOCATOR_ENV)
     assert prefer_system_allocator() is True
     import os
     assert os.environ[SYSTEM_ALLOCATOR_ENV] == '1'

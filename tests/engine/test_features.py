@@ -246,6 +246,17 @@ def test_no_special_token_for_pretokenized(tok):
     assert cut.tokens == ("a", "b")
 
 
+def test_an_empty_input_without_special_tokens_is_refused_by_its_index(tok):
+    """It would give the model no token to compute: a clear error for the request, not a batch whose
+    model call fails for everyone in it."""
+    from bert_serving.client.errors import BadRequest
+
+    with pytest.raises(BadRequest, match=r"texts\[1\] is an empty list.*-no_special_token"):
+        to_features(tok, [["a"], [], ["b"]], is_tokenized=True, max_seq_len=None, no_special_token=True)
+    (feature,) = to_features(tok, [[]], is_tokenized=True, max_seq_len=None)  # [CLS] [SEP]
+    assert feature.tokens == ("[CLS]", "[SEP]")
+
+
 def test_no_special_token_is_ignored_for_text(tok):
     (feature,) = to_features(tok, ["hello world"], is_tokenized=False, max_seq_len=10, no_special_token=True)
     assert feature.tokens == ("[CLS]", "hello", "world", "[SEP]")

@@ -43,32 +43,60 @@ def test_a_padded_batch_computes_its_real_tokens_and_gives_each_input_alone(tiny
         np.testing.assert_allclose(batch[row], alone[0], atol=ATOL, rtol=0)
 
 
-def test_one_sentence_requests_of_mixed_lengths_go_in_one_call(tiny_google_dir, encoders):
-    """Twelve inputs of 8 to 60 word pieces, as many small clients send them: one model call, where
-    padding every input to 60 in the dense layers made splitting them pay."""
+def _cutter(hidden_size: int, packs: bool = True):
+    """An Encoder's batch cutter alone (no graph): 256 inputs and 4,096 slots a call at most."""
+    from types import SimpleNamespace
+
+    from bert_serving.server.engine.encoder import ATTENTION_WIDTHS, Encoder, _batch_sizes
+
+    encoder = Encoder.__new__(Encoder)
+    encoder.max_batch_size, encoder.max_batch_tokens, encoder._longest = 256, 4096, 512
+    encoder._sizes = _batch_sizes(256)
+    encoder._attention_tokens = ATTENTION_WIDTHS * hidden_size
+    encoder.runner = SimpleNamespace(packs=packs)
+    return encoder
+
+
+@pytest.mark.parametrize('hidden_size, packs, calls', [(384, True, 1), (384, False, 4), (32, True, 4)],
+                         ids=['MiniLM-packed', 'MiniLM-xla', 'tiny-packed'])
+def test_one_sentence_requests_of_mixed_lengths_go_in_one_call_where_attention_is_cheap(hidden_size, packs, calls):
+    """Twelve inputs of 8 to 60 word pieces, as many small clients send them: one MiniLM call, where
+    padding every input to 60 in the dense layers (as with -xla) made splitting them pay; a model as
+    narrow as the tiny test model (D = 32) spends most of a token on attention, and still splits."""
+    from types import SimpleNamespace
+
+    lengths = np.linspace(8, 60, 12).astype(int)
+    features = [SimpleNamespace(input_ids=range(n)) for n in lengths]
+    batches = list(_cutter(hidden_size, packs)._batches(list(range(12)), features))
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    assert len(batches) == calls
+
+
+def test_a_batch_of_mixed_lengths_computes_its_real_tokens_and_each_input_alone(tiny_google_dir, encoders):
+    from test_invariants import CountingRunner
+
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None)
     lengths = np.linspace(8, 60, 12).astype(int)
     features = encoder.featurize([['fox'] * (n - 2) for n in lengths], is_tokenized=True)
-    runner, shapes = encoder.runner, []
-
-    def counting(ids, mask, types):
-        shapes.append(ids.shape)
-        return runner(ids, mask, types)
-
-    encoder.runner = counting
+    runner = encoder.runner
+    encoder.runner = counter = CountingRunner(runner)
     try:
         vectors = encoder.run(features)
     finally:
         encoder.runner = runner
-    assert shapes == [(12, 60)]
+    assert encoder.last_padded_tokens == sum(counter.rows)
+    assert all(rows <= b * t for rows, (b, t) in zip(counter.rows, counter.shapes))
     alone = np.concatenate([encoder.run([f]) for f in features])
     np.testing.assert_allclose(vectors, alone, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize('fields', [dict(pooling_strategy='NONE'), dict(pooling_strategy='CLS_POOLED'),
+                                    dict(pooling_strategy='CLS_TOKEN'), dict(pooling_strategy='REDUCE_MAX'),
                                     dict(pooling_strategy='REDUCE_MEAN_MAX', pooling_layer=(-1, 0)),
-                                    dict(pooling_strategy='SEP_TOKEN', mask_cls_sep=True)],
-                         ids=['NONE', 'CLS_POOLED', 'MEAN_MAX-2-layers', 'SEP-mask_cls_sep'])
+                                    dict(pooling_strategy='SEP_TOKEN', mask_cls_sep=True),
+                                    dict(pooling_strategy='REDUCE_MEAN', layer_shards=2)],
+                         ids=['NONE', 'CLS_POOLED', 'CLS_TOKEN', 'REDUCE_MAX', 'MEAN_MAX-2-layers', 'SEP-mask_cls_sep',
+                              'MEAN-split2'])
 def test_every_strategy_reads_the_packed_rows_back_in_place(fields, tiny_google_dir, encoders):
     """The pooled layers return from rows to the [B, T] layout: zero past each input for NONE."""
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None, **fields)
@@ -82,3 +110,19 @@ def test_every_strategy_reads_the_packed_rows_back_in_place(fields, tiny_google_
         np.testing.assert_allclose(got, alone, atol=ATOL, rtol=0)
         if encoder.is_token_level:
             assert not batch[row][n:].any()
+
+
+def test_with_xla_every_slot_is_a_row():
+    """XLA compiles a graph per input shape; packed rows would add a dimension to them, so with -xla
+    the wide tower computes every slot, as before packing."""
+    from types import SimpleNamespace
+
+    from bert_serving.server.engine.runner import GraphRunner
+
+    mask = np.zeros((4, 30), np.int32)
+    mask[:, :5] = 1
+    ids = types = np.zeros_like(mask)
+    *_, packed = GraphRunner.wide_feeds(SimpleNamespace(packs=True), ids, mask, types)
+    *_, every = GraphRunner.wide_feeds(SimpleNamespace(packs=False), ids, mask, types)
+    assert list(packed) == [r * 30 + c for r in range(4) for c in range(5)] + [120] * (81 - 20)
+    assert list(every) == list(range(120))

@@ -23,7 +23,8 @@ class Engine(abc.ABC):
     Attributes:
         output_dim: W.
         is_token_level: True for NONE pooling, where each input gives a [T, W] matrix.
-        last_padded_tokens: word-piece slots the last ``run`` computed, padding included (B x T,
+        last_padded_tokens: word-piece rows the last ``run``'s dense layers computed, padding included
+            (B x T, or the real tokens rounded up where padding is packed away (engine.runner),
             summed over the calls it made); the server's metrics compare it with the real lengths.
     """
     output_dim: int

@@ -25,10 +25,10 @@ __all__ = ['Encoder']
 # where the large batches run 7,700 tokens/s (2 vCPUs, AMD EPYC, float32), so ~4 ms = ~30 tokens.
 CALL_COST_TOKENS = 32
 # The wide tower computes its dense layers on real tokens only (modeling._tower); padding costs it
-# attention, which grows with T squared: a batch of B inputs padded to T costs about B x T x T /
-# ATTENTION_TOKENS tokens more (32 inputs of 24 word pieces padded to 96 took 25 ms more than
-# unpadded, 2 vCPUs, AMD EPYC, float32).
-ATTENTION_TOKENS = 1500
+# attention, which grows with T squared and, against a dense layer, shrinks with the width D: a batch
+# of B inputs padded to T costs about B x T x T / (ATTENTION_WIDTHS x D) tokens more (MiniLM, D = 384:
+# 32 inputs of 24 word pieces padded to 96 took 25 ms more than unpadded, 2 vCPUs, AMD EPYC, float32).
+ATTENTION_WIDTHS = 4
 
 # TensorFlow's oneDNN kernels keep compiled primitives for every (B, T) a graph has seen, about
 # 1.1 MB per shape, in a per-thread LRU cache of 1,024 primitives (~146 shapes, ~170 MB); they are
@@ -87,6 +87,7 @@ class Encoder(Engine):
         self.max_batch_tokens = max(1, int(max_batch_tokens))
         self._sizes = _batch_sizes(self.max_batch_size)
         self._longest = self.bert_config.max_position_embeddings
+        self._attention_tokens = ATTENTION_WIDTHS * self.bert_config.hidden_size
         self.output_dim = output_width(config, self.bert_config)
 
     @property
@@ -142,9 +143,9 @@ class Encoder(Engine):
         order = sorted(range(n), key=lambda i: len(features[i].input_ids))
         for batch in self._batches(order, features):
             length = self._padded(len(features[batch[-1]].input_ids), len(batch))
-            self.last_padded_tokens += len(batch) * length
             ids, mask, types = pad_batch([features[i] for i in batch], length)
             result = self.runner(ids, mask, types)
+            self.last_padded_tokens += self.runner.last_rows
             if self.is_token_level:
                 width = min(length, out.shape[1])
                 out[batch, :width] = result[:, :width]
@@ -185,10 +186,11 @@ class Encoder(Engine):
                 slots = size * padded
                 if size > 1 and slots > self.max_batch_tokens:
                     break
-                if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1]:
+                if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1] or not self.runner.packs:
                     rows = slots
                 else:
-                    rows = packed_rows(int(tokens[j] - tokens[j - size]), slots) + slots * padded / ATTENTION_TOKENS
+                    rows = (packed_rows(int(tokens[j] - tokens[j - size]), slots)
+                            + slots * padded / self._attention_tokens)
                 cost = best[j - size] + CALL_COST_TOKENS + rows
                 if cost < best[j]:
                     best[j], start[j] = cost, j - size

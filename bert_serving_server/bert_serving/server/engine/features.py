@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bert_serving.client.errors import BadRequest
 from bert_serving.client.validation import validate_texts
 
 from ..errors import EncodeError
@@ -86,7 +87,8 @@ def to_features(
 
     Raises:
         BadRequest: If ``texts`` is not a list of str (list of lists of str when
-            ``is_tokenized``); the message names the first bad element.
+            ``is_tokenized``), or an input has no token at all (pre-tokenized ``[]`` with
+            ``no_special_token``); the message names the first bad element.
         EncodeError: If ``max_seq_len`` is not an int or None, or cannot hold
             the special tokens.
     """
@@ -108,7 +110,13 @@ def to_features(
     else:
         limit = max_seq_len
 
-    return [_layout(tokenizer, a, b, limit, specials) for a, b in parts]
+    features = [_layout(tokenizer, a, b, limit, specials) for a, b in parts]
+    if not specials:
+        for i, feature in enumerate(features):
+            if not feature.input_ids:  # the model would have nothing to compute or pool
+                raise BadRequest(f"texts[{i}] is an empty list: with the server's -no_special_token an "
+                                 "input must hold at least one token")
+    return features
 
 
 def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -81,7 +81,7 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     """Builds the frozen inference graph.
 
     Inputs (int32, [B, T]): ``input_ids``, ``input_mask`` (1 on real tokens, 0 on padding),
-    ``input_type_ids``.
+    ``input_type_ids``; and the wide tower's ``token_index`` (int32, [R], TOKEN_INDEX_NAME).
     Outputs (``cfg.output_dtype``): [B, W], or [B, T, W] for NONE pooling, with
     W = output_width(cfg, bc). Matrix products run in ``cfg.compute_dtype``.
 

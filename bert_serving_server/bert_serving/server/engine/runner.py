@@ -101,6 +101,9 @@ class GraphRunner:
         self._run: Callable = self._session.make_callable(output, feeds + [token_index])
         self._run_narrow: Callable = self._session.make_callable(narrow, feeds)
         self._untrimmed = {self._run, self._run_narrow}  # graph copies not run yet
+        # XLA compiles a graph per input shape: packed rows would add one more dimension to its shapes.
+        self.packs = not xla
+        self.last_rows = 0
         release_free_memory()
 
     def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
@@ -126,11 +129,14 @@ class GraphRunner:
             release_free_memory()
         return out
 
-    @staticmethod
-    def wide_feeds(input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> tuple:
+    def wide_feeds(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> tuple:
         """The wide tower's inputs: the three arrays and ``token_index`` (modeling.TOKEN_INDEX_NAME),
-        the real tokens' slots padded with dummy slots to packed_rows."""
+        the real tokens' slots padded with dummy slots to packed_rows; every slot with ``-xla``.
+        Every input has a token at least (features.to_features refuses an empty one).
+        """
         slots = input_ids.shape[0] * input_ids.shape[1]
+        if not self.packs:
+            return input_ids, input_mask, type_ids, np.arange(slots, dtype=np.int32)
         real = np.flatnonzero(input_mask.reshape(-1))
         token_index = np.full(packed_rows(len(real), slots), slots, dtype=np.int32)
         token_index[:len(real)] = real
@@ -162,7 +168,8 @@ FROZEN_WEIGHTS_ENV = 'TF_ONEDNN_ASSUME_FROZEN_WEIGHTS'
 # one of 16 sizes per doubling (at most 1/16 more rows): oneDNN compiles kernels for each row count
 # it meets and keeps them (~1 MB a shape), and the real token counts of mixed batches take hundreds
 # of values. R never falls in NARROW_ROWS, which would make the wide tower's weights take the narrow
-# layout (see above), nor exceeds the padded slots, so a dummy row is never more than padding.
+# layout (see above), when the batch has more than 80 slots (the only ones above 6 it runs), nor
+# exceeds the padded slots, so a dummy row is never more than padding.
 PACKED_STEP_BITS = 4  # 2**4 sizes per doubling
 
 

@@ -28,7 +28,7 @@ kept by the sink: ``pipeline/request_metrics.py``; door is ``zmq`` or ``http``):
                                                           timeout, worker_lost, shutting_down, failed)
     bert_server_encoded_sequences_total{door}             inputs answered with embeddings
     bert_server_batch_rows                                inputs per model call (histogram)
-    bert_server_batch_padded_tokens                       word-piece slots per model call, padding included
+    bert_server_batch_padded_tokens                       word-piece rows computed per model call, padding included
     bert_server_input_word_pieces                         word pieces per input (histogram)
     bert_server_worker_restarts_total{reason}             workers replaced, by why the one before was lost
     bert_server_lost_workers_total{reason}                workers lost: died, silent, hung, results_lost, ...
@@ -56,7 +56,7 @@ HISTOGRAM_HELP = {
     'request_model_seconds': 'Time of the model calls that computed a request (answered requests)',
     'request_sink_seconds': 'Time from the last piece of a request to its reply leaving the sink (answered requests)',
     'batch_rows': 'Inputs per model call',
-    'batch_padded_tokens': 'Word-piece slots computed per model call, padding included',
+    'batch_padded_tokens': 'Word-piece rows the dense layers computed per model call, padding included',
     'input_word_pieces': 'Word pieces per input, [CLS] and [SEP] included',
 }
 

@@ -17,7 +17,7 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    120.0)
 # Rows of one model call (at most -max_batch_size).
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-# Word-piece slots of one model call, padding included (rows x padded length).
+# Word-piece rows the dense layers of one model call computed, padding included (at most rows x padded length).
 TOKENS_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 # Word pieces of one input, [CLS] and [SEP] included (at most -max_seq_len).
 LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)

@@ -44,7 +44,7 @@ For the metrics (request_metrics.py): "received" is when the ventilator received
 a failure the error code does not tell apart (``worker_lost``). A RESULT's "queue" is the seconds
 from "received" to the start of the model call that computed the piece, "model" that call's seconds
 (durations, so a remote worker's clock never matters), and "call", on the first piece of each model
-call only, {"rows", "padded", "lengths"}: its inputs, word-piece slots computed and each input's word
+call only, {"rows", "padded", "lengths"}: its inputs, word-piece rows computed and each input's word
 pieces. All are optional: a message without them counts the request, without its times.
 
 ``key`` is the z85 Curve key the client's request came with (empty without ``-auth_dir``): the

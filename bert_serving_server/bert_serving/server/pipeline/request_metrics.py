@@ -14,7 +14,7 @@ with ``HTTP_PROXY_PREFIX``)::
 The last three only for requests answered with embeddings (outcome ``ok``). Per model call::
 
     batch_rows                                inputs in the call
-    batch_padded_tokens                       word-piece slots computed, padding included
+    batch_padded_tokens                       word-piece rows the dense layers computed, padding included
     input_word_pieces                         word pieces of each input ([CLS] and [SEP] included)
 
 ``last_minute`` summarises the last minute (or since the start) from snapshots of the totals taken

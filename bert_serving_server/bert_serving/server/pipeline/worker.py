@@ -301,7 +301,7 @@ class Worker:
         """Encodes every good piece of a batch in one go and sends each its rows, with the piece's
         queue time (the ventilator's ``queued`` plus the wait here since the batch ``arrived``,
         time.monotonic()) and the model call's seconds; the first result also describes the call
-        (its rows, padded word-piece slots and each input's word pieces) for the server's metrics."""
+        (its rows, the word-piece rows its dense layers computed and each input's word pieces) for the server's metrics."""
         good = [(p, f) for p, f, fail in prepared if fail is None]
         for _, _, fail in prepared:
             if fail is not None:
