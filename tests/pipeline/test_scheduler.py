@@ -301,6 +301,19 @@ def test_a_queue_that_fills_a_batch_never_waits_for_a_cohort(clock):
     assert [p.client for p in batch.pieces] == [b'other', b'more']
 
 
+def test_with_two_workers_a_waiting_one_leaves_the_batch_to_the_other(clock):
+    """The wait is per worker: while one waits for its clients, a free worker with no one to wait
+    for takes what is queued at once, so no request waits on a worker's cohort while another is idle."""
+    s = make(clock, max_batch_size=32, priority_batch_size=0)
+    s.add_worker(b'w', credit=1, label='0')
+    _answer_a_cohort(s, clock, 4, took=1.0)
+    s.accept(b'back', 9, words(1), False)
+    assert s.take_batches() == []  # w waits for its four clients
+    s.add_worker(b'v', credit=1, label='1')
+    [batch] = s.take_batches()
+    assert batch.worker == b'v' and [p.client for p in batch.pieces] == [b'back']
+
+
 def test_the_least_busy_worker_goes_first(clock):
     s = make(clock, max_batch_size=4, priority_batch_size=0)
     for i in range(4):
