@@ -14,7 +14,7 @@ from bert_serving.server.engine.fake import FakeEngine
 from bert_serving.server.pipeline import messages as msg
 from bert_serving.server.pipeline.worker import Worker, WorkerConfig
 
-from ventilator_support import FINGERPRINT, SECRET, WAIT_SECONDS, wait_until
+from ventilator_support import FINGERPRINT, SECRET, WAIT_SECONDS, StandInProcess, wait_until
 
 # -- clients -----------------------------------------------------------------------------------
 
@@ -63,6 +63,33 @@ def test_terminate_from_a_client_stops_the_loop(ventilator):
     v.send(b'admin', Command.TERMINATE)
     v.thread.join(WAIT_SECONDS)
     assert not v.thread.is_alive() and v.server.stopping and v.server.failure is None
+
+
+@pytest.mark.parametrize('exitcode, failed', [(0, False), (-15, False), (-2, False), (1, True), (-9, True)])
+def test_a_sink_that_leaves_with_a_stop_is_no_failure(ventilator, exitcode, failed):
+    """Ctrl-C in a terminal, or kill -TERM of the process group, stops the sink with the server: the
+    server then exits as stopped (0), not as failed (1) "because the SINK process died". A sink that
+    crashed or was killed while the server stopped is still a failure, with its exit code."""
+    v = ventilator(num_worker=0)
+    sink = StandInProcess('SINK')
+    v.supervisor.add_service(sink, 'see the SINK log')
+    v.server.request_stop()
+    sink.exitcode = exitcode
+    v.thread.join(WAIT_SECONDS)
+    assert not v.thread.is_alive()
+    if failed:
+        assert f'the SINK process died (exit code {exitcode})' in v.server.failure
+    else:
+        assert v.server.failure is None
+
+
+def test_a_sink_that_dies_while_serving_stops_the_server_with_the_reason(ventilator):
+    v = ventilator(num_worker=0)
+    sink = StandInProcess('SINK')
+    v.supervisor.add_service(sink, 'see the SINK log')
+    sink.exitcode = 0
+    v.thread.join(WAIT_SECONDS)
+    assert not v.thread.is_alive() and v.server.failure == 'the SINK process died (exit code 0): see the SINK log'
 
 
 def test_stopping_fails_what_is_left_with_shutting_down(ventilator):

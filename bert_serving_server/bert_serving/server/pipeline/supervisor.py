@@ -11,6 +11,7 @@ goes on serving the rest.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -77,6 +78,11 @@ class Supervisor:
             if proc.exitcode is not None:
                 return f'the {name} process died (exit code {proc.exitcode}){": " + hint if hint else ""}'
         return None
+
+    def services_left_cleanly(self) -> bool:
+        """True if every sink or proxy that ended left as a stop asks (exit code 0, or SIGTERM/SIGINT)."""
+        clean = (0, -signal.SIGTERM, -signal.SIGINT)
+        return all(proc.exitcode is None or proc.exitcode in clean for proc, _ in self.services.values())
 
     def dead_workers(self) -> List[Tuple[bytes, str]]:
         """Workers whose process ended since the last call, with the reason."""

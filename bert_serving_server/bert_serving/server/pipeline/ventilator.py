@@ -404,6 +404,10 @@ class Ventilator:
         if self.server.stopping and self.server.failure:
             return
         reason = self.supervisor.dead_service()
+        if reason is not None and self.server.stopping and self.supervisor.services_left_cleanly():
+            # A stop that reached the whole process group (Ctrl-C in a terminal, kill -TERM -PGID) stops
+            # the sink too: not a failure. The drain sees the sink gone and ends at once.
+            return
         if reason is None and now - self.last_feedback > SINK_SILENCE_SECONDS:
             reason = f'the SINK sent nothing for {now - self.last_feedback:.0f}s (stopped or stuck)'
         if reason is not None:
