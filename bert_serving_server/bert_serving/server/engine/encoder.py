@@ -166,7 +166,7 @@ class Encoder(Engine):
 
         A TensorFlow call costs about CALL_COST_TOKENS tokens' worth of time plus its dense rows:
         B x T padded slots in the narrow tower, the real tokens in the wide one, which pays for
-        padding only in attention (ATTENTION_TOKENS). So a narrow batch is split where the padding
+        padding only in attention (ATTENTION_WIDTHS). So a narrow batch is split where the padding
         it saves outweighs one more call, and a wide one only where attention over long padding
         would: twelve one-sentence requests of 8 to 60 word pieces go in one call. Dynamic
         programming over the sorted lengths and the allowed sizes.

@@ -167,7 +167,9 @@ class Ventilator:
         drain_until = final_until = None
         while True:
             wake = self.scheduler.wake_at()  # a worker waits for its clients to come back (Scheduler)
-            timeout = POLL_MS if wake is None else min(POLL_MS, math.ceil(max(0.0, wake - self.scheduler.clock()) * 1000))
+            timeout = POLL_MS
+            if wake is not None:
+                timeout = min(POLL_MS, math.ceil(max(0.0, wake - self.scheduler.clock()) * 1000))
             events = dict(poller.poll(timeout))
             self._flush()
             if feedback in events:
