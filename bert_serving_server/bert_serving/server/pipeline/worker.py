@@ -44,6 +44,7 @@ from ..engine.runner import prefer_system_allocator, release_free_memory
 from ..engine.tfimport import defer_public_api
 from ..log import get_logger
 from ..launcher import install_stop_handler, read_spec, signal_ready
+from ..residency import release_start_up_pages
 from . import messages as msg
 from .link import POLL_MS, Rejected, ServerLink, WorkState
 
@@ -201,6 +202,9 @@ class Worker:
                                 max_batch_tokens=s.max_batch_tokens,
                                 frozen_weights=True)  # a worker never trains: oneDNN may cache the weights
         engine.warm_up()  # the first session runs are slow; do them before READY
+        if self.engine_config.engine != 'fake':
+            release_start_up_pages(self.logger)  # TensorFlow's start-up code and data: ~240 MB of RSS
+            engine.warm_up()  # the pages a request needs come back now, not on the first request
         self.logger.info('ready (%s)', s.device)
         return engine
 
