@@ -139,7 +139,10 @@ def test_batches_take_few_shapes_and_few_lengths(tiny_google_dir, graph_cache_di
             encoder.run(features)
             lengths = sorted(len(f.input_ids) for f in features)
             batches = counter.shapes[before:]
-            assert sum(b for b, _ in batches) == len(features)
+            # Only the first call (the shortest inputs) may take any count, filled up with one-token
+            # inputs to an allowed size: fewer than a third of its rows.
+            padding = sum(b for b, _ in batches) - len(features)
+            assert 0 <= padding <= batches[0][0] // 3, (padding, batches)
             assert encoder.last_padded_tokens == sum(counter.rows[rows_before:])  # what the metrics report
             assert all(r <= b * t for r, (b, t) in zip(counter.rows[rows_before:], batches))
             if request < 40:

@@ -57,7 +57,7 @@ def _cutter(hidden_size: int, packs: bool = True):
     return encoder
 
 
-@pytest.mark.parametrize('hidden_size, packs, calls', [(384, True, 1), (384, False, 4), (32, True, 4)],
+@pytest.mark.parametrize('hidden_size, packs, calls', [(384, True, 1), (384, False, 4), (32, True, 5)],
                          ids=['MiniLM-packed', 'MiniLM-xla', 'tiny-packed'])
 def test_one_sentence_requests_of_mixed_lengths_go_in_one_call_where_attention_is_cheap(hidden_size, packs, calls):
     """Twelve inputs of 8 to 60 word pieces, as many small clients send them: one MiniLM call, where
@@ -126,3 +126,37 @@ def test_with_xla_every_slot_is_a_row():
     *_, every = GraphRunner.wide_feeds(SimpleNamespace(packs=False), ids, mask, types)
     assert list(packed) == [r * 30 + c for r in range(4) for c in range(5)] + [120] * (81 - 20)
     assert list(every) == list(range(120))
+
+
+@pytest.mark.parametrize('fields', [dict(pooling_strategy='REDUCE_MEAN'), dict(pooling_strategy='NONE'),
+                                    dict(pooling_strategy='SEP_TOKEN', mask_cls_sep=True),
+                                    dict(pooling_strategy='CLS_POOLED')],
+                         ids=['MEAN', 'NONE', 'SEP-mask_cls_sep', 'CLS_POOLED'])
+def test_a_count_between_batch_sizes_is_one_call_filled_with_one_token_inputs(fields, tiny_google_dir, encoders):
+    """Eleven inputs of one length (12 word pieces) take one call of 12 (an allowed batch size), not
+    8, 2 and 1; the filler input is one [PAD] token, so that every pooling strategy is defined on it,
+    and its row is dropped: each vector is the input's own."""
+    from test_invariants import CountingRunner
+
+    encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None, **fields)
+    features = encoder.featurize([['fox'] * 10] * 11, is_tokenized=True)
+    runner = encoder.runner
+    encoder.runner = counter = CountingRunner(runner)
+    try:
+        vectors = encoder.run(features)
+    finally:
+        encoder.runner = runner
+    assert counter.shapes == [(12, 12)]
+    assert counter.rows == [packed_rows(11 * 12 + 1, 12 * 12)]
+    assert vectors.shape[0] == 11 and np.isfinite(vectors).all()
+    alone = encoder.runner.run_tower(True, *pad_batch(features[:1], 12))
+    for row in vectors:
+        np.testing.assert_allclose(row, alone[0], atol=ATOL, rtol=0)
+
+
+def test_the_filler_inputs_are_one_pad_token_each():
+    features = [type('F', (), {'input_ids': [101, 7, 102], 'type_ids': [0, 0, 0]})()]
+    ids, mask, types = pad_batch(features, 4, rows=3)
+    assert ids.tolist() == [[101, 7, 102, 0], [0] * 4, [0] * 4]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
+    assert not types.any()

@@ -75,7 +75,7 @@ print(json.dumps({'ops': ops, 'layers': encoder.bert_config.num_hidden_layers}))
 
 
 @pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
-def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_packs_rows_and_the_narrow_tower_neither(
+def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_gathers_attention_and_the_narrow_tower_neither(
         tiny_google_dir, graph_cache_dir, layer_shards):
     import json
     import os
@@ -93,9 +93,12 @@ def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_packs_rows_and
     assert 'SquaredDifference' not in wide
     assert narrow.count('_MklLayerNorm') == 0
     assert narrow.count('SquaredDifference') == norms  # tf.nn.moments' variance
-    # The wide tower's attention scatters Q, K and V of each part of each block into the padded
-    # layout, and the pooled layer back; the narrow tower runs on the padded layout throughout.
-    assert wide.count('ScatterNd') == layer_shards * report['layers'] + 1
+    # The wide tower gathers Q, K and V of each part of each block from the packed rows straight
+    # into attention's head-major layout and the context back (no transposes), and scatters only
+    # the pooled layer into the padded layout; the narrow tower runs on the padded layout throughout.
+    assert wide.count('ScatterNd') == 1
+    assert not [op for op in wide if 'Transpose' in op]
+    assert narrow.count('_MklTranspose') + narrow.count('Transpose') == 2 * layer_shards * report['layers']
     assert 'ScatterNd' not in narrow
 
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import List, Optional, Sequence, Tuple
 
@@ -142,9 +143,10 @@ class Encoder(Engine):
             return out
         order = sorted(range(n), key=lambda i: len(features[i].input_ids))
         for batch in self._batches(order, features):
-            length = self._padded(len(features[batch[-1]].input_ids), len(batch))
-            ids, mask, types = pad_batch([features[i] for i in batch], length)
-            result = self.runner(ids, mask, types)
+            size = self._batch_size(len(batch))
+            length = self._padded(len(features[batch[-1]].input_ids), size)
+            ids, mask, types = pad_batch([features[i] for i in batch], length, rows=size)
+            result = self.runner(ids, mask, types)[:len(batch)]
             self.last_padded_tokens += self.runner.last_rows
             if self.is_token_level:
                 width = min(length, out.shape[1])
@@ -152,6 +154,11 @@ class Encoder(Engine):
             else:
                 out[batch] = result
         return out
+
+    def _batch_size(self, inputs: int) -> int:
+        """B of a call of ``inputs`` inputs: the smallest allowed batch size that holds them (the
+        rows past them are empty inputs; see the notes on shapes above)."""
+        return self._sizes[bisect.bisect_left(self._sizes, inputs)]
 
     def _padded(self, longest: int, size: int) -> int:
         """T of a batch of ``size`` inputs whose longest has ``longest`` tokens."""
@@ -176,24 +183,30 @@ class Encoder(Engine):
         tokens = np.concatenate([[0], np.cumsum(lengths)])  # tokens[j]: of the first j inputs
         best = np.zeros(n + 1, dtype=np.float64)  # best[j]: least cost of the first j inputs
         start = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that optimum starts
+        largest = self._sizes[-1]
         for j in range(1, n + 1):
             t = lengths[j - 1]  # sorted: the batch's longest input is its last
             best[j] = np.inf
-            for size in self._sizes:
-                if size > j:
-                    break
+            # Batches of an allowed size, and a first batch of any count up to the largest one,
+            # padded with empty inputs to the next allowed size: 31 inputs are one call of 32,
+            # not three of 24, 6 and 1.
+            counts = [size for size in self._sizes if size < j]
+            if j <= largest:
+                counts.append(j)
+            for count in counts:
+                size = self._batch_size(count)
                 padded = self._padded(t, size)
                 slots = size * padded
-                if size > 1 and slots > self.max_batch_tokens:
+                if count > 1 and slots > self.max_batch_tokens:
                     break
                 if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1] or not self.runner.packs:
                     rows = slots
                 else:
-                    rows = (packed_rows(int(tokens[j] - tokens[j - size]), slots)
+                    rows = (packed_rows(int(tokens[j] - tokens[j - count]), slots)
                             + slots * padded / self._attention_tokens)
-                cost = best[j - size] + CALL_COST_TOKENS + rows
+                cost = best[j - count] + CALL_COST_TOKENS + rows
                 if cost < best[j]:
-                    best[j], start[j] = cost, j - size
+                    best[j], start[j] = cost, j - count
         cuts = []
         j = n
         while j > 0:

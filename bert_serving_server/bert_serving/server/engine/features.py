@@ -119,22 +119,25 @@ def to_features(
     return features
 
 
-def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_batch(features: Sequence[Feature], length: int,
+              rows: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stacks features into zero-padded arrays.
 
     Args:
         features: B features, none longer than ``length``.
         length: T, the padded sequence length.
+        rows: at least this many rows: the rows past B are inputs of one token, id 0, whose
+            outputs the caller drops (a token each, so that every pooling strategy is defined).
 
     Returns:
-        ``(input_ids, input_mask, type_ids)``, each int32 of shape [B, T].
+        ``(input_ids, input_mask, type_ids)``, each int32 of shape [max(B, rows), T].
         ``input_mask`` is 1 on real tokens and 0 on padding; padding positions
         hold 0 in all three arrays.
 
     Raises:
         EncodeError: If a feature is longer than ``length``.
     """
-    batch = len(features)
+    batch = max(len(features), rows)
     input_ids = np.zeros((batch, length), dtype=np.int32)
     input_mask = np.zeros((batch, length), dtype=np.int32)
     type_ids = np.zeros((batch, length), dtype=np.int32)
@@ -148,6 +151,7 @@ def pad_batch(features: Sequence[Feature], length: int) -> tuple[np.ndarray, np.
         input_ids[row, :n] = feature.input_ids
         input_mask[row, :n] = 1
         type_ids[row, :n] = feature.type_ids
+    input_mask[len(features):, 0] = 1
     return input_ids, input_mask, type_ids
 
 
