@@ -73,17 +73,10 @@ def test_one_sentence_requests_of_mixed_lengths_go_in_one_call_where_attention_i
 
 
 def test_a_batch_of_mixed_lengths_computes_its_real_tokens_and_each_input_alone(tiny_google_dir, encoders):
-    from test_invariants import CountingRunner
-
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None)
     lengths = np.linspace(8, 60, 12).astype(int)
     features = encoder.featurize([['fox'] * (n - 2) for n in lengths], is_tokenized=True)
-    runner = encoder.runner
-    encoder.runner = counter = CountingRunner(runner)
-    try:
-        vectors = encoder.run(features)
-    finally:
-        encoder.runner = runner
+    vectors, counter = _run_counted(encoder, features)
     assert encoder.last_padded_tokens == sum(counter.rows)
     assert all(rows <= b * t for rows, (b, t) in zip(counter.rows, counter.shapes))
     alone = np.concatenate([encoder.run([f]) for f in features])
@@ -136,16 +129,9 @@ def test_a_count_between_batch_sizes_is_one_call_filled_with_one_token_inputs(fi
     """Eleven inputs of one length (12 word pieces) take one call of 12 (an allowed batch size), not
     8, 2 and 1; the filler input is one [PAD] token, so that every pooling strategy is defined on it,
     and its row is dropped: each vector is the input's own."""
-    from test_invariants import CountingRunner
-
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None, **fields)
     features = encoder.featurize([['fox'] * 10] * 11, is_tokenized=True)
-    runner = encoder.runner
-    encoder.runner = counter = CountingRunner(runner)
-    try:
-        vectors = encoder.run(features)
-    finally:
-        encoder.runner = runner
+    vectors, counter = _run_counted(encoder, features)
     assert counter.shapes == [(12, 12)]
     assert counter.rows == [packed_rows(11 * 12 + 1, 12 * 12)]
     assert vectors.shape[0] == 11 and np.isfinite(vectors).all()
@@ -160,3 +146,15 @@ def test_the_filler_inputs_are_one_pad_token_each():
     assert ids.tolist() == [[101, 7, 102, 0], [0] * 4, [0] * 4]
     assert mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
     assert not types.any()
+
+
+def _run_counted(encoder, features):
+    """(encoder.run(features), the CountingRunner that recorded its TensorFlow calls)."""
+    from test_invariants import CountingRunner
+
+    runner = encoder.runner
+    encoder.runner = counter = CountingRunner(runner)
+    try:
+        return encoder.run(features), counter
+    finally:
+        encoder.runner = runner
