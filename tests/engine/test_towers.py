@@ -58,7 +58,7 @@ from bert_serving.server.engine.encoder import Encoder
 from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
 encoder = Encoder(EngineConfig(model_dir=sys.argv[1], graph_tmp_dir=sys.argv[2], pooling_layer=(-1,),
-                               layer_shards=int(sys.argv[3])))
+                               layer_shards=int(sys.argv[3]), bf16=sys.argv[4] == 'bf16'))
 graph = encoder.runner._graph
 ids = np.full((1, 12), 2000, np.int32)
 feeds = {graph.get_tensor_by_name(n + ':0'): v for n, v in
@@ -74,16 +74,17 @@ print(json.dumps({'ops': ops, 'layers': encoder.bert_config.num_hidden_layers}))
 """
 
 
-@pytest.mark.parametrize('layer_shards', [1, 2], ids=['whole', 'split2'])
+@pytest.mark.parametrize('layer_shards, precision', [(1, 'fp32'), (2, 'fp32'), (2, 'bf16')],
+                         ids=['whole', 'split2', 'split2-bf16'])
 def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_gathers_attention_and_the_narrow_tower_neither(
-        tiny_google_dir, graph_cache_dir, layer_shards):
+        tiny_google_dir, graph_cache_dir, layer_shards, precision):
     import json
     import os
     import subprocess
     import sys
 
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='1', TF_CPP_MIN_LOG_LEVEL='2')
-    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(tiny_google_dir), str(graph_cache_dir), str(layer_shards)],
+    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(tiny_google_dir), str(graph_cache_dir), str(layer_shards), precision],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -100,6 +101,11 @@ def test_the_wide_tower_runs_one_onednn_kernel_per_layer_norm_and_gathers_attent
     assert not [op for op in wide if 'Transpose' in op]
     assert narrow.count('_MklTranspose') + narrow.count('Transpose') == 2 * layer_shards * report['layers']
     assert 'ScatterNd' not in narrow
+    # In the wide tower the scores' batched matmul, their 1/sqrt(S) scale and the attention bias are
+    # one oneDNN kernel (Grappler leaves the narrow tower's apart, which costs one sentence ~0.6%).
+    assert wide.count('_MklFusedBatchMatMulV2') == layer_shards * report['layers']
+    if precision == 'bf16':  # its norms and softmaxes read bfloat16: no casts in the blocks
+        assert wide.count('Cast') <= 3, wide.count('Cast')  # ids to float, embeddings to bf16, the output
 
 
 def test_the_towers_share_every_weight(tiny_google_dir):
