@@ -157,7 +157,7 @@ class Encoder(Engine):
 
     def _batch_size(self, inputs: int) -> int:
         """B of a call of ``inputs`` inputs: the smallest allowed batch size that holds them (the
-        rows past them are empty inputs; see the notes on shapes above)."""
+        rows past them are one-token inputs, dropped; see the notes on shapes above)."""
         return self._sizes[bisect.bisect_left(self._sizes, inputs)]
 
     def _padded(self, longest: int, size: int) -> int:
@@ -188,7 +188,7 @@ class Encoder(Engine):
             t = lengths[j - 1]  # sorted: the batch's longest input is its last
             best[j] = np.inf
             # Batches of an allowed size, and a first batch of any count up to the largest one,
-            # padded with empty inputs to the next allowed size: 31 inputs are one call of 32,
+            # filled with one-token inputs to the next allowed size: 31 inputs are one call of 32,
             # not three of 24, 6 and 1.
             counts = [size for size in self._sizes if size < j]
             if j <= largest:

@@ -147,8 +147,8 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     Every dense layer runs on an [R, D] matrix of rows. Without ``token_index`` a row is each of the
     B x T padded slots. With it (int32 [R]), the rows are the slots it names in the flattened batch:
     the real tokens, then dummy slots (B x T) that round R up to a few sizes (engine.runner). Only
-    attention needs the padded [B, T] layout: its Q, K and V are scattered into it (dummy rows land
-    in one extra slot, cut off) and its output gathered back (dummy rows read the last slot).
+    attention needs the padded [B, T] layout: one gather takes Q, K and V from the rows into it
+    (padding slots read row 0) and one brings its output back (dummy rows read the last slot).
     """
     dtype = tf.as_dtype(cfg.compute_dtype)
     num_layers = layers_to_compute(cfg, bc)
@@ -204,9 +204,6 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
 
         def zero_padded(rows):  # [R, C] -> [B*T, C], zeros on padding
             return rows
-
-        def packed(slots):  # [B*T, C] -> [R, C]
-            return slots
     else:
         source = tf.minimum(token_index, b * t - 1)  # a dummy row reads the last slot
         scatter_at = token_index[:, tf.newaxis]
