@@ -8,7 +8,7 @@ touched 48 MiB of them again.
 
 ``release_start_up_pages`` unmaps the clean pages of every read-only file mapping (code and
 read-only data of the libraries) with ``madvise(MADV_DONTNEED)``. The kernel keeps the files in its
-page cache, so a page needed again faults back in from memory, in about a microsecond, with nothing
+page cache, so a page needed again faults back in from memory (a minor fault), with nothing
 lost: a mapping that holds no private copy of a page (``Anonymous: 0`` in ``/proc/self/smaps``)
 shows exactly the file's bytes. Mappings that do (relocated data made read-only after loading) and
 writable ones are left alone. Linux only; elsewhere it does nothing.

@@ -192,7 +192,8 @@ class Worker:
     def _load(self):
         from ..engine.factory import create_engine
         s = self.config
-        if self.engine_config.engine != 'fake':
+        runs_tensorflow = self.engine_config.engine != 'fake'
+        if runs_tensorflow:
             prefer_system_allocator()
             defer_public_api()  # this process runs the graph: the runtime without the public API
         self.logger.info('loading the %s engine on %s...', self.engine_config.engine, s.device)
@@ -202,8 +203,8 @@ class Worker:
                                 max_batch_tokens=s.max_batch_tokens,
                                 frozen_weights=True)  # a worker never trains: oneDNN may cache the weights
         engine.warm_up()  # the first session runs are slow; do them before READY
-        if self.engine_config.engine != 'fake':
-            release_start_up_pages(self.logger)  # TensorFlow's start-up code and data: ~240 MB of RSS
+        if runs_tensorflow:
+            release_start_up_pages(self.logger)  # TensorFlow's start-up code and data: ~250 MiB of RSS
             engine.warm_up()  # the pages a request needs come back now, not on the first request
         self.logger.info('ready (%s)', s.device)
         return engine
