@@ -119,7 +119,8 @@ def test_batches_take_few_shapes_and_few_lengths(tiny_google_dir, graph_cache_di
     and every batch, one input alone too, an even length (a multiple of 4 past 32 tokens, of 8
     past 64), never more than 7 tokens past its longest input. Batches of EXACT_LENGTH_SIZE inputs
     or more, which come from large requests, keep their longest input's length."""
-    from bert_serving.server.engine.encoder import EXACT_LENGTH_SIZE, _batch_sizes
+    from bert_serving.server.engine.encoder import EXACT_LENGTH_SIZE
+    from bert_serving.server.engine.features import batch_sizes
 
     rng = np.random.default_rng(0)
     words = ['alpha', 'beta', 'gamma', 'delta', 'river', 'bank', 'quick', 'fox']
@@ -148,7 +149,7 @@ def test_batches_take_few_shapes_and_few_lengths(tiny_google_dir, graph_cache_di
             if request < 40:
                 small += batches
             for b, t in batches:
-                assert b in _batch_sizes(64), (b, t)
+                assert b in batch_sizes(64), (b, t)
                 if b >= EXACT_LENGTH_SIZE:
                     assert t in lengths, (b, t)
                     exact += 1

@@ -47,22 +47,24 @@ def _cutter(hidden_size: int, packs: bool = True):
     """An Encoder's batch cutter alone (no graph): 256 inputs and 4,096 slots a call at most."""
     from types import SimpleNamespace
 
-    from bert_serving.server.engine.encoder import ATTENTION_WIDTHS, Encoder, _batch_sizes
+    from bert_serving.server.engine.encoder import ATTENTION_WIDTHS, Encoder
+    from bert_serving.server.engine.features import batch_sizes
 
     encoder = Encoder.__new__(Encoder)
     encoder.max_batch_size, encoder.max_batch_tokens, encoder._longest = 256, 4096, 512
-    encoder._sizes = _batch_sizes(256)
+    encoder._sizes = batch_sizes(256)
     encoder._attention_tokens = ATTENTION_WIDTHS * hidden_size
     encoder.runner = SimpleNamespace(packs=packs)
     return encoder
 
 
-@pytest.mark.parametrize('hidden_size, packs, calls', [(384, True, 1), (384, False, 4), (32, True, 5)],
+@pytest.mark.parametrize('hidden_size, packs, calls', [(384, True, 1), (384, False, 4), (32, True, 4)],
                          ids=['MiniLM-packed', 'MiniLM-xla', 'tiny-packed'])
 def test_one_sentence_requests_of_mixed_lengths_go_in_one_call_where_attention_is_cheap(hidden_size, packs, calls):
     """Twelve inputs of 8 to 60 word pieces, as many small clients send them: one MiniLM call, where
     padding every input to 60 in the dense layers (as with -xla) made splitting them pay; a model as
-    narrow as the tiny test model (D = 32) spends most of a token on attention, and still splits."""
+    narrow as the tiny test model (D = 32) spends most of a token on attention, and still splits,
+    though attention packs the short inputs side by side (runner.attention_layout)."""
     from types import SimpleNamespace
 
     lengths = np.linspace(8, 60, 12).astype(int)
@@ -87,14 +89,19 @@ def test_a_batch_of_mixed_lengths_computes_its_real_tokens_and_each_input_alone(
                                     dict(pooling_strategy='CLS_TOKEN'), dict(pooling_strategy='REDUCE_MAX'),
                                     dict(pooling_strategy='REDUCE_MEAN_MAX', pooling_layer=(-1, 0)),
                                     dict(pooling_strategy='SEP_TOKEN', mask_cls_sep=True),
+                                    dict(pooling_strategy='REDUCE_MEAN', mask_cls_sep=True),
                                     dict(pooling_strategy='REDUCE_MEAN', layer_shards=2)],
                          ids=['NONE', 'CLS_POOLED', 'CLS_TOKEN', 'REDUCE_MAX', 'MEAN_MAX-2-layers', 'SEP-mask_cls_sep',
-                              'MEAN-split2'])
+                              'MEAN-mask_cls_sep', 'MEAN-split2'])
 def test_every_strategy_reads_the_packed_rows_back_in_place(fields, tiny_google_dir, encoders):
-    """The pooled layers return from rows to the [B, T] layout: zero past each input for NONE."""
+    """The pooled layers return from rows to the [B, T] layout: zero past each input for NONE. The
+    three inputs share one row of attention (runner.attention_layout), and each attends to its own
+    tokens only: under -mask_cls_sep 'a' keeps one unmasked token, and its [CLS] and [SEP] still see
+    no other input's."""
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None, **fields)
     features = encoder.featurize(['a', 'the quick brown fox jumps over the lazy dog', 'hello ||| world'])
     ids, mask, types = pad_batch(features, 40)
+    assert encoder.runner.wide_feeds(ids, mask, types)[4].shape == (1, 40)
     batch = encoder.runner.run_tower(False, ids, mask, types)
     for row, feature in enumerate(features):
         n = len(feature.input_ids)
@@ -107,7 +114,7 @@ def test_every_strategy_reads_the_packed_rows_back_in_place(fields, tiny_google_
 
 def test_with_xla_every_slot_is_a_row():
     """XLA compiles a graph per input shape; packed rows would add a dimension to them, so with -xla
-    the wide tower computes every slot, as before packing."""
+    the wide tower computes every slot, as before packing, and attention keeps the [B, T] layout."""
     from types import SimpleNamespace
 
     from bert_serving.server.engine.runner import GraphRunner
@@ -115,10 +122,42 @@ def test_with_xla_every_slot_is_a_row():
     mask = np.zeros((4, 30), np.int32)
     mask[:, :5] = 1
     ids = types = np.zeros_like(mask)
-    *_, packed = GraphRunner.wide_feeds(SimpleNamespace(packs=True), ids, mask, types)
-    *_, every = GraphRunner.wide_feeds(SimpleNamespace(packs=False), ids, mask, types)
+    *_, packed, layout = GraphRunner.wide_feeds(SimpleNamespace(packs=True), ids, mask, types)
+    *_, every, slots = GraphRunner.wide_feeds(SimpleNamespace(packs=False), ids, mask, types)
     assert list(packed) == [r * 30 + c for r in range(4) for c in range(5)] + [120] * (81 - 20)
+    assert layout.tolist() == [[r * 30 + c for r in range(4) for c in range(5)] + [120] * 10]  # one row
     assert list(every) == list(range(120))
+    assert slots.tolist() == np.arange(120).reshape(4, 30).tolist()
+
+
+def test_attention_packs_whole_inputs_side_by_side_in_rows_of_the_padded_length():
+    """attention_layout: every real slot once, each input whole and in order in one row, longest
+    first into the first row with room; the row count one of the batch sizes; the rest empty (B x T)."""
+    from bert_serving.server.engine.features import batch_sizes
+    from bert_serving.server.engine.runner import attention_layout
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        b = int(rng.integers(1, 40))
+        t = int(rng.integers(1, 130))
+        lengths = rng.integers(1, t + 1, b)
+        layout = attention_layout(lengths, t)
+        assert layout.dtype == np.int32 and layout.shape[1] == t
+        assert layout.shape[0] in batch_sizes(b) and layout.shape[0] <= b
+        real = layout[layout < b * t]
+        assert sorted(real.tolist()) == sorted(i * t + j for i in range(b) for j in range(lengths[i]))
+        for row in layout:
+            owners = [v // t for v in row if v < b * t]
+            for i in set(owners):  # whole and in order
+                assert [v for v in row if v < b * t and v // t == i] == list(range(i * t, i * t + lengths[i]))
+        # First fit decreasing never needs more than twice the least number of rows, and one row
+        # per input longer than half of T.
+        least = max(-(-int(lengths.sum()) // t), int((lengths > t / 2).sum()))
+        assert layout.shape[0] <= next(s for s in batch_sizes(b) if s >= min(b, 2 * least))
+    # Thirty-one inputs of a mix of lengths (860 tokens) padded to 96: 12 rows where there were 31 (9 at least).
+    lengths = np.array([96, 12, 40, 33, 21, 17, 9, 55, 28, 14, 19, 23, 47, 31, 11, 8, 26, 38, 15, 22,
+                        61, 18, 29, 13, 35, 16, 24, 20, 42, 10, 27])
+    assert attention_layout(lengths, 96).shape == (12, 96)
 
 
 @pytest.mark.parametrize('fields', [dict(pooling_strategy='REDUCE_MEAN'), dict(pooling_strategy='NONE'),

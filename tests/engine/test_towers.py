@@ -55,14 +55,14 @@ import numpy as np
 from tensorflow.core.protobuf import config_pb2
 from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine.encoder import Encoder
-from bert_serving.server.engine.modeling import NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
+from bert_serving.server.engine.modeling import ATTENTION_SLOTS_NAME, NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
 encoder = Encoder(EngineConfig(model_dir=sys.argv[1], graph_tmp_dir=sys.argv[2], pooling_layer=(-1,),
                                layer_shards=int(sys.argv[3]), bf16=sys.argv[4] == 'bf16'))
 graph = encoder.runner._graph
 ids = np.full((1, 12), 2000, np.int32)
 feeds = {graph.get_tensor_by_name(n + ':0'): v for n, v in
-         zip(('input_ids', 'input_mask', 'input_type_ids', TOKEN_INDEX_NAME),
+         zip(('input_ids', 'input_mask', 'input_type_ids', TOKEN_INDEX_NAME, ATTENTION_SLOTS_NAME),
              encoder.runner.wide_feeds(ids, np.ones_like(ids), np.zeros_like(ids)))}
 ops = {}
 for tower, fetch in (('wide', OUTPUT_NAME), ('narrow', NARROW_PREFIX + OUTPUT_NAME)):

@@ -14,7 +14,7 @@ import numpy as np
 from ..config import EngineConfig, PoolingStrategy, ServerConfig, field_default
 from .base import Engine
 from .devices import CPU_BATCH_TOKENS, cpu_threads, session_threads
-from .features import Feature, pad_batch, to_features
+from .features import Feature, batch_sizes, pad_batch, to_features
 from .graph import FrozenGraph, graph_layer_shards, prepare_graph
 from .runner import NARROW_ROWS, GraphRunner, packed_rows
 from .modeling import output_width
@@ -26,9 +26,11 @@ __all__ = ['Encoder']
 # where the large batches run 7,700 tokens/s (2 vCPUs, AMD EPYC, float32), so ~4 ms = ~30 tokens.
 CALL_COST_TOKENS = 32
 # The wide tower computes its dense layers on real tokens only (modeling._tower); padding costs it
-# attention, which grows with T squared and, against a dense layer, shrinks with the width D: a batch
-# of B inputs padded to T costs about B x T x T / (ATTENTION_WIDTHS x D) tokens more (MiniLM, D = 384:
+# attention, which grows with T squared and, against a dense layer, shrinks with the width D: A rows
+# of attention padded to T cost about A x T x T / (ATTENTION_WIDTHS x D) tokens more (MiniLM, D = 384:
 # 32 inputs of 24 word pieces padded to 96 took 25 ms more than unpadded, 2 vCPUs, AMD EPYC, float32).
+# A is B, or fewer where short inputs share a row (runner.attention_layout): random groups of 31 bench
+# sentences ran 7% faster with the packed rows (in process, alternating calls, 2 vCPUs, Intel Xeon).
 ATTENTION_WIDTHS = 4
 
 # TensorFlow's oneDNN kernels keep compiled primitives for every (B, T) a graph has seen, about
@@ -86,7 +88,7 @@ class Encoder(Engine):
                                   gpu_memory_fraction=gpu_memory_fraction, frozen_weights=frozen_weights)
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_batch_tokens = max(1, int(max_batch_tokens))
-        self._sizes = _batch_sizes(self.max_batch_size)
+        self._sizes = batch_sizes(self.max_batch_size)
         self._longest = self.bert_config.max_position_embeddings
         self._attention_tokens = ATTENTION_WIDTHS * self.bert_config.hidden_size
         self.output_dim = output_width(config, self.bert_config)
@@ -167,13 +169,22 @@ class Encoder(Engine):
         step = 2 if longest <= 32 else 4 if longest <= 64 else 8
         return max(longest, min(-(-longest // step) * step, self._longest))
 
+    def _attention_rows(self, real: int, long: int, length: int, size: int) -> int:
+        """About how many rows the wide tower's attention has for a batch of ``size`` inputs,
+        ``real`` tokens in all, ``long`` of them longer than half of ``length``, the padded length
+        (runner.attention_layout packs the inputs side by side in rows of ``length``; no two long ones
+        share a row): one more than the least, rounded up to an allowed size."""
+        least = max(long, -(-real // length)) + 1
+        return min(size, self._sizes[bisect.bisect_left(self._sizes, min(least, self._sizes[-1]))])
+
     def _batches(self, order: List[int], features: Sequence[Feature]):
         """Cuts a length-sorted order into the batches of least total cost, within the size and
         token budgets and the allowed batch sizes.
 
         A TensorFlow call costs about CALL_COST_TOKENS tokens' worth of time plus its dense rows:
         B x T padded slots in the narrow tower, the real tokens in the wide one, which pays for
-        padding only in attention (ATTENTION_WIDTHS). So a narrow batch is split where the padding
+        padding only in attention (ATTENTION_WIDTHS), on the rows that hold its inputs side by side
+        (_attention_rows). So a narrow batch is split where the padding
         it saves outweighs one more call, and a wide one only where attention over long padding
         would: twelve one-sentence requests of 8 to 60 word pieces go in one call. Dynamic
         programming over the sorted lengths and the allowed sizes.
@@ -202,8 +213,10 @@ class Encoder(Engine):
                 if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1] or not self.runner.packs:
                     rows = slots
                 else:
-                    rows = (packed_rows(int(tokens[j] - tokens[j - count]), slots)
-                            + slots * padded / self._attention_tokens)
+                    real = int(tokens[j] - tokens[j - count])
+                    long = j - bisect.bisect_right(lengths, padded // 2, j - count, j)
+                    rows = packed_rows(real, slots) + self._attention_rows(real, long, padded, size) * padded * padded \
+                        / self._attention_tokens
                 cost = best[j - count] + CALL_COST_TOKENS + rows
                 if cost < best[j]:
                     best[j], start[j] = cost, j - count
@@ -237,12 +250,3 @@ class Encoder(Engine):
 
     def close(self) -> None:
         self.runner.close()
-
-
-def _batch_sizes(largest: int) -> List[int]:
-    """1, 2, 3, 4, 6, 8, 12, 16, ... up to ``largest``, which is always one of them."""
-    sizes, power = {largest}, 1
-    while power <= largest:
-        sizes.update(s for s in (power, 3 * power // 2) if 0 < s <= largest)
-        power *= 2
-    return sorted(sizes)

@@ -14,7 +14,7 @@ zero-padded ``[B, T]`` int32 arrays the model consumes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from bert_serving.client.validation import validate_texts
 from ..errors import EncodeError
 from .tokenization import CLS_TOKEN, SEP_TOKEN, UNK_TOKEN, BertTokenizer
 
-__all__ = ["Feature", "pad_batch", "to_features", "token_counts"]
+__all__ = ["Feature", "batch_sizes", "pad_batch", "to_features", "token_counts"]
 
 _PAIR_MARK = " ||| "
 _PAIR_SPLIT = "|||"
@@ -260,3 +260,12 @@ def _layout(
             tokens = a + b
             type_ids = [0] * len(a) + [1] * len(b)
     return Feature(tuple(tokens), tuple(tokenizer.convert_tokens_to_ids(tokens)), tuple(type_ids))
+
+
+def batch_sizes(largest: int) -> List[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... up to ``largest``, which is always one of them."""
+    sizes, power = {largest}, 1
+    while power <= largest:
+        sizes.update(s for s in (power, 3 * power // 2) if 0 < s <= largest)
+        power *= 2
+    return sorted(sizes)

@@ -19,7 +19,7 @@ from .checkpoint import BertConfig
 from ..config import EngineConfig, PoolingStrategy
 from ..errors import ConfigError
 
-__all__ = ['INPUT_NAMES', 'TOKEN_INDEX_NAME', 'OUTPUT_NAME', 'NARROW_PREFIX', 'resolve_layers', 'layers_to_compute',
+__all__ = ['INPUT_NAMES', 'TOKEN_INDEX_NAME', 'ATTENTION_SLOTS_NAME', 'OUTPUT_NAME', 'NARROW_PREFIX', 'resolve_layers', 'layers_to_compute',
            'build_graph_def', 'output_width', 'layer_shards']
 
 INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
@@ -27,6 +27,11 @@ INPUT_NAMES = ('input_ids', 'input_mask', 'input_type_ids')
 # layers comes from (the real tokens, in order, then R - (real tokens) slots equal to B*T, whose
 # rows are computed and dropped). See _tower.
 TOKEN_INDEX_NAME = 'token_index'
+# The wide tower's fifth input, int32 [A, U]: the layout of its attention. Each of the A rows holds
+# whole inputs side by side (several short ones in one row), each slot names the flattened [B*T]
+# slot it takes, or B*T where it is empty. An input attends to its own tokens only, so attention
+# costs A x U x U instead of B x T x T. See engine.runner.attention_layout.
+ATTENTION_SLOTS_NAME = 'attention_slots'
 OUTPUT_NAME = 'final_encodes'
 NARROW_PREFIX = 'narrow/'  # the name scope of the tower for narrow batches (see build_graph_def)
 
@@ -81,7 +86,8 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     """Builds the frozen inference graph.
 
     Inputs (int32, [B, T]): ``input_ids``, ``input_mask`` (1 on real tokens, 0 on padding),
-    ``input_type_ids``; and the wide tower's ``token_index`` (int32, [R], TOKEN_INDEX_NAME).
+    ``input_type_ids``; and the wide tower's ``token_index`` (int32, [R], TOKEN_INDEX_NAME) and
+    ``attention_slots`` (int32, [A, U], ATTENTION_SLOTS_NAME).
     Outputs (``cfg.output_dtype``): [B, W], or [B, T, W] for NONE pooling, with
     W = output_width(cfg, bc). Matrix products run in ``cfg.compute_dtype``.
 
@@ -89,7 +95,7 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     ``final_encodes`` for most batches, and ``narrow/final_encodes`` for batches of 7 to 80
     tokens (B x T, engine.runner.NARROW_ROWS). The wide tower computes its dense layers on the real
     tokens only, packed by ``token_index`` (int32 [R], see TOKEN_INDEX_NAME), so padding costs it
-    attention alone; the narrow one computes every padded slot, as a single input has none. oneDNN keeps one reordered copy of each dense layer's weights per tower,
+    attention alone, where short inputs share rows (``attention_slots``); the narrow one computes every padded slot, as a single input has none. oneDNN keeps one reordered copy of each dense layer's weights per tower,
     in the layout of the rows that tower sees (see engine.runner.GraphRunner). With
     ``cfg.fused_layer_norm``, the first tower's layer norms are one oneDNN kernel each (see
     ``_normalized_rows``); the narrow tower keeps plain ones, which answered one sentence
@@ -109,9 +115,10 @@ def build_graph_def(cfg: EngineConfig, bc: BertConfig, weights: Dict[str, np.nda
     with graph.as_default():
         inputs = [tf.compat.v1.placeholder(tf.int32, (None, None), name) for name in INPUT_NAMES]
         token_index = tf.compat.v1.placeholder(tf.int32, (None,), TOKEN_INDEX_NAME)
+        attention_slots = tf.compat.v1.placeholder(tf.int32, (None, None), ATTENTION_SLOTS_NAME)
         constants = _Constants(tf, weights, tf.as_dtype(cfg.compute_dtype).as_numpy_dtype)
         _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=cfg.fused_layer_norm,
-               token_index=token_index)
+               token_index=token_index, attention_slots=attention_slots)
         with tf.name_scope(NARROW_PREFIX.rstrip('/')):
             _tower(tf, cfg, bc, constants, inputs, cls_id, sep_id, fused_norm=False)
     return graph.as_graph_def()
@@ -141,14 +148,15 @@ class _Constants:
 
 
 def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs, cls_id: int, sep_id: int,
-           fused_norm: bool, token_index=None) -> None:
+           fused_norm: bool, token_index=None, attention_slots=None) -> None:
     """One copy of the model, from the inputs to ``final_encodes`` in the current name scope.
 
     Every dense layer runs on an [R, D] matrix of rows. Without ``token_index`` a row is each of the
     B x T padded slots. With it (int32 [R]), the rows are the slots it names in the flattened batch:
     the real tokens, then dummy slots (B x T) that round R up to a few sizes (engine.runner). Only
-    attention needs the padded [B, T] layout: one gather takes Q, K and V from the rows into it
-    (padding slots read row 0) and one brings its output back (dummy rows read the last slot).
+    attention needs a padded layout, ``attention_slots`` ([A, U], whole inputs side by side in each
+    row; see ATTENTION_SLOTS_NAME): one gather takes Q, K and V from the rows into it (empty slots
+    read row 0) and one brings its output back (dummy rows read the last slot).
     """
     dtype = tf.as_dtype(cfg.compute_dtype)
     num_layers = layers_to_compute(cfg, bc)
@@ -231,11 +239,23 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     if cfg.mask_cls_sep:
         special = tf.logical_or(tf.equal(input_ids, cls_id), tf.equal(input_ids, sep_id))
         mask = real * (1.0 - tf.cast(special, tf.float32))
-    # Additive float32 attention bias, [B, 1, 1, T]: 0 where mask is 1, -10000 on masked
+    # Additive float32 attention bias of each key, [B, T]: 0 where mask is 1, -10000 on masked
     # [CLS]/[SEP] (BERT's value), and far lower on padding, so that an input whose every
     # key is masked ("[CLS] [SEP]" under -mask_cls_sep) attends to its own tokens, never to
     # padding, and padding still cannot change a vector.
-    attn_bias = ((real - mask) * -10000.0 + (1.0 - real) * -1e9)[:, tf.newaxis, tf.newaxis, :]
+    key_bias = (real - mask) * -10000.0 + (1.0 - real) * -1e9
+    if attention_slots is None:
+        attn_bias = key_bias[:, tf.newaxis, tf.newaxis, :]  # [B, 1, 1, T]
+    else:
+        # [A, 1, U, U]: each query sees the keys of its own input (with their bias above), and -1e9
+        # elsewhere: the other inputs of its row and the empty slots. An empty slot belongs to no
+        # input (-1) and holds -1e9 as a key.
+        flat_slots = tf.reshape(attention_slots, [-1])
+        key_bias = tf.reshape(tf.gather(tf.concat([tf.reshape(key_bias, [-1]), [-1e9]], 0), flat_slots),
+                              tf.shape(attention_slots))
+        owner = tf.reshape(tf.gather(tf.concat([tf.range(b * t) // t, [-1]], 0), flat_slots), tf.shape(attention_slots))
+        same = tf.equal(owner[:, :, tf.newaxis], owner[:, tf.newaxis, :])
+        attn_bias = tf.where(same, key_bias[:, tf.newaxis, :], -1e9)[:, tf.newaxis]
     if dtype == tf.bfloat16:
         # bfloat16 has float32's range, and oneDNN's softmax computes in float32 inside: the same
         # probabilities as casting to float32 and back, without two casts per head group (with the layer
@@ -263,17 +283,25 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
         # each way, instead of a gather of rows and a transpose (~12% of the time of calls of mixed
         # lengths, 2 vCPUs, Intel Xeon). Keys and values on padding read row 0's: they get a
         # weight of exactly 0, so any finite row serves; queries on padding are never read back.
+        # In attention's layout (attention_slots, [A, U]) rather than the inputs' [B, T].
+        rows_a, cols_u = tf.shape(attention_slots)[0], tf.shape(attention_slots)[1]
+        at_rows = tf.gather(tf.concat([slot_rows, [0]], 0), attention_slots)  # [A, U]; empty slots read row 0
         part = tf.range(3)[:, tf.newaxis, tf.newaxis, tf.newaxis]
         head = tf.range(heads)[tf.newaxis, tf.newaxis, :, tf.newaxis]
-        qkv_at = tf.reshape(tf.reshape(slot_rows, tf.stack([1, b, 1, t])) * (3 * heads) + part * heads + head, [-1])
-        slot_b, slot_t = source // t, source % t
-        context_at = tf.reshape((slot_b * heads)[:, tf.newaxis] * t + tf.range(heads)[tf.newaxis, :] * t
-                                + slot_t[:, tf.newaxis], [-1])  # [R x heads]: (b, h, t) of each row's heads
+        qkv_at = tf.reshape(tf.reshape(at_rows, tf.stack([1, rows_a, 1, cols_u])) * (3 * heads) + part * heads + head,
+                            [-1])
+        # Where each input slot sits in the layout (a slot not in it, padding, reads position 0).
+        position = tf.tensor_scatter_nd_update(tf.zeros(tf.reshape(b * t + 1, [1]), tf.int32),
+                                               tf.reshape(attention_slots, [-1, 1]), tf.range(rows_a * cols_u))
+        at = tf.gather(position, source)
+        slot_b, slot_t = at // cols_u, at % cols_u
+        context_at = tf.reshape((slot_b * heads)[:, tf.newaxis] * cols_u + tf.range(heads)[tf.newaxis, :] * cols_u
+                                + slot_t[:, tf.newaxis], [-1])  # [R x heads]: (a, h, u) of each row's heads
 
-        def head_major(qkv):  # [R, 3 x heads x S] -> [3, B, heads, T, S]
-            return tf.reshape(tf.gather(tf.reshape(qkv, [-1, s]), qkv_at), tf.stack([3, b, heads, t, s]))
+        def head_major(qkv):  # [R, 3 x heads x S] -> [3, A, heads, U, S]
+            return tf.reshape(tf.gather(tf.reshape(qkv, [-1, s]), qkv_at), tf.stack([3, rows_a, heads, cols_u, s]))
 
-        def token_rows(context):  # [B, heads, T, S] -> [R, heads x S]
+        def token_rows(context):  # [A, heads, U, S] -> [R, heads x S]
             return tf.reshape(tf.gather(tf.reshape(context, [-1, s]), context_at), [-1, width])
 
     def join(parts, residual):

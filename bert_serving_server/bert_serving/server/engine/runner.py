@@ -5,15 +5,16 @@ Shapes: B inputs, T tokens, W output width.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
 from ..errors import ModelError
+from .features import batch_sizes
 from .graph import FrozenGraph
-from .modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
+from .modeling import ATTENTION_SLOTS_NAME, INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
-__all__ = ['GraphRunner', 'NARROW_ROWS', 'packed_rows', 'prefer_system_allocator', 'release_free_memory']
+__all__ = ['GraphRunner', 'NARROW_ROWS', 'attention_layout', 'packed_rows', 'prefer_system_allocator', 'release_free_memory']
 
 class GraphRunner:
     """Runs a frozen graph in a TensorFlow session.
@@ -90,6 +91,7 @@ class GraphRunner:
         try:
             feeds = [self._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
             token_index = self._graph.get_tensor_by_name(TOKEN_INDEX_NAME + ':0')
+            attention_slots = self._graph.get_tensor_by_name(ATTENTION_SLOTS_NAME + ':0')
             output = self._graph.get_tensor_by_name(OUTPUT_NAME + ':0')
             narrow = self._graph.get_tensor_by_name(NARROW_PREFIX + OUTPUT_NAME + ':0')
         except KeyError as e:  # e.g. an empty file parses as an empty GraphDef
@@ -98,7 +100,7 @@ class GraphRunner:
         if assigns:
             self._session.run(assigns, feeds_init)
         del values, feeds_init
-        self._run: Callable = self._session.make_callable(output, feeds + [token_index])
+        self._run: Callable = self._session.make_callable(output, feeds + [token_index, attention_slots])
         self._run_narrow: Callable = self._session.make_callable(narrow, feeds)
         self._untrimmed = {self._run, self._run_narrow}  # graph copies not run yet
         # XLA compiles a graph per input shape: packed rows would add one more dimension to its shapes.
@@ -122,7 +124,7 @@ class GraphRunner:
             self.last_rows = slots
         else:
             run, args = self._run, self.wide_feeds(input_ids, input_mask, type_ids)
-            self.last_rows = len(args[-1])
+            self.last_rows = len(args[3])  # token_index
         out = run(*args)
         if run in self._untrimmed:  # a first run optimises and builds an executor: ~200 MB of garbage
             self._untrimmed.discard(run)
@@ -130,17 +132,22 @@ class GraphRunner:
         return out
 
     def wide_feeds(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> tuple:
-        """The wide tower's inputs: the three arrays and ``token_index`` (modeling.TOKEN_INDEX_NAME),
-        the real tokens' slots padded with dummy slots to packed_rows; every slot with ``-xla``.
-        Every input has a token at least (features.to_features refuses an empty one).
+        """The wide tower's inputs: the three arrays, ``token_index`` (modeling.TOKEN_INDEX_NAME),
+        the real tokens' slots padded with dummy slots to packed_rows (every slot with ``-xla``),
+        and ``attention_slots`` (modeling.ATTENTION_SLOTS_NAME, see attention_layout; the [B, T]
+        slots themselves with ``-xla``). Every input has a token at least (features.to_features
+        refuses an empty one), and its tokens come first in its row.
         """
-        slots = input_ids.shape[0] * input_ids.shape[1]
+        b, t = input_ids.shape
+        slots = b * t
         if not self.packs:
-            return input_ids, input_mask, type_ids, np.arange(slots, dtype=np.int32)
+            every = np.arange(slots, dtype=np.int32)
+            return input_ids, input_mask, type_ids, every, every.reshape(b, t)
         real = np.flatnonzero(input_mask.reshape(-1))
         token_index = np.full(packed_rows(len(real), slots), slots, dtype=np.int32)
         token_index[:len(real)] = real
-        return input_ids, input_mask, type_ids, token_index
+        lengths = np.count_nonzero(input_mask, axis=1)
+        return input_ids, input_mask, type_ids, token_index, attention_layout(lengths, t)
 
     def run_tower(self, narrow: bool, input_ids: np.ndarray, input_mask: np.ndarray,
                   type_ids: np.ndarray) -> np.ndarray:
@@ -182,6 +189,42 @@ def packed_rows(real: int, slots: int) -> int:
     if NARROW_ROWS[0] <= rows <= NARROW_ROWS[1]:
         rows = NARROW_ROWS[1] + 1
     return min(rows, slots)
+
+
+def attention_layout(lengths: np.ndarray, t: int) -> np.ndarray:
+    """The wide tower's attention layout (modeling.ATTENTION_SLOTS_NAME) for inputs of ``lengths``
+    real tokens, the first of each row of a [B, T] batch: rows of ``t`` slots, each holding whole
+    inputs side by side, longest first, each in the first row with room (first-fit decreasing).
+    Attention then costs rows x T x T instead of B x T x T: 31 inputs of a random mix of lengths
+    padded to 96 fit in ~9 rows. The row count is rounded up to one of the allowed batch sizes
+    (features.batch_sizes), as few shapes as the batches have.
+
+    Returns:
+        int32 [A, t]: the flattened slot (b x T + i) each holds, B x T where empty.
+    """
+    b = len(lengths)
+    order = np.argsort(-np.asarray(lengths), kind='stable')
+    if b < 2 or lengths[order[-1]] + lengths[order[-2]] > t:  # no two share a row: the batch's own layout
+        slots = np.arange(b * t, dtype=np.int32).reshape(b, t)
+        return np.where(np.arange(t)[np.newaxis, :] < np.asarray(lengths)[:, np.newaxis], slots, b * t).astype(np.int32)
+    room: List[int] = []  # free slots left in each row
+    placed = []  # (row, offset) of each input in ``order``
+    for i in order:
+        n = int(lengths[i])
+        for r, free in enumerate(room):
+            if free >= n:
+                placed.append((r, t - free))
+                room[r] -= n
+                break
+        else:
+            placed.append((len(room), 0))
+            room.append(t - n)
+    rows = next(size for size in batch_sizes(b) if size >= len(room))
+    layout = np.full((rows, t), b * t, dtype=np.int32)
+    for i, (r, offset) in zip(order, placed):
+        n = int(lengths[i])
+        layout[r, offset:offset + n] = np.arange(i * t, i * t + n, dtype=np.int32)
+    return layout
 
 
 def _constants_to_variables(graph_def, suffix: str, with_kernels: bool):
