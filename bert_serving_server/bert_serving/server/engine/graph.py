@@ -27,7 +27,7 @@ from .tokenization import load_vocab
 __all__ = ['FrozenGraph', 'prepare_graph', 'default_cache_dir', 'tensorflow_version', 'fingerprint',
            'graph_layer_shards']
 
-GRAPH_FORMAT = 10  # bump when build_graph_def changes what it produces
+GRAPH_FORMAT = 11  # bump when build_graph_def changes what it produces
 
 
 def default_cache_dir() -> str:

@@ -244,27 +244,27 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     # key is masked ("[CLS] [SEP]" under -mask_cls_sep) attends to its own tokens, never to
     # padding, and padding still cannot change a vector.
     key_bias = (real - mask) * -10000.0 + (1.0 - real) * -1e9
+    # bfloat16 has float32's range, and oneDNN's softmax computes in float32 inside: a bfloat16 bias
+    # and softmax give the same probabilities as casting to float32 and back, without two casts per
+    # head group (with the layer norms' casts, 13-16% of the op time of a bf16 call, 2 vCPUs, Intel
+    # Xeon with AMX). float16 would overflow -1e9: its softmax runs in float32.
+    bias_dtype = tf.bfloat16 if dtype == tf.bfloat16 else tf.float32
     if attention_slots is None:
-        attn_bias = key_bias[:, tf.newaxis, tf.newaxis, :]  # [B, 1, 1, T]
+        attn_bias = tf.cast(key_bias[:, tf.newaxis, tf.newaxis, :], bias_dtype)  # [B, 1, 1, T]
     else:
         # [A, 1, U, U]: each query sees the keys of its own input (with their bias above), and -1e9
         # elsewhere: the other inputs of its row and the empty slots. An empty slot belongs to no
         # input (-1) and holds -1e9 as a key.
         flat_slots = tf.reshape(attention_slots, [-1])
-        key_bias = tf.reshape(tf.gather(tf.concat([tf.reshape(key_bias, [-1]), [-1e9]], 0), flat_slots),
-                              tf.shape(attention_slots))
+        key_bias = tf.cast(tf.reshape(tf.gather(tf.concat([tf.reshape(key_bias, [-1]), [-1e9]], 0), flat_slots),
+                                      tf.shape(attention_slots)), bias_dtype)
         owner = tf.reshape(tf.gather(tf.concat([tf.range(b * t) // t, [-1]], 0), flat_slots), tf.shape(attention_slots))
         same = tf.equal(owner[:, :, tf.newaxis], owner[:, tf.newaxis, :])
-        attn_bias = tf.where(same, key_bias[:, tf.newaxis, :], -1e9)[:, tf.newaxis]
+        attn_bias = tf.where(same, key_bias[:, tf.newaxis, :], tf.constant(-1e9, bias_dtype))[:, tf.newaxis]
     if dtype == tf.bfloat16:
-        # bfloat16 has float32's range, and oneDNN's softmax computes in float32 inside: the same
-        # probabilities as casting to float32 and back, without two casts per head group (with the layer
-        # norms' casts, 13-16% of the op time of a bf16 call, 2 vCPUs, Intel Xeon with AMX).
-        bias = tf.cast(attn_bias, dtype)
-
         def attention_weights(scores):  # [B, N/shards, T, T]
-            return tf.nn.softmax(scores + bias, axis=-1)
-    else:  # float16 would overflow -1e9
+            return tf.nn.softmax(scores + attn_bias, axis=-1)
+    else:
         def attention_weights(scores):
             return tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32) + attn_bias, axis=-1), dtype)
 
