@@ -89,17 +89,19 @@ def test_a_batch_of_mixed_lengths_computes_its_real_tokens_and_each_input_alone(
                                     dict(pooling_strategy='CLS_TOKEN'), dict(pooling_strategy='REDUCE_MAX'),
                                     dict(pooling_strategy='REDUCE_MEAN_MAX', pooling_layer=(-1, 0)),
                                     dict(pooling_strategy='SEP_TOKEN', mask_cls_sep=True),
+                                    dict(pooling_strategy='CLS_TOKEN', mask_cls_sep=True),
                                     dict(pooling_strategy='REDUCE_MEAN', mask_cls_sep=True),
                                     dict(pooling_strategy='REDUCE_MEAN', layer_shards=2)],
                          ids=['NONE', 'CLS_POOLED', 'CLS_TOKEN', 'REDUCE_MAX', 'MEAN_MAX-2-layers', 'SEP-mask_cls_sep',
-                              'MEAN-mask_cls_sep', 'MEAN-split2'])
+                              'CLS-mask_cls_sep', 'MEAN-mask_cls_sep', 'MEAN-split2'])
 def test_every_strategy_reads_the_packed_rows_back_in_place(fields, tiny_google_dir, encoders):
     """The pooled layers return from rows to the [B, T] layout: zero past each input for NONE. The
-    three inputs share one row of attention (runner.attention_layout), and each attends to its own
-    tokens only: under -mask_cls_sep 'a' keeps one unmasked token, and its [CLS] and [SEP] still see
-    no other input's."""
+    four inputs share one row of attention (runner.attention_layout), and each attends to its own
+    tokens only: under -mask_cls_sep the empty input is [CLS] [SEP], every key of it masked, and its
+    tokens still attend to each other (-10000) and never to another input's (-1e9), which the
+    [CLS] and [SEP] vectors of CLS_TOKEN and SEP_TOKEN would show."""
     encoder = encoders.get(model_dir=str(tiny_google_dir), max_seq_len=None, **fields)
-    features = encoder.featurize(['a', 'the quick brown fox jumps over the lazy dog', 'hello ||| world'])
+    features = encoder.featurize(['a', 'the quick brown fox jumps over the lazy dog', '', 'hello ||| world'])
     ids, mask, types = pad_batch(features, 40)
     assert encoder.runner.wide_feeds(ids, mask, types)[4].shape == (1, 40)
     batch = encoder.runner.run_tower(False, ids, mask, types)

@@ -173,7 +173,9 @@ class Encoder(Engine):
         """About how many rows the wide tower's attention has for a batch of ``size`` inputs,
         ``real`` tokens in all, ``long`` of them longer than half of ``length``, the padded length
         (runner.attention_layout packs the inputs side by side in rows of ``length``; no two long ones
-        share a row): one more than the least, rounded up to an allowed size."""
+        share a row): one more than the least, rounded up to an allowed size, and ``size`` at most.
+        An estimate: inputs of a third to a half of ``length`` fit only two to a row, which it
+        does not count (64 inputs of 22 tokens padded to 64 take 32 rows; it says 24)."""
         least = max(long, -(-real // length)) + 1
         return min(size, self._sizes[bisect.bisect_left(self._sizes, min(least, self._sizes[-1]))])
 

@@ -156,7 +156,7 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     the real tokens, then dummy slots (B x T) that round R up to a few sizes (engine.runner). Only
     attention needs a padded layout, ``attention_slots`` ([A, U], whole inputs side by side in each
     row; see ATTENTION_SLOTS_NAME): one gather takes Q, K and V from the rows into it (empty slots
-    read row 0) and one brings its output back (dummy rows read the last slot).
+    read row 0) and one brings its output back (a dummy row reads any place; it is cut off).
     """
     dtype = tf.as_dtype(cfg.compute_dtype)
     num_layers = layers_to_compute(cfg, bc)
@@ -262,7 +262,7 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
         same = tf.equal(owner[:, :, tf.newaxis], owner[:, tf.newaxis, :])
         attn_bias = tf.where(same, key_bias[:, tf.newaxis, :], tf.constant(-1e9, bias_dtype))[:, tf.newaxis]
     if dtype == tf.bfloat16:
-        def attention_weights(scores):  # [B, N/shards, T, T]
+        def attention_weights(scores):  # [A, N/shards, U, U] (B, T in the narrow tower)
             return tf.nn.softmax(scores + attn_bias, axis=-1)
     else:
         def attention_weights(scores):
@@ -281,8 +281,8 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
     else:
         # Attention's layouts straight from and to the packed rows, one gather of S-wide slices
         # each way, instead of a gather of rows and a transpose (~12% of the time of calls of mixed
-        # lengths, 2 vCPUs, Intel Xeon). Keys and values on padding read row 0's: they get a
-        # weight of exactly 0, so any finite row serves; queries on padding are never read back.
+        # lengths, 2 vCPUs, Intel Xeon). Keys and values of empty slots read row 0's: they get a
+        # weight of exactly 0, so any finite row serves; queries in empty slots are never read back.
         # In attention's layout (attention_slots, [A, U]) rather than the inputs' [B, T].
         rows_a, cols_u = tf.shape(attention_slots)[0], tf.shape(attention_slots)[1]
         at_rows = tf.gather(tf.concat([slot_rows, [0]], 0), attention_slots)  # [A, U]; empty slots read row 0
@@ -325,10 +325,10 @@ def _tower(tf, cfg: EngineConfig, bc: BertConfig, constants: _Constants, inputs,
             cols = np.concatenate([np.arange(j * d + i * width, j * d + (i + 1) * width) for j in range(3)])
             qkv_w = constants.array(f'{name}qkv_{i}', lambda: fused_qkv()[0][:, cols])
             qkv_b = constants.array(f'{name}qkv_bias_{i}', lambda: fused_qkv()[1][cols])
-            # Q, K and V head-major ([3, B, N/shards, T, S]), for two batched matmuls; einsums on
+            # Q, K and V head-major ([3, A, N/shards, U, S]), for two batched matmuls; einsums on
             # [B, T, N, S] after three slices were 6-10% slower on large batches.
             qkv = head_major(tf.nn.bias_add(tf.matmul(x, qkv_w), qkv_b))
-            # [B, N/shards, T, T]. The 1/sqrt(S) scale here, not folded into Q's weights: Grappler
+            # [A, N/shards, U, U]. The 1/sqrt(S) scale here, not folded into Q's weights: Grappler
             # fuses the batched matmul, this Mul and the attention bias's Add into one oneDNN kernel
             # (_MklFusedBatchMatMulV2) in the wide tower: 5-10% faster with -bf16, the same in float32.
             scores = tf.matmul(qkv[0], qkv[1], transpose_b=True) * tf.constant(1.0 / math.sqrt(s), dtype)

@@ -196,7 +196,7 @@ def attention_layout(lengths: np.ndarray, t: int) -> np.ndarray:
     real tokens, the first of each row of a [B, T] batch: rows of ``t`` slots, each holding whole
     inputs side by side, longest first, each in the first row with room (first-fit decreasing).
     Attention then costs rows x T x T instead of B x T x T: 31 inputs of a random mix of lengths
-    padded to 96 fit in ~9 rows. The row count is rounded up to one of the allowed batch sizes
+    padded to 96 take ~10 rows (12 once rounded up). The row count is rounded up to one of the allowed batch sizes
     (features.batch_sizes), as few shapes as the batches have.
 
     Returns:
