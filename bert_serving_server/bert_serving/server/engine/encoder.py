@@ -16,7 +16,7 @@ from .base import Engine
 from .devices import CPU_BATCH_TOKENS, cpu_threads, session_threads
 from .features import Feature, batch_sizes, pad_batch, to_features
 from .graph import FrozenGraph, graph_layer_shards, prepare_graph
-from .runner import NARROW_ROWS, GraphRunner, packed_rows
+from .runner import NARROW_ROWS, GraphRunner, fewest_attention_rows, packed_rows
 from .modeling import output_width
 from .tokenization import BertTokenizer
 
@@ -176,7 +176,7 @@ class Encoder(Engine):
         share a row): one more than the least, rounded up to an allowed size, and ``size`` at most.
         An estimate: inputs of a third to a half of ``length`` fit only two to a row, which it
         does not count (64 inputs of 22 tokens padded to 64 take 32 rows; it says 24)."""
-        least = max(long, -(-real // length)) + 1
+        least = fewest_attention_rows(real, long, length) + 1
         return min(size, self._sizes[bisect.bisect_left(self._sizes, min(least, self._sizes[-1]))])
 
     def _batches(self, order: List[int], features: Sequence[Feature]):

@@ -14,7 +14,7 @@ from .features import batch_sizes
 from .graph import FrozenGraph
 from .modeling import ATTENTION_SLOTS_NAME, INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME, TOKEN_INDEX_NAME
 
-__all__ = ['GraphRunner', 'NARROW_ROWS', 'attention_layout', 'packed_rows', 'prefer_system_allocator', 'release_free_memory']
+__all__ = ['GraphRunner', 'NARROW_ROWS', 'attention_layout', 'fewest_attention_rows', 'packed_rows', 'prefer_system_allocator', 'release_free_memory']
 
 class GraphRunner:
     """Runs a frozen graph in a TensorFlow session.
@@ -191,22 +191,33 @@ def packed_rows(real: int, slots: int) -> int:
     return min(rows, slots)
 
 
+def fewest_attention_rows(tokens: int, long: int, t: int) -> int:
+    """The fewest rows of ``t`` slots that hold ``tokens`` tokens of whole inputs, ``long`` of which
+    are longer than t/2 (no two of those share a row)."""
+    return max(long, -(-tokens // t))
+
+
 def attention_layout(lengths: np.ndarray, t: int) -> np.ndarray:
     """The wide tower's attention layout (modeling.ATTENTION_SLOTS_NAME) for inputs of ``lengths``
     real tokens, the first of each row of a [B, T] batch: rows of ``t`` slots, each holding whole
     inputs side by side, longest first, each in the first row with room (first-fit decreasing).
     Attention then costs rows x T x T instead of B x T x T: 31 inputs of a random mix of lengths
-    padded to 96 take ~10 rows (12 once rounded up). The row count is rounded up to one of the allowed batch sizes
-    (features.batch_sizes), as few shapes as the batches have.
+    padded to 96 take ~10 rows (12 once rounded up). The row count is rounded up to one of the
+    allowed batch sizes (features.batch_sizes), as few shapes as the batches have; where packing
+    could not round to fewer than B rows, the batch keeps its own layout, unpacked.
 
     Returns:
         int32 [A, t]: the flattened slot (b x T + i) each holds, B x T where empty.
     """
+    lengths = np.asarray(lengths)
     b = len(lengths)
-    order = np.argsort(-np.asarray(lengths), kind='stable')
-    if b < 2 or lengths[order[-1]] + lengths[order[-2]] > t:  # no two share a row: the batch's own layout
+    sizes = batch_sizes(b)
+    least = fewest_attention_rows(int(lengths.sum()), int(np.count_nonzero(2 * lengths > t)), t)
+    order = np.argsort(-lengths, kind='stable')
+    if (next(size for size in sizes if size >= least) == b  # or no two inputs share a row:
+            or b < 2 or lengths[order[-1]] + lengths[order[-2]] > t):
         slots = np.arange(b * t, dtype=np.int32).reshape(b, t)
-        return np.where(np.arange(t)[np.newaxis, :] < np.asarray(lengths)[:, np.newaxis], slots, b * t).astype(np.int32)
+        return np.where(np.arange(t)[np.newaxis, :] < lengths[:, np.newaxis], slots, b * t).astype(np.int32)
     room: List[int] = []  # free slots left in each row
     placed = []  # (row, offset) of each input in ``order``
     for i in order:
@@ -219,7 +230,7 @@ def attention_layout(lengths: np.ndarray, t: int) -> np.ndarray:
         else:
             placed.append((len(room), 0))
             room.append(t - n)
-    rows = next(size for size in batch_sizes(b) if size >= len(room))
+    rows = next(size for size in sizes if size >= len(room))
     layout = np.full((rows, t), b * t, dtype=np.int32)
     for i, (r, offset) in zip(order, placed):
         n = int(lengths[i])
