@@ -176,7 +176,7 @@ def test_malformed_batches(frames):
 # -- ventilator and workers -> sink ----------------------------------------------------------------
 @pytest.mark.parametrize('timeout', [None, 0.3, 30])
 def test_register_round_trips(timeout):
-    m = msg.unpack_sink(msg.pack_register(b'c', 4, n=12, serial=9, timeout=timeout))
+    [m] = msg.unpack_sink(msg.pack_register(b'c', 4, n=12, serial=9, timeout=timeout))
     assert (m.kind, m.client, m.req_id, m.serial, m.n, m.timeout) == (msg.REGISTER, b'c', 4, 9, 12, timeout)
     assert m.key == (b'c', 4, 9)
 
@@ -186,65 +186,123 @@ def test_result_round_trips(shape, dtype):
     array = np.arange(np.prod(shape), dtype=dtype).reshape(shape)
     p = piece()
     tokens = [['[CLS]', 'a', '[SEP]'], ['[CLS]', '[SEP]'], ['[CLS]', 'd', '[SEP]']]
-    m = msg.unpack_sink(msg.pack_result(p, array, tokens))
+    [m] = msg.unpack_sink(msg.pack_result(p, array, tokens))
     assert (m.kind, m.client, m.req_id, m.serial, m.piece_id) == (msg.RESULT, p.client, 7, 11, 42)
     assert m.rows == [3, 0, 2] and m.tokens == tokens
     assert m.array.dtype == dtype
     np.testing.assert_array_equal(m.array, array)
 
 
+def test_one_register_carries_many_requests():
+    entries = [msg.register_entry(b'c%d' % i, i, n=i + 1, serial=100 + i, timeout=None if i else 2.5,
+                                  key=b'K' if i == 1 else b'', received=10.0 + i) for i in range(3)]
+    ms = msg.unpack_sink(msg.pack_registers(entries))
+    assert [(m.kind, m.client, m.req_id, m.n, m.serial, m.timeout, m.curve_key, m.received) for m in ms] == [
+        (msg.REGISTER, b'c0', 0, 1, 100, 2.5, b'', 10.0), (msg.REGISTER, b'c1', 1, 2, 101, None, b'K', 11.0),
+        (msg.REGISTER, b'c2', 2, 3, 102, None, b'', 12.0)]
+
+
+def test_one_result_carries_many_pieces_each_with_its_own_array():
+    any_bytes = bytes(range(1, 256))  # an identity of any bytes but NUL survives the JSON header
+    pieces = [msg.Piece(any_bytes, 3, [1], ['a'], serial=5, piece_id=8, tag='t8'),
+              msg.Piece(b'other', 4, [0, 2], ['b', 'c'], serial=6, piece_id=9, tag='t9')]
+    arrays = [np.full((1, 3), 1.5, np.float32), np.arange(6, dtype=np.float16).reshape(2, 3)]
+    call = {'rows': 3, 'padded': 12, 'lengths': [4, 4, 4]}
+    frames = msg.pack_results([msg.result_entry(pieces[0], arrays[0], [['[CLS]', 'a', '[SEP]']], queue=0.5,
+                                                model=0.25, call=call),
+                               msg.result_entry(pieces[1], arrays[1], None, queue=0.1, model=0.25)])
+    assert len(frames) == 4
+    first, second = msg.unpack_sink(frames)
+    assert (first.client, first.req_id, first.serial, first.piece_id, first.rows, first.tag, first.tokens) == \
+        (any_bytes, 3, 5, 8, [1], 't8', [['[CLS]', 'a', '[SEP]']])
+    assert (first.queue, first.model, first.call, second.call) == (0.5, 0.25, call, None)
+    assert (second.client, second.req_id, second.piece_id, second.rows, second.tokens) == (b'other', 4, 9, [0, 2], None)
+    np.testing.assert_array_equal(first.array, arrays[0])
+    assert second.array.dtype == np.float16
+    np.testing.assert_array_equal(second.array, arrays[1])
+
+
+def test_one_malformed_piece_refuses_the_whole_result():
+    good = msg.result_entry(piece(rows=[0]), np.zeros((1, 2), np.float32), None)
+    bad = msg.result_entry(piece(rows=[0, 1]), np.zeros((1, 2), np.float32), None)  # 2 rows, 1 row of data
+    with pytest.raises(BadMessage, match='rows'):
+        msg.unpack_sink(msg.pack_results([good, bad]))
+    with pytest.raises(BadMessage, match='frames'):
+        msg.unpack_sink(msg.pack_results([good, good])[:-1])
+
+
 def test_result_of_a_non_contiguous_array():
     array = np.arange(24, dtype=np.float32).reshape(8, 3)[::2].T  # [3, 4], not contiguous
-    m = msg.unpack_sink(msg.pack_result(piece(), array, None))
+    [m] = msg.unpack_sink(msg.pack_result(piece(), array, None))
     np.testing.assert_array_equal(m.array, array)
     assert m.tokens is None
 
 
 def test_json_reply_round_trips():
-    m = msg.unpack_sink(msg.pack_json_reply(b'c', 3, b'{"any": "bytes"}'))
+    [m] = msg.unpack_sink(msg.pack_json_reply(b'c', 3, b'{"any": "bytes"}'))
     assert (m.kind, m.client, m.req_id, m.body) == (msg.JSON_REPLY, b'c', 3, b'{"any": "bytes"}')
     assert m.serial is None
 
 
 def test_fail_round_trips():
-    m = msg.unpack_sink(msg.pack_fail(b'c', 3, 'it broke', code='failed', serial=8, piece_id=21))
+    [m] = msg.unpack_sink(msg.pack_fail(b'c', 3, 'it broke', code='failed', serial=8, piece_id=21))
     assert (m.kind, m.client, m.req_id, m.message, m.code, m.serial, m.piece_id) == (
         msg.FAIL, b'c', 3, 'it broke', 'failed', 8, 21)
-    refused = msg.unpack_sink(msg.pack_fail(b'c', 4, 'busy', code='busy'))
+    [refused] = msg.unpack_sink(msg.pack_fail(b'c', 4, 'busy', code='busy'))
     assert (refused.serial, refused.piece_id, refused.code) == (None, None, 'busy')
-    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'no code')).code is None
+    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'no code'))[0].code is None
 
 
 @pytest.mark.parametrize('code', [5, ['failed'], {'a': 1}, True])
 def test_a_fail_code_that_is_no_string_reads_as_none(code):
-    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'odd', code=code, serial=1)).code is None
+    assert msg.unpack_sink(msg.pack_fail(b'c', 5, 'odd', code=code, serial=1))[0].code is None
 
 
 def _result(header_changes=None, buffer=None, rows=2) -> list:
     array = np.zeros((rows, 4), np.float32)
     frames = msg.pack_result(piece(rows=list(range(rows))), array, None)
-    header = json.loads(frames[3])
-    header.update(header_changes or {})
-    return frames[:3] + [json.dumps(header).encode(), bytes(frames[4]) if buffer is None else buffer]
+    body = json.loads(frames[1])
+    body['pieces'][0].update(header_changes or {})
+    return frames[:1] + [json.dumps(body).encode(), bytes(frames[2]) if buffer is None else buffer]
+
+
+def _register(**changes):
+    body = json.loads(msg.pack_register(b'c', 1, n=1, serial=1, timeout=None)[1])
+    body['requests'][0].update(changes)
+    for name in [k for k, v in changes.items() if v is _DROP]:
+        del body['requests'][0][name]
+    return [msg.REGISTER, json.dumps(body).encode()]
+
+
+_DROP = object()
 
 
 @pytest.mark.parametrize('frames', [
     [],
-    [msg.REGISTER, b'c', b'1'],
-    [msg.REGISTER, b'c', b'req', b'{"n": 1, "serial": 1}'],
-    [msg.REGISTER, b'c', b'1', b'{"n": 1'],
-    [msg.REGISTER, b'c', b'1', b'[]'],
-    [msg.REGISTER, b'c', b'1', b'{"serial": 1}'],
-    [msg.REGISTER, b'c', b'1', b'{"n": 1}'],
-    [msg.REGISTER, b'c', b'1', b'{"n": "x", "serial": 1}'],
-    [msg.REGISTER, b'c', b'1', b'{"n": 1, "serial": 1, "timeout": "soon"}'],
-    [msg.REGISTER, b'c', b'1', b'{"n": 1, "serial": 1, "timeout": [1]}'],
+    [msg.REGISTER],
+    [msg.REGISTER, b'{"requests": []}', b'extra'],
+    [msg.REGISTER, b'{"requests": [{"n": 1'],
+    [msg.REGISTER, b'[]'],
+    [msg.REGISTER, b'{"requests": {}}'],
+    [msg.REGISTER, b'{"requests": [1]}'],
+    _register(req_id='req'),
+    _register(client=7),
+    _register(client=_DROP),
+    _register(n=_DROP),
+    _register(serial=_DROP),
+    _register(n='x'),
+    _register(timeout='soon'),
+    _register(timeout=[1]),
+    [msg.RESULT],
+    [msg.RESULT, b'{"pieces": "x"}'],
     [msg.FAIL, b'c', b'1', b'{"code": "failed"}'],
     [msg.FAIL, b'c', b'1', b'{"message": "m", "serial": "s"}'],
     [msg.FAIL, b'c', b'1', b'{"message": "m", "piece": {}}'],
     [b'WHAT', b'c', b'1', b'{}'],
-    _result()[:4],
+    _result()[:2],
     _result() + [b'extra'],
+    _result({'client': None}),
+    _result({'req_id': 'r'}),
     _result({'dtype': 'no-such-dtype'}),
     _result({'dtype': None}),
     _result({'shape': [2, 5]}),
@@ -310,21 +368,21 @@ def test_a_piece_carries_its_time_in_the_ventilators_queue():
 
 
 def test_register_and_refusals_carry_when_the_request_was_received():
-    m = msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None, received=1234.5))
+    [m] = msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None, received=1234.5))
     assert m.received == 1234.5
-    assert msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None)).received is None
-    refused = msg.unpack_sink(msg.pack_fail(b'c', 2, 'busy', code='busy', received=99.0))
+    assert msg.unpack_sink(msg.pack_register(b'c', 1, n=2, serial=5, timeout=None))[0].received is None
+    [refused] = msg.unpack_sink(msg.pack_fail(b'c', 2, 'busy', code='busy', received=99.0))
     assert (refused.received, refused.outcome) == (99.0, None)
-    lost = msg.unpack_sink(msg.pack_fail(b'c', 3, 'lost twice', code='failed', serial=4, outcome='worker_lost'))
+    [lost] = msg.unpack_sink(msg.pack_fail(b'c', 3, 'lost twice', code='failed', serial=4, outcome='worker_lost'))
     assert lost.outcome == 'worker_lost'
 
 
 def test_a_result_carries_its_queue_and_model_time_and_the_first_its_model_call():
     call = {'rows': 3, 'padded': 36, 'lengths': [5, 12, 7]}
     frames = msg.pack_result(piece(), np.zeros((3, 2), np.float32), None, queue=0.012, model=0.034, call=call)
-    m = msg.unpack_sink(frames)
+    [m] = msg.unpack_sink(frames)
     assert (m.queue, m.model, m.call) == (0.012, 0.034, call)
-    plain = msg.unpack_sink(msg.pack_result(piece(), np.zeros((3, 2), np.float32), None))
+    [plain] = msg.unpack_sink(msg.pack_result(piece(), np.zeros((3, 2), np.float32), None))
     assert (plain.queue, plain.model, plain.call) == (None, None, None)
 
 
@@ -336,5 +394,5 @@ def test_a_malformed_model_call_is_refused(call):
 
 
 def test_status_round_trips_like_a_json_reply():
-    m = msg.unpack_sink(msg.pack_status(b'c', 3, b'{"ready": true}', b'KEY'))
+    [m] = msg.unpack_sink(msg.pack_status(b'c', 3, b'{"ready": true}', b'KEY'))
     assert (m.kind, m.client, m.req_id, m.body, m.curve_key) == (msg.STATUS, b'c', 3, b'{"ready": true}', b'KEY')

@@ -149,6 +149,27 @@ def test_pieces_out_of_order_and_before_register_come_back_in_request_order(harn
     harness.wait_feedback(confirmed=[101, 102, 103], finished=[10])
 
 
+def test_one_register_and_one_result_answer_many_requests(harness):
+    """What a worker sends after one model call: the pieces of several clients' requests in one
+    RESULT, after one REGISTER of them all; a piece with a forged tag among them is dropped alone."""
+    subs = {c: harness.client(c) for c in (b'a', b'b', b'c')}
+    harness.wait_subscribed(*subs)
+    harness.send(msg.pack_registers([msg.register_entry(c, 7, n=1, serial=s, timeout=None)
+                                     for s, c in enumerate(subs, 1)]))
+    forged = msg.result_entry(Piece(b'c', 7, [0], [''], serial=3, piece_id=33, tag='0' * 32), rows_of(1, offset=9), None)
+    harness.send(msg.pack_results([msg.result_entry(piece(b'a', 7, 1, 31), rows_of(1, offset=1), None), forged,
+                                   msg.result_entry(piece(b'b', 7, 2, 32), rows_of(1, offset=2), None)]))
+    for c, value in ((b'a', 1), (b'b', 2)):
+        reply = harness.reply(subs[c])
+        assert (reply.kind, reply.req_id) == ('result', 7)
+        np.testing.assert_array_equal(reply.array, rows_of(1, offset=value))
+    harness.wait_feedback(confirmed=[31, 32], finished=[1, 2])
+    assert harness.sink.dropped_messages == 1
+    assert not subs[b'c'].poll(200)  # its real piece is still to come
+    harness.send(result(b'c', 7, 3, 34, [0], rows_of(1, offset=3)))
+    np.testing.assert_array_equal(harness.reply(subs[b'c']).array, rows_of(1, offset=3))
+
+
 def test_tokens_come_back_in_request_order(harness):
     sub = harness.client(b'c')
     harness.send(msg.pack_register(b'c', 2, n=3, serial=1, timeout=None))

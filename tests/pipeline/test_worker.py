@@ -43,6 +43,7 @@ class WorkerHarness:
         self.router.bind(f'ipc://{tmp_path}/backend')
         self.sink_addr = f'ipc://{tmp_path}/sink'
         self.sink = self._socket(zmq.PULL)
+        self.unread: list = []  # pieces of a RESULT read, not taken yet
         self.sink.bind(self.sink_addr)
         settings = WorkerConfig(name='WORKER-T', identity='worker-t', fingerprint='f', device_id=-1,
                                   backend_addr=f'ipc://{tmp_path}/backend', credit=2, server_timeout=60.0)
@@ -89,8 +90,11 @@ class WorkerHarness:
         self.sink.bind(self.sink_addr)
 
     def result(self) -> msg.SinkMessage:
-        assert self.sink.poll(WAIT_SECONDS * 1000), 'no result at the sink'
-        return msg.unpack_sink(self.sink.recv_multipart())
+        """The next piece's result or failure at the sink (a RESULT message may hold several)."""
+        if not self.unread:
+            assert self.sink.poll(WAIT_SECONDS * 1000), 'no result at the sink'
+            self.unread = msg.unpack_sink(self.sink.recv_multipart())
+        return self.unread.pop(0)
 
     def close(self) -> None:
         self.stop.set()

@@ -164,6 +164,7 @@ class VentilatorHarness:
         self.client.connect(f'tcp://127.0.0.1:{self.addresses.port}')
         self.feedback = self.socket(zmq.PUSH)
         self.serials: List[int] = []  # of every REGISTER the stand-in sink read
+        self.unread: Dict[zmq.Socket, List[msg.SinkMessage]] = {}  # read from a socket, not taken yet
         self.thread = threading.Thread(target=self.ventilator.run, args=(self.ctx,), name='ventilator', daemon=True)
 
     def _spawn(self, worker_id: int, generation: int):
@@ -201,13 +202,20 @@ class VentilatorHarness:
     def sink_message(self, kind: Optional[bytes] = None, sock: Optional[zmq.Socket] = None) -> msg.SinkMessage:
         """The next message at the stand-in sink (of ``kind``; others before it are skipped)."""
         sock = sock or self.sink
+        waiting = self.unread.setdefault(sock, [])
         while True:
-            assert sock.poll(WAIT_SECONDS * 1000), f'no {kind!r} reached the sink'
-            m = msg.unpack_sink(sock.recv_multipart())
-            if m.kind == msg.REGISTER:
-                self.serials.append(m.serial)
+            while not waiting:
+                assert sock.poll(WAIT_SECONDS * 1000), f'no {kind!r} reached the sink'
+                waiting.extend(self._read_sink(sock))
+            m = waiting.pop(0)
             if kind is None or m.kind == kind:
                 return m
+
+    def _read_sink(self, sock: zmq.Socket) -> List[msg.SinkMessage]:
+        """One message at the stand-in sink: its requests or pieces (a REGISTER or RESULT holds several)."""
+        messages = msg.unpack_sink(sock.recv_multipart())
+        self.serials.extend(m.serial for m in messages if m.kind == msg.REGISTER)
+        return messages
 
     def confirm(self, piece_ids) -> None:
         self.feedback.send_multipart(msg.pack_confirm(piece_ids))
@@ -254,9 +262,7 @@ class VentilatorHarness:
         try:
             while self.thread.is_alive() and time.monotonic() < deadline:
                 while self.sink.poll(0):
-                    m = msg.unpack_sink(self.sink.recv_multipart())
-                    if m.kind == msg.REGISTER:
-                        self.serials.append(m.serial)
+                    self._read_sink(self.sink)
                 if self.serials:
                     self.finish(self.serials)
                 self.thread.join(0.05)

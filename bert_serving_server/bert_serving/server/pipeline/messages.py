@@ -30,9 +30,11 @@ Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers
 
 Ventilator PUSH and workers PUSH -> sink PULL (binds ``sink``)::
 
-    [REGISTER, client, req_id, JSON {"n", "serial", "timeout", "key", "received"}]   a data request to reassemble
-    [RESULT, client, req_id, JSON {"serial", "piece", "rows", "dtype", "shape", "tokens", "tag",
-                                   "queue", "model", "call"}, bytes]
+    [REGISTER, JSON {"requests": [{"client", "req_id", "n", "serial", "timeout", "key", "received"}, ...]}]
+        data requests to reassemble: every request the ventilator accepted in one read of its clients
+    [RESULT, JSON {"pieces": [{"client", "req_id", "serial", "piece", "rows", "dtype", "shape", "tokens",
+                               "tag", "queue", "model", "call"}, ...]}, bytes, bytes, ...]
+        the rows of pieces one worker computed, one bytes frame per piece in the order of "pieces"
     [JSON_REPLY, client, req_id, key, JSON]                       publish as is (config)
     [STATUS, client, req_id, key, JSON]                           publish with the sink's "metrics" added
     [FAIL, client, req_id, JSON {"message", "code", "serial", "piece", "tag", "key", "received", "outcome"}]
@@ -59,12 +61,17 @@ Sink PUSH -> ventilator PULL (binds ``feedback``)::
     [FINISHED, JSON {"serials": [serials], "dropped": n}]   these requests were answered or failed;
                                                  n: worker messages the sink refused so far
 
+A REGISTER or RESULT carries several requests or pieces so that many one-sentence requests cost
+the ventilator, the workers and the sink one message, not one each, per read or per model call
+(~30% of their CPU per request with 32 one-sentence clients). "client" is the identity's bytes as
+latin-1 text, which any bytes survive. :func:`unpack_sink` returns one :class:`SinkMessage` per
+request or piece.
+
 ``serial`` numbers the data requests the ventilator accepted; with the client's identity and req_id
 it names one request (clients may reuse identities and ids). ``piece`` numbers pieces.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import math
@@ -83,7 +90,8 @@ __all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', '
            'WorkerMessage', 'SinkMessage', 'Feedback',
            'pack_ready', 'pack_heartbeat', 'pack_pong', 'pack_done', 'pack_fatal', 'unpack_worker',
            'pack_batch', 'peek_batch', 'unpack_batch',
-           'pack_register', 'pack_result', 'pack_json_reply', 'pack_fail', 'unpack_sink',
+           'pack_register', 'pack_registers', 'register_entry', 'pack_result', 'pack_results', 'result_entry',
+           'pack_json_reply', 'pack_fail', 'unpack_sink',
            'pack_confirm', 'pack_finished', 'unpack_feedback', 'pack_piece_fail', 'piece_tag', 'LOCAL_CHANNEL',
            'remote_channel']
 
@@ -192,7 +200,7 @@ def piece_tag(secret: bytes, channel: bytes, client: bytes, req_id: int, serial:
     which piece, and the channel of the worker it went to. Only the ventilator and the sink hold
     ``secret``, so a valid tag proves the piece was sent to that channel."""
     data = b'%d:%s|%d|%d|%d|%s' % (len(client), client, req_id, serial, piece_id, channel)
-    return hmac.new(secret, data, hashlib.sha256).hexdigest()[:32]
+    return hmac.digest(secret, data, 'sha256')[:16].hex()  # the one-shot C path: ~3x faster than hmac.new
 
 
 # -- worker <-> ventilator -------------------------------------------------------------------------
@@ -389,21 +397,56 @@ def _text(key: bytes) -> str:
     return key.decode('latin-1')
 
 
+def register_entry(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float],
+                   key: bytes = b'', received: Optional[float] = None) -> dict:
+    """One request of a REGISTER (see :func:`pack_registers`)."""
+    return {'client': _text(client), 'req_id': req_id, 'n': n, 'serial': serial, 'timeout': timeout,
+            'key': _text(key), 'received': received}
+
+
+def pack_registers(entries: Sequence[dict]) -> List[bytes]:
+    """A REGISTER of the requests ``entries`` (:func:`register_entry`)."""
+    return [REGISTER, json.dumps({'requests': list(entries)}).encode()]
+
+
 def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Optional[float],
                   key: bytes = b'', received: Optional[float] = None) -> List[bytes]:
-    body = {'n': n, 'serial': serial, 'timeout': timeout, 'key': _text(key), 'received': received}
-    return [REGISTER, client, b'%d' % req_id, json.dumps(body).encode()]
+    """A REGISTER of one request."""
+    return pack_registers([register_entry(client, req_id, n, serial, timeout, key, received)])
+
+
+_DTYPE_NAMES: dict = {}  # str(dtype) takes ~2 us in numpy 2, once per piece
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+def result_entry(piece: Piece, array: np.ndarray, tokens: Optional[list], queue: Optional[float] = None,
+                 model: Optional[float] = None, call: Optional[dict] = None) -> Tuple[dict, np.ndarray]:
+    """One piece of a RESULT (see :func:`pack_results`): its header and its contiguous rows.
+    ``queue``, ``model`` and ``call``: the piece's times and its model call (see the module docstring)."""
+    array = np.ascontiguousarray(array)
+    header = {'client': _text(piece.client), 'req_id': piece.req_id, 'serial': piece.serial, 'piece': piece.piece_id,
+              'rows': piece.rows, 'dtype': _dtype_name(array.dtype), 'shape': list(array.shape), 'tokens': tokens,
+              'tag': piece.tag, 'queue': queue, 'model': model}
+    if call is not None:
+        header['call'] = call
+    return header, array
+
+
+def pack_results(entries: Sequence[Tuple[dict, np.ndarray]]) -> List[Any]:
+    """A RESULT of the pieces ``entries`` (:func:`result_entry`); the arrays go out as views."""
+    return [RESULT, json.dumps({'pieces': [h for h, _ in entries]}).encode()] + [raw_bytes(a) for _, a in entries]
 
 
 def pack_result(piece: Piece, array: np.ndarray, tokens: Optional[list], queue: Optional[float] = None,
                 model: Optional[float] = None, call: Optional[dict] = None) -> List[Any]:
-    """``queue``, ``model`` and ``call``: the piece's times and its model call (see the module docstring)."""
-    array = np.ascontiguousarray(array)
-    header = {'serial': piece.serial, 'piece': piece.piece_id, 'rows': piece.rows, 'dtype': str(array.dtype),
-              'shape': list(array.shape), 'tokens': tokens, 'tag': piece.tag, 'queue': queue, 'model': model}
-    if call is not None:
-        header['call'] = call
-    return [RESULT, piece.client, b'%d' % piece.req_id, json.dumps(header).encode(), raw_bytes(array)]
+    """A RESULT of one piece."""
+    return pack_results([result_entry(piece, array, tokens, queue, model, call)])
 
 
 def pack_json_reply(client: bytes, req_id: int, body: bytes, key: bytes = b'') -> List[bytes]:
@@ -429,50 +472,99 @@ def pack_piece_fail(piece: Piece, message: str, code: str) -> List[bytes]:
                      piece_id=piece.piece_id, tag=piece.tag)
 
 
-def unpack_sink(frames: Sequence) -> SinkMessage:
-    """Parses what the sink's PULL received. The array of a RESULT is a view of the last frame."""
+def unpack_sink(frames: Sequence) -> List[SinkMessage]:
+    """Parses what the sink's PULL received: one message per request of a REGISTER or piece of a
+    RESULT (whose arrays are views of its frames), else one. A malformed part drops the whole
+    message (BadMessage)."""
+    if len(frames) < 2:
+        raise BadMessage(f'a sink message has at least 2 frames, got {len(frames)}')
+    kind = bytes(frames[0])
+    if kind == REGISTER:
+        return _unpack_registers(frames)
+    if kind == RESULT:
+        return _unpack_results(frames)
     if len(frames) < 4:
-        raise BadMessage(f'a sink message has at least 4 frames, got {len(frames)}')
-    kind, client, req_id = bytes(frames[0]), bytes(frames[1]), _int(frames[2])
+        raise BadMessage(f'a {kind[:16]!r} has at least 4 frames, got {len(frames)}')
+    client, req_id = bytes(frames[1]), _int(frames[2])
     if kind in (JSON_REPLY, STATUS):
         if len(frames) != 5:
-            raise BadMessage(f'a {kind.decode()} has 5 frames')
-        return SinkMessage(kind, client, req_id, curve_key=bytes(frames[3]), body=bytes(frames[4]))
-    body = _json(frames[3])
-    if not isinstance(body, dict):
-        raise BadMessage(f'{kind[:16]!r} carries a JSON object')
+            raise BadMessage(f'a {kind.decode("latin-1")} has 5 frames')
+        return [SinkMessage(kind, client, req_id, curve_key=bytes(frames[3]), body=bytes(frames[4]))]
+    if kind != FAIL:
+        raise BadMessage(f'unknown sink message kind {kind[:16]!r}')
+    body = _object(frames[3], kind)
     try:
-        curve_key = str(body.get('key') or '').encode('latin-1')
-        if kind == REGISTER:
-            timeout = body.get('timeout')
-            return SinkMessage(kind, client, req_id, serial=int(body['serial']), n=int(body['n']),
-                               timeout=None if timeout is None else float(timeout), curve_key=curve_key,
-                               received=_seconds(body.get('received')))
-        if kind == FAIL:
-            serial, piece = body.get('serial'), body.get('piece')
-            return SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
-                               piece_id=None if piece is None else int(piece), message=str(body['message']),
-                               code=body['code'] if isinstance(body.get('code'), str) else None,
-                               curve_key=curve_key, tag=str(body.get('tag') or ''),
-                               received=_seconds(body.get('received')),
-                               outcome=body['outcome'] if isinstance(body.get('outcome'), str) else None)
-        if kind == RESULT:
-            if len(frames) != 5:
-                raise BadMessage('a RESULT has 5 frames')
-            array = np.frombuffer(frames[4], dtype=np.dtype(body['dtype'])).reshape(body['shape'])
-            rows = [int(r) for r in body['rows']]
-            if len(rows) != (array.shape[0] if array.ndim else -1):
-                raise BadMessage(f'a RESULT has {len(rows)} rows but an array of shape {array.shape}')
-            call = body.get('call')
-            return SinkMessage(kind, client, req_id, serial=int(body['serial']), piece_id=int(body['piece']),
-                               rows=rows, array=array, tokens=body.get('tokens'), tag=str(body.get('tag') or ''),
-                               queue=_seconds(body.get('queue')), model=_seconds(body.get('model')),
-                               call=_model_call(call) if call is not None else None)
-    except BadMessage:
-        raise
+        serial, piece = body.get('serial'), body.get('piece')
+        return [SinkMessage(kind, client, req_id, serial=None if serial is None else int(serial),
+                            piece_id=None if piece is None else int(piece), message=str(body['message']),
+                            code=body['code'] if isinstance(body.get('code'), str) else None,
+                            curve_key=_key(body), tag=str(body.get('tag') or ''),
+                            received=_seconds(body.get('received')),
+                            outcome=body['outcome'] if isinstance(body.get('outcome'), str) else None)]
     except (KeyError, TypeError, ValueError) as e:
         raise BadMessage(f'{kind[:16]!r} lacks or mistypes a field ({e!r})') from None
-    raise BadMessage(f'unknown sink message kind {kind[:16]!r}')
+
+
+def _object(frame, kind: bytes) -> dict:
+    body = _json(frame)
+    if not isinstance(body, dict):
+        raise BadMessage(f'{kind[:16]!r} carries a JSON object')
+    return body
+
+
+def _entries(frame, kind: bytes, name: str) -> list:
+    entries = _object(frame, kind).get(name)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BadMessage(f'a {kind.decode("latin-1")} carries {{"{name}": [JSON objects]}}')
+    return entries
+
+
+def _key(entry: dict) -> bytes:
+    return str(entry.get('key') or '').encode('latin-1')
+
+
+def _client(entry: dict) -> bytes:
+    client = entry['client']
+    if not isinstance(client, str):
+        raise TypeError('"client" is not a string')
+    return client.encode('latin-1')
+
+
+def _unpack_registers(frames: Sequence) -> List[SinkMessage]:
+    if len(frames) != 2:
+        raise BadMessage('a REGISTER is [REGISTER, JSON]')
+    out = []
+    try:
+        for e in _entries(frames[1], REGISTER, 'requests'):
+            timeout = e.get('timeout')
+            out.append(SinkMessage(REGISTER, _client(e), int(e['req_id']), serial=int(e['serial']), n=int(e['n']),
+                                   timeout=None if timeout is None else float(timeout), curve_key=_key(e),
+                                   received=_seconds(e.get('received'))))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadMessage(f'a REGISTER lacks or mistypes a field ({e!r})') from None
+    return out
+
+
+def _unpack_results(frames: Sequence) -> List[SinkMessage]:
+    entries = _entries(frames[1], RESULT, 'pieces')
+    if len(frames) != 2 + len(entries):
+        raise BadMessage(f'a RESULT of {len(entries)} pieces has {2 + len(entries)} frames, got {len(frames)}')
+    out = []
+    try:
+        for e, data in zip(entries, frames[2:]):
+            array = np.frombuffer(data, dtype=np.dtype(e['dtype'])).reshape(e['shape'])
+            rows = [int(r) for r in e['rows']]
+            if len(rows) != (array.shape[0] if array.ndim else -1):
+                raise BadMessage(f'a RESULT has {len(rows)} rows but an array of shape {array.shape}')
+            call = e.get('call')
+            out.append(SinkMessage(RESULT, _client(e), int(e['req_id']), serial=int(e['serial']),
+                                   piece_id=int(e['piece']), rows=rows, array=array, tokens=e.get('tokens'),
+                                   tag=str(e.get('tag') or ''), queue=_seconds(e.get('queue')),
+                                   model=_seconds(e.get('model')),
+                                   call=_model_call(call) if call is not None else None))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadMessage(f'a RESULT lacks or mistypes a field ({e!r})') from None
+    return out
 
 
 def _model_call(call) -> dict:

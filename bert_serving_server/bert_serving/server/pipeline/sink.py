@@ -205,11 +205,17 @@ class Sink:
             if from_remote:
                 channel = msg.remote_channel((connection_property(frames[0], 'User-Id') or b'') if self.curve else b'')
             try:
-                self._on_message([f.buffer if i == 4 else f.bytes for i, f in enumerate(frames)], channel)
+                messages = msg.unpack_sink([f.bytes if i < 2 else f.buffer for i, f in enumerate(frames)])
             except msg.BadMessage as e:
                 self._drop(f'a malformed internal message: {e}')
-            except Exception:  # noqa: BLE001 - one bad message must never stop the sink
-                self.logger.exception('dropped a message that could not be handled')
+                continue
+            for m in messages:
+                try:
+                    self._on_message(m, channel)
+                except msg.BadMessage as e:
+                    self._drop(f'a malformed internal message: {e}')
+                except Exception:  # noqa: BLE001 - one bad message must never stop the sink
+                    self.logger.exception('dropped a message that could not be handled')
 
     def _drop(self, what: str) -> None:
         self.dropped_messages += 1
@@ -241,8 +247,7 @@ class Sink:
         expected = msg.piece_tag(self.secret, channel, m.client, m.req_id, m.serial, m.piece_id)
         return hmac.compare_digest(expected, m.tag)
 
-    def _on_message(self, frames, channel: bytes = msg.LOCAL_CHANNEL) -> None:
-        m = msg.unpack_sink(frames)
+    def _on_message(self, m: msg.SinkMessage, channel: bytes = msg.LOCAL_CHANNEL) -> None:
         from_worker = m.kind == msg.RESULT or (m.kind == msg.FAIL and m.piece_id is not None)
         if channel != msg.LOCAL_CHANNEL and not from_worker:
             raise msg.BadMessage(f'{m.kind[:16]!r} on the remote workers\' port: only results go there')

@@ -118,6 +118,7 @@ class Ventilator:
         self.stat = ServerStatistic()
         self.registry = WorkerRegistry(fingerprint, supervisor.label, addresses.port_worker is not None)
         self.outbox: deque = deque()  # for the sink, when it cannot take more right now
+        self.registers: list = []  # requests accepted in this read of the clients, one REGISTER after it
         self.last_feedback = time.monotonic()
         self.remote = None
 
@@ -179,6 +180,7 @@ class Ventilator:
                     self._read(sock, lambda frames, r=remote: self._on_worker(frames, r), copy=not remote)
             if frontend in events:
                 self._read(frontend, self._on_client, MAX_READS, copy=False)  # frames: peer key and address
+                self._send_registers()
             self._dispatch()
             now = time.monotonic()
             if now >= next_check:
@@ -224,6 +226,12 @@ class Ventilator:
             self.outbox.append(frames)
             if len(self.outbox) > MAX_OUTBOX and not self.server.stopping:
                 self.server.fatal(f'the SINK does not take messages ({len(self.outbox)} waiting): stuck?')
+
+    def _send_registers(self) -> None:
+        """Tells the sink, in one message, of the requests accepted in the last read of the clients."""
+        if self.registers:
+            self._send_sink(msg.pack_registers(self.registers))
+            self.registers = []
 
     def _try_send(self, frames) -> bool:
         try:
@@ -307,8 +315,8 @@ class Ventilator:
                 self.logger.info('request %d from %r refused: %s', req.req_id, req.identity[:40], e)
                 self._fail(req.identity, req.req_id, str(e), code=e.code, key=key, received=received)
                 return
-            self._send_sink(msg.pack_register(req.identity, req.req_id, len(texts), serial, self.request_timeout, key,
-                                              received))
+            self.registers.append(msg.register_entry(req.identity, req.req_id, len(texts), serial, self.request_timeout,
+                                                     key, received))
 
     # -- workers ---------------------------------------------------------------------------------
     def _on_worker(self, frames, remote: bool) -> None:
