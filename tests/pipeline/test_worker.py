@@ -175,6 +175,27 @@ def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
     assert (beats[-1].holds, beats[-1].sending) == ((), ())
 
 
+def test_a_batch_s_pieces_reach_the_sink_in_few_messages(harness, monkeypatch):
+    """The pieces of one model call go to the sink together, one RESULT up to RESULT_MESSAGE_BYTES of
+    rows (then the next), each piece with its own rows and tag."""
+    from bert_serving.server.pipeline import worker as worker_module
+    row_bytes = 4 * fake.FAKE_WIDTH
+    monkeypatch.setattr(worker_module, 'RESULT_MESSAGE_BYTES', 3 * row_bytes)  # a message per 3 rows or more
+    pieces = [Piece(b'c%d' % i, 10 + i, list(range(n)), ['some words'] * n, serial=i, piece_id=100 + i, tag=f't{i}')
+              for i, n in enumerate((1, 1, 2, 1))]
+    harness.router.send_multipart([harness.identity] + msg.pack_batch(7, pieces))
+    messages = []
+    while sum(len(m) for m in messages) < len(pieces):
+        assert harness.sink.poll(WAIT_SECONDS * 1000), 'no result at the sink'
+        messages.append(msg.unpack_sink(harness.sink.recv_multipart()))
+    assert [[m.piece_id for m in ms] for ms in messages] == [[100, 101, 102], [103]]  # cut after 4 rows, then 1
+    got = [m for ms in messages for m in ms]
+    assert [(m.kind, m.client, m.req_id, m.rows, m.tag, m.array.shape) for m in got] == [
+        (msg.RESULT, p.client, p.req_id, p.rows, p.tag, (len(p.rows), fake.FAKE_WIDTH)) for p in pieces]
+    assert got[0].call is not None and all(m.call is None for m in got[1:])  # the call, described once
+    assert harness.recv(msg.DONE).batch_id == 7
+
+
 def test_the_engine_s_errors_become_fail_frames_once(harness):
     """Input the engine refuses fails its piece as bad_request, in the validator's words; a length
     the engine cannot lay out fails it as failed; the worker goes on serving."""
