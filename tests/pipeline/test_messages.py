@@ -203,7 +203,7 @@ def test_one_register_carries_many_requests():
 
 
 def test_one_result_carries_many_pieces_each_with_its_own_array():
-    any_bytes = bytes(range(1, 256))  # an identity of any bytes but NUL survives the JSON header
+    any_bytes = bytes(range(256))  # any bytes survive the JSON header (as latin-1 text)
     pieces = [msg.Piece(any_bytes, 3, [1], ['a'], serial=5, piece_id=8, tag='t8'),
               msg.Piece(b'other', 4, [0, 2], ['b', 'c'], serial=6, piece_id=9, tag='t9')]
     arrays = [np.full((1, 3), 1.5, np.float32), np.arange(6, dtype=np.float16).reshape(2, 3)]
@@ -220,6 +220,11 @@ def test_one_result_carries_many_pieces_each_with_its_own_array():
     np.testing.assert_array_equal(first.array, arrays[0])
     assert second.array.dtype == np.float16
     np.testing.assert_array_equal(second.array, arrays[1])
+
+
+def test_a_time_too_large_for_a_float_reads_as_no_time():
+    [m] = msg.unpack_sink(_result({'queue': 10 ** 400, 'model': float('nan')}))
+    assert (m.queue, m.model) == (None, None)
 
 
 def test_one_malformed_piece_refuses_the_whole_result():
@@ -302,7 +307,13 @@ _DROP = object()
     _result()[:2],
     _result() + [b'extra'],
     _result({'client': None}),
+    _result({'client': '\u0100'}),  # no latin-1 character: not bytes the worker sent
     _result({'req_id': 'r'}),
+    _result({'req_id': float('inf')}),  # OverflowError, not a crash
+    _result({'rows': [float('inf'), 1]}),
+    _result({'piece': float('-inf')}),
+    _register(serial=float('inf')),
+    [msg.FAIL, b'c', b'1', b'{"message": "m", "serial": Infinity}'],
     _result({'dtype': 'no-such-dtype'}),
     _result({'dtype': None}),
     _result({'shape': [2, 5]}),

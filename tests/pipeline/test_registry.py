@@ -2,14 +2,15 @@
 as ready (one READY after HELLO, credit capped), and what is forgotten when a worker is lost. No sockets."""
 import pytest
 
+from bert_serving.server.pipeline import messages as msg
 from bert_serving.server.pipeline.registry import MAX_CREDIT, WorkerRegistry
 
 FINGERPRINT = 'f' * 64
 LOCAL = {b'worker-0-0': '0', b'worker-1-3': '1'}  # what the supervisor started: identity -> label
 
 
-def hello(host='h', pid=7, fingerprint=FINGERPRINT):
-    return {'fingerprint': fingerprint, 'host': host, 'pid': pid, 'device': 'cpu', 'local': False}
+def hello(host='h', pid=7, fingerprint=FINGERPRINT, protocol=msg.PROTOCOL_VERSION):
+    return {'fingerprint': fingerprint, 'host': host, 'pid': pid, 'device': 'cpu', 'local': False, 'protocol': protocol}
 
 
 @pytest.fixture
@@ -44,6 +45,23 @@ def test_another_fingerprint_is_refused_with_both_and_what_to_change(registry):
     reason = registry.hello(b'worker-0-0', hello(fingerprint='a' * 64), remote=False)
     assert 'a' * 12 in reason and 'f' * 12 in reason and '-model_dir' in reason
     assert registry.get(b'worker-0-0', remote=False) is None
+
+
+@pytest.mark.parametrize('protocol', [None, 1, msg.PROTOCOL_VERSION + 1])
+def test_a_worker_of_another_release_is_refused_with_what_to_install(registry, protocol):
+    """A remote worker of a release whose messages this server would drop (an older one sends no
+    "protocol" in its HELLO) is told so, instead of being welcomed and losing every result."""
+    reason = registry.hello(b'remote-x', hello(protocol=protocol), remote=True, channel=b'remote:KEY')
+    assert f'internal protocol {protocol or 1} and this server {msg.PROTOCOL_VERSION}' in reason
+    assert 'same bert-serving-server release' in reason
+    assert registry.get(b'remote-x', remote=True) is None
+
+
+def test_hello_carries_the_protocol_version():
+    frames = [b'remote-x'] + msg.pack_hello('f' * 64, 'h', 1, 'cpu', False)
+    assert msg.unpack_worker(frames).info['protocol'] == msg.PROTOCOL_VERSION
+    old = [b'remote-x', msg.HELLO, b'{"fingerprint": "ff", "host": "h", "pid": 1, "device": "cpu", "local": false}']
+    assert msg.unpack_worker(old).info['protocol'] is None
 
 
 def test_remote_workers_need_port_worker():

@@ -103,6 +103,22 @@ def test_stopping_fails_what_is_left_with_shutting_down(ventilator):
     assert 'server shutting down' in fail.message
 
 
+def test_requests_read_together_are_registered_and_a_bad_one_among_them_fails_alone(ventilator):
+    """Requests the ventilator reads in one turn go to the sink in one REGISTER (the stand-in sink
+    splits it): a malformed one among them is refused on its own, the others all registered."""
+    v = ventilator(num_worker=0)
+    for i in range(1, 6):
+        if i == 3:
+            v.send(b'bad', b'{"texts": 5}', req_id=3)
+        else:
+            v.encode(b'c%d' % i, ['text %d' % i], req_id=i)
+    got = [v.sink_message() for _ in range(5)]  # the FAIL goes at once, the REGISTER after the read
+    assert {(m.client, m.req_id) for m in got if m.kind == msg.REGISTER} == {(b'c1', 1), (b'c2', 2), (b'c4', 4),
+                                                                            (b'c5', 5)}
+    [fail] = [m for m in got if m.kind == msg.FAIL]
+    assert (fail.client, fail.req_id, fail.serial, fail.code) == (b'bad', 3, None, ErrorCode.BAD_REQUEST)
+
+
 def test_the_sinks_count_of_dropped_worker_messages_reaches_the_status(ventilator):
     v = ventilator(num_worker=0)
     v.feedback.send_multipart(msg.pack_finished([], dropped=4))

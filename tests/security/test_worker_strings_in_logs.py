@@ -47,7 +47,7 @@ def test_sanitize_for_log_caps_the_length():
 
 def _hello(fingerprint: str) -> list:
     return [msg.HELLO, json.dumps({'fingerprint': fingerprint, 'host': EVIL_HOST, 'pid': FORGED * 3,
-                                   'device': EVIL_DEVICE, 'local': False}).encode()]
+                                   'device': EVIL_DEVICE, 'local': False, 'protocol': msg.PROTOCOL_VERSION}).encode()]
 
 
 def _worker(ctx: zmq.Context, port_worker: int, identity: bytes) -> zmq.Socket:

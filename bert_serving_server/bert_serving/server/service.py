@@ -199,11 +199,14 @@ class BertServer(threading.Thread):
 
     def _max_result_bytes(self) -> int:
         """The largest frame a remote worker may send the sink: the vectors of one full batch (or of
-        the largest reply, if smaller), or its word pieces as JSON, whichever is larger."""
+        the largest reply, if smaller), or a RESULT's header (the JSON of up to one piece a row, each
+        with its word pieces), whichever is larger."""
         cfg = self.server_config
         vectors = min(cfg.max_reply_bytes, cfg.max_batch_size * self.scheduler.cfg.reply_row_bytes)
         longest = self.engine_config.max_seq_len or 512
-        return max(vectors, cfg.max_batch_size * longest * 64) + (1 << 20)  # 64 bytes a word piece in JSON
+        # 64 bytes a word piece in JSON; a piece's other fields, its identity escaped (\u00XX), 2 KB.
+        header = cfg.max_batch_size * (longest * 64 + 2048)
+        return max(vectors, header) + (1 << 20)
 
     def _model_status(self) -> dict:
         if self.graph is None:

@@ -6,7 +6,8 @@ Nothing is pickled: headers are JSON, arrays raw bytes. Every ``unpack_*`` raise
 
 Ventilator ROUTER (binds ``backend``, and tcp ``port_worker`` for remote workers) <-> worker DEALER::
 
-    worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local"}]   who I am
+    worker -> ventilator   [HELLO, JSON {"fingerprint", "host", "pid", "device", "local", "protocol"}]
+                                                       who I am, and the PROTOCOL_VERSION I speak
                            [READY, JSON {"credit", "pid", "device"}]   model loaded
                            [HEARTBEAT, JSON {"batch": id or null, "holds": [ids], "sending": [ids],
                                              "pong": mark or null, "busy": seconds}]
@@ -59,7 +60,7 @@ Sink PUSH -> ventilator PULL (binds ``feedback``)::
 
     [CONFIRM, JSON {"pieces": [piece ids]}]      the sink holds these pieces' rows (or their failure)
     [FINISHED, JSON {"serials": [serials], "dropped": n}]   these requests were answered or failed;
-                                                 n: worker messages the sink refused so far
+                                                 n: worker messages or pieces the sink refused so far
 
 A REGISTER or RESULT carries several requests or pieces so that many one-sentence requests cost
 the ventilator, the workers and the sink one message, not one each, per read or per model call
@@ -81,9 +82,9 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from bert_serving.client.errors import ProtocolError
-from bert_serving.client.protocol import raw_bytes
+from bert_serving.client.protocol import dtype_name, raw_bytes
 
-__all__ = ['READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', 'REJECT', 'PONG', 'REGISTER_AGAIN',
+__all__ = ['PROTOCOL_VERSION', 'READY', 'HEARTBEAT', 'DONE', 'FATAL', 'BATCH', 'HELLO', 'WELCOME', 'REJECT', 'PONG', 'REGISTER_AGAIN',
            'pack_hello', 'pack_welcome', 'pack_reject', 'unpack_control', 'Control', 'REGISTER', 'RESULT', 'JSON_REPLY',
            'STATUS', 'FAIL', 'pack_status',
            'CONFIRM', 'FINISHED', 'HEARTBEAT_SECONDS', 'BadMessage', 'RequestKey', 'Piece',
@@ -101,6 +102,10 @@ REGISTER, RESULT, JSON_REPLY, STATUS, FAIL = b'REGISTER', b'RESULT', b'JSON_REPL
 CONFIRM, FINISHED = b'CONFIRM', b'FINISHED'
 
 HEARTBEAT_SECONDS = 1.0
+# The version of this module's wire format. A worker of another version is refused at HELLO, with a
+# reason that says to install the same release on both machines: a remote worker from before the
+# batched REGISTER and RESULT (version 2) would otherwise be welcomed, and every result it sent dropped.
+PROTOCOL_VERSION = 2
 
 RequestKey = Tuple[bytes, int, int]  # (client identity, req_id, serial): one client request
 
@@ -123,8 +128,13 @@ def _is_int(value) -> bool:
 
 def _seconds(value) -> Optional[float]:
     """A duration or time from a JSON field, None unless a finite number."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            value = float(value)  # an int of 400 digits: OverflowError
+        except OverflowError:
+            return None
+        if math.isfinite(value):
+            return value
     return None
 
 
@@ -210,7 +220,7 @@ class WorkerMessage(NamedTuple):
     kind: bytes
     batch_id: Optional[int] = None  # DONE; HEARTBEAT: the batch being computed, if any
     credit: int = 0  # READY
-    info: Optional[dict] = None  # READY: pid, device; HELLO: fingerprint, host, pid, device, local
+    info: Optional[dict] = None  # READY: pid, device; HELLO: fingerprint, host, pid, device, local, protocol
     message: str = ''  # FATAL
     holds: Optional[Tuple[int, ...]] = None  # HEARTBEAT: every batch held; None from a worker that does not say
     sending: Tuple[int, ...] = ()  # HEARTBEAT: batches done whose results are still leaving for the sink
@@ -220,7 +230,7 @@ class WorkerMessage(NamedTuple):
 
 def pack_hello(fingerprint: str, host: str, pid: int, device: str, local: bool) -> List[bytes]:
     return [HELLO, json.dumps({'fingerprint': fingerprint, 'host': host, 'pid': pid, 'device': device,
-                               'local': local}).encode()]
+                               'local': local, 'protocol': PROTOCOL_VERSION}).encode()]
 
 
 def pack_ready(credit: int, pid: int, device: str) -> List[bytes]:
@@ -255,7 +265,8 @@ def unpack_worker(frames: Sequence[bytes]) -> WorkerMessage:
         if not isinstance(body, dict) or not isinstance(body.get('fingerprint'), str):
             raise BadMessage('HELLO carries a JSON object with a "fingerprint"')
         info = {'fingerprint': body['fingerprint'], 'host': str(body.get('host', '?'))[:100],
-                'pid': body.get('pid'), 'device': str(body.get('device', '?'))[:40], 'local': bool(body.get('local'))}
+                'pid': body.get('pid'), 'device': str(body.get('device', '?'))[:40], 'local': bool(body.get('local')),
+                'protocol': body['protocol'] if _is_int(body.get('protocol')) else None}
         return WorkerMessage(identity, kind, info=info)
     if kind == READY:
         body = _json(frames[2])
@@ -415,23 +426,13 @@ def pack_register(client: bytes, req_id: int, n: int, serial: int, timeout: Opti
     return pack_registers([register_entry(client, req_id, n, serial, timeout, key, received)])
 
 
-_DTYPE_NAMES: dict = {}  # str(dtype) takes ~2 us in numpy 2, once per piece
-
-
-def _dtype_name(dtype: np.dtype) -> str:
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype)
-    return name
-
-
 def result_entry(piece: Piece, array: np.ndarray, tokens: Optional[list], queue: Optional[float] = None,
                  model: Optional[float] = None, call: Optional[dict] = None) -> Tuple[dict, np.ndarray]:
     """One piece of a RESULT (see :func:`pack_results`): its header and its contiguous rows.
     ``queue``, ``model`` and ``call``: the piece's times and its model call (see the module docstring)."""
     array = np.ascontiguousarray(array)
     header = {'client': _text(piece.client), 'req_id': piece.req_id, 'serial': piece.serial, 'piece': piece.piece_id,
-              'rows': piece.rows, 'dtype': _dtype_name(array.dtype), 'shape': list(array.shape), 'tokens': tokens,
+              'rows': piece.rows, 'dtype': dtype_name(array.dtype), 'shape': list(array.shape), 'tokens': tokens,
               'tag': piece.tag, 'queue': queue, 'model': model}
     if call is not None:
         header['call'] = call
@@ -501,7 +502,7 @@ def unpack_sink(frames: Sequence) -> List[SinkMessage]:
                             curve_key=_key(body), tag=str(body.get('tag') or ''),
                             received=_seconds(body.get('received')),
                             outcome=body['outcome'] if isinstance(body.get('outcome'), str) else None)]
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise BadMessage(f'{kind[:16]!r} lacks or mistypes a field ({e!r})') from None
 
 
@@ -540,7 +541,9 @@ def _unpack_registers(frames: Sequence) -> List[SinkMessage]:
             out.append(SinkMessage(REGISTER, _client(e), int(e['req_id']), serial=int(e['serial']), n=int(e['n']),
                                    timeout=None if timeout is None else float(timeout), curve_key=_key(e),
                                    received=_seconds(e.get('received'))))
-    except (KeyError, TypeError, ValueError) as e:
+    except BadMessage:
+        raise
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # int(Infinity): OverflowError
         raise BadMessage(f'a REGISTER lacks or mistypes a field ({e!r})') from None
     return out
 
@@ -562,7 +565,9 @@ def _unpack_results(frames: Sequence) -> List[SinkMessage]:
                                    tag=str(e.get('tag') or ''), queue=_seconds(e.get('queue')),
                                    model=_seconds(e.get('model')),
                                    call=_model_call(call) if call is not None else None))
-    except (KeyError, TypeError, ValueError) as e:
+    except BadMessage:
+        raise
+    except (KeyError, TypeError, ValueError, ArithmeticError) as e:  # int(Infinity): OverflowError
         raise BadMessage(f'a RESULT lacks or mistypes a field ({e!r})') from None
     return out
 
@@ -580,7 +585,7 @@ def _model_call(call) -> dict:
 # -- sink -> ventilator ----------------------------------------------------------------------------
 class Feedback(NamedTuple):
     """CONFIRM (``ids`` are piece ids) or FINISHED (``ids`` are request serials; ``dropped``: worker
-    messages the sink refused since it started)."""
+    messages or pieces the sink refused since it started)."""
     kind: bytes
     ids: List[int]
     dropped: int = 0

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Deque, Dict, Optional, Tuple
 
+from .messages import PROTOCOL_VERSION
+
 __all__ = ['WorkerInfo', 'WorkerRegistry', 'MAX_CREDIT']
 
 MAX_CREDIT = 2  # batches a worker may hold: one computing, one prefetched (whatever it claims)
@@ -74,6 +76,9 @@ class WorkerRegistry:
             return 'that identity belongs to a local worker of the server'
         if not remote and label is None:
             return 'unknown local worker'
+        if info.get('protocol') != PROTOCOL_VERSION:
+            return (f'it speaks internal protocol {info.get("protocol") or 1} and this server {PROTOCOL_VERSION}; '
+                    'install the same bert-serving-server release on the worker\'s machine as on the server\'s')
         if info['fingerprint'] != self.fingerprint:
             return ('its model files or engine flags differ from the server\'s (fingerprint '
                     f'{info["fingerprint"][:12]} != {self.fingerprint[:12]}); start it with the same '

@@ -53,6 +53,9 @@ ORPHAN_SECONDS = 60.0  # pieces of a request that was never registered are dropp
 MAX_LOGGED = 20  # dropped worker messages logged one by one; then every 1000th
 FEEDBACK_SECONDS = 1.0  # the sink speaks to the ventilator at least this often (it is alive)
 FLUSH_LINGER_MS = 2000  # on stop, time for published replies to leave
+# Requests and pieces handled per socket per turn (a REGISTER or RESULT counts each it holds), so
+# subscriptions and the other socket flow even while a peer floods one with pieces.
+DRAIN_BUDGET = 1000
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class Sink:
         self.deadlines: List[Tuple[float, msg.RequestKey]] = []  # heap
         self.finished: 'OrderedDict[msg.RequestKey, None]' = OrderedDict()
         self.publisher: Optional[Publisher] = None  # made in run(), with its socket
-        self.dropped_messages = 0  # worker messages refused (bad tag, wrong port)
+        self.dropped_messages = 0  # worker messages or pieces refused (bad tag, wrong port, malformed)
         self.last_feedback = 0.0
         self.confirmed: List[int] = []
         self.done: List[int] = []
@@ -196,7 +199,8 @@ class Sink:
             self.metrics.tick()
 
     def _drain(self, sock, from_remote: bool) -> None:
-        for _ in range(1000):  # then let subscriptions and the other socket flow
+        budget = DRAIN_BUDGET  # requests and pieces, then let subscriptions and the other socket flow
+        while budget > 0:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -208,7 +212,13 @@ class Sink:
                 messages = msg.unpack_sink([f.bytes if i < 2 else f.buffer for i, f in enumerate(frames)])
             except msg.BadMessage as e:
                 self._drop(f'a malformed internal message: {e}')
+                budget -= 1
                 continue
+            except Exception as e:  # noqa: BLE001 - one bad message must never stop the sink
+                self._drop(f'a message that could not be parsed ({type(e).__name__}: {e})')
+                budget -= 1
+                continue
+            budget -= max(1, len(messages))
             for m in messages:
                 try:
                     self._on_message(m, channel)
@@ -245,7 +255,8 @@ class Sink:
 
     def _tag_ok(self, m: msg.SinkMessage, channel: bytes) -> bool:
         expected = msg.piece_tag(self.secret, channel, m.client, m.req_id, m.serial, m.piece_id)
-        return hmac.compare_digest(expected, m.tag)
+        # As bytes: compare_digest refuses a str with non-ASCII characters (a peer's tag may hold any).
+        return hmac.compare_digest(expected.encode(), m.tag.encode('utf-8', 'surrogatepass'))
 
     def _on_message(self, m: msg.SinkMessage, channel: bytes = msg.LOCAL_CHANNEL) -> None:
         from_worker = m.kind == msg.RESULT or (m.kind == msg.FAIL and m.piece_id is not None)

@@ -4,7 +4,8 @@ same code; a local one is started by the server, a remote one by ``bert-serving-
 Sockets (created in ``run``, inside the process):
     DEALER  connects to the ventilator's ROUTER; driven by ``link.ServerLink`` (registration,
             heartbeats, batches in, DONE out).
-    PUSH    connects to the sink's PULL, at the address the WELCOME gives: RESULT / FAIL per piece.
+    PUSH    connects to the sink's PULL, at the address the WELCOME gives: the RESULTs of each model
+            call (several pieces a message, see RESULT_MESSAGE_BYTES), a FAIL per failed piece.
     PULL    binds ``inproc://done-<identity>``, which a PUSH of the main thread connects to: the
             batches computed, for the io thread to report DONE.
 
@@ -352,8 +353,9 @@ class Worker:
                 group, group_bytes = [], 0
         if group:
             tracker = sink.send_multipart(msg.pack_results(group), copy=False, track=True)
-        # One pipe, in order: the last result leaves last. pyzmq copies a frame under 64 KB (its
-        # tracker is done at once: small results leave fast); a larger one is sent from its array.
+        # One pipe, in order: the last message leaves last. pyzmq copies a frame under 64 KB and
+        # sends a larger one from its array; the tracker follows the last message's frames, so a
+        # last message of small frames only may report done while a larger one before it still waits.
         if tracker is not None and not tracker.done:
             self.state.results_leaving(batch_id, tracker)
 
