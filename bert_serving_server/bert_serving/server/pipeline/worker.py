@@ -339,7 +339,7 @@ class Worker:
         start = 0
         trim = engine.trims_token_axis()
         group, group_bytes, tracker = [], 0, None
-        for piece, feats in good:
+        for i, (piece, feats) in enumerate(good):
             rows = vectors[start:start + len(feats)]
             start += len(feats)
             if trim:  # the sink pads every piece to the longest input of its request
@@ -348,14 +348,12 @@ class Worker:
             group.append(msg.result_entry(piece, rows, tokens, queue=piece.queued + waited, model=model, call=call))
             group_bytes += rows.nbytes
             call = None  # described once, with the first piece
-            if group_bytes >= RESULT_MESSAGE_BYTES:
-                tracker = sink.send_multipart(msg.pack_results(group), copy=False, track=True)
+            if group_bytes >= RESULT_MESSAGE_BYTES or i == len(good) - 1:
+                sent = sink.send_multipart(msg.pack_results(group), copy=False, track=True)
+                # pyzmq copies a frame under 64 KB (its tracker is done at once) and sends a larger
+                # one from its array: follow the last message that holds such a frame.
+                tracker = tracker if sent.done else sent
                 group, group_bytes = [], 0
-        if group:
-            tracker = sink.send_multipart(msg.pack_results(group), copy=False, track=True)
-        # One pipe, in order: the last message leaves last. pyzmq copies a frame under 64 KB and
-        # sends a larger one from its array; the tracker follows the last message's frames, so a
-        # last message of small frames only may report done while a larger one before it still waits.
         if tracker is not None and not tracker.done:
             self.state.results_leaving(batch_id, tracker)
 
