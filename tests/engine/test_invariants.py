@@ -3,6 +3,8 @@ output is zero past each input, and an empty input is [CLS] [SEP] in its own row
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -29,18 +31,26 @@ def _case_id(case: dict) -> str:
 
 
 class CountingRunner:
-    """Wraps an Encoder's graph runner to record the [B, T] shape of every TensorFlow call."""
+    """Wraps an Encoder's graph runner to record the [B, T] shape of every TensorFlow call (in the
+    order the calls started: an Encoder with parallel_calls runs the longest first)."""
 
     def __init__(self, runner):
         self.runner = runner
         self.shapes = []
         self.rows = []  # the rows its dense layers computed, per call
+        self._lock = threading.Lock()
 
     def __call__(self, ids, mask, types):
-        self.shapes.append(ids.shape)
-        out = self.runner(ids, mask, types)
-        self.rows.append(self.runner.last_rows)
-        return out
+        return self.run_batch(ids, mask, types)[0]
+
+    def run_batch(self, ids, mask, types):
+        with self._lock:
+            self.shapes.append(ids.shape)
+            slot = len(self.rows)
+            self.rows.append(None)
+        out, rows = self.runner.run_batch(ids, mask, types)
+        self.rows[slot] = rows
+        return out, rows
 
     @property
     def last_rows(self):
@@ -293,3 +303,85 @@ def test_a_long_text_gives_the_vector_of_its_whole_text(tiny_google_dir, encoder
     whole, whole_tokens = encoder.encode(texts)
     assert cut_tokens == whole_tokens
     np.testing.assert_array_equal(cut, whole)
+
+
+class _Overlapping:
+    """Wraps a graph runner: its first two calls wait for each other (so they must be in flight at
+    once, or the barrier breaks after 30 s), and the call on ``fail_shape`` raises."""
+
+    def __init__(self, runner, fail_shape=None):
+        self.runner, self.fail_shape = runner, fail_shape
+        self.met = threading.Barrier(2, timeout=30)
+        self.calls = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def run_batch(self, ids, mask, types):
+        with self._lock:
+            self.calls += 1
+            first_two = self.calls <= 2
+            self.in_flight += 1
+        try:
+            if first_two:
+                self.met.wait()
+            if ids.shape == self.fail_shape:
+                raise RuntimeError('the model broke')
+            return self.runner.run_batch(ids, mask, types)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    @property
+    def packs(self):
+        return self.runner.packs
+
+    def close(self):
+        self.runner.close()
+
+
+def _parallel_encoders(tiny_google_dir, graph_cache_dir, **fields):
+    config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None,
+                          layer_shards=2, **fields)
+    return (Encoder(config, max_batch_size=4, max_batch_tokens=64, parallel_calls=1),
+            Encoder(config, max_batch_size=4, max_batch_tokens=64))
+
+
+@pytest.mark.parametrize('case', [dict(pooling_strategy='REDUCE_MEAN'), dict(pooling_strategy='NONE')],
+                         ids=_case_id)
+def test_calls_of_one_run_overlap_and_give_the_vectors_of_one_call_at_a_time(case, tiny_google_dir, tiny_texts,
+                                                                             graph_cache_dir):
+    """A graph split in two parts (what a CPU worker of two cores runs) keeps two calls of a request
+    in flight, and every vector and the rows reported are those of the calls run one by one."""
+    one, two = _parallel_encoders(tiny_google_dir, graph_cache_dir, **case)
+    try:
+        assert two.parallel_calls == 2
+        texts = tiny_texts * 4
+        features = one.featurize(texts)
+        expected = one.run(features)
+        two.runner = overlap = _Overlapping(two.runner)
+        got = two.run(features)
+        assert overlap.calls > 2 and overlap.met.n_waiting == 0 and not overlap.met.broken
+        assert two.last_padded_tokens == one.last_padded_tokens
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(two.run(features[:1]), one.run(features[:1]))  # one call: no pool
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_failed_call_is_raised_once_no_call_of_its_run_is_in_flight(tiny_google_dir, tiny_texts, graph_cache_dir):
+    one, two = _parallel_encoders(tiny_google_dir, graph_cache_dir)
+    try:
+        features = one.featurize(tiny_texts * 4)
+        counter = CountingRunner(one.runner)
+        one.runner = counter
+        one.run(features)
+        two.runner = broken = _Overlapping(two.runner, fail_shape=counter.shapes[len(counter.shapes) // 2])
+        with pytest.raises(RuntimeError, match='the model broke'):
+            two.run(features)
+        assert broken.in_flight == 0
+        two.runner = broken.runner
+        np.testing.assert_array_equal(two.run(features), one.run(features))  # and the next run is whole
+    finally:
+        one.close()
+        two.close()

@@ -5,7 +5,7 @@ Shapes: B inputs, T tokens, W output width.
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -109,27 +109,34 @@ class GraphRunner:
         release_free_memory()
 
     def __call__(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
-        """Runs one padded batch.
+        """Runs one padded batch; see ``run_batch``. ``last_rows`` then holds the rows its dense
+        layers computed (of the last call to return, when several threads call)."""
+        out, self.last_rows = self.run_batch(input_ids, input_mask, type_ids)
+        return out
+
+    def run_batch(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> Tuple[np.ndarray, int]:
+        """Runs one padded batch. Safe to call from several threads at once: the session runs the
+        calls side by side on its thread pools.
 
         Args:
             input_ids, input_mask, type_ids: int32 [B, T].
 
         Returns:
-            [B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32.
-            ``last_rows`` then holds the rows its dense layers computed.
+            ([B, W] or [B, T, W] (NONE pooling), float16 from a -fp16 graph, else float32; the rows
+            its dense layers computed).
         """
         slots = input_ids.shape[0] * input_ids.shape[1]
         if NARROW_ROWS[0] <= slots <= NARROW_ROWS[1]:
             run, args = self._run_narrow, (input_ids, input_mask, type_ids)
-            self.last_rows = slots
+            rows = slots
         else:
             run, args = self._run, self.wide_feeds(input_ids, input_mask, type_ids)
-            self.last_rows = len(args[3])  # token_index
+            rows = len(args[3])  # token_index
         out = run(*args)
         if run in self._untrimmed:  # a first run optimises and builds an executor: ~200 MB of garbage
             self._untrimmed.discard(run)
             release_free_memory()
-        return out
+        return out, rows
 
     def wide_feeds(self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray) -> tuple:
         """The wide tower's inputs: the three arrays, ``token_index`` (modeling.TOKEN_INDEX_NAME),
