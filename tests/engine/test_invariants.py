@@ -53,10 +53,6 @@ class CountingRunner:
         return out, rows
 
     @property
-    def last_rows(self):
-        return self.runner.last_rows
-
-    @property
     def packs(self):
         return self.runner.packs
 
@@ -339,6 +335,17 @@ class _Overlapping:
         self.runner.close()
 
 
+def _call_shapes(encoder, features) -> list:
+    """The [B, T] of each TensorFlow call ``encoder.run(features)`` makes, in the order they start."""
+    runner = encoder.runner
+    encoder.runner = counter = CountingRunner(runner)
+    try:
+        encoder.run(features)
+    finally:
+        encoder.runner = runner
+    return counter.shapes
+
+
 def _parallel_encoders(tiny_google_dir, graph_cache_dir, **fields):
     config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None,
                           layer_shards=2, **fields)
@@ -373,15 +380,63 @@ def test_a_failed_call_is_raised_once_no_call_of_its_run_is_in_flight(tiny_googl
     one, two = _parallel_encoders(tiny_google_dir, graph_cache_dir)
     try:
         features = one.featurize(tiny_texts * 4)
-        counter = CountingRunner(one.runner)
-        one.runner = counter
-        one.run(features)
-        two.runner = broken = _Overlapping(two.runner, fail_shape=counter.shapes[len(counter.shapes) // 2])
+        shapes = _call_shapes(one, features)
+        two.runner = broken = _Overlapping(two.runner, fail_shape=shapes[len(shapes) // 2])
         with pytest.raises(RuntimeError, match='the model broke'):
             two.run(features)
         assert broken.in_flight == 0
         two.runner = broken.runner
         np.testing.assert_array_equal(two.run(features), one.run(features))  # and the next run is whole
+    finally:
+        one.close()
+        two.close()
+
+
+def test_after_a_failed_call_the_calls_not_started_are_dropped(tiny_google_dir, tiny_texts, graph_cache_dir,
+                                                              monkeypatch):
+    """The longest call fails while the next one runs: the calls queued behind them never start. The
+    other calls wait until the encoder drops the calls not started (Future.cancel), so the test does
+    not depend on how fast either thread is."""
+    import concurrent.futures
+
+    one, two = _parallel_encoders(tiny_google_dir, graph_cache_dir)
+    try:
+        features = one.featurize(tiny_texts * 12)
+        shapes = _call_shapes(one, features)
+        assert len(shapes) >= 8
+        released, started = threading.Event(), []
+        real_cancel = concurrent.futures.Future.cancel
+
+        def cancel(future):
+            released.set()
+            return real_cancel(future)
+
+        lock, failed = threading.Lock(), []
+
+        class FailFirst:
+            packs = two.runner.packs
+
+            def run_batch(self, ids, mask, types):
+                with lock:
+                    started.append(ids.shape)
+                    fail = ids.shape == shapes[-1] and not failed  # the longest call, once
+                    if fail:
+                        failed.append(ids.shape)
+                if fail:
+                    raise RuntimeError('the model broke')
+                assert released.wait(10), 'the encoder dropped no call after a failure'
+                return runner.run_batch(ids, mask, types)
+
+            def close(self):
+                runner.close()
+
+        runner = two.runner
+        two.runner = FailFirst()
+        monkeypatch.setattr(concurrent.futures.Future, 'cancel', cancel)
+        with pytest.raises(RuntimeError, match='the model broke'):
+            two.run(features)
+        assert shapes[-1] in started[:2]  # the longest first
+        assert len(started) <= 3, started  # the failed one, the one beside it, one the failed thread took
     finally:
         one.close()
         two.close()

@@ -70,11 +70,14 @@ class Encoder(Engine):
             once instead of twice (~200 MB less for MiniLM) at the same speed. True suits a worker
             process; pass False (or set that variable to 0) in a process that also trains a model.
         parallel_calls: how many TensorFlow calls of one ``run`` are in flight at once (None = one
-            per part of a split block, see ``config.layer_shards``; 1 on a GPU). The parts of a block
-            wait for each other at every layer norm, and between calls the session is idle while
-            Python pads the next batch: a second call fills those gaps (+12-17% -bf16 throughput,
-            +6-9% float32, on 4,096 bench sentences, 2 vCPUs, Intel Xeon). One call keeps its
-            latency: a request of one call runs it alone.
+            per part of a split block, see ``config.layer_shards``; always 1 with ``config.on_gpu``).
+            The parts of a block wait for each other at every layer norm, and between calls the
+            session idles while Python pads the next batch: a second call fills those gaps. 4,096
+            bench sentences in process: +12-17% with -bf16, +6-9% in float32; through the service
+            +25-34% and +2-7% (2 vCPUs, Intel Xeon). A request of one call runs it alone, at the same
+            latency. Up to this many calls of ``max_batch_tokens`` hold their activations at once.
+
+    One caller at a time: ``run`` is not meant to be called from several threads at once.
     """
 
     def __init__(self, config: EngineConfig, *, logger: Optional[logging.Logger] = None,
@@ -100,7 +103,7 @@ class Encoder(Engine):
         self._longest = self.bert_config.max_position_embeddings
         self._attention_tokens = ATTENTION_WIDTHS * self.bert_config.hidden_size
         self.output_dim = output_width(config, self.bert_config)
-        self.parallel_calls = max(1, int(shards if parallel_calls is None else parallel_calls))
+        self.parallel_calls = 1 if config.on_gpu else max(1, int(shards if parallel_calls is None else parallel_calls))
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     @property
@@ -157,15 +160,31 @@ class Encoder(Engine):
         batches = list(self._batches(order, features))
         call = functools.partial(self._call, features, out)
         if len(batches) > 1 and self.parallel_calls > 1:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls, thread_name_prefix='model-call')
-            # The longest inputs first, so that no long call runs alone at the end.
-            futures = [self._pool.submit(call, batch) for batch in reversed(batches)]
-            concurrent.futures.wait(futures)  # all stopped before a failure is raised
-            self.last_padded_tokens = sum(f.result() for f in futures)
+            self.last_padded_tokens = self._run_side_by_side(call, batches)
         else:
             self.last_padded_tokens = sum(call(batch) for batch in batches)
         return out
+
+    def _run_side_by_side(self, call, batches: List[List[int]]) -> int:
+        """Runs ``call`` on every batch, ``parallel_calls`` at a time, the longest inputs first (so
+        that no long call runs alone at the end), and returns the sum of the rows they computed. On
+        a failure or an interrupt the calls not started are dropped, and the error is raised once
+        the running ones have stopped."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls, thread_name_prefix='model-call')
+        futures: List[concurrent.futures.Future] = []
+        try:
+            for batch in reversed(batches):
+                futures.append(self._pool.submit(call, batch))
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        finally:
+            for future in futures:
+                future.cancel()  # only those not started
+            concurrent.futures.wait(futures)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
+        return sum(future.result() for future in futures)
 
     def _call(self, features: Sequence[Feature], out: np.ndarray, batch: List[int]) -> int:
         """Runs one TensorFlow call on ``batch`` (indices into ``features``, length-sorted), writes its
@@ -276,6 +295,7 @@ class Encoder(Engine):
             self.run(features)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         self.runner.close()
