@@ -64,7 +64,7 @@ from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_l
 from .timing import LATENCY_WARM_UP, one_sentence_seconds, percentiles_ms, say  # noqa: E402
 
 __all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
-           'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'worker_memory_mb']
+           'gemm_rate_gflops', 'main', 'server_precision', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'worker_memory_mb']
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MAX_SEQ_LEN = 128
@@ -238,6 +238,9 @@ def derive_ratios(figures: dict) -> dict:
     _ratio(f, 'ratio_bf16_over_int8', f.get('bf16_b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
     _ratio(f, 'ratio_bf16_p50_over_int8', _p50(f, 'bf16_latency'), _p50(f, 'onnx_int8_latency'))
     _ratio(f, 'ratio_bf16_c_over_b', f.get('bf16_c_sentences_per_s'), f.get('bf16_b_sentences_per_s'))
+    if f.get('precision', 'fp32') != 'fp32':  # make bench ARGS=-fp16 (or -bf16): the first server itself
+        _ratio(f, 'ratio_b_over_int8', f.get('b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
+        _ratio(f, 'ratio_d_p50_over_int8', _p50(f, 'service_latency'), _p50(f, 'onnx_int8_latency'))
     for key, memory in (('max_worker_rss_mb', 'worker_memory_after_load'),
                         ('max_other_rss_mb', 'other_memory_after_load'),
                         ('bf16_max_worker_rss_mb', 'bf16_worker_memory')):
@@ -253,6 +256,11 @@ def scrape_metrics(http_port: int) -> str:
     from urllib.request import urlopen
     with urlopen(f'http://127.0.0.1:{http_port}/metrics', timeout=30) as reply:
         return reply.read().decode('utf-8')
+
+
+def server_precision(flags: List[str]) -> str:
+    """How the first server's row is named: fp32, or the reduced-precision flag given to it."""
+    return next((flag for flag in ('-fp16', '-bf16') if flag in flags), 'fp32')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -282,6 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     server, figures['first_start_s'] = start_server(flags + ['-http_port', str(http_port),
                                                              '-http_max_connect', str(opts.clients)])
     figures['num_worker'] = server.args.num_worker
+    figures['precision'] = server_precision(flags)
     try:
         one = measure_one_client(server, lines, opts.repeat)
         figures['b_sentences_per_s'] = one['b_sentences_per_s']

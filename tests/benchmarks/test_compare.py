@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # benchmarks/ is a top-level folder, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.compare import cosine_agreement, derive_ratios  # noqa: E402
+from benchmarks.compare import SERVER_FLAGS, cosine_agreement, derive_ratios  # noqa: E402
 from benchmarks.report import GOALS, evaluate_goals, format_report, summary_rows  # noqa: E402
 from benchmarks.timing import percentiles_ms  # noqa: E402
 
@@ -70,6 +70,7 @@ def test_goals_pass_and_miss_by_their_targets():
     assert verdicts == {'b_over_a': True, 'c_over_b': False, 'd_p50': False, 'd_p50_onnx': False, 'b_over_onnx': True,
                         'worker_rss': False, 'other_rss': True, 'e_startup': False, 'cosine': True,
                         'bf16_over_int8': True, 'bf16_p50_int8': True, 'bf16_cosine': True, 'bf16_c_over_b': False,
+                        'b_int8': None, 'd_p50_int8': None,  # a float32 first server
                         'encode_cli': False, 'encode_cli_vectors': True}
 
 
@@ -111,7 +112,7 @@ def test_skipped_peers_leave_their_goals_and_cells_open():
     assert rows[1][1:5] == ['n/a', '-', 'n/a', 'n/a'] and rows[2][1:5] == ['n/a', '-', 'n/a', 'n/a']
     assert rows[4][1:] == ['n/a'] * 5
     report = format_report(figures, evaluate_goals(figures))
-    assert report.count('PASS') + report.count('MISS') == len(GOALS) - 8
+    assert report.count('PASS') + report.count('MISS') == len(GOALS) - 10  # and the two of ARGS -fp16
 
 
 def test_summary_has_one_row_per_peer_with_its_reference():
@@ -187,3 +188,21 @@ def test_worker_memory_splits_rss_into_anonymous_and_file_pages():
     assert name == f'SELF (pid {os.getpid()})'
     assert m['anon_mb'] > 0 and m['file_mb'] > 0 and m['peak_mb'] >= m['rss_mb']
     assert m['anon_mb'] + m['file_mb'] <= m['rss_mb'] + 0.01  # VmRSS = RssAnon + RssFile + RssShmem
+
+
+@pytest.mark.parametrize('flags, precision', [([], 'fp32'), (['-fp16'], '-fp16'), (['-num_worker', '2', '-bf16'], '-bf16')])
+def test_the_first_server_is_named_by_its_precision_and_reduced_precision_meets_int8(flags, precision):
+    """make bench ARGS=-fp16 runs the first server with -fp16: its row says so, and its throughput and
+    p50 are put beside ONNX Runtime int8's (issue 21, goal 3); a float32 server leaves those open."""
+    from benchmarks.compare import server_precision
+
+    assert server_precision(SERVER_FLAGS + flags) == precision
+    figures = derive_ratios(dict(measured(), precision=precision))
+    goals = {g['goal']: g for g in evaluate_goals(figures)}
+    assert summary_rows(figures)[3][0] == f'(b-d) ours {precision}, 1 worker'
+    if precision == 'fp32':
+        assert goals['b_int8']['measured'] is None and goals['d_p50_int8']['pass'] is None
+    else:
+        assert goals['b_int8']['measured'] == pytest.approx(150 / 200)
+        assert goals['d_p50_int8']['measured'] == pytest.approx(8.0 / 2.0) and goals['d_p50_int8']['pass'] is False
+    assert f'vectors: ours {precision} vs sentence-transformers' in format_report(figures, evaluate_goals(figures))
