@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 from .report import GOALS, evaluate_goals, format_report  # noqa: E402
 from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_latency,  # noqa: E402
                            measure_many_clients, measure_one_client, start_server, worker_memory_mb)
-from .timing import LATENCY_WARM_UP, one_sentence_seconds, percentiles_ms, say  # noqa: E402
+from .timing import LATENCY_WARM_UP, PAUSE_SECONDS, one_sentence_seconds, percentiles_ms, say  # noqa: E402
 
 __all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
            'gemm_rate_gflops', 'main', 'server_precision', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'worker_memory_mb']
@@ -104,12 +104,14 @@ def measure_sentence_transformers(lines: List[str], latency_requests: int, repea
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
     say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes')
-    seconds = one_sentence_seconds(functools.partial(model.encode, show_progress_bar=False), lines,
-                                   latency_requests, LATENCY_WARM_UP)
-    del model
+    encode = functools.partial(model.encode, show_progress_bar=False)
+    seconds = one_sentence_seconds(encode, lines, latency_requests, LATENCY_WARM_UP)
+    say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes, {PAUSE_SECONDS * 1e3:.0f} ms apart')
+    paced = one_sentence_seconds(encode, lines, latency_requests, 0, PAUSE_SECONDS)
+    del model, encode
     gc.collect()
     return {'a_sentences_per_s': len(lines) / best, 'st_latency': percentiles_ms(seconds),
-            'vectors': np.asarray(vectors, dtype=np.float32)}
+            'st_latency_paced': percentiles_ms(paced), 'vectors': np.asarray(vectors, dtype=np.float32)}
 
 
 def gemm_rate_gflops(seconds: float = 3.0) -> float:
@@ -185,6 +187,7 @@ def measure_onnx_peers(lines: List[str], opts, reference: np.ndarray) -> dict:
                            LATENCY_WARM_UP, say, precision)
         figures[f'{prefix}_sentences_per_s'], figures['onnx_version'] = run['sentences_per_s'], run['version']
         figures[f'{prefix}_latency'] = percentiles_ms(run['seconds'])
+        figures[f'{prefix}_latency_paced'] = percentiles_ms(run['seconds_paced'])
         if fp32 is None:
             fp32 = run['vectors']
             figures['onnx_min_cosine'] = cosine_agreement(fp32, reference)['min_cosine']
@@ -211,6 +214,7 @@ def measure_bf16(flags: List[str], lines: List[str], opts, reference: np.ndarray
     say(f'(j) -bf16 vectors against the float32 server\'s: min cosine {agree["min_cosine"]:.6f}')
     return {'bf16_start_s': start_s, 'bf16_b_sentences_per_s': one['b_sentences_per_s'],
             'bf16_c_sentences_per_s': many['c_sentences_per_s'], 'bf16_latency': latency['service_latency'],
+            'bf16_latency_paced': latency['service_latency_paced'],
             'bf16_min_cosine': agree['min_cosine'], 'bf16_mean_cosine': agree['mean_cosine'],
             'bf16_worker_memory': memory}
 
@@ -238,6 +242,10 @@ def derive_ratios(figures: dict) -> dict:
     _ratio(f, 'ratio_bf16_over_int8', f.get('bf16_b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
     _ratio(f, 'ratio_bf16_p50_over_int8', _p50(f, 'bf16_latency'), _p50(f, 'onnx_int8_latency'))
     _ratio(f, 'ratio_bf16_c_over_b', f.get('bf16_c_sentences_per_s'), f.get('bf16_b_sentences_per_s'))
+    # The same p50 ratios with every call after PAUSE_SECONDS idle (figures only, not goals).
+    _ratio(f, 'ratio_d_p50_paced', _p50(f, 'service_latency_paced'), _p50(f, 'st_latency_paced'))
+    _ratio(f, 'ratio_d_p50_onnx_paced', _p50(f, 'service_latency_paced'), _p50(f, 'onnx_latency_paced'))
+    _ratio(f, 'ratio_bf16_p50_over_int8_paced', _p50(f, 'bf16_latency_paced'), _p50(f, 'onnx_int8_latency_paced'))
     if f.get('precision', 'fp32') != 'fp32':  # make bench ARGS=-fp16 (or -bf16): the first server itself
         _ratio(f, 'ratio_b_over_int8', f.get('b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
         _ratio(f, 'ratio_d_p50_over_int8', _p50(f, 'service_latency'), _p50(f, 'onnx_int8_latency'))
@@ -278,7 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             'will be noisy, and torch\'s OpenMP threads slow down more than TensorFlow\'s under contention')
 
     st = measure_sentence_transformers(lines, opts.latency_requests, opts.st_repeat)
-    figures['a_sentences_per_s'], figures['st_latency'] = st['a_sentences_per_s'], st['st_latency']
+    figures.update({k: st[k] for k in ('a_sentences_per_s', 'st_latency', 'st_latency_paced')})
     if not opts.no_onnx:
         figures.update(measure_onnx_peers(lines, opts, st['vectors']))
     say('(h) float32 GEMM rate')

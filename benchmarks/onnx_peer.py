@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from .timing import one_sentence_seconds
+from .timing import PAUSE_SECONDS, one_sentence_seconds
 
 __all__ = ['OnnxPeer', 'export_path', 'quantized_path', 'measure_onnx', 'PRECISIONS']
 
@@ -156,7 +156,8 @@ def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_l
     included, as the service's figure includes it) and single-sentence latency, at ``precision``.
 
     Returns:
-        ``sentences_per_s``, ``seconds`` (each one-sentence call), ``vectors`` (float32 [N, D], in
+        ``sentences_per_s``, ``seconds`` (each one-sentence call), ``seconds_paced`` (each one-sentence
+        call after PAUSE_SECONDS idle), ``vectors`` (float32 [N, D], in
         the order of ``lines``) and ``version`` (onnxruntime's).
     """
     peer = OnnxPeer(max_seq_len, say, precision)
@@ -171,5 +172,7 @@ def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_l
         best = elapsed if best is None else min(best, elapsed)
     say(f'ONNX Runtime {precision}: {latency_requests} one-sentence calls')
     seconds = one_sentence_seconds(peer.encode, lines, latency_requests, warm_up)
-    return {'sentences_per_s': len(lines) / best, 'seconds': seconds, 'vectors': vectors,
+    say(f'ONNX Runtime {precision}: {latency_requests} one-sentence calls, {PAUSE_SECONDS * 1e3:.0f} ms apart')
+    paced = one_sentence_seconds(peer.encode, lines, latency_requests, 0, PAUSE_SECONDS)
+    return {'sentences_per_s': len(lines) / best, 'seconds': seconds, 'seconds_paced': paced, 'vectors': vectors,
             'version': peer.version}

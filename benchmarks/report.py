@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from .timing import PAUSE_SECONDS
+
 __all__ = ['GOALS', 'SUMMARY_HEADER', 'evaluate_goals', 'format_report', 'summary_rows']
 
 # (key, label, figure it reads, comparison, target)
@@ -143,6 +145,7 @@ def format_report(figures: dict, goals: List[dict]) -> str:
         return f'{gflops:.0f} GFLOP/s = {gflops / gemm:.0%} of the GEMM rate'
 
     onnx = f'ONNX Runtime {f.get("onnx_version", "")}'.rstrip()
+    pause = f'{PAUSE_SECONDS * 1e3:.0f} ms'
     rows = [
         ['(a) sentence-transformers, in-process, batch 32', num('a_sentences_per_s', unit=' sentences/s')],
         [f'(f) {onnx} fp32, in-process, length-sorted batch 32', num('onnx_sentences_per_s', unit=' sentences/s')],
@@ -168,6 +171,15 @@ def format_report(figures: dict, goals: List[dict]) -> str:
         ['(d) ONNX Runtime fp32 latency p50 / p99', latency('onnx_latency')],
         ['(d) ONNX Runtime int8 latency p50 / p99', latency('onnx_int8_latency')],
         ['(j) -bf16 service latency p50 / p99', latency('bf16_latency')],
+        [f'(d) the same, each call after {pause} idle: service / sentence-transformers',
+         f"{latency('service_latency_paced')} / {latency('st_latency_paced')}"],
+        [f'(d) the same, each call after {pause} idle: ONNX Runtime fp32 / int8',
+         f"{latency('onnx_latency_paced')} / {latency('onnx_int8_latency_paced')}"],
+        [f'(d) the same, each call after {pause} idle: -bf16 service', latency('bf16_latency_paced')],
+        [f'(d) p50 ratios after {pause} idle: service / sentence-transformers, / ONNX Runtime fp32; '
+         '-bf16 / ONNX Runtime int8',
+         ', '.join(num(k, '{:.2f}') for k in ('ratio_d_p50_paced', 'ratio_d_p50_onnx_paced',
+                                              'ratio_bf16_p50_over_int8_paced'))],
         ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
         ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
         ['(j) -bf16 server start-up', num('bf16_start_s', '{:.1f}', ' s')],

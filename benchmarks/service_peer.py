@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from .timing import LATENCY_WARM_UP, one_sentence_seconds, percentiles_ms, say, timed
+from .timing import LATENCY_WARM_UP, PAUSE_SECONDS, one_sentence_seconds, percentiles_ms, say, timed
 
 __all__ = ['CLIENT_TIMEOUT_MS', 'ServerProcess', 'free_port', 'measure_http', 'measure_latency', 'measure_many_clients',
            'measure_one_client', 'start_server', 'worker_memory_mb']
@@ -184,7 +184,9 @@ def measure_latency(server, lines: List[str], requests: int, tag: str = '(d)') -
     say(f'{tag} service: {requests} one-sentence round trips')
     with _client(server) as bc:
         seconds = one_sentence_seconds(bc.encode, lines, requests, LATENCY_WARM_UP)
-    return {'service_latency': percentiles_ms(seconds)}
+        say(f'{tag} service: {requests} one-sentence round trips, {PAUSE_SECONDS * 1e3:.0f} ms apart')
+        paced = one_sentence_seconds(bc.encode, lines, requests, 0, PAUSE_SECONDS)
+    return {'service_latency': percentiles_ms(seconds), 'service_latency_paced': percentiles_ms(paced)}
 
 
 def measure_http(http_port: int, lines: List[str], num_clients: int) -> dict:

@@ -43,6 +43,9 @@ def measured(**overrides) -> dict:
         'bf16_latency': {'p50_ms': 1.9, 'p99_ms': 9.0}, 'bf16_min_cosine': 0.99985, 'bf16_mean_cosine': 0.99996,
         'bf16_worker_memory': {'WORKER-0 (pid 4)': {'rss_mb': 760.0, 'peak_mb': 800.0, 'anon_mb': 470.0,
                                                     'file_mb': 290.0}},
+        'st_latency_paced': {'p50_ms': 12.0, 'p99_ms': 31.0}, 'onnx_latency_paced': {'p50_ms': 6.0, 'p99_ms': 13.0},
+        'onnx_int8_latency_paced': {'p50_ms': 3.0, 'p99_ms': 7.0},
+        'service_latency_paced': {'p50_ms': 9.0, 'p99_ms': 21.0}, 'bf16_latency_paced': {'p50_ms': 4.5, 'p99_ms': 9.5},
     }
     figures.update(overrides)
     return figures
@@ -206,3 +209,31 @@ def test_the_first_server_is_named_by_its_precision_and_reduced_precision_meets_
         assert goals['b_int8']['measured'] == pytest.approx(150 / 200)
         assert goals['d_p50_int8']['measured'] == pytest.approx(8.0 / 2.0) and goals['d_p50_int8']['pass'] is False
     assert f'vectors: ours {precision} vs sentence-transformers' in format_report(figures, evaluate_goals(figures))
+
+
+def test_paced_latency_is_reported_beside_the_back_to_back_one_and_is_no_goal():
+    """Each peer's p50 is also taken with every call after PAUSE_SECONDS idle (as a search box sends
+    them): the report prints them and their ratios, and the goals still read the back-to-back ones."""
+    f = FIGURES
+    assert f['ratio_d_p50_paced'] == pytest.approx(9.0 / 12.0)
+    assert f['ratio_d_p50_onnx_paced'] == pytest.approx(9.0 / 6.0)
+    assert f['ratio_bf16_p50_over_int8_paced'] == pytest.approx(4.5 / 3.0)
+    assert not {g['figure'] for g in evaluate_goals(f)} & {k for k in f if 'paced' in k}
+    report = format_report(f, evaluate_goals(f))
+    assert re.search(r'after 10 ms idle: service / sentence-transformers +9\.0 / 21\.0 ms / 12\.0 / 31\.0 ms\n', report)
+    assert re.search(r'after 10 ms idle: ONNX Runtime fp32 / int8 +6\.0 / 13\.0 ms / 3\.0 / 7\.0 ms\n', report)
+    assert re.search(r'-bf16 / ONNX Runtime int8 +0\.75, 1\.50, 1\.50\n', report)
+    skipped = derive_ratios({k: v for k, v in measured().items() if 'paced' not in k})
+    assert 'ratio_d_p50_onnx_paced' not in skipped
+    assert re.search(r'ONNX Runtime int8 +n/a, n/a, n/a\n', format_report(skipped, evaluate_goals(skipped)))
+
+
+def test_one_sentence_calls_wait_the_pause_before_each_timed_call(monkeypatch):
+    from benchmarks import timing
+
+    events = []
+    monkeypatch.setattr(timing.time, 'sleep', lambda s: events.append(('sleep', s)))
+    seconds = timing.one_sentence_seconds(lambda batch: events.append(('call', batch)), ['a', 'b'], 3, 1, pause=0.01)
+    assert len(seconds) == 3
+    assert events == [('call', ['a']), ('sleep', 0.01), ('call', ['a']), ('sleep', 0.01), ('call', ['b']),
+                      ('sleep', 0.01), ('call', ['a'])]
