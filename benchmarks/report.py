@@ -141,6 +141,8 @@ def format_report(figures: dict, goals: List[dict]) -> str:
     def roofline(key):
         if f.get(key) is None or gemm is None or f.get('tokens') is None:
             return 'n/a'
+        if key == 'b_sentences_per_s' and f.get('precision', 'fp32') != 'fp32':
+            return f'n/a ({f["precision"]}: not float32 GEMMs)'
         gflops = f[key] / f['sentences'] * f['tokens'] * f['flop_per_token'] / 1e9
         return f'{gflops:.0f} GFLOP/s = {gflops / gemm:.0%} of the GEMM rate'
 

@@ -13,11 +13,11 @@ T = TypeVar('T')
 # Untimed one-sentence calls before the timed ones, for every peer.
 LATENCY_WARM_UP = 10
 # The paced single-sentence figures: each call after this long idle, as a search box or a chatbot
-# sends them (seconds apart in real use). A CPU that idles loses the model's weights from its caches
-# (and a VM's vCPU halts): one float32 sentence took 4.8 ms back to back in process and 7.1-9.0 ms
-# after 10 ms idle, ONNX Runtime's 3.3 and 5.5-5.7 (2 vCPUs, Intel Xeon). The service's own p50 pays
-# part of it anyway, between a reply and the next request; the in-process peers, timed back to back,
-# do not.
+# sends them (seconds apart in real use). A call after an idle gap is slower (why was not measured:
+# caches, halted vCPUs, sleeping thread pools): one float32 sentence took 4.8-5.0 ms back to back in
+# process and 7.1-9.0 ms after 10 ms idle, ONNX Runtime's 3.3-3.5 and 5.5-5.7 (2 vCPUs, Intel Xeon).
+# The service's own p50 pays part of it anyway, between a reply and the next request; the in-process
+# peers, timed back to back, do not.
 PAUSE_SECONDS = 0.010
 _T0 = time.monotonic()
 
