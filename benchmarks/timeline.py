@@ -1,11 +1,11 @@
 """Where one sentence's time goes: ``python -m benchmarks.timeline [--requests N] [server flags...]``.
 
-Sends N one-sentence requests, one after the other, to a server on the bench's standard workload
-(bundled model, ``-max_seq_len 128 -pooling_layer -1``, one worker, plus any flags given), and splits
-the mean round trip into stages from the server's own request metrics (SHOW_STATUS ``metrics``:
-exact sums and counts, read before and after). Then, in this process, the same model alone: the
-tokenizer, the padded model call through ``Encoder.run``, and the bare session call, so the model
-stage splits into TensorFlow and the rest.
+Sends N one-sentence requests, one after the other (``--pause_ms``: each after that long idle), to a
+server on the bench's standard workload (bundled model, ``-max_seq_len 128 -pooling_layer -1``, one
+worker, plus any flags given), and splits the mean round trip into stages from the server's own
+request metrics (SHOW_STATUS ``metrics``: exact sums and counts, read before and after). Then, in this
+process, the same model alone: the tokenizer, the padded model call through ``Encoder.run``, and the
+bare session call, so the model stage splits into TensorFlow and the rest.
 
 Stages (means over the N requests, milliseconds)::
 
@@ -58,8 +58,9 @@ def server_stages(before: dict, after: dict) -> Dict[str, float]:
     return means
 
 
-def _in_process(lines: List[str], flags: List[str], requests: int) -> Dict[str, float]:
-    """p50 seconds of the tokenizer, Encoder.run and the bare session call on one sentence."""
+def _in_process(lines: List[str], flags: List[str], requests: int, pause: float = 0.0) -> Dict[str, float]:
+    """p50 seconds of the tokenizer, Encoder.run and the bare session call on one sentence (each
+    after ``pause`` seconds idle)."""
     import dataclasses
 
     from bert_serving.server.args import get_args_parser
@@ -77,12 +78,16 @@ def _in_process(lines: List[str], flags: List[str], requests: int) -> Dict[str, 
         tokenize, run, bare = [], [], []
         for i in range(requests):
             text = [lines[i % len(lines)]]
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             features = encoder.featurize(text)
             t1 = time.perf_counter()
             encoder.run(features)
             t2 = time.perf_counter()
             arrays = pad_batch(features, len(features[0].input_ids))
+            if pause:
+                time.sleep(pause)
             t3 = time.perf_counter()
             encoder.runner(*arrays)
             bare.append(time.perf_counter() - t3)
@@ -100,6 +105,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--requests', type=int, default=200, help='one-sentence round trips (after 20 untimed)')
     parser.add_argument('--output', default=None, help='also write the figures to this JSON file')
     parser.add_argument('--no_in_process', action='store_true', help='skip the in-process model timings')
+    parser.add_argument('--pause_ms', type=float, default=0.0,
+                        help='idle time before each timed request and in-process call (0: back to back)')
     args, server_flags = parser.parse_known_args(argv)
     from bert_serving.client import BertClient
     from bert_serving.server.benchmark import default_corpus, load_sentences
@@ -114,12 +121,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             one_sentence_seconds(bc.encode, lines, 0, 20)  # untimed warm-up, before the first status
             before = bc.server_status
             say(f'timeline: {args.requests} one-sentence round trips')
-            round_trips = one_sentence_seconds(bc.encode, lines[20:], args.requests, 0)
+            round_trips = one_sentence_seconds(bc.encode, lines[20:], args.requests, 0, args.pause_ms / 1000)
             after = bc.server_status
     finally:
         server.close()
     stages = server_stages(before, after)
-    in_process = {} if args.no_in_process else _in_process(lines, flags, args.requests)
+    in_process = {} if args.no_in_process else _in_process(lines, flags, args.requests, args.pause_ms / 1000)
 
     mean_rt = statistics.fmean(round_trips)
     duration = stages['request_duration_seconds']
@@ -135,13 +142,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows += [('in process, p50: tokenize', in_process['tokenize']),
                  ('in process, p50: Encoder.run', in_process['encoder_run']),
                  ('in process, p50: session call', in_process['session_call'])]
-    print(f'one sentence, {args.requests} round trips; flags: {" ".join(flags)}')
+    paced = f', each after {args.pause_ms:g} ms idle' if args.pause_ms else ''
+    print(f'one sentence, {args.requests} round trips{paced}; flags: {" ".join(flags)}')
     print(f'round trip p50 {1000 * statistics.median(round_trips):.2f} ms, mean {1000 * mean_rt:.2f} ms')
     print(f'{"stage":<45} {"ms":>7}')
     for name, seconds in rows:
         print(f'{name:<45} {1000 * seconds:7.2f}')
     if args.output:
         doc = {'date': time.strftime('%Y-%m-%dT%H:%M:%S'), 'flags': flags, 'requests': args.requests,
+               'pause_ms': args.pause_ms,
                'max_seq_len': MAX_SEQ_LEN, 'round_trip_p50_s': statistics.median(round_trips),
                'stages_mean_s': dict(rows), 'server_ready_s': ready}
         with open(args.output, 'w', encoding='utf-8') as f:

@@ -38,10 +38,13 @@ def test_stage_means_are_the_zeromq_deltas_over_the_requests_between_two_replies
                                    'request_model_seconds': 0.015, 'request_sink_seconds': 0.0005})
 
 
-def test_the_timeline_of_a_fake_engine_server_adds_up(tmp_path, capsys):
+@pytest.mark.parametrize('pause', [[], ['--pause_ms', '2']], ids=['back-to-back', 'paced'])
+def test_the_timeline_of_a_fake_engine_server_adds_up(tmp_path, capsys, pause):
     out = tmp_path / 'timeline.json'
-    assert timeline.main(['--requests', '15', '--no_in_process', '--output', str(out), '-engine', 'fake', '-cpu']) == 0
+    assert timeline.main(['--requests', '15', '--no_in_process', '--output', str(out), '-engine', 'fake', '-cpu']
+                         + pause) == 0
     table = capsys.readouterr().out
+    assert ('each after 2 ms idle' in table) == bool(pause)
     for stage in ('client + its two hops', 'server: queue', 'server: model', 'server: worker -> sink', 'server: sink'):
         assert stage in table, table
     doc = json.loads(out.read_text())
@@ -50,3 +53,4 @@ def test_the_timeline_of_a_fake_engine_server_adds_up(tmp_path, capsys):
     parts = sum(v for k, v in stages.items() if k.startswith('  '))
     assert parts == pytest.approx(stages['round trip (client)'])
     assert stages['  server: model'] > 0 and doc['requests'] == 15
+    assert doc['pause_ms'] == (2.0 if pause else 0.0)
