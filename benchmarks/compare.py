@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 from .report import GOALS, evaluate_goals, format_report  # noqa: E402
 from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_latency,  # noqa: E402
                            measure_many_clients, measure_one_client, start_server, worker_memory_mb)
-from .timing import LATENCY_WARM_UP, PAUSE_SECONDS, one_sentence_seconds, percentiles_ms, say  # noqa: E402
+from .timing import LATENCY_WARM_UP, one_sentence_latencies, percentiles_ms, say  # noqa: E402
 
 __all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
            'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'server_precision',
@@ -104,11 +104,9 @@ def measure_sentence_transformers(lines: List[str], latency_requests: int, repea
         vectors = model.encode(lines, batch_size=ST_BATCH_SIZE, show_progress_bar=False)
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
-    say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes')
     encode = functools.partial(model.encode, show_progress_bar=False)
-    seconds = one_sentence_seconds(encode, lines, latency_requests, LATENCY_WARM_UP)
-    say(f'(d) sentence-transformers: {latency_requests} one-sentence encodes, {PAUSE_SECONDS * 1e3:.0f} ms apart')
-    paced = one_sentence_seconds(encode, lines, latency_requests, 0, PAUSE_SECONDS)
+    seconds, paced = one_sentence_latencies(encode, lines, latency_requests, LATENCY_WARM_UP,
+                                            '(d) sentence-transformers')
     del model, encode
     gc.collect()
     return {'a_sentences_per_s': len(lines) / best, 'st_latency': percentiles_ms(seconds),

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from .timing import PAUSE_SECONDS, one_sentence_seconds
+from .timing import one_sentence_latencies
 
 __all__ = ['OnnxPeer', 'export_path', 'quantized_path', 'measure_onnx', 'PRECISIONS']
 
@@ -157,8 +157,8 @@ def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_l
 
     Returns:
         ``sentences_per_s``, ``seconds`` (each one-sentence call), ``seconds_paced`` (each one-sentence
-        call after PAUSE_SECONDS idle), ``vectors`` (float32 [N, D], in
-        the order of ``lines``) and ``version`` (onnxruntime's).
+        call after timing.PAUSE_SECONDS idle), ``vectors`` (float32 [N, D], in the order of ``lines``)
+        and ``version`` (onnxruntime's).
     """
     peer = OnnxPeer(max_seq_len, say, precision)
     peer.encode_sorted(lines[:64], batch_size)  # warm-up
@@ -170,9 +170,7 @@ def measure_onnx(lines: List[str], latency_requests: int, repeat: int, max_seq_l
         vectors = peer.encode_sorted(lines, batch_size)
         elapsed = time.perf_counter() - t0
         best = elapsed if best is None else min(best, elapsed)
-    say(f'ONNX Runtime {precision}: {latency_requests} one-sentence calls')
-    seconds = one_sentence_seconds(peer.encode, lines, latency_requests, warm_up)
-    say(f'ONNX Runtime {precision}: {latency_requests} one-sentence calls, {PAUSE_SECONDS * 1e3:.0f} ms apart')
-    paced = one_sentence_seconds(peer.encode, lines, latency_requests, 0, PAUSE_SECONDS)
+    seconds, paced = one_sentence_latencies(peer.encode, lines, latency_requests, warm_up,
+                                            f'ONNX Runtime {precision}', say)
     return {'sentences_per_s': len(lines) / best, 'seconds': seconds, 'seconds_paced': paced, 'vectors': vectors,
             'version': peer.version}

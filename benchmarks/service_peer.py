@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from .timing import LATENCY_WARM_UP, PAUSE_SECONDS, one_sentence_seconds, percentiles_ms, say, timed
+from .timing import LATENCY_WARM_UP, one_sentence_latencies, percentiles_ms, say, timed
 
 __all__ = ['CLIENT_TIMEOUT_MS', 'ServerProcess', 'free_port', 'measure_http', 'measure_latency', 'measure_many_clients',
            'measure_one_client', 'start_server', 'worker_memory_mb']
@@ -181,11 +181,8 @@ def measure_many_clients(server, lines: List[str], num_clients: int, tag: str = 
 
 
 def measure_latency(server, lines: List[str], requests: int, tag: str = '(d)') -> dict:
-    say(f'{tag} service: {requests} one-sentence round trips')
     with _client(server) as bc:
-        seconds = one_sentence_seconds(bc.encode, lines, requests, LATENCY_WARM_UP)
-        say(f'{tag} service: {requests} one-sentence round trips, {PAUSE_SECONDS * 1e3:.0f} ms apart')
-        paced = one_sentence_seconds(bc.encode, lines, requests, 0, PAUSE_SECONDS)
+        seconds, paced = one_sentence_latencies(bc.encode, lines, requests, LATENCY_WARM_UP, f'{tag} service')
     return {'service_latency': percentiles_ms(seconds), 'service_latency_paced': percentiles_ms(paced)}
 
 

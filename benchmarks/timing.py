@@ -7,7 +7,8 @@ from typing import Callable, Dict, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-__all__ = ['LATENCY_WARM_UP', 'PAUSE_SECONDS', 'one_sentence_seconds', 'percentiles_ms', 'say', 'timed']
+__all__ = ['LATENCY_WARM_UP', 'PAUSE_SECONDS', 'one_sentence_latencies', 'one_sentence_seconds', 'percentiles_ms', 'say',
+           'timed']
 
 T = TypeVar('T')
 # Untimed one-sentence calls before the timed ones, for every peer.
@@ -55,3 +56,13 @@ def one_sentence_seconds(encode: Callable[[List[str]], object], lines: List[str]
         encode([lines[i % len(lines)]])
         seconds.append(time.perf_counter() - t0)
     return seconds
+
+
+def one_sentence_latencies(encode: Callable[[List[str]], object], lines: List[str], requests: int, warm_up: int,
+                           label: str, report: Callable[[str], None] = say) -> Tuple[List[float], List[float]]:
+    """(d) for any peer: ``requests`` one-sentence calls back to back (after ``warm_up`` untimed ones),
+    then as many each after PAUSE_SECONDS idle; ``label`` names the peer in the progress lines."""
+    report(f'{label}: {requests} one-sentence calls')
+    seconds = one_sentence_seconds(encode, lines, requests, warm_up)
+    report(f'{label}: {requests} one-sentence calls, {PAUSE_SECONDS * 1e3:.0f} ms apart')
+    return seconds, one_sentence_seconds(encode, lines, requests, 0, PAUSE_SECONDS)
