@@ -20,6 +20,9 @@ max_seq_len 128 on both sides:
         with one BertClient.encode of them (benchmarks/encode_command.py); its vectors must equal the call's
     (j) a second server with -bf16 after the float32 one: (b), (c) and (d) again, and the minimum cosine
         of its vectors against the float32 server's
+    (k) the service floor: a server with -engine fake (a model that takes no time) on the same flags, (c)
+        and (d) again. Its p50 is what the pipeline (ZeroMQ hops, processes, tokenizer) adds to a model
+        call, so the p50 goals leave the model their target minus it; its (c) rate bounds (c)
 
 The printed report opens with one summary table, one row per peer (the table docs/benchmark.md
 quotes), then the goals, then every figure.
@@ -30,6 +33,7 @@ agree with sentence-transformers' to cosine >= 0.999.
 
     PYTHONPATH=bert_serving_server:bert_serving_client .venv/bin/python -m benchmarks.compare \\
         [--output FILE.json] [--clients 32] [--latency_requests 200] [--no_onnx] [--no_bf16] [--no_encode_cli]
+        [--no_floor]
         [server flags, e.g. -num_worker 2]
 
 Flags with one dash go to the server (bert-serving-start's parser) and override the defaults here.
@@ -58,13 +62,13 @@ from typing import Dict, List, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .report import GOALS, evaluate_goals, format_report  # noqa: E402
+from .report import GOALS, evaluate_goals, format_report, goal_target  # noqa: E402
 from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_latency,  # noqa: E402
                            measure_many_clients, measure_one_client, start_server, worker_memory_mb)
 from .timing import LATENCY_WARM_UP, one_sentence_latencies, percentiles_ms, say  # noqa: E402
 
 __all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
-           'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_onnx_peers', 'percentiles_ms', 'server_precision',
+           'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_floor', 'measure_onnx_peers', 'percentiles_ms', 'server_precision',
            'worker_memory_mb']
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
@@ -171,6 +175,7 @@ def _parse(argv):
     parser.add_argument('--no_onnx', action='store_true', help='skip the ONNX Runtime peers (f), fp32 and int8')
     parser.add_argument('--no_bf16', action='store_true', help='skip the second server, with -bf16 (j)')
     parser.add_argument('--no_encode_cli', action='store_true', help='skip bert-serving-encode (i)')
+    parser.add_argument('--no_floor', action='store_true', help='skip the service floor, -engine fake (k)')
     return parser.parse_known_args(argv)
 
 
@@ -218,6 +223,20 @@ def measure_bf16(flags: List[str], lines: List[str], opts, reference: np.ndarray
             'bf16_worker_memory': memory}
 
 
+def measure_floor(flags: List[str], lines: List[str], opts) -> dict:
+    """(k) The service on ``flags`` with a model that takes no time (-engine fake): its one-sentence
+    p50, back to back and paced, and the rate of (c)'s many one-sentence clients."""
+    say('(k) starting a server with -engine fake: the service floor, a model that takes no time')
+    server, _ = start_server(flags + ['-engine', 'fake'])
+    try:
+        latency = measure_latency(server, lines, opts.latency_requests, tag='(k) -engine fake')
+        many = measure_many_clients(server, lines, opts.clients, tag='(k) -engine fake')
+    finally:
+        server.close()
+    return {'floor_latency': latency['service_latency'], 'floor_latency_paced': latency['service_latency_paced'],
+            'floor_c_sentences_per_s': many['c_sentences_per_s']}
+
+
 def _ratio(figures: dict, name: str, numerator, denominator) -> None:
     """figures[name] = numerator / denominator, where both are there."""
     if numerator is not None and denominator:
@@ -245,6 +264,18 @@ def derive_ratios(figures: dict) -> dict:
     _ratio(f, 'ratio_d_p50_paced', _p50(f, 'service_latency_paced'), _p50(f, 'st_latency_paced'))
     _ratio(f, 'ratio_d_p50_onnx_paced', _p50(f, 'service_latency_paced'), _p50(f, 'onnx_latency_paced'))
     _ratio(f, 'ratio_bf16_p50_over_int8_paced', _p50(f, 'bf16_latency_paced'), _p50(f, 'onnx_int8_latency_paced'))
+    # (k): what the model takes of each p50 (p50 - the floor), and what each p50 goal leaves it
+    # (the goal's target x the peer's p50 - the floor); figures, not goals.
+    floor = _p50(f, 'floor_latency')
+    for name, p50 in (('model_share_d_ms', _p50(f, 'service_latency')),
+                      ('model_share_bf16_ms', _p50(f, 'bf16_latency'))):
+        if floor is not None and p50 is not None:
+            f[name] = p50 - floor
+    for name, goal, peer in (('model_budget_d_onnx_ms', 'd_p50_onnx', 'onnx_latency'),
+                             ('model_budget_d_st_ms', 'd_p50', 'st_latency'),
+                             ('model_budget_bf16_int8_ms', 'bf16_p50_int8', 'onnx_int8_latency')):
+        if floor is not None and _p50(f, peer) is not None:
+            f[name] = goal_target(goal) * _p50(f, peer) - floor
     if f.get('precision', 'fp32') != 'fp32':  # make bench ARGS=-fp16 (or -bf16): the first server itself
         _ratio(f, 'ratio_b_over_int8', f.get('b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
         _ratio(f, 'ratio_d_p50_over_int8', _p50(f, 'service_latency'), _p50(f, 'onnx_int8_latency'))
@@ -331,6 +362,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         say(f'(j) skipped: the first server already ran with {figures["precision"]}; (j) compares -bf16 with float32')
     elif not opts.no_bf16:
         figures.update(measure_bf16(flags, lines, opts, one['vectors']))
+    if not opts.no_floor:
+        figures.update(measure_floor(flags, lines, opts))
 
     derive_ratios(figures)
     goals = evaluate_goals(figures)
@@ -346,6 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     'versions': _versions()},
            'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)],
                         'bf16_server_flags': flags + ['-bf16'] if 'bf16_b_sentences_per_s' in figures else None,
+                        'floor_server_flags': flags + ['-engine', 'fake'] if 'floor_latency' in figures else None,
                         'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
                         'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
                         'latency_requests': opts.latency_requests},

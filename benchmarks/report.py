@@ -10,7 +10,7 @@ from typing import List, Optional
 
 from .timing import PAUSE_SECONDS
 
-__all__ = ['GOALS', 'SUMMARY_HEADER', 'evaluate_goals', 'format_report', 'summary_rows']
+__all__ = ['GOALS', 'SUMMARY_HEADER', 'evaluate_goals', 'format_report', 'goal_target', 'summary_rows']
 
 # (key, label, figure it reads, comparison, target)
 GOALS = [
@@ -38,6 +38,11 @@ GOALS = [
     ('encode_cli_vectors', '(i) bert-serving-encode vectors: max |diff| vs one encode', 'encode_cli_max_abs_diff',
      '<=', 1e-5),
 ]
+
+
+def goal_target(key: str) -> float:
+    """The target of the goal ``key`` in GOALS."""
+    return next(target for k, _, _, _, target in GOALS if k == key)
 
 
 def evaluate_goals(figures: dict) -> List[dict]:
@@ -77,7 +82,8 @@ SUMMARY_HEADER = ['', 'one client sent/s', '{clients} clients x 1 sentence sent/
 def summary_rows(figures: dict) -> List[List[str]]:
     """The summary table's rows: (a) sentence-transformers, ONNX Runtime fp32 and int8, ours fp32
     and -bf16, with one-client throughput, many one-sentence clients (and their share of one client),
-    single-sentence p50, minimum cosine against the fp32 reference and worker RSS."""
+    single-sentence p50, minimum cosine against the fp32 reference and worker RSS; then (k), the
+    service with a model that takes no time."""
     f = figures
 
     def rate(key):
@@ -113,6 +119,8 @@ def summary_rows(figures: dict) -> List[List[str]]:
         [f'(j) ours -bf16, {ours}', rate('bf16_b_sentences_per_s'),
          crowd('bf16_c_sentences_per_s', 'bf16_b_sentences_per_s'), p50('bf16_latency'),
          cosine('bf16_min_cosine', f'ours {first}'), rss(f.get('bf16_max_worker_rss_mb'))],
+        ['(k) service floor: -engine fake, no model', '-', rate('floor_c_sentences_per_s'), p50('floor_latency'),
+         '-', '-'],
     ]
 
 
@@ -182,6 +190,15 @@ def format_report(figures: dict, goals: List[dict]) -> str:
          '-bf16 / ONNX Runtime int8',
          ', '.join(num(k, '{:.2f}') for k in ('ratio_d_p50_paced', 'ratio_d_p50_onnx_paced',
                                               'ratio_bf16_p50_over_int8_paced'))],
+        ['(k) service floor (-engine fake) p50 / p99: back to back; each call after ' + pause,
+         f"{latency('floor_latency')}; {latency('floor_latency_paced')}"],
+        [f'(k) service floor, {clients} clients, 1 sentence/request', num('floor_c_sentences_per_s', unit=' sentences/s')],
+        ['(k) the model\'s share of the p50 (p50 - floor): ours; -bf16',
+         f"{num('model_share_d_ms', '{:.2f}', ' ms')}; {num('model_share_bf16_ms', '{:.2f}', ' ms')}"],
+        [f'(k) what the p50 goals leave the model (target x peer p50 - floor): {goal_target("d_p50_onnx"):g} x ONNX '
+         f'Runtime fp32; {goal_target("d_p50"):g} x sentence-transformers; {goal_target("bf16_p50_int8"):g} x int8',
+         '; '.join(num(k, '{:.2f}', ' ms') for k in ('model_budget_d_onnx_ms', 'model_budget_d_st_ms',
+                                                     'model_budget_bf16_int8_ms'))],
         ['(e) first server start-up', num('first_start_s', '{:.1f}', ' s')],
         ['(e) second server start-up (graph cached)', num('second_start_s', '{:.1f}', ' s')],
         ['(j) -bf16 server start-up', num('bf16_start_s', '{:.1f}', ' s')],

@@ -46,6 +46,8 @@ def measured(**overrides) -> dict:
         'st_latency_paced': {'p50_ms': 12.0, 'p99_ms': 31.0}, 'onnx_latency_paced': {'p50_ms': 6.0, 'p99_ms': 13.0},
         'onnx_int8_latency_paced': {'p50_ms': 3.0, 'p99_ms': 7.0},
         'service_latency_paced': {'p50_ms': 9.0, 'p99_ms': 21.0}, 'bf16_latency_paced': {'p50_ms': 4.5, 'p99_ms': 9.5},
+        'floor_latency': {'p50_ms': 1.5, 'p99_ms': 3.0}, 'floor_latency_paced': {'p50_ms': 2.5, 'p99_ms': 4.0},
+        'floor_c_sentences_per_s': 2500.0,
     }
     figures.update(overrides)
     return figures
@@ -122,12 +124,14 @@ def test_summary_has_one_row_per_peer_with_its_reference():
     rows = summary_rows(FIGURES)
     assert [r[0] for r in rows] == [
         '(a) sentence-transformers, batch 32', '(f) ONNX Runtime fp32, sorted batch 32',
-        '(f) ONNX Runtime int8, sorted batch 32', '(b-d) ours fp32, 1 worker', '(j) ours -bf16, 1 worker']
+        '(f) ONNX Runtime int8, sorted batch 32', '(b-d) ours fp32, 1 worker', '(j) ours -bf16, 1 worker',
+        '(k) service floor: -engine fake, no model']
     assert rows[0][1:] == ['100', '-', '10.00', 'reference', '-']
     assert rows[1][1:] == ['125', '-', '4.00', '0.999990 (vs (a))', '-']
     assert rows[2][1:] == ['200', '-', '2.00', '0.921000 (vs ORT fp32)', '-']
     assert rows[3][1:] == ['150', '60 (0.40)', '8.00', '0.999500 (vs (a))', '900']
     assert rows[4][1:] == ['320', '160 (0.50)', '1.90', '0.999850 (vs ours fp32)', '760']
+    assert rows[5][1:] == ['-', '2500', '1.50', '-', '-']
     assert summary_rows(dict(FIGURES, num_worker=2))[3][0] == '(b-d) ours fp32, 2 workers'
 
 
@@ -137,7 +141,7 @@ def test_report_opens_with_the_summary_then_the_goals_then_the_details():
     assert re.split(r'\s{2,}', blocks[0].splitlines()[0].strip()) == [
         'one client sent/s', '32 clients x 1 sentence sent/s (/ one client)', 'single p50 ms', 'min cosine vs fp32',
         'worker RSS MiB']
-    assert len(blocks[0].splitlines()) == 2 + 5  # header, rule, five peers
+    assert len(blocks[0].splitlines()) == 2 + 6  # header, rule, five peers and the service floor
     assert blocks[1].startswith('ONNX Runtime 1.32.0; int8 = quantize_dynamic, QInt8 weights. Min cosine over the '
                                 '4096 sentences')
     assert blocks[2].startswith('goal ') and len(blocks[2].splitlines()) == 2 + len(GOALS)
@@ -234,6 +238,31 @@ def test_paced_latency_is_reported_beside_the_back_to_back_one_and_is_no_goal():
     assert re.search(r'ONNX Runtime int8 +n/a, n/a, n/a\n', format_report(skipped, evaluate_goals(skipped)))
 
 
+def test_the_service_floor_splits_each_p50_into_model_and_pipeline_and_is_no_goal():
+    """(k): the model's share of each p50 is the p50 minus the floor's, and each p50 goal leaves the
+    model its target times the peer's p50 minus the floor; a run without (k) has none of them."""
+    f = FIGURES
+    assert f['model_share_d_ms'] == pytest.approx(8.0 - 1.5)
+    assert f['model_share_bf16_ms'] == pytest.approx(1.9 - 1.5)
+    assert f['model_budget_d_onnx_ms'] == pytest.approx(1.2 * 4.0 - 1.5)
+    assert f['model_budget_d_st_ms'] == pytest.approx(0.4 * 10.0 - 1.5)
+    assert f['model_budget_bf16_int8_ms'] == pytest.approx(1.0 * 2.0 - 1.5)
+    goals = evaluate_goals(f)
+    assert not {g['figure'] for g in goals} & {k for k in f if k.startswith(('floor', 'model_'))}
+    report = format_report(f, goals)
+    assert re.search(r'\(k\) service floor \(-engine fake\) p50 / p99: back to back; each call after 10 ms '
+                     r'+1\.5 / 3\.0 ms; 2\.5 / 4\.0 ms\n', report)
+    assert re.search(r'\(k\) service floor, 32 clients, 1 sentence/request +2500 sentences/s\n', report)
+    assert re.search(r"model's share of the p50 \(p50 - floor\): ours; -bf16 +6\.50 ms; 0\.40 ms\n", report)
+    assert re.search(r'1\.2 x ONNX Runtime fp32; 0\.4 x sentence-transformers; 1 x int8 +3\.30 ms; 2\.50 ms; 0\.50 ms\n',
+                     report)
+    skipped = derive_ratios({k: v for k, v in measured().items() if not k.startswith('floor')})
+    assert not {k for k in skipped if k.startswith('model_')}
+    assert summary_rows(skipped)[5][1:] == ['-', 'n/a', 'n/a', '-', '-']
+    assert re.search(r'\(k\) service floor, 32 clients, 1 sentence/request +n/a\n',
+                     format_report(skipped, evaluate_goals(skipped)))
+
+
 def test_one_sentence_calls_wait_the_pause_before_each_timed_call(monkeypatch):
     from benchmarks import timing
 
@@ -243,3 +272,19 @@ def test_one_sentence_calls_wait_the_pause_before_each_timed_call(monkeypatch):
     assert len(seconds) == 3
     assert events == [('call', ['a']), ('sleep', 0.01), ('call', ['a']), ('sleep', 0.01), ('call', ['b']),
                       ('sleep', 0.01), ('call', ['a'])]
+
+
+@pytest.mark.e2e
+def test_the_floor_is_measured_on_a_real_fake_engine_server():
+    """(k) runs a real server with -engine fake on the given flags: a p50 back to back and paced, and
+    the many-clients rate, all from real round trips (their values are not asserted)."""
+    from types import SimpleNamespace
+
+    from benchmarks.compare import measure_floor
+
+    lines = ['First do it', 'then do it right', 'then do it better', 'a fourth one'] * 4
+    figures = measure_floor(SERVER_FLAGS + ['-cpu'], lines, SimpleNamespace(latency_requests=5, clients=3))
+    assert set(figures) == {'floor_latency', 'floor_latency_paced', 'floor_c_sentences_per_s'}
+    for key in ('floor_latency', 'floor_latency_paced'):
+        assert 0 < figures[key]['p50_ms'] <= figures[key]['p99_ms'], figures
+    assert figures['floor_c_sentences_per_s'] > 0

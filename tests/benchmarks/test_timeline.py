@@ -45,7 +45,7 @@ def test_the_timeline_of_a_fake_engine_server_adds_up(tmp_path, capsys, pause):
                          + pause) == 0
     table = capsys.readouterr().out
     assert ('each after 2 ms idle' in table) == bool(pause)
-    for stage in ('client + its two hops', 'server: queue', 'server: model', 'server: worker -> sink', 'server: sink'):
+    for stage in ('client + its two hops', 'server: queue', 'server: model', 'server: worker hops', 'server: sink'):
         assert stage in table, table
     doc = json.loads(out.read_text())
     stages = doc['stages_mean_s']

@@ -1,0 +1,124 @@
+"""The model alone, by batch size: ``python -m benchmarks.batch_sizes [--sizes 1,4,...] [server flags...]``.
+
+In this process, with no service around it, the engine that a worker of these flags would load
+(the bench's standard workload: bundled model, ``-max_seq_len 128 -pooling_layer -1``, one worker's
+threads) encodes the bench corpus in calls of N one-sentence inputs each, consecutive lines, for
+each N given; then all of them in one call, as one client's big request reaches a worker. Per N it
+prints the wall time of a call, sentences per second, the process's CPU per sentence and the share
+of the one-call rate.
+
+Why: (c) of ``make bench`` sends one sentence per request from 32 clients, so a worker's batches
+hold at most 32 inputs (27-30 in practice, with the cohort wait). The row of that size over the
+one-call row bounds (c) / (b) from above, before any ZeroMQ hop or client costs anything.
+
+The table goes to stdout, progress to stderr; ``--output FILE`` also writes the figures as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import List, Optional, Sequence
+
+from .compare import MAX_SEQ_LEN, SERVER_FLAGS
+from .timing import say
+
+__all__ = ['DEFAULT_SIZES', 'main', 'measure']
+
+DEFAULT_SIZES = (1, 2, 4, 8, 16, 28, 32, 56, 112, 224)
+WARM_UP_CALLS = 3  # untimed calls of each size first (new shapes build their kernels)
+
+
+def _engine(flags: List[str]):
+    """The engine a worker started with ``flags`` runs (its threads as BertServer plans them)."""
+    from bert_serving.server.args import get_args_parser
+    from bert_serving.server.config import EngineConfig
+    from bert_serving.server.engine.devices import CPU_BATCH_TOKENS, cpu_threads, planned_layer_shards
+    from bert_serving.server.engine.factory import create_engine
+
+    args = get_args_parser().parse_args(flags)
+    config = EngineConfig.from_namespace(args)
+    if config.engine == 'tensorflow':
+        from bert_serving.server.engine.runner import prefer_system_allocator
+        from bert_serving.server.engine.tfimport import defer_public_api
+        prefer_system_allocator()  # as a worker does, before TensorFlow loads
+        defer_public_api()
+        config = dataclasses.replace(config, layer_shards=planned_layer_shards(cpu_threads(1), False))
+    return create_engine(config, max_batch_size=args.max_batch_size, max_batch_tokens=CPU_BATCH_TOKENS,
+                         frozen_weights=True)
+
+
+def measure(engine, lines: Sequence[str], sizes: Sequence[int], min_sentences: int) -> List[dict]:
+    """One row per size in ``sizes``, then one for all ``lines`` in one call: calls, inputs, word
+    pieces, wall seconds and process CPU seconds of the timed calls."""
+    features = [engine.featurize([line])[0] for line in lines]
+    rows = []
+    for size in list(sizes) + [len(features)]:
+        count = max(1, -(-min(len(features), max(min_sentences, size)) // size))
+        calls = [features[(i * size) % len(features):][:size] for i in range(count)]  # consecutive lines
+        for call in calls[:WARM_UP_CALLS]:
+            engine.run(call)
+        say(f'batch sizes: {len(calls)} calls of {size} inputs')
+        cpu, wall = time.process_time(), time.perf_counter()
+        for call in calls:
+            engine.run(call)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        inputs = sum(len(c) for c in calls)
+        rows.append({'size': size, 'one_call': size == len(features), 'calls': len(calls), 'inputs': inputs,
+                     'tokens': sum(len(f.input_ids) for c in calls for f in c), 'seconds': wall, 'cpu_seconds': cpu})
+    return rows
+
+
+def format_table(rows: List[dict]) -> str:
+    """The table: per row, ms a call, word pieces a call, sentences/s, CPU ms a sentence and the
+    share of the one-call rate (the last row)."""
+    whole = rows[-1]['inputs'] / rows[-1]['seconds']
+    header = ['inputs a call', 'word pieces a call', 'ms a call', 'sentences/s', 'CPU ms a sentence', '/ one call']
+    body = []
+    for r in rows:
+        rate = r['inputs'] / r['seconds']
+        label = f'{r["size"]} (all in one call)' if r['one_call'] else str(r['size'])
+        body.append([label, f'{r["tokens"] / r["calls"]:.0f}', f'{1000 * r["seconds"] / r["calls"]:.2f}',
+                     f'{rate:.0f}', f'{1000 * r["cpu_seconds"] / r["inputs"]:.2f}', f'{rate / whole:.2f}'])
+    widths = [max(len(x[i]) for x in [header] + body) for i in range(len(header))]
+    lines = ['  '.join(c.rjust(w) for c, w in zip(x, widths)) for x in [header] + body]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m benchmarks.batch_sizes', allow_abbrev=False,
+                                     description=__doc__.split('\n\n')[0])
+    parser.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
+                        help='inputs a call, comma-separated (the one call of every line comes last)')
+    parser.add_argument('--lines', type=int, default=4096, help='corpus lines (the one call holds them all)')
+    parser.add_argument('--min_sentences', type=int, default=600, help='sentences timed per size, at least')
+    parser.add_argument('--output', default=None, help='also write the figures to this JSON file')
+    args, server_flags = parser.parse_known_args(argv)
+    sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
+    if not sizes or min(sizes) < 1:
+        parser.error(f'--sizes takes positive integers, got {args.sizes!r}')
+    from bert_serving.server.benchmark import load_sentences
+
+    lines = load_sentences(None, limit=args.lines)
+    flags = SERVER_FLAGS + server_flags
+    say(f'batch sizes: loading the engine of {" ".join(flags)}')
+    engine = _engine(flags)
+    try:
+        engine.warm_up()
+        rows = measure(engine, lines, sizes, args.min_sentences)
+    finally:
+        engine.close()
+    print(f'the model alone, {len(lines)} corpus lines, calls of N one-sentence inputs; flags: {" ".join(flags)}')
+    print(format_table(rows))
+    if args.output:
+        doc = {'date': time.strftime('%Y-%m-%dT%H:%M:%S'), 'flags': flags, 'max_seq_len': MAX_SEQ_LEN, 'rows': rows}
+        with open(args.output, 'w', encoding='utf-8') as f:
+            json.dump(doc, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
