@@ -1,11 +1,14 @@
 """The model alone, by batch size: ``python -m benchmarks.batch_sizes [--sizes 1,4,...] [server flags...]``.
 
 In this process, with no service around it, the engine that a worker of these flags would load
-(the bench's standard workload: bundled model, ``-max_seq_len 128 -pooling_layer -1``, one worker's
-threads) encodes the bench corpus in calls of N one-sentence inputs each, consecutive lines, for
-each N given; then all of them in one call, as one client's big request reaches a worker. Per N it
-prints the wall time of a call, sentences per second, the process's CPU per sentence and the share
-of the one-call rate.
+(the bench's standard workload: bundled model, ``-max_seq_len 128 -pooling_layer -1``; the threads
+and the token budget of one of ``-num_worker`` CPU workers) encodes the bench corpus in calls of N
+one-sentence inputs each, consecutive lines from the first, for each N given; then all the lines in
+one call, as one client's big request reaches a worker. Per N it prints the wall time of a call,
+sentences per second, the process's CPU per sentence and the share of the one-call rate. The calls
+of N time the first ``--min_sentences`` lines (at least), the one call all of them: the share compares
+sentences of about the same length (22.4 word pieces on average over 4,096 lines, 22.4-22.7 over the
+first 600-700).
 
 Why: (c) of ``make bench`` sends one sentence per request from 32 clients, so a worker's batches
 hold at most 32 inputs (27-30 in practice, with the cohort wait). The row of that size over the
@@ -22,6 +25,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
+from bert_serving.server.engine.base import Engine
+
 from .compare import MAX_SEQ_LEN, SERVER_FLAGS
 from .timing import say
 
@@ -31,33 +36,54 @@ DEFAULT_SIZES = (1, 2, 4, 8, 16, 28, 32, 56, 112, 224)
 WARM_UP_CALLS = 3  # untimed calls of each size first (new shapes build their kernels)
 
 
-def _engine(flags: List[str]):
-    """The engine a worker started with ``flags`` runs (its threads as BertServer plans them)."""
+def _engine(flags: List[str]) -> Engine:
+    """The engine one CPU worker of a server started with ``flags`` runs: its threads, layer split
+    and token budget as BertServer plans them for ``-num_worker`` CPU workers."""
     from bert_serving.server.args import get_args_parser
     from bert_serving.server.config import EngineConfig
-    from bert_serving.server.engine.devices import CPU_BATCH_TOKENS, cpu_threads, planned_layer_shards
+    from bert_serving.server.engine.devices import (batch_token_budget, cpu_threads, planned_layer_shards,
+                                                    session_threads)
     from bert_serving.server.engine.factory import create_engine
 
     args = get_args_parser().parse_args(flags)
     config = EngineConfig.from_namespace(args)
+    threads = cpu_threads(args.num_worker)
+    runtime = {'max_batch_size': args.max_batch_size, 'frozen_weights': True,
+               'max_batch_tokens': batch_token_budget(-1, args.max_batch_tokens, args.max_batch_size,
+                                                      config.max_seq_len)}
     if config.engine == 'tensorflow':
         from bert_serving.server.engine.runner import prefer_system_allocator
         from bert_serving.server.engine.tfimport import defer_public_api
         prefer_system_allocator()  # as a worker does, before TensorFlow loads
         defer_public_api()
-        config = dataclasses.replace(config, layer_shards=planned_layer_shards(cpu_threads(1), False))
-    return create_engine(config, max_batch_size=args.max_batch_size, max_batch_tokens=CPU_BATCH_TOKENS,
-                         frozen_weights=True)
+        shards = planned_layer_shards(threads, False)
+        config = dataclasses.replace(config, layer_shards=shards)
+        runtime['intra_op_threads'], runtime['inter_op_threads'] = session_threads(threads, shards)
+    return create_engine(config, **runtime)
 
 
-def measure(engine, lines: Sequence[str], sizes: Sequence[int], min_sentences: int) -> List[dict]:
-    """One row per size in ``sizes``, then one for all ``lines`` in one call: calls, inputs, word
-    pieces, wall seconds and process CPU seconds of the timed calls."""
+def measure(engine: Engine, lines: Sequence[str], sizes: Sequence[int], min_sentences: int) -> List[dict]:
+    """Times calls of each size, then one call of every line.
+
+    Args:
+        engine: a ready engine (warmed up).
+        lines: the sentences, one input each.
+        sizes: inputs a call, each at most ``len(lines)``; the calls of a size take consecutive
+            lines from the first, wrapping around, ``min_sentences`` inputs at least, after
+            WARM_UP_CALLS untimed ones.
+        min_sentences: inputs timed per size, at least.
+
+    Returns:
+        One dict per size and a last one for all the lines in one call (``one_call``): calls,
+        inputs, word pieces, wall seconds and process CPU seconds of the timed calls.
+    """
     features = [engine.featurize([line])[0] for line in lines]
+    n = len(features)
     rows = []
-    for size in list(sizes) + [len(features)]:
-        count = max(1, -(-min(len(features), max(min_sentences, size)) // size))
-        calls = [features[(i * size) % len(features):][:size] for i in range(count)]  # consecutive lines
+    for index, size in enumerate(list(sizes) + [n]):
+        one_call = index == len(sizes)
+        count = 1 if one_call else -(-max(min_sentences, size) // size)
+        calls = [[features[(i * size + j) % n] for j in range(size)] for i in range(count)]
         for call in calls[:WARM_UP_CALLS]:
             engine.run(call)
         say(f'batch sizes: {len(calls)} calls of {size} inputs')
@@ -65,15 +91,14 @@ def measure(engine, lines: Sequence[str], sizes: Sequence[int], min_sentences: i
         for call in calls:
             engine.run(call)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        inputs = sum(len(c) for c in calls)
-        rows.append({'size': size, 'one_call': size == len(features), 'calls': len(calls), 'inputs': inputs,
+        rows.append({'size': size, 'one_call': one_call, 'calls': count, 'inputs': count * size,
                      'tokens': sum(len(f.input_ids) for c in calls for f in c), 'seconds': wall, 'cpu_seconds': cpu})
     return rows
 
 
 def format_table(rows: List[dict]) -> str:
     """The table: per row, ms a call, word pieces a call, sentences/s, CPU ms a sentence and the
-    share of the one-call rate (the last row)."""
+    share of the one-call rate (the last row, ``one_call``)."""
     whole = rows[-1]['inputs'] / rows[-1]['seconds']
     header = ['inputs a call', 'word pieces a call', 'ms a call', 'sentences/s', 'CPU ms a sentence', '/ one call']
     body = []
@@ -89,6 +114,7 @@ def format_table(rows: List[dict]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command: prints the table; 0 on success (argparse exits 2 on bad options)."""
     parser = argparse.ArgumentParser(prog='python -m benchmarks.batch_sizes', allow_abbrev=False,
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
@@ -97,9 +123,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--min_sentences', type=int, default=600, help='sentences timed per size, at least')
     parser.add_argument('--output', default=None, help='also write the figures to this JSON file')
     args, server_flags = parser.parse_known_args(argv)
-    sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
-    if not sizes or min(sizes) < 1:
-        parser.error(f'--sizes takes positive integers, got {args.sizes!r}')
+    try:
+        sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1 or max(sizes) > args.lines:
+        parser.error(f'--sizes takes positive integers up to --lines ({args.lines}), got {args.sizes!r}')
     from bert_serving.server.benchmark import load_sentences
 
     lines = load_sentences(None, limit=args.lines)

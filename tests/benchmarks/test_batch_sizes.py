@@ -44,6 +44,16 @@ def test_each_size_runs_consecutive_lines_after_its_warm_up_calls_and_the_one_ca
     assert engine.runs[-1] == lines and engine.runs[-2] == lines  # its warm-up, then the timed one
 
 
+def test_every_call_of_a_size_is_full_and_wraps_around_the_lines():
+    engine = _CountingEngine()
+    lines = [f'line {i}' for i in range(10)]
+    rows = batch_sizes.measure(engine, lines, [4, 10], min_sentences=10)
+    assert [(r['size'], r['calls'], r['inputs'], r['one_call']) for r in rows] == [
+        (4, 3, 12, False), (10, 1, 10, False), (10, 1, 10, True)]
+    timed_fours = engine.runs[3:6]  # after the three warm-up calls (all three calls of 4)
+    assert timed_fours == [lines[0:4], lines[4:8], lines[8:10] + lines[0:2]]
+
+
 def test_the_table_gives_rates_cpu_and_the_share_of_the_one_call():
     rows = [{'size': 2, 'one_call': False, 'calls': 5, 'inputs': 10, 'tokens': 200, 'seconds': 0.5, 'cpu_seconds': 0.8},
             {'size': 10, 'one_call': True, 'calls': 1, 'inputs': 10, 'tokens': 200, 'seconds': 0.25,
@@ -70,4 +80,8 @@ def test_the_command_runs_a_fake_engine_and_writes_its_figures(tmp_path, capsys)
 def test_sizes_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         batch_sizes.main(['--sizes', '0,4', '-engine', 'fake'])
-    assert '--sizes takes positive integers' in capsys.readouterr().err
+    assert '--sizes takes positive integers up to --lines' in capsys.readouterr().err
+    for sizes in ('a', '', '5000'):
+        with pytest.raises(SystemExit):
+            batch_sizes.main(['--sizes', sizes, '-engine', 'fake'])
+        assert '--sizes takes positive integers' in capsys.readouterr().err
