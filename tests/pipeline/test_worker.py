@@ -24,8 +24,10 @@ class HeldFakeEngine(fake.FakeEngine):
     busy with a very large batch)."""
     release = threading.Event()
     holding = threading.Event()  # set while a featurize waits
+    threads: list = []  # (first text, name of the thread that tokenized it)
 
     def featurize(self, texts, is_tokenized=False):
+        self.threads.append((texts[0] if texts else None, threading.current_thread().name))
         if any(isinstance(t, str) and HOLD_WORD in t for t in texts) and not self.release.is_set():
             self.holding.set()
             assert self.release.wait(WAIT_SECONDS), 'the test never released the featurize'
@@ -113,6 +115,7 @@ def harness(tmp_path, monkeypatch):
     monkeypatch.setattr(fake, 'FakeEngine', HeldFakeEngine)
     monkeypatch.setattr(HeldFakeEngine, 'release', threading.Event())
     monkeypatch.setattr(HeldFakeEngine, 'holding', threading.Event())
+    monkeypatch.setattr(HeldFakeEngine, 'threads', [])
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '-1')  # Worker.run sets both; restored after the test
     monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '3')
     made = WorkerHarness(tmp_path)
@@ -150,12 +153,57 @@ def test_a_batch_the_worker_has_no_room_for_is_not_named(harness):
     beat = harness.heartbeat(mark=7)
     while beat.pong != 7:
         beat = harness.heartbeat(mark=7)
-    # One in the featurize thread, credit + 2 = 4 queued behind it.
-    assert beat.holds == (1, 2, 3, 4, 5)
+    # One tokenized by the main thread (it was waiting), one in the featurize thread, credit + 2 = 4
+    # queued behind them.
+    assert beat.holds == (1, 2, 3, 4, 5, 6)
     HeldFakeEngine.release.set()
-    assert sorted(harness.result().piece_id for _ in range(5)) == [1, 2, 3, 4, 5]
-    assert sorted(harness.recv(msg.DONE).batch_id for _ in range(5)) == [1, 2, 3, 4, 5]
+    assert sorted(harness.result().piece_id for _ in range(6)) == [1, 2, 3, 4, 5, 6]
+    assert sorted(harness.recv(msg.DONE).batch_id for _ in range(6)) == [1, 2, 3, 4, 5, 6]
     assert harness.heartbeat(mark=7).holds == ()
+
+
+def test_a_waiting_main_thread_tokenizes_a_batch_itself_and_a_busy_one_leaves_it_to_the_featurize_thread(
+        harness):
+    """A batch that comes while the main thread waits skips the featurize thread (one thread
+    hand-off fewer); one that comes while the main thread is busy is prepared by the featurize
+    thread meanwhile. Both are computed."""
+    harness.send_batch(1, ['alone'])
+    assert harness.result().piece_id == 1
+    harness.send_batch(2, [f'{HOLD_WORD} first'])
+    assert HeldFakeEngine.holding.wait(WAIT_SECONDS)  # the main thread is busy with batch 2
+    harness.send_batch(3, ['behind it'])
+    beat = harness.heartbeat(mark=3)
+    while beat.pong != 3:
+        beat = harness.heartbeat(mark=3)
+    assert beat.holds == (2, 3)
+    HeldFakeEngine.release.set()
+    assert sorted(harness.result().piece_id for _ in range(2)) == [2, 3]
+    by_text = dict(HeldFakeEngine.threads)
+    assert by_text['alone'] == by_text[f'{HOLD_WORD} first'] == 'worker'  # the harness runs Worker.run there
+    assert by_text['behind it'] == 'featurize'
+
+
+def test_the_inbox_gives_a_batch_to_the_main_thread_only_when_it_waits_with_nothing_queued():
+    import queue
+
+    from bert_serving.server.pipeline.worker import Inbox
+
+    ahead, work = queue.Queue(maxsize=2), queue.Queue(maxsize=1)
+    idle = [True]
+    inbox = Inbox(ahead, work, lambda: idle[0])
+    inbox.put_nowait((0, 1, ['frames'], 1.0))
+    assert work.get_nowait() == (0, 1, ['frames'], 1.0, True) and ahead.empty()
+    work.put_nowait((0, 9, [], 1.0, False))  # room for one: a second goes ahead even while idle
+    inbox.put_nowait((0, 2, [], 2.0))
+    idle[0] = False
+    work.get_nowait()
+    inbox.put_nowait((0, 3, [], 3.0))
+    assert (inbox.qsize(), work.empty()) == (2, True)
+    assert [inbox.get_nowait()[1] for _ in range(2)] == [2, 3]
+    inbox.put_nowait((0, 4, [], 4.0))
+    inbox.put_nowait((0, 5, [], 5.0))
+    with pytest.raises(queue.Full):  # the io thread drops it, unnamed: the server sends it again
+        inbox.put_nowait((0, 6, [], 6.0))
 
 
 def test_heartbeats_name_the_batches_whose_results_have_not_left(harness):
