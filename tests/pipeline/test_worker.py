@@ -2,6 +2,7 @@
 PULL that stands in for the sink. Its engine is the fake, whose featurize the test can hold: the
 heartbeats must go on meanwhile, naming every batch the worker holds. Every wait is a bounded poll."""
 import threading
+import time
 
 import pytest
 import zmq
@@ -107,6 +108,13 @@ class WorkerHarness:
         self.ctx.term()
 
 
+def _wait_until(condition) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, 'the condition never held'
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def harness(tmp_path, monkeypatch):
     # In-process: no watchdog (it ends the process some seconds after a stop), and the fake engine
@@ -148,7 +156,10 @@ def test_a_batch_the_worker_has_no_room_for_is_not_named(harness):
     and no heartbeat names them, so the server sends them again. The others are all computed."""
     harness.send_batch(1, [f'{HOLD_WORD} batch 1'])
     assert HeldFakeEngine.holding.wait(WAIT_SECONDS)
-    for batch_id in range(2, 8):
+    harness.send_batch(2, [f'{HOLD_WORD} batch 2'])
+    # Both threads hold one (the list also has the engine's warm-up).
+    _wait_until(lambda: {f'{HOLD_WORD} batch 1', f'{HOLD_WORD} batch 2'} <= {t for t, _ in HeldFakeEngine.threads})
+    for batch_id in range(3, 8):
         harness.send_batch(batch_id, [f'{HOLD_WORD} batch {batch_id}'])
     beat = harness.heartbeat(mark=7)
     while beat.pong != 7:
@@ -167,8 +178,12 @@ def test_a_waiting_main_thread_tokenizes_a_batch_itself_and_a_busy_one_leaves_it
     """A batch that comes while the main thread waits skips the featurize thread (one thread
     hand-off fewer); one that comes while the main thread is busy is prepared by the featurize
     thread meanwhile. Both are computed."""
+    waiting = harness.worker.waiting_for_work
+    assert waiting.wait(WAIT_SECONDS)
     harness.send_batch(1, ['alone'])
     assert harness.result().piece_id == 1
+    assert harness.recv(msg.DONE).batch_id == 1
+    assert waiting.wait(WAIT_SECONDS)  # set once the main thread waits again (it stays set while idle)
     harness.send_batch(2, [f'{HOLD_WORD} first'])
     assert HeldFakeEngine.holding.wait(WAIT_SECONDS)  # the main thread is busy with batch 2
     harness.send_batch(3, ['behind it'])

@@ -170,6 +170,7 @@ class Worker:
         self.logger = get_logger(config.name, config.verbose)
         self.state = WorkState(stop_event, config.parent_pid)
         self._thread_died = False
+        self.waiting_for_work = threading.Event()  # set while the main thread waits for a batch (Inbox)
         self._started: Optional[float] = None  # when the current batch started (watchdog)
         self._batch_timeout: Optional[float] = None  # the server's, from WELCOME
 
@@ -259,7 +260,7 @@ class Worker:
         # arrived, False) from the featurize thread or (..., frames, when it arrived, True) from the io thread
         ahead: 'queue.Queue' = queue.Queue(maxsize=s.credit + 2)
         work: 'queue.Queue' = queue.Queue(maxsize=1)
-        waiting = threading.Event()  # set while the main thread waits for work
+        waiting = self.waiting_for_work
         incoming = Inbox(ahead, work, lambda: waiting.is_set() and work.empty())
         done_addr = f'inproc://done-{s.identity}'
         done_pull = ctx.socket(zmq.PULL)
@@ -277,13 +278,12 @@ class Worker:
         last_trim = time.monotonic()
         try:
             while self.state.alive():
-                waiting.set()
+                waiting.set()  # stays set through the timeouts of an idle wait
                 try:
                     generation, batch_id, payload, arrived, raw = work.get(timeout=POLL_MS / 1000)
                 except queue.Empty:
                     continue
-                finally:
-                    waiting.clear()
+                waiting.clear()
                 if generation != self.state.generation:
                     continue  # the server forgot us since: others compute it
                 prepared = self._prepare(engine, payload) if raw else payload
