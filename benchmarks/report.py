@@ -1,8 +1,8 @@
 """What ``make bench`` prints: one summary table (the one a docs page quotes), the goals, the details.
 
 Every function here reads the ``figures`` dict that ``benchmarks.compare`` fills and saves as JSON;
-a figure that a run skipped (``--no_onnx``, ``--no_bf16``, ``--no_encode_cli``, ``--no_floor``) prints as ``n/a``,
-and its goals are neither met nor missed.
+a figure that a run skipped (``--no_onnx``, ``--no_bf16``, ``--no_encode_cli``, ``--no_floor``)
+prints as ``n/a``, and its goals are neither met nor missed.
 """
 from __future__ import annotations
 

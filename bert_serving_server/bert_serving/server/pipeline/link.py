@@ -152,9 +152,9 @@ class ServerLink:
 
     def io_loop(self, done_pull, incoming) -> None:
         """The io thread owns the DEALER: heartbeats, registration again, batches in, DONE out. It
-        never waits on anything else (a batch is parsed and tokenized by another thread: ``incoming``
-        is the worker's Inbox, or any queue), so a
-        heartbeat goes out every HEARTBEAT_SECONDS however large the batches. Each heartbeat names
+        never waits on anything else (another thread parses and tokenizes a batch: ``incoming`` is
+        the worker's Inbox, or any queue), so a heartbeat goes out every HEARTBEAT_SECONDS however
+        large the batches. Each heartbeat names
         every batch held (received, DONE not sent yet), those whose results are still leaving, and
         the mark of the last PONG: the server sends again what is not held, and results that do
         not reach the sink soon after they left (see Scheduler.seen)."""
