@@ -50,6 +50,16 @@ ATTENTION_WIDTHS = 4
 # 3.7%, 59 shapes instead of 55). The cuts of many small clients' requests, of mixed lengths,
 # rarely reach that size: a replay of 64 and of 128 concurrent one-sentence clients made none.
 EXACT_LENGTH_SIZE = 48
+# A TensorFlow call alone leaves the session's threads idle part of the time: the parts of a split
+# block wait for each other at every layer norm. A second call in flight fills those gaps, so a run
+# that the plan (Encoder._batches) gives fewer calls than ``parallel_calls`` is dealt into that
+# many calls of about the same work (the inputs in length order, round-robin), when each gets
+# SPREAD_MIN_TOKENS word pieces or more. In process, calls of N consecutive bench lines (2 vCPUs,
+# Intel Xeon, two rounds, one call's rate = 1): N = 28, float32 0.78-0.83 as one call, 0.85-0.86
+# dealt in two; -bf16 0.62-0.67 and 0.65-0.66; N = 64, 0.76-0.82 and 0.93-0.94, -bf16 0.60-0.69
+# and 0.85-0.90. Below ~256 word pieces the second call's fixed cost outweighs what it fills:
+# N = 8 (~180) lost 3-8%, N = 12 (~270) gained 3-4% in float32.
+SPREAD_MIN_TOKENS = 128
 
 
 class Encoder(Engine):
@@ -157,7 +167,7 @@ class Encoder(Engine):
         if n == 0:
             return out
         order = sorted(range(n), key=lambda i: len(features[i].input_ids))
-        batches = list(self._batches(order, features))
+        batches = self._spread(list(self._batches(order, features)), features)
         call = functools.partial(self._call, features, out)
         if len(batches) > 1 and self.parallel_calls > 1:
             self.last_padded_tokens = self._run_side_by_side(call, batches)
@@ -185,6 +195,24 @@ class Encoder(Engine):
             if not future.cancelled() and future.exception() is not None:
                 raise future.exception()
         return sum(future.result() for future in futures)
+
+    def _spread(self, batches: List[List[int]], features: Sequence[Feature]) -> List[List[int]]:
+        """``batches`` dealt into ``parallel_calls`` calls when they are fewer (see
+        SPREAD_MIN_TOKENS) and each dealt call stays within the token budget; else
+        ``batches`` as they are. Each dealt call holds every ``parallel_calls``-th input in length
+        order, so all take about as long."""
+        k = self.parallel_calls
+        if k < 2 or not 0 < len(batches) <= k:
+            return batches
+        order = sorted((i for batch in batches for i in batch), key=lambda i: len(features[i].input_ids))
+        if sum(len(features[i].input_ids) for i in order) < k * SPREAD_MIN_TOKENS:
+            return batches
+        dealt = [order[j::k] for j in range(k)]
+        for batch in dealt:  # never more inputs than the plan's largest call: only the length can grow
+            size = self._batch_size(len(batch))
+            if size * self._padded(len(features[batch[-1]].input_ids), size) > self.max_batch_tokens:
+                return batches
+        return dealt
 
     def _call(self, features: Sequence[Feature], out: np.ndarray, batch: List[int]) -> int:
         """Runs one TensorFlow call on ``batch`` (indices into ``features``, length-sorted), writes its
