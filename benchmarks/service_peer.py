@@ -91,7 +91,7 @@ class ServerProcess:
         also waits until the HTTP proxy answers."""
         t0 = time.perf_counter()
         self._proc.start()
-        reply = self._replies.get(timeout=READY_TIMEOUT_S + 30)
+        reply = self._ready_reply(time.monotonic() + READY_TIMEOUT_S + 30)
         if 'failure' in reply:
             self.close()
             raise RuntimeError(f'the server did not become ready: {reply["failure"]}')
@@ -101,6 +101,24 @@ class ServerProcess:
         if self.args.http_port:
             self._wait_for_http(max(t0 + READY_TIMEOUT_S, time.perf_counter() + 60))
         return ready
+
+    def _ready_reply(self, deadline: float) -> dict:
+        """The server process's first reply; a failure when it ends without one (it could not even
+        start: e.g. a script that runs the benchmark without an ``if __name__ == '__main__'`` guard,
+        under the spawn start method) or by ``deadline``."""
+        import queue
+        while True:
+            try:
+                return self._replies.get(timeout=0.5)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    try:  # it may have replied just before it ended
+                        return self._replies.get(timeout=0.5)
+                    except queue.Empty:
+                        return {'failure': f'its process ended (exit code {self._proc.exitcode}) before it '
+                                           f'was ready; see its output above'}
+                if time.monotonic() > deadline:
+                    return {'failure': f'no reply in {READY_TIMEOUT_S + 30} s'}
 
     def _wait_for_http(self, deadline: float) -> None:
         """Waits until the HTTP proxy answers /health with 200. The server is ready when its workers

@@ -100,3 +100,21 @@ def test_the_scrape_saved_after_the_runs_counts_their_requests():
     ok = [s.value for s in families['bert_server_requests'].samples
           if s.name == 'bert_server_requests_total' and s.labels == {'door': 'zmq', 'outcome': 'ok'}]
     assert ok == [3.0]
+
+
+def test_a_server_process_that_ends_before_it_is_ready_fails_the_start_at_once():
+    """Not the full READY_TIMEOUT_S: its process is watched while the reply is awaited."""
+    import multiprocessing
+    import queue
+    import time
+
+    server = service_peer.ServerProcess.__new__(service_peer.ServerProcess)
+    ctx = multiprocessing.get_context('spawn')
+    server._replies = queue.Queue()
+    server._proc = ctx.Process(target=os._exit, args=(3,))
+    server._proc.start()
+    reply = server._ready_reply(time.monotonic() + 120)
+    server._proc.join(timeout=30)
+    assert 'exit code 3' in reply['failure']
+    server._replies.put({'workers': []})
+    assert server._ready_reply(time.monotonic() + 120) == {'workers': []}  # a reply is taken even so
