@@ -57,8 +57,12 @@ EXACT_LENGTH_SIZE = 48
 # SPREAD_MIN_TOKENS word pieces or more. In process, calls of N consecutive bench lines (2 vCPUs,
 # Intel Xeon, two rounds, one call's rate = 1): N = 28, float32 0.78-0.83 as one call, 0.85-0.86
 # dealt in two; -bf16 0.62-0.67 and 0.65-0.66; N = 64, 0.76-0.82 and 0.93-0.94, -bf16 0.60-0.69
-# and 0.85-0.90. Below ~256 word pieces the second call's fixed cost outweighs what it fills:
-# N = 8 (~180) lost 3-8%, N = 12 (~270) gained 3-4% in float32.
+# and 0.85-0.90 (against a single call; the plan already cut some of those batches in two).
+# Below ~256 word pieces the second call's fixed cost outweighs what it fills: N = 8 (~180) lost
+# 3-8%, N = 12 (~270) gained 3-4% in float32. Through the service the gain is smaller, as the
+# clients, the ventilator and the sink share the cores: 32 one-sentence clients 376-386 sentences/s
+# against 360-381 (float32, six alternating runs), one client's requests of 64 sentences 441-459
+# against 430-434.
 SPREAD_MIN_TOKENS = 128
 
 
