@@ -53,14 +53,21 @@ def _serve(flags: List[str], replies, stop) -> None:
     from bert_serving.server.args import get_args_parser
     from bert_serving.server.service import BertServer
 
-    server = BertServer(get_args_parser().parse_args(flags))
-    server.start()
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not server.is_ready.wait(0.05):
-        if server.failure or not server.is_alive() or time.monotonic() > deadline:
-            replies.put({'failure': server.failure or 'timed out'})
+    server = None
+    try:
+        server = BertServer(get_args_parser().parse_args(flags))
+        server.start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not server.is_ready.wait(0.05):
+            if server.failure or not server.is_alive() or time.monotonic() > deadline:
+                replies.put({'failure': server.failure or 'timed out'})
+                server.close()
+                return
+    except Exception as e:  # noqa: BLE001 - the parent reports it; a started server must not keep this process
+        replies.put({'failure': f'{type(e).__name__}: {e}'})
+        if server is not None:
             server.close()
-            return
+        return
     replies.put({'workers': [(p.name, p.pid) for p in server.processes if p.name.startswith('WORKER')],
                  'others': [('SERVER', os.getpid())] + [(p.name, p.pid) for p in server.processes
                                                         if not p.name.startswith('WORKER')]})
@@ -118,7 +125,7 @@ class ServerProcess:
                         return {'failure': f'its process ended (exit code {self._proc.exitcode}) before it '
                                            f'was ready; see its output above'}
                 if time.monotonic() > deadline:
-                    return {'failure': f'no reply in {READY_TIMEOUT_S + 30} s'}
+                    return {'failure': 'no reply before the deadline'}
 
     def _wait_for_http(self, deadline: float) -> None:
         """Waits until the HTTP proxy answers /health with 200. The server is ready when its workers

@@ -33,9 +33,12 @@ def _features(lengths):
     return [SimpleNamespace(input_ids=range(n)) for n in lengths]
 
 
+def _order(features):
+    return sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+
+
 def _plan(encoder: Encoder, features):
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    return encoder._spread(list(encoder._batches(order, features)), features)
+    return encoder._spread(list(encoder._batches(_order(features), features)), features)
 
 
 # 28 one-sentence requests of a crowd, 4 to 60 word pieces (946 in all): one call in the plan.
@@ -44,13 +47,12 @@ CROWD = [int(n) for n in np.linspace(4, 60, 28)]
 
 def test_a_crowds_batch_is_dealt_round_robin_in_length_order_into_calls_of_about_the_same_work():
     features = _features(CROWD[::-1])  # the inputs' order does not matter
-    assert len(list(_planner(1)._batches(list(range(28)), features))) == 1
+    assert len(list(_planner(1)._batches(_order(features), features))) == 1
     calls = _plan(_planner(2), features)
     assert len(calls) == 2
     assert sorted(i for call in calls for i in call) == list(range(28))
     lengths = [[len(features[i].input_ids) for i in call] for call in calls]
     assert lengths == [CROWD[0::2], CROWD[1::2]]  # each call sorted, every other input
-    assert abs(sum(lengths[0]) - sum(lengths[1])) <= CROWD[-1]
 
 
 def test_three_calls_in_flight_deal_three_ways():
@@ -59,12 +61,30 @@ def test_three_calls_in_flight_deal_three_ways():
 
 
 @pytest.mark.parametrize('lengths, why', [
-    ([20] * 12, 'under SPREAD_MIN_TOKENS a call: one call'),
+    ([20] * 12, 'under 2 x SPREAD_MIN_TOKENS word pieces'),
     ([60], 'one input'),
 ])
 def test_a_small_run_stays_one_call(lengths, why):
     assert sum(lengths) < 2 * SPREAD_MIN_TOKENS
     assert len(_plan(_planner(2), _features(lengths))) == 1, why
+
+
+@pytest.mark.parametrize('lengths, k', [([300], 2), ([200, 200], 3)])
+def test_fewer_inputs_than_calls_in_flight_keep_the_plan(lengths, k):
+    """One long input (-max_seq_len 512, say) is one call, not a call and an empty one."""
+    assert sum(lengths) >= k * SPREAD_MIN_TOKENS
+    features = _features(lengths)
+    plan = list(_planner(k)._batches(_order(features), features))
+    assert _planner(k)._spread(plan, features) == plan
+
+
+def test_without_packed_rows_the_plan_is_kept():
+    """With -xla the dense layers compute every padded slot: dealing would pad short inputs."""
+    planner = _planner(2)
+    planner.runner = SimpleNamespace(packs=False)
+    features = _features(CROWD)
+    plan = list(planner._batches(_order(features), features))
+    assert planner._spread(plan, features) == plan
 
 
 def test_the_threshold_is_the_word_pieces_of_the_run():
@@ -123,14 +143,15 @@ class _Recorder:
 @pytest.mark.parametrize('pooling', ['REDUCE_MEAN', 'NONE'])
 def test_a_dealt_run_gives_the_vectors_of_one_call(pooling, tiny_google_dir, graph_cache_dir, monkeypatch):
     """The tiny model, split in two parts as a CPU worker of two cores runs it: a run of 12 inputs
-    becomes two calls of 6, and each vector is the one the single call gives."""
+    becomes two calls of 6, and each vector is the one the single call gives (with NONE pooling, the
+    call without the longest input fills its rows to its own length, and the rest stays zero)."""
     monkeypatch.setattr(encoder_module, 'SPREAD_MIN_TOKENS', 8)
     config = EngineConfig(model_dir=str(tiny_google_dir), graph_tmp_dir=str(graph_cache_dir), max_seq_len=None,
                           layer_shards=2, pooling_strategy=pooling)
     one, two = Encoder(config, parallel_calls=1), Encoder(config)
     try:
         assert two.parallel_calls == 2
-        texts = [' '.join(['fox'] * (8 + n % 3)) for n in range(12)]  # 10 to 12 word pieces
+        texts = [' '.join(['fox'] * (8 + n % 3)) for n in range(11)] + ['fox ' * 12]  # 10 to 14 word pieces
         features = one.featurize(texts)
         expected = one.run(features)
         one.runner = single = _Recorder(one.runner)
@@ -139,7 +160,10 @@ def test_a_dealt_run_gives_the_vectors_of_one_call(pooling, tiny_google_dir, gra
         got = two.run(features)
         assert len(single.shapes) == 1
         assert sorted(b for b, _ in dealt.shapes) == [6, 6]  # batch size 6 is one of the allowed ones
+        assert dealt.most <= 2
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+        long = two.featurize([' '.join(['fox'] * 20)])  # one input over 2 x the threshold: one call
+        np.testing.assert_allclose(two.run(long), one.run(long), atol=ATOL, rtol=0)
     finally:
         one.close()
         two.close()

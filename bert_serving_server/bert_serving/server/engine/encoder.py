@@ -52,9 +52,11 @@ ATTENTION_WIDTHS = 4
 EXACT_LENGTH_SIZE = 48
 # A TensorFlow call alone leaves the session's threads idle part of the time: the parts of a split
 # block wait for each other at every layer norm. A second call in flight fills those gaps, so a run
-# that the plan (Encoder._batches) gives fewer calls than ``parallel_calls`` is dealt into that
-# many calls of about the same work (the inputs in length order, round-robin), when each gets
-# SPREAD_MIN_TOKENS word pieces or more. In process, calls of N consecutive bench lines (2 vCPUs,
+# that the plan (Encoder._batches) gives no more calls than ``parallel_calls`` is dealt into that
+# many calls of about the same work (the inputs in length order, round-robin), when it holds
+# parallel_calls x SPREAD_MIN_TOKENS word pieces or more and at least parallel_calls inputs. Only
+# where the dense layers compute real tokens alone (runner.packs): with -xla they compute every
+# padded slot, and dealing a plan's short and long calls would pad the short inputs. In process, calls of N consecutive bench lines (2 vCPUs,
 # Intel Xeon, two rounds, one call's rate = 1): N = 28, float32 0.78-0.83 as one call, 0.85-0.86
 # dealt in two; -bf16 0.62-0.67 and 0.65-0.66; N = 64, 0.76-0.82 and 0.93-0.94, -bf16 0.60-0.69
 # and 0.85-0.90 (against a single call; the plan already cut some of those batches in two).
@@ -88,8 +90,9 @@ class Encoder(Engine):
             The parts of a block wait for each other at every layer norm, and between calls the
             session idles while Python pads the next batch: a second call fills those gaps. 4,096
             bench sentences in process: +12-17% with -bf16, +6-9% in float32; through the service
-            +25-34% and +2-7% (2 vCPUs, Intel Xeon). A request of one call runs it alone, at the same
-            latency. Up to this many calls of ``max_batch_tokens`` hold their activations at once.
+            +25-34% and +2-7% (2 vCPUs, Intel Xeon). A request of one call under
+            ``parallel_calls x SPREAD_MIN_TOKENS`` word pieces runs it alone, at the same latency;
+            a larger one is dealt into that many calls (see SPREAD_MIN_TOKENS). Up to this many calls of ``max_batch_tokens`` hold their activations at once.
 
     One caller at a time: ``run`` is not meant to be called from several threads at once.
     """
@@ -201,15 +204,19 @@ class Encoder(Engine):
         return sum(future.result() for future in futures)
 
     def _spread(self, batches: List[List[int]], features: Sequence[Feature]) -> List[List[int]]:
-        """``batches`` dealt into ``parallel_calls`` calls when they are fewer (see
-        SPREAD_MIN_TOKENS) and each dealt call stays within the token budget; else
-        ``batches`` as they are. Each dealt call holds every ``parallel_calls``-th input in length
-        order, so all take about as long."""
+        """``batches`` dealt into ``parallel_calls`` calls when they are no more (see
+        SPREAD_MIN_TOKENS) and each dealt call stays within the token budget; else ``batches`` as
+        they are. Each dealt call holds every ``parallel_calls``-th input in length order, so all
+        take about as long.
+
+        Args:
+            batches: the plan, consecutive slices of one length-sorted order (``_batches``).
+        """
         k = self.parallel_calls
-        if k < 2 or not 0 < len(batches) <= k:
+        if k < 2 or not 0 < len(batches) <= k or not self.runner.packs:
             return batches
-        order = sorted((i for batch in batches for i in batch), key=lambda i: len(features[i].input_ids))
-        if sum(len(features[i].input_ids) for i in order) < k * SPREAD_MIN_TOKENS:
+        order = [i for batch in batches for i in batch]  # length-sorted already
+        if len(order) < k or sum(len(features[i].input_ids) for i in order) < k * SPREAD_MIN_TOKENS:
             return batches
         dealt = [order[j::k] for j in range(k)]
         for batch in dealt:  # never more inputs than the plan's largest call: only the length can grow
