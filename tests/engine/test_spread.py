@@ -80,10 +80,11 @@ def test_fewer_inputs_than_calls_in_flight_keep_the_plan(lengths, k):
 
 def test_without_packed_rows_the_plan_is_kept():
     """With -xla the dense layers compute every padded slot: dealing would pad short inputs."""
+    features = _features([10] * 20 + [100] * 2)
+    plan = [list(range(20)), [20, 21]]
+    assert _planner(2)._spread(plan, features) != plan  # packed: dealt
     planner = _planner(2)
     planner.runner = SimpleNamespace(packs=False)
-    features = _features(CROWD)
-    plan = list(planner._batches(_order(features), features))
     assert planner._spread(plan, features) == plan
 
 
@@ -167,3 +168,21 @@ def test_a_dealt_run_gives_the_vectors_of_one_call(pooling, tiny_google_dir, gra
     finally:
         one.close()
         two.close()
+
+
+def test_one_long_input_of_the_bundled_model_is_one_call(bundled_model_dir, encoders):
+    """-max_seq_len NONE lets one input hold up to 512 word pieces, more than 2 x SPREAD_MIN_TOKENS:
+    a worker of two cores runs it as one call (it once made an empty second call and failed)."""
+    encoder = encoders.get(model_dir=str(bundled_model_dir), max_seq_len=None, layer_shards=2)
+    assert encoder.parallel_calls == 2
+    features = encoder.featurize([' '.join(['the quick brown fox jumps over the lazy dog'] * 40)])
+    assert len(features[0].input_ids) > 2 * SPREAD_MIN_TOKENS
+    runner = encoder.runner
+    encoder.runner = recorder = _Recorder(runner)
+    try:
+        alone = encoder.run(features)
+        twice = encoder.run(features * 2)  # two inputs: two calls of one
+    finally:
+        encoder.runner = runner
+    assert [b for b, _ in recorder.shapes] == [1, 1, 1]
+    np.testing.assert_allclose(twice, np.concatenate([alone, alone]), atol=ATOL, rtol=0)
