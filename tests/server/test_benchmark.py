@@ -22,9 +22,12 @@ def vocab_file(tmp_path):
     return path
 
 
-def _argv(model_dir, vocab_file, *extra):
+def _argv(model_dir, vocab_file, free_port, *extra):
+    # The session's ports (tests/conftest.py), not the kernel's ephemeral ones the command picks by
+    # default: another test's connection may take one of those before the server binds it.
     return ['-model_dir', str(model_dir), '-client_vocab_file', str(vocab_file), '-num_repeat', '3',
-            '-wait_till_ready', '120', '-num_worker', '1', *extra]
+            '-wait_till_ready', '120', '-num_worker', '1', '-port', str(free_port()),
+            '-port_out', str(free_port()), *extra]
 
 
 def _table_rows(text: str, experiment: str) -> list[list[str]]:
@@ -40,9 +43,10 @@ def _table_rows(text: str, experiment: str) -> list[list[str]]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_client_batch_size_experiment_prints_a_table_and_writes_json(tiny_hf_dir, vocab_file, tmp_path, capsys):
+def test_client_batch_size_experiment_prints_a_table_and_writes_json(tiny_hf_dir, vocab_file, tmp_path, capsys,
+                                                                       free_port):
     out = tmp_path / 'results.json'
-    code = run_benchmark(_argv(tiny_hf_dir, vocab_file, '-experiments', 'client_batch_size',
+    code = run_benchmark(_argv(tiny_hf_dir, vocab_file, free_port, '-experiments', 'client_batch_size',
                                '-test_client_batch_size', '1', '4', '-output', str(out)))
     assert code == 0
 
@@ -63,10 +67,10 @@ def test_client_batch_size_experiment_prints_a_table_and_writes_json(tiny_hf_dir
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_layers_beyond_the_model_are_skipped_and_csv_is_written(tiny_hf_dir, vocab_file, tmp_path, capsys):
+def test_layers_beyond_the_model_are_skipped_and_csv_is_written(tiny_hf_dir, vocab_file, tmp_path, capsys, free_port):
     out = tmp_path / 'results.csv'
     # The tiny model has 2 layers: -3 and 2 do not exist.
-    code = run_benchmark(_argv(tiny_hf_dir, vocab_file, '-experiments', 'pooling_layer',
+    code = run_benchmark(_argv(tiny_hf_dir, vocab_file, free_port, '-experiments', 'pooling_layer',
                                '-test_pooling_layer', '-1', '-3', '2', '-client_batch_size', '3',
                                '-output', str(out)))
     assert code == 0
