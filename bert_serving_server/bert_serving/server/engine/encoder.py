@@ -56,14 +56,15 @@ EXACT_LENGTH_SIZE = 48
 # many calls of about the same work (the inputs in length order, round-robin), when it holds
 # parallel_calls x SPREAD_MIN_TOKENS word pieces or more and at least parallel_calls inputs. Only
 # where the dense layers compute real tokens alone (runner.packs): with -xla they compute every
-# padded slot, and dealing a plan's short and long calls would pad the short inputs. In process, calls of N consecutive bench lines (2 vCPUs,
-# Intel Xeon, two rounds, one call's rate = 1): N = 28, float32 0.78-0.83 as one call, 0.85-0.86
-# dealt in two; -bf16 0.62-0.67 and 0.65-0.66; N = 64, 0.76-0.82 and 0.93-0.94, -bf16 0.60-0.69
-# and 0.85-0.90 (against a single call; the plan already cut some of those batches in two).
-# Below ~256 word pieces the second call's fixed cost outweighs what it fills: N = 8 (~180) lost
-# 3-8%, N = 12 (~270) gained 3-4% in float32. Through the service the gain is smaller, as the
-# clients, the ventilator and the sink share the cores: 32 one-sentence clients 376-386 sentences/s
-# against 360-381 (float32, six alternating runs), one client's requests of 64 sentences 441-459
+# padded slot, and dealing a plan's short and long calls would pad the short inputs.
+# In process, calls of N consecutive bench lines (2 vCPUs, Intel Xeon, two rounds, one call's rate
+# = 1): N = 28, float32 0.78-0.83 as one call, 0.85-0.86 dealt in two; -bf16 0.62-0.67 and
+# 0.65-0.66; N = 64, 0.76-0.82 and 0.93-0.94, -bf16 0.60-0.69 and 0.85-0.90 (against a single
+# call; the plan already cut some of those batches in two). Below ~256 word pieces the second
+# call's fixed cost outweighs what it fills: N = 8 (~180) lost 3-8%, N = 12 (~270) gained 3-4% in
+# float32. Through the service the gain is smaller, as the clients, the ventilator and the sink
+# share the cores: 32 one-sentence clients 376-386 sentences/s against 360-381 (float32, three
+# alternating pairs of servers, two rounds each), one client's requests of 64 sentences 441-459
 # against 430-434.
 SPREAD_MIN_TOKENS = 128
 
@@ -92,7 +93,8 @@ class Encoder(Engine):
             bench sentences in process: +12-17% with -bf16, +6-9% in float32; through the service
             +25-34% and +2-7% (2 vCPUs, Intel Xeon). A request of one call under
             ``parallel_calls x SPREAD_MIN_TOKENS`` word pieces runs it alone, at the same latency;
-            a larger one is dealt into that many calls (see SPREAD_MIN_TOKENS). Up to this many calls of ``max_batch_tokens`` hold their activations at once.
+            a larger one is dealt into that many calls (see SPREAD_MIN_TOKENS). Up to this many
+            calls of ``max_batch_tokens`` hold their activations at once.
 
     One caller at a time: ``run`` is not meant to be called from several threads at once.
     """
