@@ -32,12 +32,15 @@ def _case_id(case: dict) -> str:
 
 class CountingRunner:
     """Wraps an Encoder's graph runner to record the [B, T] shape of every TensorFlow call (in the
-    order the calls started: an Encoder with parallel_calls runs the longest first)."""
+    order the calls started: an Encoder with parallel_calls runs the longest first), and the most
+    calls that ran at once."""
 
     def __init__(self, runner):
         self.runner = runner
         self.shapes = []
         self.rows = []  # the rows its dense layers computed, per call
+        self.most = 0  # calls in flight at once, at most
+        self._running = 0
         self._lock = threading.Lock()
 
     def __call__(self, ids, mask, types):
@@ -48,7 +51,13 @@ class CountingRunner:
             self.shapes.append(ids.shape)
             slot = len(self.rows)
             self.rows.append(None)
-        out, rows = self.runner.run_batch(ids, mask, types)
+            self._running += 1
+            self.most = max(self.most, self._running)
+        try:
+            out, rows = self.runner.run_batch(ids, mask, types)
+        finally:
+            with self._lock:
+                self._running -= 1
         self.rows[slot] = rows
         return out, rows
 

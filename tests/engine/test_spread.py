@@ -4,7 +4,6 @@ session's threads. The vectors are those of one call at a time."""
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +13,7 @@ from bert_serving.server.config import EngineConfig
 from bert_serving.server.engine import encoder as encoder_module
 from bert_serving.server.engine.encoder import ATTENTION_WIDTHS, SPREAD_MIN_TOKENS, Encoder
 from bert_serving.server.engine.features import batch_sizes
+from test_invariants import CountingRunner
 
 ATOL = 1e-5
 
@@ -115,32 +115,6 @@ def test_a_dealt_call_over_the_budget_keeps_the_plan():
     assert _planner(2)._spread(plan, features) != plan
 
 
-class _Recorder:
-    """Wraps a graph runner: records the [B, T] of every call and how many ran at once."""
-
-    def __init__(self, runner):
-        self.runner, self.shapes, self.most = runner, [], 0
-        self._lock, self._running = threading.Lock(), 0
-
-    def run_batch(self, ids, mask, types):
-        with self._lock:
-            self.shapes.append(ids.shape)
-            self._running += 1
-            self.most = max(self.most, self._running)
-        try:
-            return self.runner.run_batch(ids, mask, types)
-        finally:
-            with self._lock:
-                self._running -= 1
-
-    @property
-    def packs(self):
-        return self.runner.packs
-
-    def close(self):
-        self.runner.close()
-
-
 @pytest.mark.parametrize('pooling', ['REDUCE_MEAN', 'NONE'])
 def test_a_dealt_run_gives_the_vectors_of_one_call(pooling, tiny_google_dir, graph_cache_dir, monkeypatch):
     """The tiny model, split in two parts as a CPU worker of two cores runs it: a run of 12 inputs
@@ -155,9 +129,9 @@ def test_a_dealt_run_gives_the_vectors_of_one_call(pooling, tiny_google_dir, gra
         texts = [' '.join(['fox'] * (8 + n % 3)) for n in range(11)] + ['fox ' * 12]  # 10 to 14 word pieces
         features = one.featurize(texts)
         expected = one.run(features)
-        one.runner = single = _Recorder(one.runner)
+        one.runner = single = CountingRunner(one.runner)
         one.run(features)
-        two.runner = dealt = _Recorder(two.runner)
+        two.runner = dealt = CountingRunner(two.runner)
         got = two.run(features)
         assert len(single.shapes) == 1
         assert sorted(b for b, _ in dealt.shapes) == [6, 6]  # batch size 6 is one of the allowed ones
@@ -178,7 +152,7 @@ def test_one_long_input_of_the_bundled_model_is_one_call(bundled_model_dir, enco
     features = encoder.featurize([' '.join(['the quick brown fox jumps over the lazy dog'] * 40)])
     assert len(features[0].input_ids) > 2 * SPREAD_MIN_TOKENS
     runner = encoder.runner
-    encoder.runner = recorder = _Recorder(runner)
+    encoder.runner = recorder = CountingRunner(runner)
     try:
         alone = encoder.run(features)
         twice = encoder.run(features * 2)  # two inputs: two calls of one
