@@ -1,0 +1,69 @@
+"""runner._step: the session call both towers go through, without Session.run's Python layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _feeds(encoder, texts):
+    from bert_serving.server.engine.features import pad_batch
+
+    features = encoder.featurize(texts)
+    return pad_batch(features, max(len(f.input_ids) for f in features))
+
+
+@pytest.mark.parametrize('texts', [['hello world'], ['hello world', 'the quick brown fox jumps over the lazy dog'] * 6],
+                         ids=['narrow', 'wide'])
+def test_a_step_returns_what_session_run_returns(tiny_google_dir, encoders, texts):
+    """Each tower's step gives Session.run's array, bit for bit, also for int64 and non-contiguous feeds."""
+    from bert_serving.server.engine.modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME
+    from bert_serving.server.engine.runner import _step
+
+    encoder = encoders.get(model_dir=str(tiny_google_dir), pooling_layer=(-1,))
+    runner = encoder.runner
+    ids, mask, types = _feeds(encoder, texts)
+    narrow = len(texts) == 1
+    fetch = runner._graph.get_tensor_by_name((NARROW_PREFIX if narrow else '') + OUTPUT_NAME + ':0')
+    values = (ids, mask, types) if narrow else runner.wide_feeds(ids, mask, types)
+    names = list(INPUT_NAMES) if narrow else list(INPUT_NAMES) + ['token_index', 'attention_slots']
+    placeholders = [runner._graph.get_tensor_by_name(n + ':0') for n in names]
+    expected = runner._session.run(fetch, dict(zip(placeholders, values)))
+
+    step = _step(runner._session, fetch, placeholders)
+    assert np.array_equal(step(*values), expected)
+    wide_ints = [np.asfortranarray(v.astype(np.int64)) if v.ndim == 2 else v.astype(np.int64) for v in values]
+    assert np.array_equal(step(*wide_ints), expected)
+
+
+def test_without_the_c_function_a_step_is_make_callable(tiny_google_dir, encoders, monkeypatch):
+    """Another TensorFlow without TF_SessionRun_wrapper: the step falls back to make_callable."""
+    from tensorflow.python.client import pywrap_tf_session
+
+    from bert_serving.server.engine.modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME
+    from bert_serving.server.engine.runner import _step
+
+    encoder = encoders.get(model_dir=str(tiny_google_dir), pooling_layer=(-1,))
+    runner = encoder.runner
+    ids, mask, types = _feeds(encoder, ['hello world'])
+    fetch = runner._graph.get_tensor_by_name(NARROW_PREFIX + OUTPUT_NAME + ':0')
+    placeholders = [runner._graph.get_tensor_by_name(n + ':0') for n in INPUT_NAMES]
+    fast = _step(runner._session, fetch, placeholders)(ids, mask, types)
+    monkeypatch.delattr(pywrap_tf_session, 'TF_SessionRun_wrapper')
+    step = _step(runner._session, fetch, placeholders)
+    monkeypatch.undo()  # Session.run itself calls it
+    assert step.__name__ != 'step'  # Session.make_callable's function
+    assert np.array_equal(step(ids, mask, types), fast)
+
+
+def test_a_step_on_a_closed_session_raises(tiny_google_dir, graph_cache_dir):
+    """The C call on a closed session raises TensorFlow's error; it never touches freed memory."""
+    from bert_serving.server.config import EngineConfig
+    from bert_serving.server.engine.encoder import Encoder
+
+    encoder = Encoder(EngineConfig(model_dir=str(tiny_google_dir), pooling_layer=(-1,), graph_tmp_dir=str(graph_cache_dir)))
+    features = encoder.featurize(['hello world'])
+    assert encoder.run(features).shape == (1, encoder.output_dim)
+    encoder.close()
+    with pytest.raises(Exception, match='closed'):
+        encoder.run(features)
