@@ -175,8 +175,11 @@ class Encoder(Engine):
         self.last_padded_tokens = 0
         if n == 0:
             return out
-        order = sorted(range(n), key=lambda i: len(features[i].input_ids))
-        batches = self._spread(list(self._batches(order, features)), features)
+        if n == 1:  # one call, whatever the plan's costs (a search box's request: skip the planning)
+            batches = [[0]]
+        else:
+            order = sorted(range(n), key=lambda i: len(features[i].input_ids))
+            batches = self._spread(list(self._batches(order, features)), features)
         call = functools.partial(self._call, features, out)
         if len(batches) > 1 and self.parallel_calls > 1:
             self.last_padded_tokens = self._run_side_by_side(call, batches)
