@@ -67,3 +67,22 @@ def test_a_step_on_a_closed_session_raises(tiny_google_dir, graph_cache_dir):
     encoder.close()
     with pytest.raises(Exception, match='closed'):
         encoder.run(features)
+
+
+def test_a_step_keeps_its_session_alive(tiny_google_dir, graph_cache_dir):
+    """A step outlives the runner that made it: it holds the Session, so TensorFlow never deletes the
+    C session under it (the step read a raw handle before, which then pointed at freed memory)."""
+    import gc
+
+    from bert_serving.server.config import EngineConfig
+    from bert_serving.server.engine.encoder import Encoder
+    from bert_serving.server.engine.features import pad_batch
+
+    encoder = Encoder(EngineConfig(model_dir=str(tiny_google_dir), pooling_layer=(-1,), graph_tmp_dir=str(graph_cache_dir)))
+    features = encoder.featurize(['hello world'])
+    expected = encoder.run(features)
+    step = encoder.runner._run_narrow
+    ids, mask, types = pad_batch(features, len(features[0].input_ids))
+    del encoder
+    gc.collect()
+    assert np.allclose(step(ids, mask, types), expected, atol=1e-6)
