@@ -31,9 +31,18 @@ def test_a_step_returns_what_session_run_returns(tiny_google_dir, encoders, text
     expected = runner._session.run(fetch, dict(zip(placeholders, values)))
 
     step = _step(runner._session, fetch, placeholders)
-    assert np.array_equal(step(*values), expected)
+    first = step(*values)
+    assert first.dtype == expected.dtype and np.array_equal(first, expected)
     wide_ints = [np.asfortranarray(v.astype(np.int64)) if v.ndim == 2 else v.astype(np.int64) for v in values]
     assert np.array_equal(step(*wide_ints), expected)
+    # Another input's call leaves the first result as it was (no buffer of TensorFlow's reused under it).
+    kept = first.copy()
+    other = _feeds(encoder, ['a completely different sentence about rivers'] * len(texts))
+    other_values = other if narrow else runner.wide_feeds(*other)
+    assert not np.array_equal(step(*other_values), kept)
+    assert np.array_equal(first, kept)
+    with pytest.raises(ValueError, match='dimensions'):
+        step(ids[np.newaxis], *values[1:])
 
 
 def test_without_the_c_function_a_step_is_make_callable(tiny_google_dir, encoders, monkeypatch):
@@ -56,17 +65,38 @@ def test_without_the_c_function_a_step_is_make_callable(tiny_google_dir, encoder
     assert np.array_equal(step(ids, mask, types), fast)
 
 
-def test_a_step_on_a_closed_session_raises(tiny_google_dir, graph_cache_dir):
-    """The C call on a closed session raises TensorFlow's error; it never touches freed memory."""
+def test_a_step_on_a_closed_or_deleted_session_raises(tiny_google_dir, graph_cache_dir):
+    """A closed session raises Session.run's RuntimeError; so does a deleted one (its C session is
+    None, which the C function would dereference)."""
     from bert_serving.server.config import EngineConfig
     from bert_serving.server.engine.encoder import Encoder
+    from bert_serving.server.engine.features import pad_batch
 
     encoder = Encoder(EngineConfig(model_dir=str(tiny_google_dir), pooling_layer=(-1,), graph_tmp_dir=str(graph_cache_dir)))
     features = encoder.featurize(['hello world'])
     assert encoder.run(features).shape == (1, encoder.output_dim)
+    step, session = encoder.runner._run_narrow, encoder.runner._session
     encoder.close()
-    with pytest.raises(Exception, match='closed'):
+    with pytest.raises(RuntimeError, match='closed Session'):
         encoder.run(features)
+    session.__del__()  # what the garbage collector does: the C session is freed, the attribute None
+    assert session._session is None
+    with pytest.raises(RuntimeError, match='closed Session'):
+        step(*pad_batch(features, len(features[0].input_ids)))
+
+
+def test_two_threads_run_steps_at_once(tiny_google_dir, encoders):
+    """The Encoder runs two calls side by side: each thread gets its own input's vectors."""
+    import concurrent.futures
+
+    encoder = encoders.get(model_dir=str(tiny_google_dir), pooling_layer=(-1,))
+    texts = ['hello world', 'the quick brown fox jumps over the lazy dog', 'rivers run to the sea', 'a b c d e f g']
+    batches = [_feeds(encoder, [t] * 12) for t in texts]
+    expected = [encoder.runner.run_batch(*b)[0] for b in batches]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda b: encoder.runner.run_batch(*b)[0], batches))
+            assert all(np.allclose(g, e, atol=1e-6) for g, e in zip(got, expected))
 
 
 def test_a_step_keeps_its_session_alive(tiny_google_dir, graph_cache_dir):

@@ -182,14 +182,21 @@ def _step(session, fetch, feeds) -> Callable:
         outputs, inputs = [fetch._as_tf_output()], [t._as_tf_output() for t in feeds]
     except (ImportError, AttributeError):
         return session.make_callable(fetch, feeds)
-    if not hasattr(session, '_session'):  # the C session, read at each call (see step)
+    if not hasattr(session, '_session') or not hasattr(session, '_closed'):  # read at each call (see step)
         return session.make_callable(fetch, feeds)
+    ranks = [t.shape.rank for t in feeds]
 
     def step(*values):
-        # The session read through its Python object, which this function keeps alive: a closed
-        # one raises TensorFlow's error, a deleted one (None) a TypeError, never a dangling pointer.
-        return run(session._session, None, {i: np.ascontiguousarray(v, np.int32) for i, v in zip(inputs, values)},
-                   outputs, [], None)[0]
+        # The C session read through the Session, which this function keeps alive; checked first, as
+        # Session.run checks it: a null one (deleted) would crash the process, not raise.
+        handle = session._session
+        if session._closed or handle is None:
+            raise RuntimeError('Attempted to use a closed Session.')
+        arrays = [np.ascontiguousarray(v, np.int32) for v in values]
+        for array, rank, feed in zip(arrays, ranks, feeds):
+            if rank is not None and array.ndim != rank:
+                raise ValueError(f'{feed.name} takes {rank} dimensions, got an array of shape {array.shape}')
+        return run(handle, None, dict(zip(inputs, arrays)), outputs, [], None)[0]
     return step
 
 
