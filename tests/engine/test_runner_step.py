@@ -17,7 +17,8 @@ def _feeds(encoder, texts):
                          ids=['narrow', 'wide'])
 def test_a_step_returns_what_session_run_returns(tiny_google_dir, encoders, texts):
     """Each tower's step gives Session.run's array, bit for bit, also for int64 and non-contiguous feeds."""
-    from bert_serving.server.engine.modeling import INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME
+    from bert_serving.server.engine.modeling import (ATTENTION_SLOTS_NAME, INPUT_NAMES, NARROW_PREFIX, OUTPUT_NAME,
+                                                      TOKEN_INDEX_NAME)
     from bert_serving.server.engine.runner import _step
 
     encoder = encoders.get(model_dir=str(tiny_google_dir), pooling_layer=(-1,))
@@ -26,7 +27,7 @@ def test_a_step_returns_what_session_run_returns(tiny_google_dir, encoders, text
     narrow = len(texts) == 1
     fetch = runner._graph.get_tensor_by_name((NARROW_PREFIX if narrow else '') + OUTPUT_NAME + ':0')
     values = (ids, mask, types) if narrow else runner.wide_feeds(ids, mask, types)
-    names = list(INPUT_NAMES) if narrow else list(INPUT_NAMES) + ['token_index', 'attention_slots']
+    names = list(INPUT_NAMES) if narrow else list(INPUT_NAMES) + [TOKEN_INDEX_NAME, ATTENTION_SLOTS_NAME]
     placeholders = [runner._graph.get_tensor_by_name(n + ':0') for n in names]
     expected = runner._session.run(fetch, dict(zip(placeholders, values)))
 
