@@ -5,14 +5,17 @@ In this process, with no service around it, the engine that a worker of these fl
 and the token budget of one of ``-num_worker`` CPU workers) encodes the bench corpus in calls of N
 one-sentence inputs each, consecutive lines from the first, for each N given; then all the lines in
 one call, as one client's big request reaches a worker. Per N it prints the wall time of a call,
-sentences per second, the process's CPU per sentence and the share of the one-call rate. The calls
+sentences per second, the process's CPU per sentence and the share of the one-call rate. With
+``--latency_requests R`` it first times R one-sentence calls of ``Engine.encode`` (tokenizing
+included, as the in-process peers of ``make bench`` are timed) and prints their p50 and p99. The calls
 of N time the first ``--min_sentences`` lines (at least), the one call all of them: the share compares
 sentences of about the same length (22.4 word pieces on average over 4,096 lines, 22.4-22.7 over the
 first 600-700).
 
 Why: (c) of ``make bench`` sends one sentence per request from 32 clients, so a worker's batches
 hold at most 32 inputs (27-30 in practice, with the cohort wait). The row of that size over the
-one-call row bounds (c) / (b) from above, before any ZeroMQ hop or client costs anything.
+one-call row bounds (c) / (b) from above, before any ZeroMQ hop or client costs anything; the
+one-sentence p50 bounds (d)'s from below. ``make bench`` runs this command as its part (l).
 
 The table goes to stdout, progress to stderr; ``--output FILE`` also writes the figures as JSON.
 """
@@ -28,9 +31,9 @@ from typing import List, Optional, Sequence
 from bert_serving.server.engine.base import Engine
 
 from .compare import MAX_SEQ_LEN, SERVER_FLAGS
-from .timing import say
+from .timing import LATENCY_WARM_UP, one_sentence_seconds, percentiles_ms, say
 
-__all__ = ['DEFAULT_SIZES', 'main', 'measure']
+__all__ = ['DEFAULT_SIZES', 'main', 'measure', 'measure_latency']
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 28, 32, 56, 112, 224)
 WARM_UP_CALLS = 3  # untimed calls of each size first (new shapes build their kernels)
@@ -96,6 +99,14 @@ def measure(engine: Engine, lines: Sequence[str], sizes: Sequence[int], min_sent
     return rows
 
 
+def measure_latency(engine: Engine, lines: Sequence[str], requests: int) -> dict:
+    """p50 and p99 (ms) of ``requests`` one-sentence ``engine.encode`` calls, back to back, after
+    timing.LATENCY_WARM_UP untimed ones: what a search box's sentence costs with no service around
+    the model."""
+    say(f'batch sizes: {requests} one-sentence calls')
+    return percentiles_ms(one_sentence_seconds(engine.encode, list(lines), requests, LATENCY_WARM_UP))
+
+
 def format_table(rows: List[dict]) -> str:
     """The table: per row, ms a call, word pieces a call, sentences/s, CPU ms a sentence and the
     share of the one-call rate (the last row, ``one_call``)."""
@@ -121,8 +132,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='inputs a call, comma-separated (the one call of every line comes last)')
     parser.add_argument('--lines', type=int, default=4096, help='corpus lines (the one call holds them all)')
     parser.add_argument('--min_sentences', type=int, default=600, help='sentences timed per size, at least')
+    parser.add_argument('--latency_requests', type=int, default=0,
+                        help='first time this many one-sentence calls (tokenizing included); 0 skips them')
     parser.add_argument('--output', default=None, help='also write the figures to this JSON file')
     args, server_flags = parser.parse_known_args(argv)
+    if args.latency_requests < 0:
+        parser.error(f'--latency_requests takes 0 or more, got {args.latency_requests}')
     try:
         sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
     except ValueError:
@@ -135,15 +150,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     flags = SERVER_FLAGS + server_flags
     say(f'batch sizes: loading the engine of {" ".join(flags)}')
     engine = _engine(flags)
+    latency = None
     try:
         engine.warm_up()
+        if args.latency_requests:
+            latency = measure_latency(engine, lines, args.latency_requests)
         rows = measure(engine, lines, sizes, args.min_sentences)
     finally:
         engine.close()
     print(f'the model alone, {len(lines)} corpus lines, calls of N one-sentence inputs; flags: {" ".join(flags)}')
+    if latency:
+        print(f'one sentence a call, tokenizing included, {args.latency_requests} calls: '
+              f'p50 {latency["p50_ms"]:.2f} ms, p99 {latency["p99_ms"]:.2f} ms')
     print(format_table(rows))
     if args.output:
-        doc = {'date': time.strftime('%Y-%m-%dT%H:%M:%S'), 'flags': flags, 'max_seq_len': MAX_SEQ_LEN, 'rows': rows}
+        doc = {'date': time.strftime('%Y-%m-%dT%H:%M:%S'), 'flags': flags, 'max_seq_len': MAX_SEQ_LEN, 'rows': rows,
+               'latency': latency}
         with open(args.output, 'w', encoding='utf-8') as f:
             json.dump(doc, f, indent=1)
     return 0

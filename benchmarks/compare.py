@@ -24,6 +24,11 @@ max_seq_len 128 on both sides:
         and (d) again. Its p50 is what the pipeline (processes, threads, ZeroMQ hops) adds to a model
         call, so the p50 goals leave the model their target minus it; its (c) rate bounds (c). The fake
         engine splits on spaces: the WordPiece tokenizer's time counts in the model's share
+    (l) the model alone, in a process of its own with no service (benchmarks/batch_sizes.py), in float32
+        and with -bf16: one-sentence encode calls (tokenizing included, as (a) and (f) are timed), calls of
+        --clients inputs and one call of every line. They bound what the service can reach: its p50 is
+        at least the model's, and (c)'s workers compute calls of at most --clients inputs, so (c) / (b)
+        is at most that rate over (b)'s. A goal that the bound itself misses is out of this machine's reach
 
 The printed report opens with one summary table, one row per peer (the table docs/benchmark.md
 quotes), then the goals, then every figure.
@@ -34,7 +39,7 @@ agree with sentence-transformers' to cosine >= 0.999.
 
     PYTHONPATH=bert_serving_server:bert_serving_client .venv/bin/python -m benchmarks.compare \\
         [--output FILE.json] [--clients 32] [--latency_requests 200] [--no_onnx] [--no_bf16] [--no_encode_cli]
-        [--no_floor]
+        [--no_floor] [--no_alone]
         [server flags, e.g. -num_worker 2]
 
 Flags with one dash go to the server (bert-serving-start's parser) and override the defaults here.
@@ -69,8 +74,8 @@ from .service_peer import (CLIENT_TIMEOUT_MS, free_port, measure_http, measure_l
 from .timing import LATENCY_WARM_UP, one_sentence_latencies, percentiles_ms, say  # noqa: E402
 
 __all__ = ['GOALS', 'cosine_agreement', 'derive_ratios', 'evaluate_goals', 'flop_per_token', 'format_report',
-           'gemm_rate_gflops', 'main', 'measure_bf16', 'measure_floor', 'measure_onnx_peers', 'percentiles_ms',
-           'server_precision', 'worker_memory_mb']
+           'gemm_rate_gflops', 'main', 'measure_alone', 'measure_bf16', 'measure_floor', 'measure_onnx_peers',
+           'percentiles_ms', 'server_precision', 'worker_memory_mb']
 
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 MAX_SEQ_LEN = 128
@@ -177,6 +182,7 @@ def _parse(argv):
     parser.add_argument('--no_bf16', action='store_true', help='skip the second server, with -bf16 (j)')
     parser.add_argument('--no_encode_cli', action='store_true', help='skip bert-serving-encode (i)')
     parser.add_argument('--no_floor', action='store_true', help='skip the service floor, -engine fake (k)')
+    parser.add_argument('--no_alone', action='store_true', help='skip the model alone, with no service (l)')
     return parser.parse_known_args(argv)
 
 
@@ -238,6 +244,38 @@ def measure_floor(flags: List[str], lines: List[str], opts) -> dict:
             'floor_c_sentences_per_s': many['c_sentences_per_s']}
 
 
+def measure_alone(flags: List[str], lines: List[str], opts, prefix: str = '') -> dict:
+    """(l) The model alone on ``flags``: ``python -m benchmarks.batch_sizes`` in a process of its own
+    (never this one's TensorFlow beside torch and ONNX Runtime), with ``opts.latency_requests``
+    one-sentence calls and calls of ``opts.clients`` inputs. Figures are named ``prefix`` +
+    ``alone_latency`` (p50/p99 ms), ``alone_c_sentences_per_s`` and ``alone_one_call_sentences_per_s``.
+
+    Raises:
+        RuntimeError: the command failed; its output is in the message.
+    """
+    import subprocess
+    import tempfile
+
+    label = f'(l) {prefix.rstrip("_") or "fp32"}'
+    say(f'{label}: the model alone, no service (python -m benchmarks.batch_sizes)')
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get('PYTHONPATH')])))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / 'alone.json'
+        command = [sys.executable, '-m', 'benchmarks.batch_sizes', '--sizes', str(opts.clients),
+                   '--lines', str(len(lines)), '--min_sentences', str(max(640, 20 * opts.clients)),
+                   '--latency_requests', str(opts.latency_requests), '--output', str(out)] + flags
+        done = subprocess.run(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, check=False)
+        if done.returncode != 0 or not out.is_file():
+            raise RuntimeError(f'{label}: {" ".join(command)} exited with {done.returncode}:\n{done.stdout[-4000:]}')
+        doc = json.loads(out.read_text(encoding='utf-8'))
+    calls, whole = doc['rows'][0], doc['rows'][-1]
+    return {f'{prefix}alone_latency': doc['latency'],
+            f'{prefix}alone_c_sentences_per_s': calls['inputs'] / calls['seconds'],
+            f'{prefix}alone_one_call_sentences_per_s': whole['inputs'] / whole['seconds']}
+
+
 def _ratio(figures: dict, name: str, numerator, denominator) -> None:
     """figures[name] = numerator / denominator, where both are there."""
     if numerator is not None and denominator:
@@ -277,9 +315,16 @@ def derive_ratios(figures: dict) -> dict:
                              ('model_budget_bf16_int8_ms', 'bf16_p50_int8', 'onnx_int8_latency')):
         if floor is not None and _p50(f, peer) is not None:
             f[name] = goal_target(goal) * _p50(f, peer) - floor
+    # (l): the bounds the model alone sets on the service's goals (report.BOUNDS).
+    _ratio(f, 'bound_c_over_b', f.get('alone_c_sentences_per_s'), f.get('b_sentences_per_s'))
+    _ratio(f, 'bound_bf16_c_over_b', f.get('bf16_alone_c_sentences_per_s'), f.get('bf16_b_sentences_per_s'))
+    _ratio(f, 'bound_d_p50', _p50(f, 'alone_latency'), _p50(f, 'st_latency'))
+    _ratio(f, 'bound_d_p50_onnx', _p50(f, 'alone_latency'), _p50(f, 'onnx_latency'))
+    _ratio(f, 'bound_bf16_p50_over_int8', _p50(f, 'bf16_alone_latency'), _p50(f, 'onnx_int8_latency'))
     if f.get('precision', 'fp32') != 'fp32':  # make bench ARGS=-fp16 (or -bf16): the first server itself
         _ratio(f, 'ratio_b_over_int8', f.get('b_sentences_per_s'), f.get('onnx_int8_sentences_per_s'))
         _ratio(f, 'ratio_d_p50_over_int8', _p50(f, 'service_latency'), _p50(f, 'onnx_int8_latency'))
+        _ratio(f, 'bound_d_p50_over_int8', _p50(f, 'alone_latency'), _p50(f, 'onnx_int8_latency'))
     for key, memory in (('max_worker_rss_mb', 'worker_memory_after_load'),
                         ('max_other_rss_mb', 'other_memory_after_load'),
                         ('bf16_max_worker_rss_mb', 'bf16_worker_memory')):
@@ -365,6 +410,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         figures.update(measure_bf16(flags, lines, opts, one['vectors']))
     if not opts.no_floor:
         figures.update(measure_floor(flags, lines, opts))
+    if not opts.no_alone:
+        figures.update(measure_alone(flags, lines, opts))
+        if figures['precision'] == 'fp32' and not opts.no_bf16:
+            figures.update(measure_alone(flags + ['-bf16'], lines, opts, 'bf16_'))
 
     derive_ratios(figures)
     goals = evaluate_goals(figures)
@@ -381,6 +430,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            'settings': {'server_flags': flags + ['-http_port', '<free>', '-http_max_connect', str(opts.clients)],
                         'bf16_server_flags': flags + ['-bf16'] if 'bf16_b_sentences_per_s' in figures else None,
                         'floor_server_flags': flags + ['-engine', 'fake'] if 'floor_latency' in figures else None,
+                        'alone_flags': None if opts.no_alone else flags,
                         'max_seq_len': MAX_SEQ_LEN, 'st_batch_size': ST_BATCH_SIZE,
                         'torch_threads': TORCH_THREADS, 'repeat_b': opts.repeat, 'repeat_a': opts.st_repeat,
                         'latency_requests': opts.latency_requests},

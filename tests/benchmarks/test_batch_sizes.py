@@ -4,6 +4,7 @@ timing is asserted."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,31 @@ def test_the_command_runs_a_fake_engine_and_writes_its_figures(tmp_path, capsys)
     doc = json.loads(out.read_text())
     assert [(r['size'], r['inputs']) for r in doc['rows']] == [(1, 4), (3, 6), (12, 12)]
     assert '-engine' in doc['flags'] and doc['max_seq_len'] == 128
+
+
+@pytest.mark.e2e
+def test_the_command_times_one_sentence_calls_when_asked(tmp_path, capsys):
+    out = tmp_path / 'sizes.json'
+    assert batch_sizes.main(['--sizes', '2', '--lines', '12', '--min_sentences', '4', '--latency_requests', '7',
+                             '--output', str(out), '-engine', 'fake']) == 0
+    assert re.search(r'one sentence a call, tokenizing included, 7 calls: p50 [0-9.]+ ms, p99 [0-9.]+ ms\n',
+                     capsys.readouterr().out)
+    latency = json.loads(out.read_text())['latency']
+    assert 0 < latency['p50_ms'] <= latency['p99_ms']
+    assert batch_sizes.main(['--sizes', '2', '--lines', '12', '--min_sentences', '4', '--output', str(out),
+                             '-engine', 'fake']) == 0
+    assert 'one sentence a call' not in capsys.readouterr().out and json.loads(out.read_text())['latency'] is None
+
+
+def test_one_sentence_calls_encode_each_line_alone_after_the_warm_up():
+    calls = []
+    engine = type('E', (), {'encode': lambda self, texts: calls.append(list(texts))})()
+    lines = [f'line {i}' for i in range(batch_sizes.LATENCY_WARM_UP + 2)]
+    latency = batch_sizes.measure_latency(engine, lines, 6)
+    assert set(latency) == {'p50_ms', 'p99_ms'}
+    warm = batch_sizes.LATENCY_WARM_UP
+    assert calls[:warm] == [[line] for line in lines[:warm]]
+    assert calls[warm:] == [[line] for line in lines[:6]] and len(calls) == warm + 6
 
 
 def test_sizes_must_be_positive(capsys):

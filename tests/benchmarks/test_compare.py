@@ -48,6 +48,9 @@ def measured(**overrides) -> dict:
         'service_latency_paced': {'p50_ms': 9.0, 'p99_ms': 21.0}, 'bf16_latency_paced': {'p50_ms': 4.5, 'p99_ms': 9.5},
         'floor_latency': {'p50_ms': 1.5, 'p99_ms': 3.0}, 'floor_latency_paced': {'p50_ms': 2.5, 'p99_ms': 4.0},
         'floor_c_sentences_per_s': 2500.0,
+        'alone_latency': {'p50_ms': 5.0, 'p99_ms': 7.0}, 'alone_c_sentences_per_s': 140.0,
+        'alone_one_call_sentences_per_s': 160.0, 'bf16_alone_latency': {'p50_ms': 1.5, 'p99_ms': 2.5},
+        'bf16_alone_c_sentences_per_s': 224.0, 'bf16_alone_one_call_sentences_per_s': 340.0,
     }
     figures.update(overrides)
     return figures
@@ -145,13 +148,14 @@ def test_report_opens_with_the_summary_then_the_goals_then_the_details():
     assert blocks[1].startswith('ONNX Runtime 1.32.0; int8 = quantize_dynamic, QInt8 weights. Min cosine over the '
                                 '4096 sentences')
     assert blocks[2].startswith('goal ') and len(blocks[2].splitlines()) == 2 + len(GOALS)
-    assert blocks[3].startswith('figure ')
-    assert blocks[4].startswith('Server: -max_seq_len 128')
+    assert blocks[3].startswith('(l) column: the same ratio with the model alone')
+    assert blocks[4].startswith('figure ')
+    assert blocks[5].startswith('Server: -max_seq_len 128')
 
 
 def test_report_lists_every_figure_and_goal():
     report = format_report(FIGURES, evaluate_goals(FIGURES))
-    details = report.split('\n\n')[3]
+    details = report.split('\n\n')[4]
     for text in ('100 sentences/s', '125 sentences/s', '200 sentences/s', '150 sentences/s', '60 sentences/s',
                  '48 sentences/s', '140 sentences/s', '160 sentences/s', '320 sentences/s', '8.0 / 20.0 ms',
                  '10.0 / 30.0 ms', '4.0 / 12.0 ms', '2.0 / 6.0 ms', '1.9 / 9.0 ms', '12.0 s', '30.0 s',
@@ -263,6 +267,46 @@ def test_the_service_floor_splits_each_p50_into_model_and_pipeline_and_is_no_goa
                      format_report(skipped, evaluate_goals(skipped)))
 
 
+def test_the_model_alone_bounds_the_service_goals_and_marks_those_out_of_reach():
+    """(l): each bound is the goal's ratio with the model alone's figure in the service's place; a goal
+    whose bound misses its target is marked out of reach, one whose bound meets it is a plain miss,
+    and a goal without a bound shows none."""
+    f = FIGURES
+    assert f['bound_c_over_b'] == pytest.approx(140.0 / 150.0)
+    assert f['bound_bf16_c_over_b'] == pytest.approx(224.0 / 320.0)
+    assert f['bound_d_p50'] == pytest.approx(5.0 / 10.0)
+    assert f['bound_d_p50_onnx'] == pytest.approx(5.0 / 4.0)
+    assert f['bound_bf16_p50_over_int8'] == pytest.approx(1.5 / 2.0)
+    goals = {g['goal']: g for g in evaluate_goals(f)}
+    assert (goals['c_over_b']['pass'], goals['c_over_b']['reachable']) == (False, True)  # 0.40; bound 0.93
+    assert (goals['d_p50']['pass'], goals['d_p50']['reachable']) == (False, False)  # 0.8; bound 0.5 > 0.4
+    assert (goals['d_p50_onnx']['pass'], goals['d_p50_onnx']['reachable']) == (False, False)  # bound 1.25 > 1.2
+    assert (goals['bf16_p50_int8']['pass'], goals['bf16_p50_int8']['reachable']) == (True, True)
+    assert (goals['bf16_c_over_b']['pass'], goals['bf16_c_over_b']['reachable']) == (False, False)  # bound 0.70
+    assert goals['b_over_a']['bound'] is None and goals['b_over_a']['reachable'] is None
+    rows = {line.split('  ')[0]: line for line in format_report(f, list(goals.values())).split('\n\n')[2].splitlines()}
+    assert re.search(r'  0\.400 +>= 0\.8 +MISS +0\.933$', rows['(c) concurrent clients / (b) one client'])
+    assert re.search(r'  0\.800 +<= 0\.4 +MISS \(out of reach\) +0\.500$', rows['(d) p50 service / sentence-transformers'])
+    assert re.search(r'  0\.950 +<= 1 +PASS +0\.750$', rows['(j) -bf16 p50 / ONNX Runtime int8 p50'])
+    assert re.search(r'  1\.500 +>= 1\.3 +PASS +-$', rows['(b) one client / (a) sentence-transformers'])
+    details = format_report(f, list(goals.values())).split('\n\n')[4]
+    assert re.search(r'\(l\) the model alone, no service: one sentence p50 / p99 \(tokenizing included\), ours; -bf16 '
+                     r'+5\.0 / 7\.0 ms; 1\.5 / 2\.5 ms\n', details)
+    assert re.search(r'\(l\) the model alone: calls of 32 inputs / one call of every line, sentences/s: ours; -bf16 '
+                     r'+140 / 160; 224 / 340\n', details)
+    skipped = derive_ratios({k: v for k, v in measured().items() if 'alone' not in k})
+    assert not {k for k in skipped if k.startswith('bound_')}
+    assert all(g['bound'] is None and g['reachable'] is None for g in evaluate_goals(skipped))
+    assert 'out of reach' not in format_report(skipped, evaluate_goals(skipped))
+
+
+def test_a_reduced_precision_first_server_is_bounded_against_int8():
+    f = derive_ratios(measured(precision='-bf16'))
+    assert f['bound_d_p50_over_int8'] == pytest.approx(5.0 / 2.0)
+    goal = next(g for g in evaluate_goals(f) if g['goal'] == 'd_p50_int8')
+    assert (goal['pass'], goal['reachable'], goal['bound']) == (False, False, pytest.approx(2.5))
+
+
 def test_one_sentence_calls_wait_the_pause_before_each_timed_call(monkeypatch):
     from benchmarks import timing
 
@@ -288,3 +332,22 @@ def test_the_floor_is_measured_on_a_real_fake_engine_server():
     for key in ('floor_latency', 'floor_latency_paced'):
         assert 0 < figures[key]['p50_ms'] <= figures[key]['p99_ms'], figures
     assert figures['floor_c_sentences_per_s'] > 0
+
+
+@pytest.mark.e2e
+def test_the_model_alone_runs_the_batch_sizes_command_in_a_process_of_its_own():
+    """(l) on -engine fake: the command's one-sentence calls and its calls of --clients inputs come
+    back as figures under the prefix (their values are not asserted); a failing command raises with
+    its output."""
+    from types import SimpleNamespace
+
+    from benchmarks.compare import measure_alone
+
+    lines = ['First do it', 'then do it right', 'then do it better', 'a fourth one'] * 4
+    figures = measure_alone(SERVER_FLAGS + ['-engine', 'fake'], lines, SimpleNamespace(latency_requests=5, clients=3),
+                            'bf16_')
+    assert set(figures) == {'bf16_alone_latency', 'bf16_alone_c_sentences_per_s', 'bf16_alone_one_call_sentences_per_s'}
+    assert 0 < figures['bf16_alone_latency']['p50_ms'] <= figures['bf16_alone_latency']['p99_ms']
+    assert figures['bf16_alone_c_sentences_per_s'] > 0 and figures['bf16_alone_one_call_sentences_per_s'] > 0
+    with pytest.raises(RuntimeError, match=r'(?s)\(l\) fp32: .*exited with 2:\n.*--latency_requests takes 0 or more'):
+        measure_alone(SERVER_FLAGS + ['-engine', 'fake'], lines, SimpleNamespace(latency_requests=-1, clients=3))
