@@ -7,7 +7,8 @@ one-sentence inputs each, consecutive lines from the first, for each N given; th
 one call, as one client's big request reaches a worker. Per N it prints the wall time of a call,
 sentences per second, the process's CPU per sentence and the share of the one-call rate. With
 ``--latency_requests R`` it first times R one-sentence calls of ``Engine.encode`` (tokenizing
-included, as the in-process peers of ``make bench`` are timed) and prints their p50 and p99. The calls
+included, as the in-process peers of ``make bench`` are timed; after an untimed pass over the same
+sentences) and prints their p50 and p99. The calls
 of N time the first ``--min_sentences`` lines (at least), the one call all of them: the share compares
 sentences of about the same length (22.4 word pieces on average over 4,096 lines, 22.4-22.7 over the
 first 600-700).
@@ -100,11 +101,13 @@ def measure(engine: Engine, lines: Sequence[str], sizes: Sequence[int], min_sent
 
 
 def measure_latency(engine: Engine, lines: Sequence[str], requests: int) -> dict:
-    """p50 and p99 (ms) of ``requests`` one-sentence ``engine.encode`` calls, back to back, after
-    timing.LATENCY_WARM_UP untimed ones: what a search box's sentence costs with no service around
-    the model."""
-    say(f'batch sizes: {requests} one-sentence calls')
-    return percentiles_ms(one_sentence_seconds(engine.encode, list(lines), requests, LATENCY_WARM_UP))
+    """p50 and p99 (ms) of ``requests`` one-sentence ``engine.encode`` calls, back to back: what a
+    search box's sentence costs with no service around the model. The same sentences run once
+    untimed first (timing.LATENCY_WARM_UP at least): TensorFlow builds kernels for each shape it
+    meets, and by the time (d) of ``make bench`` runs, the worker has met every one of them."""
+    say(f'batch sizes: {requests} one-sentence calls, after an untimed pass over the same sentences')
+    return percentiles_ms(one_sentence_seconds(engine.encode, list(lines), requests,
+                                               max(LATENCY_WARM_UP, min(requests, len(lines)))))
 
 
 def format_table(rows: List[dict]) -> str:

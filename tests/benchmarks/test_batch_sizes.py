@@ -92,15 +92,19 @@ def test_the_command_times_one_sentence_calls_when_asked(tmp_path, capsys):
     assert 'one sentence a call' not in capsys.readouterr().out and json.loads(out.read_text())['latency'] is None
 
 
-def test_one_sentence_calls_encode_each_line_alone_after_the_warm_up():
+@pytest.mark.parametrize('requests', [6, 14])
+def test_one_sentence_calls_encode_each_line_alone_after_an_untimed_pass_over_them(requests):
+    """Every timed sentence ran once untimed before (new shapes build kernels), and at least
+    LATENCY_WARM_UP sentences did."""
     calls = []
     engine = type('E', (), {'encode': lambda self, texts: calls.append(list(texts))})()
     lines = [f'line {i}' for i in range(batch_sizes.LATENCY_WARM_UP + 2)]
-    latency = batch_sizes.measure_latency(engine, lines, 6)
+    latency = batch_sizes.measure_latency(engine, lines, requests)
     assert set(latency) == {'p50_ms', 'p99_ms'}
-    warm = batch_sizes.LATENCY_WARM_UP
+    warm = max(batch_sizes.LATENCY_WARM_UP, min(requests, len(lines)))
     assert calls[:warm] == [[line] for line in lines[:warm]]
-    assert calls[warm:] == [[line] for line in lines[:6]] and len(calls) == warm + 6
+    timed = [[lines[i % len(lines)]] for i in range(requests)]
+    assert calls[warm:] == timed and all(call in calls[:warm] for call in timed)
 
 
 def test_sizes_must_be_positive(capsys):
