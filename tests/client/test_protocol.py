@@ -191,6 +191,38 @@ def test_malformed_replies(frames, match):
         unpack_reply(frames)
 
 
+def test_a_result_header_seen_before_is_read_from_the_cache_with_the_same_checks(monkeypatch):
+    """Result headers without tokens are parsed once per distinct header: later replies with the same
+    header give the same array, a frame of the wrong size still raises, and headers with tokens,
+    errors and JSON replies are never cached. The cache is emptied when it is full."""
+    from bert_serving.client import protocol
+
+    monkeypatch.setattr(protocol, '_RESULT_LAYOUTS', {})
+    parsed = []
+    real_loads = protocol.json.loads
+    monkeypatch.setattr(protocol.json, 'loads', lambda raw: parsed.append(raw) or real_loads(raw))
+    arrays = [np.full((1, 4), i, np.float32) for i in range(3)]
+    for i, array in enumerate(arrays):
+        reply = unpack_reply(_as_bytes(pack_result(b'me', i, array)))
+        assert (reply.req_id, reply.tokens) == (i, None)
+        np.testing.assert_array_equal(reply.array, array)
+        assert not reply.array.flags.writeable
+    assert len(parsed) == 1 and len(protocol._RESULT_LAYOUTS) == 1
+    header = pack_result(b'me', 1, arrays[0])[1]
+    with pytest.raises(ProtocolError, match='reply 9 array does not match its header'):
+        unpack_reply([b'me', header, b'\0' * 12, b'9'])
+    tokens = [['[CLS]', 'a', '[SEP]']]
+    for _ in range(2):
+        assert unpack_reply(_as_bytes(pack_result(b'me', 2, arrays[1], tokens))).tokens == tokens
+        assert unpack_reply(_as_bytes(pack_error(b'me', 3, 'no'))).kind == 'error'
+        assert unpack_reply(_as_bytes(pack_json_reply(b'me', 4, {'a': 1}))).data == {'a': 1}
+    assert len(parsed) == 1 + 6 and len(protocol._RESULT_LAYOUTS) == 1
+    monkeypatch.setattr(protocol, '_MAX_RESULT_LAYOUTS', 2)
+    for rows in (2, 3):
+        unpack_reply(_as_bytes(pack_result(b'me', 5, np.zeros((rows, 4), np.float32))))
+    assert len(protocol._RESULT_LAYOUTS) == 1  # the third layout found it full: emptied, then added
+
+
 def test_protocol_error_is_a_value_error_and_a_bert_serving_error():
     from bert_serving.client import BertServingError
 

@@ -385,8 +385,10 @@ class BertClient:
         ready = wanted & self._buffered.keys()
         if ready:
             return self._buffered.pop(min(ready))
+        changed = False  # the poller registers the monitors too: it wakes for their events
         while True:
-            self._follow_connection()
+            if changed:
+                self._follow_connection()
             limit, lost = deadline, self._watch.lost_since()
             if watch_gone and lost is not None:
                 gone_at = lost + self._watch.gone_after
@@ -396,7 +398,9 @@ class BertClient:
                     raise BertServerGoneError(self._gone_message())
                 limit = gone_at if limit is None else min(limit, gone_at)
             wait_ms = -1 if limit is None else max(0, math.ceil((limit - time.monotonic()) * 1000))
-            if self._receiver not in dict(self._poller.poll(wait_ms)):
+            readable = [sock for sock, _ in self._poller.poll(wait_ms)]
+            changed = len(readable) > (self._receiver in readable)
+            if self._receiver not in readable:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
                 continue  # a connection changed, or it is time to check for a gone server

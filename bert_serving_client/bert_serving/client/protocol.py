@@ -210,6 +210,12 @@ def pack_error(identity: bytes, req_id: int, message: str, code: Optional[str] =
     return [identity, json.dumps(header).encode(), b'', b'%d' % req_id]
 
 
+# Result headers without tokens, parsed: a client gets the same few again and again (one per
+# dtype and shape), so it reads each once. Header bytes -> (dtype, shape); emptied when full.
+_RESULT_LAYOUTS: dict = {}
+_MAX_RESULT_LAYOUTS = 256
+
+
 def unpack_reply(frames: Sequence[bytes]) -> Reply:
     """Parses a message from the sink.
 
@@ -219,21 +225,34 @@ def unpack_reply(frames: Sequence[bytes]) -> Reply:
     if len(frames) not in (3, 4):
         raise ProtocolError(f'a reply has 3 or 4 frames, got {len(frames)}')
     req_id = _int_frame(frames[-1], 'req_id')
+    raw = bytes(frames[1])
+    layout = _RESULT_LAYOUTS.get(raw) if len(frames) == 4 else None
+    tokens = None
+    if layout is None:
+        try:
+            header = json.loads(raw)
+        except ValueError as e:
+            raise ProtocolError(f'reply {req_id} has a header that is not JSON ({e})') from e
+        if len(frames) == 3:
+            return Reply('json', req_id, data=header)
+        if not isinstance(header, dict):
+            raise ProtocolError(f'reply {req_id} header must be a JSON object')
+        if 'error' in header:
+            return _error_reply(req_id, header)
+        try:
+            shape = header['shape']
+            layout = np.dtype(header['dtype']), tuple(shape) if isinstance(shape, list) else shape
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f'reply {req_id} array does not match its header ({e})') from e
+        tokens = header.get('tokens') or None
     try:
-        header = json.loads(bytes(frames[1]))
-    except ValueError as e:
-        raise ProtocolError(f'reply {req_id} has a header that is not JSON ({e})') from e
-    if len(frames) == 3:
-        return Reply('json', req_id, data=header)
-    if not isinstance(header, dict):
-        raise ProtocolError(f'reply {req_id} header must be a JSON object')
-    if 'error' in header:
-        return _error_reply(req_id, header)
-    try:
-        array = np.frombuffer(frames[2], dtype=header['dtype']).reshape(header['shape'])
-    except (KeyError, TypeError, ValueError) as e:
+        array = np.frombuffer(frames[2], dtype=layout[0]).reshape(layout[1])
+    except (TypeError, ValueError) as e:
         raise ProtocolError(f'reply {req_id} array does not match its header ({e})') from e
-    tokens = header.get('tokens') or None
+    if tokens is None and raw not in _RESULT_LAYOUTS:
+        if len(_RESULT_LAYOUTS) >= _MAX_RESULT_LAYOUTS:
+            _RESULT_LAYOUTS.clear()
+        _RESULT_LAYOUTS[raw] = layout
     return Reply('result', req_id, array=array, tokens=tokens)
 
 
