@@ -256,7 +256,9 @@ def measure_alone(flags: List[str], lines: List[str], opts, prefix: str = '') ->
     import subprocess
     import tempfile
 
-    label = f'(l) {prefix.rstrip("_") or "fp32"}'
+    from bert_serving.server.args import get_args_parser
+
+    label = f'(l) {server_precision(get_args_parser().parse_known_args(flags)[0])}'
     say(f'{label}: the model alone, no service (python -m benchmarks.batch_sizes)')
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get('PYTHONPATH')])))
